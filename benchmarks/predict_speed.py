@@ -1,0 +1,171 @@
+"""Speed of `fracsight predict` stages on this machine's CPU; prints a table.
+
+    python benchmarks/predict_speed.py [--model M.onnx] [--repeats 5]
+
+Stages: decode (read_radiograph), preprocess (prepare), model (ONNX Runtime, batch 1 and
+batch 8), heat-map overlay PNG; then end to end through the same pipeline as the CLI
+(Analyser.iter_analyses + overlay written), for typical FracAtlas-sized images and for a
+3000 x 3000 16-bit DICOM made from a real radiograph. Optional: training images/s on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "src" / "fracsight" / "samples"
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _make_big_dicom(folder: Path) -> Path:
+    """A 3000 x 3000, 16-bit (12 stored) DX file built from a real sample radiograph."""
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    src = sorted(SAMPLES.glob("*.jpg"))[0]
+    big = Image.open(src).convert("L").resize((3000, 3000), Image.Resampling.BILINEAR)
+    pixels = (np.asarray(big, dtype=np.uint16) * 16).astype(np.uint16)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    path = folder / "big_3000.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n-typical", type=int, default=64, help="images for the end-to-end batch run")
+    parser.add_argument("--train", action="store_true", help="also measure CPU training images/s")
+    args = parser.parse_args()
+
+    from fracsight.explain import overlay_image
+    from fracsight.inference import Analyser
+    from fracsight.io import read_radiograph
+    from fracsight.preprocess import prepare
+
+    analyser = Analyser(args.model)
+    typical = sorted(SAMPLES.glob("*.jpg"))[0]
+    rows: list[tuple[str, str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        big = _make_big_dicom(tmp_path)
+        for label, path in (("typical JPEG", typical), ("3000x3000 DICOM", big)):
+            rg = read_radiograph(path)
+            image, box = prepare(rg.pixels, analyser.size)
+            finding = analyser.analyse(rg)
+            rows.append((label, "decode", _median_ms(lambda p=path: read_radiograph(p), args.repeats)))
+            rows.append(
+                (label, "preprocess", _median_ms(lambda r=rg: prepare(r.pixels, analyser.size), args.repeats))
+            )
+            rows.append(
+                (
+                    label,
+                    "model, batch 1",
+                    _median_ms(lambda i=image: analyser.run_model(i[None]), args.repeats),
+                )
+            )
+            batch = np.repeat(image[None], 8, axis=0)
+            rows.append(
+                (
+                    label,
+                    "model, batch 8 (per image)",
+                    _median_ms(lambda b=batch: analyser.run_model(b), args.repeats) / 8,
+                )
+            )
+            out = tmp_path / "o.png"
+            rows.append(
+                (
+                    label,
+                    "heat-map overlay PNG",
+                    _median_ms(
+                        lambda r=rg, f=finding: overlay_image(r.pixels, f).save(out, compress_level=1),
+                        args.repeats,
+                    ),
+                )
+            )
+
+            def end_to_end(p=path, n=1):
+                for (_, f, _), r in analyser.iter_analyses([p] * n):
+                    overlay_image(r.pixels, f).save(out, compress_level=1)
+
+            rows.append((label, "end to end, one image", _median_ms(end_to_end, args.repeats)))
+        copies = [typical] * args.n_typical
+
+        def batch_run():
+            for (_, f, _), r in analyser.iter_analyses(copies):
+                overlay_image(r.pixels, f).save(tmp_path / "b.png", compress_level=1)
+
+        per_image = _median_ms(batch_run, max(1, args.repeats // 2)) / len(copies)
+        rows.append(("typical JPEG", f"end to end, batched ({len(copies)} images, per image)", per_image))
+
+    print(
+        f"# fracsight predict speed: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, model {analyser.model_id}, input {analyser.size} px"
+    )
+    print(f"| input | stage | ms per image (median of {args.repeats}) | images/s |")
+    print("|---|---|---|---|")
+    for label, stage, ms in rows:
+        print(f"| {label} | {stage} | {ms:.1f} | {1000 / ms:.1f} |")
+    if args.train:
+        _train_speed(analyser.size)
+
+
+def _train_speed(size: int) -> None:
+    import torch
+
+    from fracsight.model.augment import Augmentation, augment
+    from fracsight.model.network import FractureNet
+
+    torch.manual_seed(0)
+    model = FractureNet("lite0").train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    x = torch.rand(16, 1, size, size) * 2 - 1
+    m = torch.zeros(16, 1, size, size)
+    y = torch.randint(0, 2, (16,)).float()
+
+    def step():
+        xa, _ = augment(x, m, Augmentation())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logit, _ = model(xa)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    ms = _median_ms(step, 3)
+    print(f"\n| training (CPU, bf16 autocast, batch 16, {size} px) | {16000 / ms:.1f} images/s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The ``fracsight`` command: one sub-command per capability, each in its own module.
+
+Each module under ``fracsight.cli`` exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` to a callable taking the parsed namespace and returning an exit
+code. Heavy imports (torch, scipy) happen inside those callables, so ``fracsight predict``
+starts without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fracsight import __version__
+
+# Sub-command modules, in the order they appear in --help.
+_COMMANDS = ("predict", "train", "evaluate", "thresholds", "calibrate", "audit", "readers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fracsight",
+        description="Fracture detection on radiographs: an aid to the clinician, not a diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"fracsight {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"fracsight.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fracsight.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Expected failures (bad input, missing optional dependency): one clear line, no traceback.
+        print(f"fracsight {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

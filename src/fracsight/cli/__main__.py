@@ -1,0 +1,5 @@
+import sys
+
+from fracsight.cli import main
+
+sys.exit(main())

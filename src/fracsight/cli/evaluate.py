@@ -1,0 +1,111 @@
+"""``fracsight evaluate``: accuracy with CIs, overall and by region, calibration, report for clinicians."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments naming the cases, shared with ``thresholds`` and ``calibrate``."""
+    parser.add_argument(
+        "dataset",
+        nargs="?",
+        help="FracAtlas-layout folder or manifest CSV (path,label[,region][,boxes]) to run the model on",
+    )
+    parser.add_argument("--model", help="ONNX model, NAME.card.json beside it (default: shipped model)")
+    parser.add_argument(
+        "--predictions", help="predictions CSV instead of running a model (path or id, probability[, error])"
+    )
+    parser.add_argument("--labels", help="labels CSV for --predictions (id, fractured 0/1[, region, ...])")
+    parser.add_argument("--split-file", help="CSV of id,split: use only the cases of --split")
+    parser.add_argument("--split", help="which split of --split-file to use (e.g. test)")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="labelled cases without a prediction are listed as not analysed instead of being an error",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while the model runs")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure accuracy with 95%% CIs and write metrics.json and an HTML report",
+        description="ROC AUC (DeLong and bootstrap CIs), sensitivity, specificity, PPV and NPV (Wilson CIs) "
+        "at the model's operating points and at given thresholds, by body region and other columns, "
+        "calibration, and a self-contained HTML report. Either run a model on a DATASET, or give "
+        "--predictions and --labels.",
+    )
+    add_data_arguments(p)
+    p.add_argument("--report", required=True, help="folder for metrics.json and report.html")
+    p.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="also break results down by this labels column (region and hardware are used when present)",
+    )
+    p.add_argument(
+        "--threshold", action="append", type=float, default=[], help="also evaluate at this threshold"
+    )
+    p.add_argument("--prevalence", type=float, help="also give PPV and NPV at this prevalence (0-1)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    p.add_argument(
+        "--gallery-point", help="operating point whose TP/FN/FP fill the gallery (default: 'fracture')"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fracsight.evaluation.evaluate import (
+        EvaluationSettings,
+        evaluate_cases,
+        operating_points_from_card,
+        user_operating_points,
+    )
+    from fracsight.evaluation.expert_boxes import box_results
+    from fracsight.evaluation.model_run import FindingPictures
+    from fracsight.evaluation.operating_points import OperatingPoint
+    from fracsight.evaluation.report import write_report
+    from fracsight.evaluation.sources import load_cases
+
+    settings = EvaluationSettings(
+        n_resamples=args.bootstrap, seed=args.seed, n_bins=args.bins, prevalence=args.prevalence
+    )
+    loaded = load_cases(
+        dataset=args.dataset,
+        predictions=args.predictions,
+        labels=args.labels,
+        model=args.model,
+        split_file=args.split_file,
+        split=args.split,
+        group_columns=args.by,
+        allow_missing=args.allow_missing,
+        progress=not args.no_progress,
+    )
+    points = operating_points_from_card(loaded.card, loaded.model_path) if loaded.card is not None else []
+    points += user_operating_points(args.threshold)
+    notes = []
+    if not points:
+        points = [OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")]
+        notes.append("No model (--model) or --threshold was given: operating-point results use 0.5.")
+    evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
+    evaluation.notes.extend(notes)
+    if loaded.boxes is not None and loaded.findings:
+        evaluation.localisation = box_results(loaded.cases, loaded.findings, loaded.boxes)
+    picture = FindingPictures(loaded.cases, loaded.findings) if loaded.findings else None
+    files = write_report(evaluation, args.report, picture=picture, gallery_point=args.gallery_point)
+    auc = evaluation.auc
+    print(
+        f"fracsight evaluate: {evaluation.cases.n} cases ({evaluation.cases.n_positive} fractured), "
+        f"{len(evaluation.cases.excluded)} not analysed; ROC AUC {auc.value:.3f} "
+        f"(95% CI {auc.delong.lower:.3f}-{auc.delong.upper:.3f}, DeLong); report: {files.html}",
+        file=sys.stderr,
+    )
+    return 0

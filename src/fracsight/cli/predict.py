@@ -1,0 +1,112 @@
+"""``fracsight predict``: probability, category and heat map for radiograph files and folders."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+COLUMNS = ["path", "probability", "category", "heatmap", "error"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="analyse radiographs (files or folders, DICOM and images mixed)",
+        description="Fracture probability, category and heat map per radiograph. An aid to the "
+        "clinician, not a diagnosis. Exit code 0 when every input was analysed, 1 when any was refused.",
+    )
+    p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
+    p.add_argument("--model", help="ONNX model with its .card.json beside it (default: the shipped model)")
+    p.add_argument("--output", help="write the results CSV here (default: standard output)")
+    p.add_argument("--heatmaps", help="write heat-map overlay PNGs into this folder")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given, folders walked recursively in sorted order (hidden files skipped)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        else:
+            out.append(path)  # a missing file is reported in its row, not fatal
+    return out
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)
+    name, n = f"{stem}.heatmap.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}.{n}.heatmap.png"
+    used.add(name)
+    return name
+
+
+def rows(args: argparse.Namespace, files: list[Path]) -> Iterator[dict]:
+    from fracsight.explain import overlay_image
+    from fracsight.inference import Analyser
+
+    analyser = Analyser(args.model, threads=args.threads, batch_size=args.batch_size)
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heat_dir:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for (path, finding, error), radiograph in analyser.iter_analyses(files):
+        row = {"path": path, "probability": "", "category": "", "heatmap": "", "error": error or ""}
+        if finding is not None:
+            row["probability"] = f"{finding.probability:.4f}"
+            row["category"] = finding.category.value
+            if heat_dir is not None and radiograph is not None:
+                target = heat_dir / _overlay_name(Path(path), used)
+                overlay_image(radiograph.pixels, finding).save(target, compress_level=1)
+                row["heatmap"] = str(target)
+        yield row
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    files = expand_paths(args.paths)
+    if not files:
+        raise ValueError("no input files found in " + ", ".join(args.paths))
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    failed = 0
+    started = time.perf_counter()
+    try:
+        writer = None if args.json else csv.DictWriter(out, fieldnames=COLUMNS)
+        if writer:
+            writer.writeheader()
+        bar = tqdm(total=len(files), unit="img", disable=args.no_progress or len(files) < 2, file=sys.stderr)
+        for row in rows(args, files):
+            failed += bool(row["error"])
+            if writer:
+                writer.writerow(row)
+            else:
+                out.write(json.dumps(row) + "\n")
+            bar.update(1)
+        bar.close()
+    finally:
+        if args.output:
+            out.close()
+    seconds = time.perf_counter() - started
+    print(
+        f"fracsight predict: {len(files) - failed} analysed, {failed} refused, {seconds:.1f} s "
+        f"({len(files) / max(seconds, 1e-9):.1f} images/s)",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0

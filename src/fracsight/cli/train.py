@@ -1,0 +1,97 @@
+"""``fracsight train``: fit the fracture model on labelled radiographs and export it."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (grouped CV, distilled final model, ONNX + model card)",
+        description="Train on a FracAtlas-layout folder or a CSV manifest "
+        "(path,label[,region,hardware,boxes,group]).",
+    )
+    p.add_argument("data", help="FracAtlas folder (with dataset.csv) or manifest .csv")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, predictions, model)")
+    p.add_argument("--name", default="model", help="model file name stem (default: model)")
+    p.add_argument("--size", type=int, default=384, help="square input size in px (multiple of 32)")
+    p.add_argument("--backbone", default="lite0", choices=["lite0", "lite1", "lite2"])
+    p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet weights")
+    p.add_argument("--epochs", type=int, default=25, help="maximum epochs per fold")
+    p.add_argument(
+        "--final-epochs", type=int, help="epochs of the final model (default: median best fold epoch + 1)"
+    )
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (backbone: 0.3x)")
+    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    p.add_argument("--no-distill", action="store_true", help="final model on hard labels only")
+    p.add_argument(
+        "--no-cross-fit",
+        action="store_true",
+        help="skip the cross-fitted students; thresholds from the fold models' OOF scores instead",
+    )
+    p.add_argument("--box-weight", type=float, default=1.0, help="weight of the box-supervised map loss")
+    p.add_argument("--sensitivity", type=float, default=0.90, help="OOF sensitivity target of 'doubt'")
+    p.add_argument("--specificity", type=float, default=0.95, help="OOF specificity target of 'fracture'")
+    p.add_argument("--limit", type=int, help="train on a class-balanced subset of N images (smoke test)")
+    p.add_argument("--max-steps", type=int, help="stop each run after N optimiser steps (smoke test)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--workers", type=int, default=2, help="processes for decoding")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from fracsight.model.loop import RunConfig
+        from fracsight.model.train import TrainConfig, run_training
+    except ImportError as exc:
+        raise RuntimeError(
+            f"training needs the 'train' extra: pip install 'fracsight[train]' ({exc})"
+        ) from exc
+    if args.size % 32:
+        raise ValueError(f"--size {args.size} must be a multiple of 32")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    run_cfg = RunConfig(
+        size=args.size,
+        variant=args.backbone,
+        pretrained=not args.no_pretrained,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr_head=args.lr,
+        lr_backbone=args.lr * 0.3,
+        patience=args.patience,
+        box_weight=args.box_weight,
+        max_steps=args.max_steps,
+        seed=args.seed,
+    )
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        folds=args.folds,
+        test_fraction=args.test_fraction,
+        distill=not args.no_distill,
+        cross_fit=not args.no_cross_fit,
+        final_epochs=args.final_epochs,
+        device=args.device,
+        workers=args.workers,
+        limit=args.limit,
+        sensitivity_target=args.sensitivity,
+        specificity_target=args.specificity,
+        model_name=args.name,
+        command="fracsight " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        run=run_cfg,
+    )
+    path = run_training(cfg)
+    print(path)
+    return 0

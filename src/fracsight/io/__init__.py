@@ -1,0 +1,30 @@
+"""Reading radiographs: PNG, JPEG, TIFF and DICOM into one :class:`Radiograph`.
+
+``read_radiograph(path, max_pixels=None)`` is the one entry point: it recognises
+the format from the file's bytes and returns float32 gray pixels in [0, 1]
+(bone bright), or raises ``UnreadableImage`` (``TruncatedImage`` when the data
+ends early) or ``NotARadiograph`` with a reason that names the file.
+``is_truncated(path)`` tells the audit which files were cut short.
+Conventions and policies live with their code: ``intensity`` (PNG/JPEG/TIFF
+scaling, colour), ``dicom_policy`` (accepted modalities), ``dicom_display``
+(LUTs, windows, MONOCHROME1), ``truncation`` (truncated JPEGs), ``limits``.
+"""
+
+from fracsight.io.formats import ImageFormat
+from fracsight.io.limits import MAX_PIXELS
+from fracsight.io.radiograph import NotARadiograph, Radiograph, RefusedInput, UnreadableImage
+from fracsight.io.read import is_truncated, read_radiograph
+from fracsight.io.truncation import MIN_DECODED_FRACTION, TruncatedImage
+
+__all__ = [
+    "Radiograph",
+    "RefusedInput",
+    "UnreadableImage",
+    "NotARadiograph",
+    "TruncatedImage",
+    "ImageFormat",
+    "MAX_PIXELS",
+    "MIN_DECODED_FRACTION",
+    "read_radiograph",
+    "is_truncated",
+]

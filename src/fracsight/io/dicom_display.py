@@ -1,0 +1,175 @@
+"""DICOM grayscale display pipeline: stored value -> Modality LUT -> VOI -> polarity -> [0, 1].
+
+The pipeline follows the DICOM grayscale standard display chain (PS3.3 C.11,
+PS3.4 N.2): Modality LUT Sequence or Rescale Slope/Intercept, then the first VOI
+LUT Sequence item, or else the first Window Center/Width pair (LINEAR,
+LINEAR_EXACT or SIGMOID), or else the full stored range. MONOCHROME1 is then
+inverted so that bone is bright.
+
+Output scale: a window maps to [0, 1] exactly as the standard maps it to the
+display range; a VOI LUT by the minimum and maximum of its table; with neither,
+the modality values of the lowest and highest storable value (Bits Stored,
+Pixel Representation) map to 0 and 1.
+
+Polarity: Photometric Interpretation decides. The DX and MG IODs require
+Presentation LUT Shape INVERSE with MONOCHROME1 and IDENTITY with MONOCHROME2,
+so INVERSE + MONOCHROME1 is one inversion, not two. A file claiming INVERSE with
+MONOCHROME2 breaks that rule; archives see such mislabelled shapes in the wild,
+so we follow Photometric Interpretation and log a warning.
+
+Speed: the whole chain is evaluated once per possible stored value (at most
+65536) and applied to the image as one table lookup, in float32.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+from fracsight.io.radiograph import UnreadableImage
+
+logger = logging.getLogger(__name__)
+
+
+class VoiSource(str, enum.Enum):
+    """Which VOI step produced the display values; kept in ``metadata["voi"]``."""
+
+    VOI_LUT = "voi-lut"  # (0028,3010) VOI LUT Sequence, first item
+    WINDOW = "window"  # (0028,1050)/(0028,1051), first pair
+    STORED_RANGE = "stored-range"  # no usable VOI: the whole storable range
+
+
+@dataclass(frozen=True)
+class DisplayTransform:
+    """The display value in [0, 1] of every storable value, as one float32 lookup table."""
+
+    table: np.ndarray  # table[i] is the display value of stored value ``first_value + i``
+    first_value: int
+    voi: VoiSource
+    window: tuple[float, float] | None  # (center, width) when voi is WINDOW
+    window_function: str | None
+    inverted: bool
+
+    def apply(self, stored: np.ndarray) -> np.ndarray:
+        """Display values for decoded stored values; values outside the storable range are clipped."""
+        if self.first_value == 0 and stored.dtype.kind == "u":
+            return np.take(self.table, stored, mode="clip")
+        index = stored.astype(np.int32)
+        index -= np.int32(self.first_value)
+        return np.take(self.table, index, mode="clip")
+
+
+def display_transform(path: str, ds: Dataset) -> DisplayTransform:
+    """Build the display lookup table from the dataset's grayscale attributes."""
+    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    first_value = -(1 << (bits_stored - 1)) if signed else 0
+    stored = np.arange(first_value, first_value + (1 << bits_stored), dtype=np.int64)
+    try:
+        modality_values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+        raise UnreadableImage(
+            path, f"(0028,3000) Modality LUT / (0028,1053) Rescale could not be applied: {error}"
+        ) from error
+    window: tuple[float, float] | None = None
+    function: str | None = None
+    if ds.get("VOILUTSequence"):
+        unit = _through_voi_lut(path, ds, modality_values)
+        voi = VoiSource.VOI_LUT
+    else:
+        window, function = _first_window(path, ds)
+        if window is not None and function is not None:
+            unit = _through_window(modality_values, window, function)
+            voi = VoiSource.WINDOW
+        else:
+            unit = _through_range(modality_values)
+            voi = VoiSource.STORED_RANGE
+    inverted = _is_inverted(path, ds)
+    if inverted:
+        unit = 1.0 - unit
+    table = np.clip(unit, 0.0, 1.0).astype(np.float32)
+    return DisplayTransform(table, first_value, voi, window, function, inverted)
+
+
+def _through_voi_lut(path: str, ds: Dataset, modality_values: np.ndarray) -> np.ndarray:
+    """First VOI LUT item, scaled by the minimum and maximum of its table."""
+    try:
+        descriptor = [int(v) for v in ds.VOILUTSequence[0].LUTDescriptor]
+        entries = descriptor[0] or 65536
+        lut_table = apply_voi(np.arange(descriptor[1], descriptor[1] + entries), ds, index=0)
+        mapped = apply_voi(np.rint(modality_values).astype(np.int64), ds, index=0)
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError, NotImplementedError) as error:
+        raise UnreadableImage(path, f"(0028,3010) VOI LUT Sequence could not be applied: {error}") from error
+    low, high = float(lut_table.min()), float(lut_table.max())
+    if high <= low:
+        return np.zeros(mapped.shape, dtype=np.float64)
+    return (mapped.astype(np.float64) - low) / (high - low)
+
+
+def _first_window(path: str, ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """The first (center, width) pair and VOI LUT Function, or (None, None) when unusable."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None, None
+    try:
+        center = float(_first(ds.WindowCenter))
+        width = float(_first(ds.WindowWidth))
+    except (TypeError, ValueError, IndexError):
+        logger.warning("%s: (0028,1050)/(0028,1051) window is not numeric; using the stored range", path)
+        return None, None
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        logger.warning("%s: (0028,1056) VOI LUT Function %r is unknown; using LINEAR", path, function)
+        function = "LINEAR"
+    usable = (
+        np.isfinite(center) and np.isfinite(width) and (width >= 1.0 if function == "LINEAR" else width > 0)
+    )
+    if not usable:
+        logger.warning(
+            "%s: (0028,1051) Window Width %s is invalid for %s; using the stored range", path, width, function
+        )
+        return None, None
+    return (center, width), function
+
+
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, (list, tuple, MultiValue)) else value
+
+
+def _through_window(values: np.ndarray, window: tuple[float, float], function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 windowing onto [0, 1] instead of the display's integer range."""
+    center, width = window
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if width == 1.0:  # the standard's limit case: a threshold at center - 0.5
+        return (values > center - 0.5).astype(np.float64)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _through_range(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float64)
+    return (values - low) / (high - low)
+
+
+def _is_inverted(path: str, ds: Dataset) -> bool:
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    if photometric == "MONOCHROME2" and shape == "INVERSE":
+        logger.warning(
+            "%s: (2050,0020) Presentation LUT Shape INVERSE contradicts MONOCHROME2; "
+            "following (0028,0004) Photometric Interpretation (not inverted)",
+            path,
+        )
+    inverted = photometric == "MONOCHROME1"
+    if inverted:
+        logger.debug("%s: MONOCHROME1, inverted so that bone is bright", path)
+    return inverted

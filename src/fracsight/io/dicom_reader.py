@@ -1,0 +1,257 @@
+"""DICOM radiographs, read with pydicom (and python-gdcm / Pillow for compressed pixel data).
+
+Order of work, so that a refused file costs little and a hostile one cannot hurt:
+the header is parsed without pixel data and judged (:mod:`dicom_policy`, size
+limit); only then is the pixel data read, checked for completeness and decoded,
+and mapped through the display pipeline (:mod:`dicom_display`).
+
+Files without preamble or File Meta (ACR-NEMA style) are read with
+``force=True``; their transfer syntax is taken from the encoding pydicom
+detected (implicit VR little endian when unknown) and reported as assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGExtended12Bit,
+)
+
+from fracsight.io.dicom_display import DisplayTransform, display_transform
+from fracsight.io.dicom_policy import check_radiograph_header, header_int, number_of_frames
+from fracsight.io.formats import ImageFormat
+from fracsight.io.intensity import IntensityMapping
+from fracsight.io.limits import check_pixel_count
+from fracsight.io.radiograph import Radiograph, UnreadableImage
+from fracsight.io.truncation import TruncatedImage
+
+logger = logging.getLogger(__name__)
+
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little / big endian
+_READ_ERRORS = (
+    InvalidDicomError,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    KeyError,
+    TypeError,
+    IndexError,
+)
+_DECODE_ERRORS = (
+    RuntimeError,
+    ValueError,
+    OSError,
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    NotImplementedError,
+    struct.error,
+    EOFError,
+)
+_MAX_REASON_CHARS = 400
+_OPTIONAL_DECODER_HINT = {
+    JPEGExtended12Bit: (
+        "12-bit JPEG Extended needs the optional decoder pylibjpeg with pylibjpeg-libjpeg "
+        "(GPL-3.0 licence, so not installed with fracsight); install both to read this file"
+    ),
+}
+
+
+def read_dicom(path: Path, max_pixels: int) -> Radiograph:
+    """Read a single-frame grayscale DICOM radiograph, or refuse it with the reason."""
+    name = str(path)
+    header, pixel_tag_follows = _read_header(name, path)
+    check_radiograph_header(name, header)
+    rows = header_int(name, header, "Rows", "(0028,0010)")
+    columns = header_int(name, header, "Columns", "(0028,0011)")
+    check_pixel_count(name, rows, columns, number_of_frames(header), max_pixels)
+    ds = _read_full(name, path)
+    transfer_syntax, assumed = _transfer_syntax(ds)
+    _check_pixel_data_present(name, ds, pixel_tag_follows)
+    stored = _decode(name, ds, transfer_syntax)
+    transform = display_transform(name, ds)
+    pixels = transform.apply(stored)
+    del stored
+    del ds.PixelData  # keep the header for building DICOM results, not the pixels
+    metadata = _metadata(ds, transfer_syntax, assumed, transform)
+    return Radiograph(pixels=pixels, source=name, format=ImageFormat.DICOM.value, metadata=metadata, dicom=ds)
+
+
+def _read_header(name: str, path: Path) -> tuple[Dataset, bool]:
+    """The data set up to (not including) Pixel Data, and whether a Pixel Data element follows."""
+    try:
+        with path.open("rb") as stream:
+            header = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
+            pixel_tag_follows = stream.read(4) in _PIXEL_DATA_TAGS
+    except _READ_ERRORS as error:
+        raise UnreadableImage(name, f"not a readable DICOM file: {error}") from error
+    if not any(keyword in header for keyword in ("Rows", "Modality", "SOPClassUID")):
+        raise UnreadableImage(
+            name,
+            "not a readable DICOM file: no (0008,0016) SOP Class, (0008,0060) Modality or (0028,0010) Rows",
+        )
+    return header, pixel_tag_follows
+
+
+def _read_full(name: str, path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path, force=True)
+    except _READ_ERRORS as error:
+        raise UnreadableImage(name, f"DICOM data after the header could not be read: {error}") from error
+
+
+def _transfer_syntax(ds: Dataset) -> tuple[UID, bool]:
+    """(0002,0010) Transfer Syntax UID, set from the detected encoding when the file has none."""
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is None:
+        file_meta = FileMetaDataset()
+        ds.file_meta = file_meta
+    uid = file_meta.get("TransferSyntaxUID")
+    if uid:
+        return UID(str(uid)), False
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is False:
+        uid = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+    else:
+        uid = ImplicitVRLittleEndian
+    file_meta.TransferSyntaxUID = uid
+    return UID(uid), True
+
+
+def _check_pixel_data_present(name: str, ds: Dataset, pixel_tag_follows: bool) -> None:
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnreadableImage(
+                name, "(7FE0,0008/0009) float pixel data is not a radiograph format we read"
+            )
+        if pixel_tag_follows:
+            raise TruncatedImage(
+                name, "(7FE0,0010) Pixel Data starts but the file ends before its end: the file is truncated"
+            )
+        raise UnreadableImage(name, "(7FE0,0010) Pixel Data is missing: the file holds a header only")
+    if not ds.PixelData:
+        raise UnreadableImage(name, "(7FE0,0010) Pixel Data is empty (0 bytes)")
+
+
+def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:
+    """Decoded stored values (rows x columns), before any LUT."""
+    label = f"'{transfer_syntax.name}' ({transfer_syntax})"
+    try:
+        decoder = get_decoder(transfer_syntax)
+    except NotImplementedError as error:
+        raise UnreadableImage(name, f"(0002,0010) Transfer Syntax {label} is not supported") from error
+    if not transfer_syntax.is_compressed:
+        _check_native_length(name, ds)
+    try:
+        stored, _ = decoder.as_array(ds)
+    except _DECODE_ERRORS as error:
+        raise UnreadableImage(name, _decode_failure(ds, transfer_syntax, label, error)) from error
+    if stored.ndim != 2:
+        raise UnreadableImage(name, f"decoded pixel data has shape {stored.shape}, expected rows x columns")
+    _warn_if_outside_stored_range(name, ds, stored)
+    return stored
+
+
+def _check_native_length(name: str, ds: Dataset) -> None:
+    """Uncompressed Pixel Data must hold Rows x Columns x Bits Allocated; shorter means truncated."""
+    rows, columns, allocated = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    expected = rows * columns * allocated // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise TruncatedImage(
+            name,
+            f"(7FE0,0010) Pixel Data holds {actual:,} bytes but {columns} x {rows} pixels at "
+            f"{allocated} bits allocated need {expected:,}: the file is truncated",
+        )
+
+
+def _decode_failure(ds: Dataset, transfer_syntax: UID, label: str, error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Unable to decode"):
+        lines = lines[1:]  # pydicom's preamble; the per-plugin reasons follow, one a line
+    detail = "; ".join(lines) or type(error).__name__
+    if len(detail) > _MAX_REASON_CHARS:
+        detail = detail[: _MAX_REASON_CHARS - 3] + "..."
+    reason = f"(7FE0,0010) Pixel Data could not be decoded from {label}: {detail}"
+    hint = _OPTIONAL_DECODER_HINT.get(transfer_syntax)
+    if hint and int(ds.get("BitsStored", 8)) > 8:
+        reason += f"; {hint}"
+    return reason
+
+
+def _warn_if_outside_stored_range(name: str, ds: Dataset, stored: np.ndarray) -> None:
+    """Values beyond Bits Stored are clipped by the display table; say so once."""
+    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    if bits >= stored.dtype.itemsize * 8:
+        return
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if int(stored.max()) > high or int(stored.min()) < low:
+        logger.warning(
+            "%s: pixel values exceed the (0028,0101) Bits Stored range %d..%d; clipped", name, low, high
+        )
+
+
+def _metadata(
+    ds: Dataset, transfer_syntax: UID, assumed: bool, transform: DisplayTransform
+) -> dict[str, Any]:
+    """Non-identifying facts about the image: never names, IDs, dates or UIDs of the instance."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    return {
+        "format": ImageFormat.DICOM.value,
+        "modality": _text(ds, "Modality"),
+        "sop_class": sop_class or None,
+        "sop_class_name": UID(sop_class).name if sop_class else None,
+        "photometric": _text(ds, "PhotometricInterpretation"),
+        "bits_stored": int(ds.get("BitsStored", ds.BitsAllocated)),
+        "bits_allocated": int(ds.BitsAllocated),
+        "transfer_syntax": str(transfer_syntax),
+        "transfer_syntax_name": transfer_syntax.name,
+        "transfer_syntax_assumed": assumed,
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "body_part": _text(ds, "BodyPartExamined"),
+        "view_position": _text(ds, "ViewPosition"),
+        "pixel_spacing_mm": _pixel_spacing(ds),
+        "inverted": transform.inverted,
+        "truncated": False,
+        "intensity_mapping": IntensityMapping.DICOM_VOI.value,
+        "voi": transform.voi.value,
+        "window": list(transform.window) if transform.window else None,
+        "window_function": transform.window_function,
+        "presentation_lut_shape": _text(ds, "PresentationLUTShape"),
+    }
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _pixel_spacing(ds: Dataset) -> list[float] | None:
+    """(0028,0030) Pixel Spacing, else (0018,1164) Imager Pixel Spacing, as [row, column] mm."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            spacing = [float(v) for v in value] if value is not None else []
+        except (TypeError, ValueError):
+            continue
+        if len(spacing) == 2 and all(s > 0 for s in spacing):
+            return spacing
+    return None

@@ -1,0 +1,33 @@
+"""The size limit that protects the reader from decompression bombs.
+
+A few kilobytes of PNG, JPEG 2000 or DICOM can declare a 60000 x 60000 image;
+decoding it would take gigabytes of memory. Every reader checks the declared
+dimensions from the header against this limit *before* decoding any pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fracsight.io.radiograph import UnreadableImage
+
+# 100 megapixels: four times the largest detector in clinical use (43 x 43 cm at 0.1 mm
+# is 4300 x 4300 = 18.5 MP), and 400 MB as float32 after decoding.
+MAX_PIXELS = 100_000_000
+
+
+def check_pixel_count(path: str | Path, rows: int, columns: int, frames: int, max_pixels: int) -> None:
+    """Refuse a declared size that is empty or over ``max_pixels``, before decoding."""
+    if rows <= 0 or columns <= 0:
+        raise UnreadableImage(
+            str(path), f"zero-size image ({columns} x {rows} pixels declared in the header)"
+        )
+    total = rows * columns * max(frames, 1)
+    if total > max_pixels:
+        frames_text = f" x {frames} frames" if frames > 1 else ""
+        raise UnreadableImage(
+            str(path),
+            f"image too large to decode safely: {columns} x {rows}{frames_text} = {total:,} pixels "
+            f"exceeds the limit of {max_pixels:,} (MAX_PIXELS); refused before decoding "
+            "(possible decompression bomb)",
+        )

@@ -1,0 +1,47 @@
+"""The one in-memory form of an input image, and the errors raised when refusing one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class RefusedInput(ValueError):
+    """An input that fracsight will not analyse; ``reason`` says why in words a user can act on."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class UnreadableImage(RefusedInput):
+    """The file is empty, truncated, corrupt, too large or in a format we cannot decode."""
+
+
+class NotARadiograph(RefusedInput):
+    """The file decodes but is not a single-frame projection radiograph (CT, MR, photo, cine...)."""
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    """A decoded radiograph in the one intensity convention used everywhere downstream.
+
+    ``pixels`` is a 2-D float32 array in [0, 1] where higher means brighter on a
+    conventional display (bone and metal white, air black): MONOCHROME1 is already
+    inverted and DICOM Modality/VOI LUTs are already applied.
+    ``metadata`` holds non-identifying facts only (format, modality, bits stored, ...),
+    safe to log. ``dicom`` keeps the DICOM header (no pixel data) for building results.
+    """
+
+    pixels: np.ndarray
+    source: str
+    format: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dicom: Any = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))

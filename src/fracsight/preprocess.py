@@ -1,0 +1,78 @@
+"""The one definition of how a radiograph becomes model input, shared by training and inference.
+
+A model is only as good as the match between the images it was trained on and the images
+it is shown, so both ``fracsight train`` and ``fracsight predict`` call :func:`prepare`
+and the model card records its parameters.
+
+Steps: robust contrast stretch (percentiles of the image, so DICOM windows, 16-bit PNGs and
+8-bit JPEGs land on the same scale), aspect-preserving resize with antialiasing, centred
+letterbox on a black square, scale to [-1, 1] (what the ImageNet EfficientNet-Lite weights expect).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from fracsight.finding import Letterbox
+
+# Percentiles of the image intensity mapped to black and white before resizing.
+LOW_PERCENTILE = 0.5
+HIGH_PERCENTILE = 99.5
+# Pixels sampled for the percentiles: enough for a stable estimate, cheap on 3000 x 3000 inputs.
+_PERCENTILE_SAMPLES = 65536
+
+PREPROCESSING = {
+    "name": "stretch-letterbox-v1",
+    "contrast": f"percentiles {LOW_PERCENTILE}-{HIGH_PERCENTILE} -> [0, 1], clipped",
+    "resize": "aspect-preserving, Pillow bilinear with antialiasing, centred on a black square",
+    "scale": "[0, 1] -> [-1, 1]; padding is -1",
+}
+
+
+def stretch_contrast(pixels: np.ndarray) -> np.ndarray:
+    """Map the image's low/high intensity percentiles to 0 and 1 (float32, clipped)."""
+    flat = pixels.reshape(-1)
+    step = max(1, flat.size // _PERCENTILE_SAMPLES)
+    lo, hi = np.percentile(flat[::step], [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if hi - lo < 1e-6:  # a flat image: nothing to stretch
+        return np.zeros_like(pixels, dtype=np.float32)
+    out = (pixels.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
+    """Where an H x W image goes inside the size x size square."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image shape {height}x{width} is empty")
+    scale = size / max(height, width)
+    new_h = max(1, round(height * scale))
+    new_w = max(1, round(width * scale))
+    return Letterbox(
+        size=size,
+        scale=scale,
+        pad_x=(size - new_w) // 2,
+        pad_y=(size - new_h) // 2,
+        height=height,
+        width=width,
+    )
+
+
+def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1])."""
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
+    box = letterbox_geometry(pixels.shape[0], pixels.shape[1], size)
+    new_h = max(1, round(box.height * box.scale))
+    new_w = max(1, round(box.width * box.scale))
+    image = Image.fromarray(stretch_contrast(pixels), mode="F")
+    if (new_w, new_h) != image.size:
+        # Reduce big images by an integer factor first: same antialiasing, a fraction of the time.
+        factor = min(image.size[0] // new_w, image.size[1] // new_h)
+        if factor >= 2:
+            image = image.reduce(factor)
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    out = np.full((size, size), -1.0, dtype=np.float32)
+    resized = np.asarray(image, dtype=np.float32)
+    out[box.pad_y : box.pad_y + new_h, box.pad_x : box.pad_x + new_w] = resized * 2.0 - 1.0
+    return out, box

@@ -1,0 +1,36 @@
+"""Reader studies (MRMC): readers with and without the AI, and the AI alone, on the same cases.
+
+The few functions a user calls::
+
+    study = load_reads("reads.csv", cutoff=3)
+    ai = load_ai_predictions("predictions.csv", study.case_ids, threshold=0.5)
+    result = analyse(study, ai=ai)
+    plan = plan_study(VAN_DYKE_PILOT, effect=0.05)
+    simulated = simulate_roe_metz(RoeMetzConfig(), np.random.default_rng(0))
+"""
+
+from fracsight.readers.ai_arm import load_ai_predictions
+from fracsight.readers.analysis import analyse
+from fracsight.readers.data import IncompletePolicy, ReadStudy, load_reads
+from fracsight.readers.fom import CovarianceMethod, FigureOfMerit
+from fracsight.readers.power import VAN_DYKE_PILOT, PilotComponents, plan_study, power
+from fracsight.readers.results import StudyAnalysis
+from fracsight.readers.simulate import RoeMetzConfig, simulate_roe_metz, simulate_roe_metz_with_ai
+
+__all__ = [
+    "CovarianceMethod",
+    "FigureOfMerit",
+    "IncompletePolicy",
+    "PilotComponents",
+    "ReadStudy",
+    "RoeMetzConfig",
+    "StudyAnalysis",
+    "VAN_DYKE_PILOT",
+    "analyse",
+    "load_ai_predictions",
+    "load_reads",
+    "plan_study",
+    "power",
+    "simulate_roe_metz",
+    "simulate_roe_metz_with_ai",
+]

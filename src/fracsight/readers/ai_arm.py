@@ -1,0 +1,162 @@
+"""The "AI alone" arm: a fracsight predictions file matched to the reader study's cases.
+
+The AI's binary call at an operating point is probability >= threshold. The threshold is
+given explicitly, or read from a model card (by default the shipped model's
+``fracsight/models/default.card.json``), whose 'fracture' threshold is the primary
+operating point and 'doubt' a second, more sensitive one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from fracsight.readers.errors import BadValue, MissingAIPrediction, ReaderStudyError
+from fracsight.readers.table import find_column, line_list, read_rows
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("case_id", "case", "caseid")
+PATH_COLUMNS = ("path", "file", "image")
+PRIMARY_OPERATING_POINT = "fracture"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    name: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class AIPredictions:
+    """AI probabilities aligned to the study's case order, with its operating points."""
+
+    probability: np.ndarray  # (cases,)
+    operating_points: tuple[OperatingPoint, ...]  # the first is the primary one, used in comparisons
+    threshold_source: str
+    source: str
+    model_id: str | None
+
+    @property
+    def primary(self) -> OperatingPoint | None:
+        return self.operating_points[0] if self.operating_points else None
+
+    def calls(self, point: OperatingPoint | None = None) -> np.ndarray:
+        """0/1 calls at ``point`` (default: the primary operating point)."""
+        point = point or self.primary
+        if point is None:
+            raise ReaderStudyError(
+                f"{self.source}: no AI threshold: give --ai-threshold (or --ai-card with a model card) "
+                "to compare sensitivity or specificity with the AI"
+            )
+        return (self.probability >= point.threshold).astype(float)
+
+
+def default_card_path() -> Path:
+    """Where the shipped model's card lives (it may not exist in a development checkout)."""
+    return Path(str(resources.files("fracsight.models"))) / "default.card.json"
+
+
+def load_ai_predictions(
+    path: str | Path,
+    case_ids: tuple[str, ...],
+    *,
+    threshold: float | None = None,
+    card: str | Path | None = None,
+) -> AIPredictions:
+    """Read a predictions CSV (``case_id`` or ``path``, ``probability``) for the study's cases.
+
+    Rows with an ``error`` or without a probability count as missing. Every study case
+    must have one probability; rows for other cases are ignored.
+    """
+    path = Path(path)
+    header, rows = read_rows(path)
+    id_col = find_column(header, ID_COLUMNS, path, required=False)
+    path_col = None if id_col else find_column(header, PATH_COLUMNS, path, required=True)
+    prob_col = find_column(header, ("probability",), path, required=True)
+    error_col = find_column(header, ("error",), path, required=False)
+
+    by_case: dict[str, float] = {}
+    bad: list[str] = []
+    conflicts: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        case = row[id_col] if id_col else Path(row[path_col]).stem  # type: ignore[index]
+        if (error_col and row[error_col]) or not row[prob_col]:
+            continue
+        try:
+            value = float(row[prob_col])
+        except ValueError:
+            value = math.nan
+        if not (0.0 <= value <= 1.0):
+            bad.append(f"line {line}: {row[prob_col]!r}")
+            continue
+        if case in by_case and by_case[case] != value:
+            conflicts.append(repr(case))
+        by_case[case] = value
+    if bad:
+        raise BadValue(
+            f"{path}: column 'probability' has {len(bad)} value(s) outside [0, 1] or not numbers "
+            f"({line_list(bad)})"
+        )
+    if conflicts:
+        raise BadValue(
+            f"{path}: {len(conflicts)} case(s) have two different probabilities ({line_list(conflicts)})"
+        )
+    missing = [c for c in case_ids if c not in by_case]
+    if missing:
+        how = f"column {id_col!r}" if id_col else f"the file stem of column {path_col!r}"
+        raise MissingAIPrediction(
+            f"{path}: no usable AI probability for {len(missing)} of {len(case_ids)} study cases "
+            f"({line_list(missing)}); cases are matched by {how}, and rows with an error are not usable"
+        )
+    extra = len(set(by_case) - set(case_ids))
+    if extra:
+        log.info("%s: %d prediction rows are for cases not in the reader study; ignored", path, extra)
+    points, source, model_id = _operating_points(threshold, card)
+    return AIPredictions(
+        probability=np.array([by_case[c] for c in case_ids]),
+        operating_points=points,
+        threshold_source=source,
+        source=str(path),
+        model_id=model_id,
+    )
+
+
+def _operating_points(
+    threshold: float | None, card: str | Path | None
+) -> tuple[tuple[OperatingPoint, ...], str, str | None]:
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise BadValue(f"AI threshold {threshold} is outside [0, 1]")
+        return (
+            (OperatingPoint("given", float(threshold)),),
+            "given on the command line (--ai-threshold)",
+            None,
+        )
+    card_path = Path(card) if card is not None else default_card_path()
+    if not card_path.is_file():
+        if card is not None:
+            raise FileNotFoundError(f"{card_path}: no such model card")
+        log.warning(
+            "no --ai-threshold and no default model card at %s: AI sensitivity/specificity unavailable",
+            card_path,
+        )
+        return (), f"none: no --ai-threshold given and {card_path} is absent", None
+    data = json.loads(card_path.read_text())
+    thresholds = data.get("thresholds") or {}
+    names = [n for n in (PRIMARY_OPERATING_POINT, "doubt") if n in thresholds] + sorted(
+        n for n in thresholds if n not in (PRIMARY_OPERATING_POINT, "doubt")
+    )
+    if not names:
+        raise ReaderStudyError(f"{card_path}: the model card has no 'thresholds'; give --ai-threshold")
+    points = tuple(OperatingPoint(n, float(thresholds[n])) for n in names)
+    source = f"model card {card_path}" + (
+        f": {data['threshold_source']}" if data.get("threshold_source") else ""
+    )
+    return points, source, data.get("model_id")

@@ -1,0 +1,51 @@
+"""Self-contained HTML reports with inline-SVG charts: shared by evaluation and reader studies.
+
+A report is one HTML file with no outside references (see :mod:`fracsight.reporting.html`).
+"""
+
+from fracsight.reporting.html import (
+    GalleryItem,
+    Markup,
+    NoteKind,
+    escape,
+    facts,
+    figure,
+    gallery,
+    join,
+    note,
+    page,
+    paragraph,
+    row_of,
+    section,
+    table,
+    withheld,
+)
+from fracsight.reporting.images import heat_overlay, png_data_uri, thumbnail_data_uri
+from fracsight.reporting.svg import BarSeries, IntervalStyle, LineSeries, MarkedPoint, bar_chart, line_chart
+
+__all__ = [
+    "GalleryItem",
+    "Markup",
+    "NoteKind",
+    "escape",
+    "facts",
+    "figure",
+    "gallery",
+    "join",
+    "note",
+    "page",
+    "paragraph",
+    "row_of",
+    "section",
+    "table",
+    "withheld",
+    "heat_overlay",
+    "png_data_uri",
+    "thumbnail_data_uri",
+    "BarSeries",
+    "IntervalStyle",
+    "LineSeries",
+    "MarkedPoint",
+    "bar_chart",
+    "line_chart",
+]
