@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 COLUMNS = ["path", "probability", "category", "heatmap", "error"]
+# Inside folders, files with these suffixes are never radiographs and are skipped; DICOM files
+# often have no suffix or an odd one, so everything else is tried (and refused with a reason).
+_NOT_IMAGES = frozenset(
+    {".md", ".txt", ".csv", ".json", ".py", ".pyc", ".html", ".xml", ".pdf", ".zip", ".gz", ".tgz", ".log"}
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given, folders walked recursively in sorted order (hidden files skipped)."""
+    """Files as given; folders walked recursively in sorted order, skipping hidden files and
+    files that are plainly not images (README.md, CSVs...)."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -40,7 +46,9 @@ def expand_paths(paths: list[str]) -> list[Path]:
             out += sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                if p.is_file()
+                and p.suffix.lower() not in _NOT_IMAGES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
         else:
             out.append(path)  # a missing file is reported in its row, not fatal

@@ -230,12 +230,15 @@ def render_markdown(card: dict) -> str:
         f"- Command: `{card['recipe']['command']}`",
         f"- ONNX checked against torch: max |difference| {card['recipe']['onnx_max_abs_diff_vs_torch']:.1e}.",
         "",
+        *(_evaluation_markdown(m["shipped_model_evaluation"]) if "shipped_model_evaluation" in m else []),
         "## Operating points",
         f"- doubt (high sensitivity): probability >= {card['thresholds']['doubt']:.4f}",
         f"- fracture (high specificity): probability >= {card['thresholds']['fracture']:.4f}",
         f"- Chosen on {card['threshold_source']}.",
         "",
-        "## Metrics (95% CIs: DeLong for AUC, Wilson for proportions)",
+        "## Metrics measured during training (95% CIs: DeLong for AUC, Wilson for proportions)",
+        "Test-split rows here were computed on the training machine (GPU, bf16, from the compact "
+        "training copy of the images), so they differ slightly from the shipped-model table above.",
         "",
         "| data | n | fractured | ROC AUC | sens @doubt | spec @doubt | sens @fracture | spec @fracture |",
         "|---|---|---|---|---|---|---|---|",
@@ -264,3 +267,80 @@ def render_markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def record_evaluation(card_path: Path, metrics_path: Path, command: str) -> dict:
+    """Add a ``fracsight evaluate`` result (metrics.json) to a model card and re-render its Markdown.
+
+    The card then carries the numbers of the shipped ONNX model itself, on the files as a
+    user has them, beside the numbers measured during training.
+    """
+    card = json.loads(Path(card_path).read_text())
+    metrics = json.loads(Path(metrics_path).read_text())
+    overall = metrics["overall"]
+    entry = {
+        "command": command,
+        "data": metrics["data"]["labels"],
+        "model_id": metrics["model"]["model_id"],
+        "n": overall["n"],
+        "n_fractured": overall["n_positive"],
+        "auc": overall["auc"],
+        "operating_points": {op["name"]: op for op in overall["operating_points"]},
+        "by_region": metrics["groups"].get("region"),
+        "by_hardware": metrics["groups"].get("hardware"),
+        "calibration": {k: metrics["calibration"][k] for k in ("brier", "ece")},
+        "localisation": {k: metrics["localisation"].get(k) for k in ("data", "pointing_game", "froc")},
+    }
+    card["metrics"]["shipped_model_evaluation"] = entry
+    Path(card_path).write_text(json.dumps(card, indent=2))
+    Path(card_path).with_name(Path(card_path).name.replace(".card.json", ".card.md")).write_text(
+        render_markdown(card)
+    )
+    return card
+
+
+def _evaluation_markdown(ev: dict) -> list[str]:
+    ops = ev["operating_points"]
+
+    def cell(entry: dict) -> str:
+        auc = entry.get("auc")
+        auc_text = _fmt_est(auc["delong"]) if auc else "too few"
+        op = entry.get("operating_points", {})
+        rates = [
+            _fmt_est(op.get(name, {}).get(rate)) if op.get(name, {}).get(rate) else "too few"
+            for name in ("doubt", "fracture")
+            for rate in ("sensitivity", "specificity")
+        ]
+        return " | ".join([str(entry["n"]), str(entry["n_positive"]), auc_text, *rates])
+
+    overall = {"n": ev["n"], "n_positive": ev["n_fractured"], "auc": ev["auc"], "operating_points": ops}
+    lines = [
+        "## The shipped model on the held-out test split",
+        f"Measured with `{ev['command']}`: the ONNX model on the original image files, CPU. "
+        f"Data: {ev['data']}. These are the numbers to quote.",
+        "",
+        "| cases | n | fractured | ROC AUC | sens @doubt | spec @doubt | sens @fracture | spec @fracture |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| all | {cell(overall)} |",
+    ]
+    for column in ("by_region", "by_hardware"):
+        table = ev.get(column) or {}
+        for c in table.get("cells", []):
+            lines.append(f"| {table['column']} = {c['value']} | {cell(c)} |")
+    loc = ev["localisation"]
+    if loc.get("pointing_game"):
+        pg = loc["pointing_game"]
+        lines += [
+            "",
+            f"Heat-map localisation ({loc['data']}): peak inside an expert box "
+            f"{_fmt_est(pg['strict'])}; within half a heat-map cell {_fmt_est(pg['within_half_a_cell'])}; "
+            f"FROC normalised area up to 1 false mark per image "
+            f"{_fmt_est(loc['froc']['normalised_area'])}.",
+        ]
+    cal = ev["calibration"]
+    lines += [
+        f"Calibration: Brier {_fmt_est(cal['brier'])}, ECE {_fmt_est(cal['ece'])}.",
+        "Cells with fewer than 10 fractured or non-fractured images report 'too few'.",
+        "",
+    ]
+    return lines
