@@ -36,40 +36,37 @@ def heatmap_peak(heatmap: np.ndarray, box: Letterbox) -> tuple[float, float]:
 
 
 def _colormap(values: np.ndarray) -> np.ndarray:
-    """A perceptually ordered yellow-to-red ramp for values in [0, 1] -> RGB uint8."""
+    """A yellow-to-red ramp for values in [0, 1] -> RGB uint8 (hotter = redder)."""
     v = np.clip(values, 0.0, 1.0)
-    r = np.full_like(v, 255.0)
-    g = 230.0 * (1.0 - v)
-    b = 40.0 * (1.0 - v)
-    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+    out = np.empty(v.shape + (3,), dtype=np.uint8)
+    out[..., 0] = 255
+    out[..., 1] = (230.0 * (1.0 - v)).astype(np.uint8)
+    out[..., 2] = (40.0 * (1.0 - v)).astype(np.uint8)
+    return out
 
 
 def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) -> Image.Image:
     """The radiograph with the heat map in colour and the probability and category written on it.
 
     Kept at the input's aspect ratio; large images are reduced to ``max_side`` so a folder of
-    3000-pixel studies does not become gigabytes of PNG.
+    3000-pixel studies does not become gigabytes of PNG. Blending is done by Pillow in uint8:
+    this runs once per image in ``predict``, so it must cost little next to the model.
     """
     h, w = pixels.shape
     scale = min(1.0, max_side / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = Image.fromarray(np.clip(pixels * 255.0, 0, 255).astype(np.uint8), mode="L")
+    gray = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if scale < 1.0:
-        gray = gray.reduce(max(1, int(1 / scale))) if int(1 / scale) >= 2 else gray
+        factor = int(1 / scale)
+        if factor >= 2:
+            gray = gray.reduce(factor)
         gray = gray.resize(size, Image.Resampling.BILINEAR)
-    base = np.asarray(gray.convert("RGB"), dtype=np.float32)
-    small_box = Letterbox(
-        finding.letterbox.size,
-        finding.letterbox.scale / scale,
-        finding.letterbox.pad_x,
-        finding.letterbox.pad_y,
-        size[1],
-        size[0],
-    )
+    box = finding.letterbox
+    small_box = Letterbox(box.size, box.scale / scale, box.pad_x, box.pad_y, size[1], size[0])
     heat = heatmap_to_image(finding.heatmap, small_box)
-    alpha = np.clip((heat - OVERLAY_FLOOR) / (1.0 - OVERLAY_FLOOR), 0.0, 1.0)[..., None] * 0.55
-    blended = base * (1.0 - alpha) + _colormap(heat).astype(np.float32) * alpha
-    image = Image.fromarray(blended.astype(np.uint8), mode="RGB")
+    alpha = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255).astype(np.uint8)
+    colour = Image.fromarray(_colormap(heat), mode="RGB")
+    image = Image.composite(colour, gray.convert("RGB"), Image.fromarray(alpha, mode="L"))
     _caption(image, finding)
     return image
 

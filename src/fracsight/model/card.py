@@ -217,7 +217,8 @@ def render_markdown(card: dict) -> str:
         "## Data",
         f"- Source: `{card['data']['source']}` ({card['data']['n_images']} images, "
         f"{card['data']['n_fractured']} fractured; {card['data']['n_refused']} could not be read).",
-        f"- Grouping: {card['data']['grouping']} ({card['data']['n_groups']} groups); no group straddles a split.",
+        f"- Grouping: {card['data']['grouping']} ({card['data']['n_groups']} groups); "
+        "no group straddles a split.",
         f"- Held-out test split: {card['data']['test_split']['n']} images "
         f"({card['data']['test_split']['n_fractured']} fractured), never used for training, model or "
         "threshold selection.",
@@ -226,7 +227,8 @@ def render_markdown(card: dict) -> str:
         f"- {card['recipe']['backbone']} (ImageNet init: {card['recipe']['imagenet_init']}) with a CAM head "
         "(top-k pooled cell logits), box-supervised heat map, input "
         f"{card['input_size']} px ({card['preprocessing']['name']}).",
-        f"- {card['recipe']['folds']}-fold grouped cross-validation; final model {card['recipe']['final_model']}.",
+        f"- {card['recipe']['folds']}-fold grouped cross-validation; "
+        f"final model {card['recipe']['final_model']}.",
         f"- Command: `{card['recipe']['command']}`",
         f"- ONNX checked against torch: max |difference| {card['recipe']['onnx_max_abs_diff_vs_torch']:.1e}.",
         "",
@@ -263,7 +265,8 @@ def render_markdown(card: dict) -> str:
         "## Known limitations and failure modes",
         *[f"- {item}" for item in card["limitations"]],
         "",
-        "FracAtlas: Abedeen I. et al., Scientific Data 10, 521 (2023), doi:10.1038/s41597-023-02432-4 (CC BY 4.0).",
+        "FracAtlas: Abedeen I. et al., Scientific Data 10, 521 (2023), "
+        "doi:10.1038/s41597-023-02432-4 (CC BY 4.0).",
         "",
     ]
     return "\n".join(lines)
