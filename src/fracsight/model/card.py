@@ -45,8 +45,9 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float
     n_pos, n = int(labels.sum()), int(labels.size)
     out: dict = {"n": n, "n_fractured": n_pos}
     if n_pos < SMALL_CELL or n - n_pos < SMALL_CELL:
+        # Same rule as `fracsight evaluate`: no AUC from a cell this small, only counts and rates.
         out["warning"] = f"fewer than {SMALL_CELL} fractured or non-fractured images: too small to say"
-    if 0 < n_pos < n:
+    else:
         out["auc"] = auc_with_ci(scores, labels, n_resamples=2000, seed=seed).to_dict()
     for name, t in thresholds.items():
         out[f"at_{name}"] = binary_rates(scores, labels, t).to_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from fracsight.model.augment import Augmentation, augment
 from fracsight.model.network import FractureNet
@@ -173,6 +175,16 @@ def train_run(
         t0 = time.perf_counter()
         order = rng.permutation(train_idx)
         losses = []
+        # A bar within the epoch for people at a terminal (a CPU epoch takes minutes);
+        # tqdm turns itself off when stderr is not a terminal, so logs keep one line per epoch.
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None,
+            file=sys.stderr,
+        )
         for b in range(steps_per_epoch):
             idx = torch.as_tensor(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device=device)
             x = to_input(images[idx])
@@ -211,8 +223,10 @@ def train_run(
             scheduler.step()
             step += 1
             losses.append(float(loss.detach()))
+            bar.update(1)
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
+        bar.close()
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         if val_idx is not None and len(val_idx):
             logits, _ = predict(model, images[torch.as_tensor(val_idx, device=device)])
