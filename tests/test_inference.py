@@ -189,14 +189,21 @@ def test_card_thresholds_and_temperature_are_applied(
 def test_overlay_keeps_aspect_and_shows_the_heat(
     default_analyser: Analyser, sample_images: list[Path]
 ) -> None:
-    radiograph = read_radiograph(sample_images[0])
+    radiograph = read_radiograph(sample_images[4])  # a fracture with a clear hot spot
     finding = default_analyser.analyse(radiograph)
-    image = overlay_image(radiograph.pixels, finding, max_side=512)
     h, w = radiograph.shape
-    assert image.mode == "RGB"
-    assert max(image.size) == 512
-    assert abs(image.size[0] - round(image.size[1] * w / h)) <= 1
+    small = overlay_image(radiograph.pixels, finding, max_side=256)
+    assert small.mode == "RGB" and max(small.size) == 256
+    assert abs(small.size[0] - round(small.size[1] * w / h)) <= 1
+    # At full size the overlay's colour follows the heat map on the image's own pixels.
+    image = overlay_image(radiograph.pixels, finding, max_side=max(h, w))
+    assert image.size == (w, h)
     rgb = np.asarray(image).astype(int)
-    # Gray radiograph pixels have R == G == B; coloured heat makes some pixels red-yellow.
-    coloured = (rgb[..., 0] - rgb[..., 2]) > 30
-    assert coloured.any() == bool(finding.heatmap.max() > 0.3)
+    heat = finding.heatmap_on_image()
+    below_caption = np.zeros((h, w), dtype=bool)
+    below_caption[3 * max(12, w // 40) :] = True
+    cold = below_caption & (heat < 0.15)
+    hot = below_caption & (heat > 0.6)
+    assert cold.any() and hot.any()
+    assert np.all(rgb[cold][:, 0] == rgb[cold][:, 2]), "gray pixels were tinted where the map is cold"
+    assert np.all(rgb[hot][:, 0] - rgb[hot][:, 2] > 50), "hot cells are not coloured"

@@ -140,7 +140,9 @@ def test_folder_without_images_is_an_error(tmp_path: Path, capsys: pytest.Captur
 def test_subprocess_exit_code_and_summary(
     tmp_path: Path, samples_dir: Path, sample_images: list[Path]
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    # The same code as the in-process tests, whether or not fracsight is installed.
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, "-m", "fracsight", "predict", str(samples_dir), "--no-progress"],
         capture_output=True,

@@ -104,7 +104,9 @@ def test_flip_moves_image_and_mask_together() -> None:
     images = torch.full((2, 1, 32, 32), -1.0)
     images[:, :, 8:16, 2:10] = 1.0  # a bright block on the left
     masks = (images > 0).float()
-    flip = Augmentation(flip=1.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0, contrast=(1.0, 1.0))
+    flip = Augmentation(
+        flip=1.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0, contrast=(1.0, 1.0)
+    )
     out, out_masks = augment(images, masks, flip)
     torch.testing.assert_close(out, torch.flip(images, dims=[3]), atol=1e-5, rtol=0)
     torch.testing.assert_close(out_masks, torch.flip(masks, dims=[3]))
@@ -165,7 +167,9 @@ def test_manifest_bad_label_through_the_cli(
 
 
 def test_manifest_bad_boxes_and_missing_columns(tmp_path: Path, sample_images: list[Path]) -> None:
-    bad_box = _write_rows(tmp_path / "box.csv", [[str(sample_images[0]), "1", "leg", "0", "[[1, 2, 3]]", "a"]])
+    bad_box = _write_rows(
+        tmp_path / "box.csv", [[str(sample_images[0]), "1", "leg", "0", "[[1, 2, 3]]", "a"]]
+    )
     with pytest.raises(ValueError, match="row 2: each box needs 4 numbers"):
         read_manifest(bad_box)
     not_json = _write_rows(tmp_path / "json.csv", [[str(sample_images[0]), "1", "leg", "0", "1,2,3,4", "a"]])
@@ -223,7 +227,9 @@ def _fracatlas_rows(root: Path) -> list[list]:
     rows = []
     for n, item in enumerate(fractured + normal):
         boxes = json.dumps([[round(v, 1) for v in b] for b in item.boxes])
-        rows.append([str(item.path), int(item.fractured), item.region.value, int(item.hardware), boxes, f"g{n // 2}"])
+        rows.append(
+            [str(item.path), int(item.fractured), item.region.value, int(item.hardware), boxes, f"g{n // 2}"]
+        )
     return rows
 
 
@@ -262,7 +268,9 @@ def _digest(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, samples_dir: Path, sample_labels: dict[str, int]) -> Path:
+def manifest(
+    tmp_path_factory: pytest.TempPathFactory, samples_dir: Path, sample_labels: dict[str, int]
+) -> Path:
     folder = tmp_path_factory.mktemp("manifest")
     fracatlas = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas"
     if (fracatlas / "dataset.csv").is_file():
@@ -358,8 +366,9 @@ def test_train_split_keeps_groups_together(trained: dict) -> None:
         by_group[r["group"]].add((r["split"], r["fold"]))
         assert (r["split"] == "test") == (r["fold"] == "-1")
     assert all(len(places) == 1 for places in by_group.values()), dict(by_group)
+    # About a quarter is held out, in whole groups (coarse with 5 to 8 groups).
     n_test = sum(r["split"] == "test" for r in rows)
-    assert 2 <= n_test <= 6
+    assert 1 <= n_test <= 8
     assert {r["fold"] for r in rows if r["split"] == "dev"} == {"0", "1"}
     with open(trained["out"] / "predictions_oof.csv", newline="") as fh:
         oof_ids = {r["image_id"] for r in csv.DictReader(fh)}
@@ -381,11 +390,6 @@ def test_trained_model_runs_in_the_analyser(trained: dict, sample_images: list[P
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known bug: final/best.pt is saved in float16 but model.onnx is exported from the float32 "
-    "weights in memory, so the shipped ONNX is not the checkpoint's model (differences ~1e-3)",
-    strict=False,
-)
 def test_onnx_matches_the_saved_checkpoint(trained: dict) -> None:
     assert _onnx_vs_checkpoint(trained["fresh"] / "model.onnx", trained["out"] / "final" / "best.pt") < 1e-3
 
@@ -404,11 +408,6 @@ def test_resume_does_not_retrain(trained: dict, resumed: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known bug: --resume re-exports model.onnx from the float16 checkpoint, so a resumed run "
-    "replaces the fresh run's model (and its model_id) with a slightly different one",
-    strict=True,
-)
 def test_resume_keeps_the_same_model(trained: dict, resumed: dict) -> None:
     assert resumed["code"] == 0
     assert _digest(trained["out"] / "model.onnx") == _digest(trained["fresh"] / "model.onnx")

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # pydicom logs every decoder it tries and fails with a traceback at ERROR; fracsight
+        # already reports the refusal in one line per file.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -175,6 +175,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 "history": result.history,
             }
             _save_state(state, fold_dir / "best.pt")
+            state = _load_state(fold_dir / "best.pt")  # use what was saved, so --resume gives the same
             (fold_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             (fold_dir / "last.pt").unlink(missing_ok=True)
         model = load_trained(state, rc.variant, device)
@@ -279,7 +280,8 @@ def _run_or_load(
     _save_state(result.state, folder / "best.pt")
     (folder / "summary.json").write_text(json.dumps({"epochs": cfg.epochs, "history": result.history}))
     (folder / "last.pt").unlink(missing_ok=True)
-    return result.state
+    # Export what was saved (float16-rounded), so a --resume re-export yields the same model.
+    return _load_state(folder / "best.pt")
 
 
 def _write_predictions(
