@@ -94,13 +94,12 @@ def predict(
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    # bf16 with channels-last is the fastest measured setting on both GPU and CPU (see README).
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
@@ -108,8 +107,7 @@ def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
     if cfg.pretrained:
         model.backbone.load_imagenet(cfg.variant)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     return model
 
 
@@ -282,6 +280,5 @@ def load_trained(state: dict[str, torch.Tensor], variant: str, device: torch.dev
     model = FractureNet(variant)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     return model
