@@ -166,7 +166,8 @@ def _train_speed(size: int) -> None:
 
     ms = _median_ms(step, 3)
     print(
-        f"\n| training step (CPU, bf16 autocast, channels-last, batch 16, {size} px) | {16000 / ms:.1f} images/s |"
+        f"\n| training step (CPU, bf16 autocast, channels-last, batch 16, {size} px) "
+        f"| {16000 / ms:.1f} images/s |"
     )
 
 
