@@ -12,7 +12,6 @@ from fracsight.readers.fom import (
     estimate,
     roc_points,
     structural_components,
-    wilson_interval,
 )
 
 
@@ -68,14 +67,6 @@ def test_proportion_variance_is_binomial_over_the_relevant_cases(method):
     assert sens.covariance[0, 0] == pytest.approx(0.75 * 0.25 / 19)
     assert spec.values[0] == pytest.approx(0.8) and spec.n_cases == 30
     assert spec.covariance[0, 0] == pytest.approx(0.8 * 0.2 / 29)
-
-
-def test_wilson_interval_matches_the_textbook_value():
-    low, high = wilson_interval(8, 10)
-    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
-    assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(0, 10)[0] == pytest.approx(
-        0.0
-    )
 
 
 def test_roc_points_run_from_origin_to_corner_and_reproduce_the_area(ordinal_reads):

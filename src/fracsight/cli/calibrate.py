@@ -7,7 +7,7 @@ import json
 import sys
 
 from fracsight.cli.evaluate import add_data_arguments
-from fracsight.cli.thresholds import check_date, data_description, resolve_model
+from fracsight.cli.thresholds import check_date, data_description, site_cases
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,23 +34,10 @@ def run(args: argparse.Namespace) -> int:
         fit_temperature,
         logits_from_probabilities,
     )
-    from fracsight.evaluation.model_copy import card_with_temperature, read_card, write_model_copy
-    from fracsight.evaluation.sources import load_cases
+    from fracsight.evaluation.model_copy import card_with_temperature, write_model_copy
 
     date = check_date(args.date)
-    model = resolve_model(args.model)
-    card = read_card(model)
-    loaded = load_cases(
-        dataset=args.dataset,
-        predictions=args.predictions,
-        labels=args.labels,
-        model=model,
-        split_file=args.split_file,
-        split=args.split,
-        allow_missing=args.allow_missing,
-        progress=not args.no_progress,
-    )
-    cases = loaded.cases
+    model, card, cases = site_cases(args)
     previous_t = float(card.get("temperature", 1.0))
     logits = logits_from_probabilities(cases.probabilities, previous_t)
     fit = fit_temperature(logits, cases.labels, previous_temperature=previous_t)

@@ -50,14 +50,12 @@ def check_date(date: str | None) -> str:
         raise ValueError(f"--date {date!r} is not a date in the form YYYY-MM-DD") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from fracsight.evaluation.model_copy import card_with_thresholds, read_card, write_model_copy
-    from fracsight.evaluation.operating_points import choose_thresholds
+def site_cases(args: argparse.Namespace):
+    """(model path, its card, the site's labelled cases) for the commands that adapt a model copy."""
+    from fracsight.evaluation.model_copy import read_card
     from fracsight.evaluation.sources import load_cases
 
-    date = check_date(args.date)
     model = resolve_model(args.model)
-    card = read_card(model)
     loaded = load_cases(
         dataset=args.dataset,
         predictions=args.predictions,
@@ -68,7 +66,15 @@ def run(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         progress=not args.no_progress,
     )
-    cases = loaded.cases
+    return model, read_card(model), loaded.cases
+
+
+def run(args: argparse.Namespace) -> int:
+    from fracsight.evaluation.model_copy import card_with_thresholds, write_model_copy
+    from fracsight.evaluation.operating_points import choose_thresholds
+
+    date = check_date(args.date)
+    model, card, cases = site_cases(args)
     choice = choose_thresholds(cases.probabilities, cases.labels, args.sensitivity, args.specificity)
     description = data_description(args)
     new_card = card_with_thresholds(card, choice, description, date)

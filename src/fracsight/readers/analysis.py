@@ -19,10 +19,11 @@ from dataclasses import asdict
 import numpy as np
 from scipy import stats
 
+from fracsight.evaluation.metrics import wilson_interval
 from fracsight.readers.ai_arm import AIPredictions
 from fracsight.readers.data import UNSPECIFIED_REGION, ReadStudy
 from fracsight.readers.errors import NotEstimable, ReaderStudyError
-from fracsight.readers.fom import CovarianceMethod, FigureOfMerit, estimate, roc_points, wilson_interval
+from fracsight.readers.fom import CovarianceMethod, FigureOfMerit, estimate, roc_points
 from fracsight.readers.or_analysis import (
     Generalisation,
     TestResult,
@@ -193,7 +194,7 @@ def _summaries(
                 half = z * math.sqrt(max(est.covariance[i * n_r + j, i * n_r + j], 0.0))
                 low, high = _clip(value - half), _clip(value + half)
             else:
-                low, high = wilson_interval(value * est.n_cases, est.n_cases, z)
+                low, high = wilson_interval(round(value * est.n_cases), est.n_cases, 1 - alpha)
             readers.append(ReaderValue(reader, value, low, high))
         out.append(
             ModalitySummary(
@@ -339,9 +340,9 @@ def _ai_summary(study: ReadStudy, ai: AIPredictions, covariance: CovarianceMetho
                 point.name,
                 point.threshold,
                 float(sens),
-                wilson_interval(sens * positives.sum(), int(positives.sum()), z),
+                wilson_interval(round(sens * positives.sum()), int(positives.sum()), 1 - alpha),
                 float(spec),
-                wilson_interval(spec * negatives.sum(), int(negatives.sum()), z),
+                wilson_interval(round(spec * negatives.sum()), int(negatives.sum()), 1 - alpha),
             )
         )
     fpr, tpr, _ = roc_points(ai.probability, study.truth)

@@ -127,16 +127,6 @@ def _jackknife_covariance(leave_one_out: np.ndarray) -> np.ndarray:
     return (n - 1) / n * (deviations @ deviations.T)
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (stays inside [0, 1], sound near 0 and 1)."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
-
-
 def roc_points(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Empirical ROC curve: (false-positive fraction, true-positive fraction, threshold) per distinct score.
 
