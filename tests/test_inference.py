@@ -207,3 +207,15 @@ def test_overlay_keeps_aspect_and_shows_the_heat(
     assert cold.any() and hot.any()
     assert np.all(rgb[cold][:, 0] == rgb[cold][:, 2]), "gray pixels were tinted where the map is cold"
     assert np.all(rgb[hot][:, 0] - rgb[hot][:, 2] > 50), "hot cells are not coloured"
+
+
+def test_front_door_analyse_matches_the_analyser(sample_images, default_analyser) -> None:
+    import fracsight
+    from fracsight.io import RefusedInput, read_radiograph
+
+    finding = fracsight.analyse(sample_images[0])
+    expected = default_analyser.analyse(read_radiograph(sample_images[0]))
+    assert finding.probability == pytest.approx(expected.probability, abs=1e-6)
+    assert finding.category == expected.category
+    with pytest.raises(RefusedInput):
+        fracsight.analyse(Path(fracsight.__file__).parent / "samples" / "README.md")

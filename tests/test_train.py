@@ -435,3 +435,12 @@ def test_size_must_be_a_multiple_of_32(
     assert main(["train", str(manifest), "--out", str(tmp_path / "out"), "--size", "50"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_folds_stay_even_when_groups_tie() -> None:
+    """Equal groups of one class are spread evenly, not heaped by chance on one fold."""
+    labels = np.array([1] * 6 + [0] * 6)
+    groups = np.array([1, 1, 2, 2, 3, 3, 5, 5, 6, 6, 7, 7])
+    for seed in range(5):
+        folds = grouped_stratified_folds(labels, groups, 2, seed)
+        assert sorted(np.bincount(folds).tolist()) == [6, 6]

@@ -9,7 +9,7 @@ def grouped_stratified_folds(labels: np.ndarray, groups: np.ndarray, n_folds: in
     """Assign each item a fold in 0..n_folds-1; a group stays in one fold; classes balanced.
 
     Groups are dealt largest first to the fold that currently lacks most of that group's
-    class (a greedy balance), with a seeded shuffle breaking ties between equal groups.
+    class (a greedy balance); ties go to the smallest fold, then to a seeded draw.
     """
     labels = np.asarray(labels).astype(int)
     groups = np.asarray(groups)
@@ -28,7 +28,9 @@ def grouped_stratified_folds(labels: np.ndarray, groups: np.ndarray, n_folds: in
     for g in order:
         c = group_pos[g]
         need = (targets[c] - counts[:, c]) / max(targets[c], 1)
-        best = int(np.argmax(need + rng.random(n_folds) * 1e-6))
+        # Most in need of this class first; among equals, the smallest fold; then chance.
+        order_key = np.lexsort((rng.random(n_folds), counts.sum(axis=1), -np.round(need, 9)))
+        best = int(order_key[0])
         fold_of[members[g]] = best
         counts[best, c] += len(members[g])
     return fold_of
