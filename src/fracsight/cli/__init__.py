@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # pydicom logs every decoder it tries and fails with a traceback at ERROR; fracsight
         # already reports the refusal in one line per file.
+        import pydicom.config  # noqa: F401 - pydicom sets its logger's level on import: import it first
+
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help()
