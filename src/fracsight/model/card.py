@@ -293,7 +293,10 @@ def record_evaluation(card_path: Path, metrics_path: Path, command: str) -> dict
         "by_region": metrics["groups"].get("region"),
         "by_hardware": metrics["groups"].get("hardware"),
         "calibration": {k: metrics["calibration"][k] for k in ("brier", "ece")},
-        "localisation": {k: metrics["localisation"].get(k) for k in ("data", "pointing_game", "froc")},
+        # Present only when the evaluated data had expert boxes.
+        "localisation": {
+            k: (metrics.get("localisation") or {}).get(k) for k in ("data", "pointing_game", "froc")
+        },
     }
     card["metrics"]["shipped_model_evaluation"] = entry
     Path(card_path).write_text(json.dumps(card, indent=2))
