@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -167,8 +167,3 @@ class Analyser:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def with_timing(finding: Finding, **timings: float) -> Finding:
-    """A copy of ``finding`` with extra stage timings (ms) added."""
-    return replace(finding, timings_ms={**finding.timings_ms, **timings})
