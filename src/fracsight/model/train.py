@@ -147,8 +147,7 @@ def run_training(cfg: TrainConfig) -> Path:
     for k in range(cfg.folds):
         fold_dir = out / f"fold{k}"
         fold_dir.mkdir(exist_ok=True)
-        tr, va = np.flatnonzero(fold >= 0), np.flatnonzero(fold == k)
-        tr = tr[fold[tr] != k]
+        tr, va = dev[fold[dev] != k], dev[fold[dev] == k]
         if (fold_dir / "best.pt").exists():
             state = _load_state(fold_dir / "best.pt")
             summary = json.loads((fold_dir / "summary.json").read_text())
