@@ -5,7 +5,9 @@
 Stages: decode (read_radiograph), preprocess (prepare), model (ONNX Runtime, batch 1 and
 batch 8), heat-map overlay PNG; then end to end through the same pipeline as the CLI
 (Analyser.iter_analyses + overlay written), for typical FracAtlas-sized images and for a
-3000 x 3000 16-bit DICOM made from a real radiograph. Optional: training images/s on CPU.
+3000 x 3000 16-bit DICOM made from a real radiograph, uncompressed and as lossless JPEG 2000
+(which predict decodes at half resolution, see fracsight.io.dicom_j2k). Optional: training
+images/s on CPU.
 """
 
 from __future__ import annotations
@@ -61,6 +63,29 @@ def _make_big_dicom(folder: Path) -> Path:
     return path
 
 
+def _as_jpeg2000(path: Path) -> Path:
+    """The same file re-encoded as JPEG 2000 lossless with python-gdcm."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise RuntimeError(f"gdcm could not read {path}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEG2000Lossless))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError("gdcm could not encode JPEG 2000")
+    out = path.with_name(path.stem + "_j2k.dcm")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(out))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"gdcm could not write {out}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model")
@@ -80,11 +105,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         big = _make_big_dicom(tmp_path)
-        for label, path in (("typical JPEG", typical), ("3000x3000 DICOM", big)):
-            rg = read_radiograph(path)
+        j2k = _as_jpeg2000(big)
+        inputs = (("typical JPEG", typical), ("3000x3000 DICOM", big), ("3000x3000 J2K DICOM", j2k))
+        for label, path in inputs:
+            rg = analyser.read(path)  # as predict reads it
             image, box = prepare(rg.pixels, analyser.size)
             finding = analyser.analyse(rg)
-            rows.append((label, "decode", _median_ms(lambda p=path: read_radiograph(p), args.repeats)))
+            if rg.metadata.get("decoded_at_scale", 1.0) != 1.0:
+                full = _median_ms(lambda p=path: read_radiograph(p), args.repeats)
+                rows.append((label, "decode, full resolution", full))
+            rows.append((label, "decode", _median_ms(lambda p=path: analyser.read(p), args.repeats)))
             rows.append(
                 (label, "preprocess", _median_ms(lambda r=rg: prepare(r.pixels, analyser.size), args.repeats))
             )

@@ -41,7 +41,8 @@ def analyse(source: str | Path | Radiograph, model: str | Path | None = None) ->
     Raises :class:`fracsight.io.RefusedInput` with the reason when the file cannot be analysed.
     The model (default: the one shipped in the package) is loaded once and reused.
     """
-    from fracsight.io import Radiograph, read_radiograph
+    from fracsight.io import Radiograph
 
-    radiograph = source if isinstance(source, Radiograph) else read_radiograph(source)
-    return _analyser(str(model) if model else None).analyse(radiograph)
+    analyser = _analyser(str(model) if model else None)
+    radiograph = source if isinstance(source, Radiograph) else analyser.read(source)
+    return analyser.analyse(radiograph)

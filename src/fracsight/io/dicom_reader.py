@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 
 from fracsight.io.dicom_display import DisplayTransform, display_transform
+from fracsight.io.dicom_j2k import decode_reduced
 from fracsight.io.dicom_policy import check_radiograph_header, header_int, number_of_frames
 from fracsight.io.formats import ImageFormat
 from fracsight.io.intensity import IntensityMapping
@@ -72,8 +73,12 @@ _OPTIONAL_DECODER_HINT = {
 }
 
 
-def read_dicom(path: Path, max_pixels: int) -> Radiograph:
-    """Read a single-frame grayscale DICOM radiograph, or refuse it with the reason."""
+def read_dicom(path: Path, max_pixels: int, needed_side: int | None = None) -> Radiograph:
+    """Read a single-frame grayscale DICOM radiograph, or refuse it with the reason.
+
+    With ``needed_side``, JPEG 2000 pixel data may be decoded at a lower resolution
+    level whose longer side is still at least that long (:mod:`dicom_j2k`).
+    """
     name = str(path)
     header, pixel_tag_follows = _read_header(name, path)
     check_radiograph_header(name, header)
@@ -83,12 +88,13 @@ def read_dicom(path: Path, max_pixels: int) -> Radiograph:
     ds = _read_full(name, path)
     transfer_syntax, assumed = _transfer_syntax(ds)
     _check_pixel_data_present(name, ds, pixel_tag_follows)
-    stored = _decode(name, ds, transfer_syntax)
+    reduced = decode_reduced(ds, transfer_syntax, needed_side) if needed_side else None
+    stored, halvings = reduced if reduced else (_decode(name, ds, transfer_syntax), 0)
     transform = display_transform(name, ds)
     pixels = transform.apply(stored)
     del stored
     del ds.PixelData  # keep the header for building DICOM results, not the pixels
-    metadata = _metadata(ds, transfer_syntax, assumed, transform)
+    metadata = _metadata(ds, transfer_syntax, assumed, transform, halvings)
     return Radiograph(pixels=pixels, source=name, format=ImageFormat.DICOM.value, metadata=metadata, dicom=ds)
 
 
@@ -208,7 +214,7 @@ def _warn_if_outside_stored_range(name: str, ds: Dataset, stored: np.ndarray) ->
 
 
 def _metadata(
-    ds: Dataset, transfer_syntax: UID, assumed: bool, transform: DisplayTransform
+    ds: Dataset, transfer_syntax: UID, assumed: bool, transform: DisplayTransform, halvings: int
 ) -> dict[str, Any]:
     """Non-identifying facts about the image: never names, IDs, dates or UIDs of the instance."""
     sop_class = str(ds.get("SOPClassUID", "") or "")
@@ -225,6 +231,7 @@ def _metadata(
         "transfer_syntax_assumed": assumed,
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
+        "decoded_at_scale": 1.0 / (1 << halvings),
         "body_part": _text(ds, "BodyPartExamined"),
         "view_position": _text(ds, "ViewPosition"),
         "pixel_spacing_mm": _pixel_spacing(ds),

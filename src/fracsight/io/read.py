@@ -13,7 +13,9 @@ from fracsight.io.radiograph import Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.truncation import TruncatedImage
 
 
-def read_radiograph(path: str | os.PathLike[str], max_pixels: int | None = None) -> Radiograph:
+def read_radiograph(
+    path: str | os.PathLike[str], max_pixels: int | None = None, needed_side: int | None = None
+) -> Radiograph:
     """Read a PNG, JPEG, TIFF or DICOM radiograph into float32 gray pixels in [0, 1].
 
     The format is recognised from the file's bytes, not its name. Images over
@@ -22,6 +24,11 @@ def read_radiograph(path: str | os.PathLike[str], max_pixels: int | None = None)
     missing path, :class:`UnreadableImage` (incl. ``TruncatedImage``) for files
     that cannot be decoded, and :class:`NotARadiograph` for images that decode
     but are not single-frame grayscale projection radiographs.
+
+    ``needed_side`` lets a format that can decode a smaller image cheaply (JPEG 2000
+    in DICOM) stop at a resolution whose longer side is still at least that many
+    pixels; ``metadata["decoded_at_scale"]`` then says by how much it shrank.
+    Leave it out where pixel coordinates must match the file (expert boxes).
     """
     file = Path(path)
     name = str(file)
@@ -42,7 +49,7 @@ def read_radiograph(path: str | os.PathLike[str], max_pixels: int | None = None)
     if image_format is None:
         raise UnreadableImage(name, describe_unknown(head))
     if image_format is ImageFormat.DICOM:
-        return read_dicom(file, limit)
+        return read_dicom(file, limit, needed_side)
     try:
         data = file.read_bytes()
     except OSError as error:
