@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,12 +307,20 @@ def planted(dicom_dir: Path, tmp_path: Path, source: str, name: str, **changes: 
     ],
 )
 def test_planted_header_changes_are_refused(
-    dicom_dir: Path, tmp_path: Path, changes: dict[str, object], error: type[RefusedInput], reason: str
+    dicom_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, object],
+    error: type[RefusedInput],
+    reason: str,
 ) -> None:
     path = planted(dicom_dir, tmp_path, "hd_dx_image.dcm", "planted.dcm", **changes)
-    started = time.perf_counter()
+
+    def must_not_decode(*args: object) -> None:
+        raise AssertionError("pixel data was decoded for a file the header already rules out")
+
+    monkeypatch.setattr("fracsight.io.dicom_reader._decode", must_not_decode)
     assert_refused(path, error, reason)
-    assert time.perf_counter() - started < 1.0  # refused from the header, nothing big decoded
 
 
 def test_secondary_capture_is_read_and_a_non_image_class_is_not(dicom_dir: Path, tmp_path: Path) -> None:
@@ -363,8 +370,9 @@ def test_truncated_compressed_pixel_data_is_refused_as_truncated(dicom_dir: Path
     assert is_truncated(dicom_dir / "drv_pyd_CR1_6154_truncated_odd.dcm") is True
 
 
-def test_a_3000_square_16_bit_dicom_reads_in_under_300_ms(dicom_dir: Path, tmp_path: Path) -> None:
-    # Real pixels (RG2 hip, 10-bit) resampled to 3000 x 3000 in an uncompressed 16-bit CR file.
+def test_a_3000_square_16_bit_dicom_reads_at_full_size(dicom_dir: Path, tmp_path: Path) -> None:
+    # Real pixels (RG2 hip, 10-bit) resampled to 3000 x 3000 in an uncompressed 16-bit CR file;
+    # its speed is measured in benchmarks/predict_speed.py, not here.
     source = pydicom.dcmread(dicom_dir / "pljd_RG2_JPLL.dcm").pixel_array
     rows = np.linspace(0, source.shape[0] - 1, 3000).astype(int)
     cols = np.linspace(0, source.shape[1] - 1, 3000).astype(int)
@@ -374,10 +382,9 @@ def test_a_3000_square_16_bit_dicom_reads_in_under_300_ms(dicom_dir: Path, tmp_p
     ds.PixelData = big.tobytes()
     path = tmp_path / "big.dcm"
     ds.save_as(path)
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        radiograph: Radiograph = read_radiograph(path)
-        timings.append(time.perf_counter() - started)
+    radiograph: Radiograph = read_radiograph(path)
     assert radiograph.shape == (3000, 3000) and radiograph.pixels.dtype == np.float32
-    assert min(timings) < 0.3, f"best of 3: {min(timings):.3f} s"
+    # MONOCHROME1 with a rising window: brighter on screen where the stored value is lower.
+    sample = (slice(None, None, 37), slice(None, None, 41))
+    order = np.corrcoef(big[sample].ravel(), radiograph.pixels[sample].ravel())[0, 1]
+    assert order < -0.9
