@@ -50,6 +50,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dicom_dir(shared_data: Path) -> Path:
+    """The real DICOM samples (``../shared/data/dicom``, listed in its SOURCES.txt)."""
+    folder = shared_data / "dicom"
+    if not folder.is_dir():
+        pytest.skip(f"shared DICOM samples not found at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def default_analyser():
     """The shipped default model, loaded once per session."""
     from fracsight.inference import Analyser

@@ -24,8 +24,6 @@ from fracsight.io import (
     read_radiograph,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DICOM_DIR = SHARED / "data" / "dicom"
 HAS_LIBJPEG = importlib.util.find_spec("libjpeg") is not None
 
 
@@ -104,13 +102,6 @@ IDENTIFYING_KEYWORDS = (
     "SOPInstanceUID",
     "StudyInstanceUID",
 )
-
-
-@pytest.fixture(scope="module")
-def dicom_dir() -> Path:
-    if not DICOM_DIR.is_dir():
-        pytest.skip(f"shared DICOM samples not found at {DICOM_DIR}")
-    return DICOM_DIR
 
 
 def assert_refused(path: Path, error: type[RefusedInput], reason: str, **kwargs: int) -> RefusedInput:

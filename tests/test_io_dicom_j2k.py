@@ -14,7 +14,6 @@ from fracsight.inference import DECODE_SIDE
 from fracsight.io import TruncatedImage, UnreadableImage, read_radiograph
 from fracsight.io.dicom_j2k import _decode_codestream, codestream_precision, reduction_level
 
-DICOM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 # The JPEG 2000 radiographs among the shared samples (12, 15 and 10 bits stored; lossless and lossy).
 J2K_SAMPLES = [
     "pljd_966_fixed.dcm",
@@ -23,13 +22,6 @@ J2K_SAMPLES = [
     "pljd_RG3_J2KI.dcm",
     "pljd_RG3_J2KR.dcm",
 ]
-
-
-@pytest.fixture(scope="module")
-def dicom_dir() -> Path:
-    if not DICOM_DIR.is_dir():
-        pytest.skip(f"shared DICOM samples not found at {DICOM_DIR}")
-    return DICOM_DIR
 
 
 def _frame(path: Path) -> tuple[pydicom.Dataset, bytes]:
