@@ -350,6 +350,11 @@ def test_train_writes_model_card_and_predictions(trained: dict) -> None:
     assert card["model_id"].endswith(_digest(out / "model.onnx")[:12])
     assert card["data"]["n_images"] == 16 and card["data"]["n_fractured"] == 8
     assert "too small" in card["metrics"]["cross_validation"]["out_of_fold"]["warning"]
+    # How far each fold's own model lands from the pooled thresholds: one rate per fold.
+    spread = card["metrics"]["cross_validation"]["per_fold_at_thresholds"]
+    assert set(spread) == {"doubt", "fracture"}
+    assert all(0.0 <= r <= 1.0 for r in spread["doubt"]["specificity"])
+    assert len(spread["doubt"]["sensitivity"]) == 2 and "Fold to fold" in (out / "model.card.md").read_text()
     assert card["model_id"] in (out / "model.card.md").read_text()
     with open(out / "predictions_oof.csv", newline="") as fh:
         oof = list(csv.DictReader(fh))

@@ -54,6 +54,25 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float
     return out
 
 
+def _per_fold_rates(
+    scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, dict[str, list[float]]]:
+    """Sensitivity and specificity at each threshold within each fold, fold by fold.
+
+    Each fold is scored by a model that did not see it, so the spread shows how far one
+    model's score scale can drift from the pooled choice: the shipped model is one more draw.
+    """
+    spread: dict[str, dict[str, list[float]]] = {}
+    for name, t in thresholds.items():
+        rates: dict[str, list[float]] = {"sensitivity": [], "specificity": []}
+        for k in np.unique(folds):
+            s, y = scores[folds == k], labels[folds == k]
+            rates["sensitivity"].append(float((s[y == 1] >= t).mean()) if (y == 1).any() else float("nan"))
+            rates["specificity"].append(float((s[y == 0] < t).mean()) if (y == 0).any() else float("nan"))
+        spread[name] = rates
+    return spread
+
+
 def _read(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -155,6 +174,9 @@ def write_card(
                     if basis == "student"
                     else {}
                 ),
+                "per_fold_at_thresholds": _per_fold_rates(
+                    basis_scores, oof_labels, np.array([int(r["fold"]) for r in oof]), thresholds
+                ),
             },
         },
     }
@@ -177,6 +199,25 @@ def write_card(
     json_path.write_text(json.dumps(card, indent=2))
     onnx_path.with_suffix(".card.md").write_text(render_markdown(card))
     return card
+
+
+def _spread_markdown(spread: dict | None) -> list[str]:
+    if not spread:
+        return []
+    parts = []
+    for name, rates in spread.items():
+        sens, spec = (np.array(rates[k]) for k in ("sensitivity", "specificity"))
+        parts.append(
+            f"'{name}' sensitivity {np.nanmin(sens):.2f}-{np.nanmax(sens):.2f}, "
+            f"specificity {np.nanmin(spec):.2f}-{np.nanmax(spec):.2f}"
+        )
+    return [
+        "Fold to fold at the chosen thresholds (each fold scored by a model that did not see it): "
+        + "; ".join(parts)
+        + ". The shipped model's own scale can drift as far, which is why a site should confirm "
+        "the thresholds on its own cases.",
+        "",
+    ]
 
 
 def _fmt_est(e: dict | None) -> str:
@@ -258,8 +299,8 @@ def render_markdown(card: dict) -> str:
             lines.append(_row(f"held-out, region = {region}", entry))
         for hw, entry in held["final_by_hardware"].items():
             lines.append(_row(f"held-out, hardware = {'yes' if hw == '1' else 'no'}", entry))
+    lines += ["", *_spread_markdown(cv.get("per_fold_at_thresholds"))]
     lines += [
-        "",
         f"Fold validation AUCs: {', '.join(f'{a:.3f}' for a in cv['fold_val_auc'])} "
         f"(mean {cv['fold_val_auc_mean']:.3f}, sd {cv['fold_val_auc_sd'] or 0:.3f}; {cv['note']}).",
         "",
