@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -19,6 +21,7 @@ from fracsight.cli.predict import COLUMNS
 from fracsight.decide import categorise, load_card
 from fracsight.inference import DEFAULT_MODEL
 from fracsight.io import read_radiograph
+from fracsight.preprocess import MIN_SIDE
 
 
 def _predict(tmp_path: Path, *args: str, name: str = "out.csv") -> tuple[int, list[dict[str, str]]]:
@@ -131,6 +134,27 @@ def test_missing_path_is_a_row_not_a_crash(tmp_path: Path, sample_images: list[P
     assert rows[1]["error"] == "" and rows[1]["probability"] != ""
 
 
+def test_images_without_anything_to_analyse_are_refused(tmp_path: Path, sample_images: list[Path]) -> None:
+    # Cut from a real radiograph: a blank export, a thumbnail and a thin strip. Each would
+    # otherwise get a confident "no fracture".
+    pixels = np.asarray(Image.open(sample_images[0]).convert("L"))
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.full_like(pixels, pixels[0, 0])).save(folder / "blank.png")
+    Image.fromarray(pixels[:20, :20]).save(folder / "thumb.png")
+    Image.fromarray(np.ascontiguousarray(pixels[200:240, :])).save(folder / "strip.png")
+    Image.fromarray(pixels).save(folder / "whole.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # a link whose file has gone
+    code, rows = _predict(tmp_path, str(folder))
+    assert code == 1
+    errors = {Path(r["path"]).name: r["error"] for r in rows}
+    assert errors["blank.png"].startswith("image is blank")
+    assert "too small to analyse" in errors["thumb.png"]
+    assert "not one radiograph view" in errors["strip.png"]
+    assert "no such file" in errors["gone.png"]
+    assert errors["whole.png"] == ""
+
+
 def test_folder_without_images_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.txt").write_text("nothing to see")
     assert main(["predict", str(tmp_path), "--no-progress"]) == 2
@@ -182,6 +206,11 @@ def _dicom_facts(folder: Path) -> dict[str, tuple[str, bool]]:
 
 
 @pytest.mark.slow
+def _smaller_side(path: Path) -> int:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    return min(int(ds.Rows), int(ds.Columns))
+
+
 def test_shared_dicom_folder(tmp_path: Path, shared_data: Path) -> None:
     folder = shared_data / "dicom"
     if not folder.is_dir():
@@ -200,6 +229,9 @@ def test_shared_dicom_folder(tmp_path: Path, shared_data: Path) -> None:
         if modality in ("CT", "MR", "XA", "MG"):
             assert row["probability"] == "", f"{name} ({modality}) was analysed"
             assert modality in row["error"], f"{name}: {row['error']!r}"
+        elif modality in ("CR", "DX") and decodes and _smaller_side(folder / name) < MIN_SIDE:
+            # pydicom's 16 x 16 thumbnail of a real CR: read, but too small for a finding.
+            assert row["probability"] == "" and "too small to analyse" in row["error"], name
         elif modality in ("CR", "DX") and decodes:
             assert row["error"] == "", f"{name} ({modality}): {row['error']!r}"
             assert 0.0 <= float(row["probability"]) <= 1.0

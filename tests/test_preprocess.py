@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fracsight.io import read_radiograph
-from fracsight.preprocess import letterbox_geometry, prepare, stretch_contrast
+from fracsight.preprocess import (
+    MIN_SIDE,
+    NotAnalysable,
+    check_analysable,
+    letterbox_geometry,
+    prepare,
+    stretch_contrast,
+)
 
 
 def _smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -104,10 +111,27 @@ def test_contrast_stretch_maps_percentiles_to_0_and_1() -> None:
     assert np.percentile(stretched, 99.5) == pytest.approx(1.0, abs=0.01)
 
 
-def test_flat_image_gives_no_nan() -> None:
-    out, _ = prepare(np.full((50, 80), 0.3, dtype=np.float32), 64)
-    assert np.isfinite(out).all()
-    assert out.min() >= -1.0 and out.max() <= 1.0
+def test_flat_image_stretches_without_nan_but_is_not_analysed() -> None:
+    flat = np.full((50, 80), 0.3, dtype=np.float32)
+    assert np.array_equal(stretch_contrast(flat), np.zeros_like(flat))
+    with pytest.raises(NotAnalysable, match="image is blank"):
+        prepare(flat, 64)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((20, 300), "too small to analyse"), ((40, 400), "not one radiograph view"), ((400, 40), "strip")],
+)
+def test_tiny_and_strip_images_are_not_analysed(shape: tuple[int, int], message: str) -> None:
+    with pytest.raises(NotAnalysable, match=message):
+        prepare(_smooth_image(*shape), 64)
+
+
+def test_limits_leave_real_proportions_alone() -> None:
+    # A full-leg stitch (1:4), a small but real 32 px image, and faint but visible contrast pass.
+    check_analysable(_smooth_image(1600, 400))
+    check_analysable(_smooth_image(MIN_SIDE, MIN_SIDE))
+    check_analysable(0.5 + 0.05 * _smooth_image(200, 200))
 
 
 def test_3000_pixel_square_input() -> None:

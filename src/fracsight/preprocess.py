@@ -21,6 +21,10 @@ LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
 # Pixels sampled for the percentiles: enough for a stable estimate, cheap on 3000 x 3000 inputs.
 _PERCENTILE_SAMPLES = 65536
+# Images the model cannot say anything about: a probability for them would only mislead.
+MIN_SIDE = 32  # px on the shorter side: below this the whole image is one heat-map cell
+MAX_ASPECT = 8.0  # longer / shorter side: a full-leg or spine stitch is about 1:3 to 1:4
+MIN_CONTRAST = 0.02  # spread between the low and high percentiles, as a share of the gray scale
 
 PREPROCESSING = {
     "name": "stretch-letterbox-v1",
@@ -30,11 +34,16 @@ PREPROCESSING = {
 }
 
 
-def stretch_contrast(pixels: np.ndarray) -> np.ndarray:
-    """Map the image's low/high intensity percentiles to 0 and 1 (float32, clipped)."""
+def _percentiles(pixels: np.ndarray) -> tuple[float, float]:
     flat = pixels.reshape(-1)
     step = max(1, flat.size // _PERCENTILE_SAMPLES)
     lo, hi = np.percentile(flat[::step], [LOW_PERCENTILE, HIGH_PERCENTILE])
+    return float(lo), float(hi)
+
+
+def stretch_contrast(pixels: np.ndarray) -> np.ndarray:
+    """Map the image's low/high intensity percentiles to 0 and 1 (float32, clipped)."""
+    lo, hi = _percentiles(pixels)
     if hi - lo < 1e-6:  # a flat image: nothing to stretch
         return np.zeros_like(pixels, dtype=np.float32)
     out = (pixels.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
@@ -58,10 +67,40 @@ def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
     )
 
 
-def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1])."""
+class NotAnalysable(ValueError):
+    """The image was read, but the model has nothing meaningful to say about it."""
+
+
+def check_analysable(pixels: np.ndarray) -> None:
+    """Refuse blank, tiny and strip-shaped images, which would still get a confident probability."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
+    height, width = pixels.shape
+    if min(height, width) == 0:
+        raise ValueError(f"image shape {height}x{width} is empty")
+    if min(height, width) < MIN_SIDE:
+        raise NotAnalysable(
+            f"image is {width} x {height} pixels: too small to analyse (at least {MIN_SIDE} on each side)"
+        )
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise NotAnalysable(
+            f"image is {width} x {height} pixels: a strip more than {MAX_ASPECT:g} times longer than "
+            "wide is not one radiograph view"
+        )
+    lo, hi = _percentiles(pixels)
+    if hi - lo < MIN_CONTRAST:
+        raise NotAnalysable(
+            "image is blank: 99% of its pixels lie within "
+            f"{100 * (hi - lo):.1f}% of the gray scale (check the window or the export)"
+        )
+
+
+def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1]).
+
+    Raises :class:`NotAnalysable` (a ``ValueError``) for images :func:`check_analysable` refuses.
+    """
+    check_analysable(pixels)
     box = letterbox_geometry(pixels.shape[0], pixels.shape[1], size)
     new_h = max(1, round(box.height * box.scale))
     new_w = max(1, round(box.width * box.scale))

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def expand_paths(paths: list[str]) -> list[Path]:
     """Files as given; folders walked recursively in sorted order, skipping hidden files and
-    files that are plainly not images (README.md, CSVs...)."""
+    files that are plainly not images (README.md, CSVs...). A broken link is kept, so that
+    its row says so instead of the file silently going missing."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -46,7 +47,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
             out += sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file()
+                if (p.is_file() or (p.is_symlink() and not p.exists()))
                 and p.suffix.lower() not in _NOT_IMAGES
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )

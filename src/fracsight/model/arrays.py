@@ -36,7 +36,10 @@ def _prepare_one(args: tuple[Example, int]) -> tuple[np.ndarray, np.ndarray] | s
         radiograph = read_radiograph(example.path)
     except RefusedInput as exc:
         return exc.reason
-    image, box = prepare(radiograph.pixels, size)
+    try:
+        image, box = prepare(radiograph.pixels, size)
+    except ValueError as exc:
+        return str(exc)
     mask = np.zeros((size, size), dtype=np.uint8)
     for x0, y0, x1, y1 in example.boxes:
         ax, ay = box.to_model(x0, y0)
