@@ -102,3 +102,10 @@ def test_prediction_on_a_reduced_decode_matches_the_full_one(dicom_dir: Path, de
     full = default_analyser.analyse(read_radiograph(path))
     assert abs(fast.probability - full.probability) < 0.03
     assert np.abs(fast.heatmap - full.heatmap).max() < 0.1
+
+
+def test_evaluation_reads_in_full_so_expert_boxes_keep_their_coordinates(dicom_dir: Path) -> None:
+    from fracsight.inference import Analyser
+
+    full = Analyser(decode_side=None).read(dicom_dir / "pljd_NM_Kakadu44_SOTmarkerincons.dcm")
+    assert full.shape == (2500, 2048) and full.metadata["decoded_at_scale"] == 1.0

@@ -55,7 +55,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class Analyser:
     """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package."""
 
-    def __init__(self, model_path: str | Path | None = None, threads: int | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        threads: int | None = None,
+        batch_size: int = 8,
+        decode_side: int | None = DECODE_SIDE,
+    ):
         import onnxruntime as ort
 
         path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -68,6 +74,9 @@ class Analyser:
         self.thresholds: dict[str, float] = dict(self.card["thresholds"])
         self.temperature: float = float(self.card["temperature"])
         self.batch_size = max(1, batch_size)
+        # None decodes every file in full: for callers that compare the heat map with
+        # coordinates in the file's own pixels (expert boxes in `fracsight evaluate`).
+        self.decode_side = max(decode_side, self.size) if decode_side else None
         self.threads = threads or os.cpu_count() or 1
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -80,8 +89,8 @@ class Analyser:
         return _sigmoid(logit / self.temperature), _sigmoid(cells)
 
     def read(self, path: str | Path) -> Radiograph:
-        """Read an input as this model needs it (JPEG 2000 stops at :data:`DECODE_SIDE`)."""
-        return read_radiograph(path, needed_side=max(DECODE_SIDE, self.size))
+        """Read an input as this model needs it (JPEG 2000 may stop at ``decode_side``)."""
+        return read_radiograph(path, needed_side=self.decode_side)
 
     def analyse(self, radiograph: Radiograph) -> Finding:
         """One radiograph already in memory -> its Finding."""

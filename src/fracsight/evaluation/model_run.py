@@ -34,7 +34,7 @@ def run_model(labels: LabelTable, model_path: str | None = None, progress: bool 
 
     if labels.images is None:
         raise ValueError(f"labels {labels.source} name no image files to run the model on")
-    analyser = Analyser(model_path)
+    analyser = Analyser(model_path, decode_side=None)  # full resolution: boxes are in file pixels
     ids, probs, lines = [], [], []
     excluded: list[ExcludedCase] = []
     findings: dict[str, Finding] = {}
