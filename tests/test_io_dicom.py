@@ -379,3 +379,22 @@ def test_a_3000_square_16_bit_dicom_reads_at_full_size(dicom_dir: Path, tmp_path
     sample = (slice(None, None, 37), slice(None, None, 41))
     order = np.corrcoef(big[sample].ravel(), radiograph.pixels[sample].ravel())[0, 1]
     assert order < -0.9
+
+
+@pytest.mark.parametrize(
+    ("find", "replace"),
+    [
+        (b"\x08\x00\x60\x00CS", b"\x08\x00\x60\x00QS"),  # (0008,0060) with a VR that does not exist
+        (b"\x28\x00\x10\x00US\x02\x00", b"\x28\x00\x10\x00UL\x02\x00"),  # Rows: 2 bytes read as a 4-byte UL
+    ],
+    ids=["unknown-VR", "value-length"],
+)
+def test_malformed_header_elements_are_refused_not_raised(
+    dicom_dir: Path, tmp_path: Path, find: bytes, replace: bytes
+) -> None:
+    # Damage found by fuzzing real files: pydicom only trips over it when the value is first used.
+    data = (dicom_dir / "hd_dx_image.dcm").read_bytes()
+    assert data.count(find) == 1
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(data.replace(find, replace))
+    assert_refused(path, UnreadableImage, "DICOM data element is malformed")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
@@ -36,7 +36,7 @@ from fracsight.io.dicom_policy import check_radiograph_header, header_int, numbe
 from fracsight.io.formats import ImageFormat
 from fracsight.io.intensity import IntensityMapping
 from fracsight.io.limits import check_pixel_count
-from fracsight.io.radiograph import Radiograph, UnreadableImage
+from fracsight.io.radiograph import Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.truncation import TruncatedImage
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ _DECODE_ERRORS = (
     struct.error,
     EOFError,
 )
+# Raised by pydicom while it interprets a damaged header (values are parsed on first access).
+_MALFORMED_ERRORS = (*_DECODE_ERRORS, BytesLengthException, OverflowError, UnicodeError, LookupError)
 _MAX_REASON_CHARS = 400
 _OPTIONAL_DECODER_HINT = {
     JPEGExtended12Bit: (
@@ -80,6 +82,17 @@ def read_dicom(path: Path, max_pixels: int, needed_side: int | None = None) -> R
     level whose longer side is still at least that long (:mod:`dicom_j2k`).
     """
     name = str(path)
+    try:
+        return _read_dicom(name, path, max_pixels, needed_side)
+    except RefusedInput:
+        raise
+    except _MALFORMED_ERRORS as error:
+        # pydicom parses element values lazily, so a corrupt header can surface at any step.
+        detail = f"{type(error).__name__}: {error}"[:_MAX_REASON_CHARS]
+        raise UnreadableImage(name, f"DICOM data element is malformed ({detail})") from error
+
+
+def _read_dicom(name: str, path: Path, max_pixels: int, needed_side: int | None) -> Radiograph:
     header, pixel_tag_follows = _read_header(name, path)
     check_radiograph_header(name, header)
     rows = header_int(name, header, "Rows", "(0028,0010)")
