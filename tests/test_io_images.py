@@ -355,6 +355,20 @@ def test_zero_height_tiff_is_refused(tmp_path: Path) -> None:
     assert "zero.tif" in str(caught.value)
 
 
+def test_tiff_whose_next_directory_is_garbage_is_refused(graz_dir: Path, tmp_path: Path) -> None:
+    # Found by fuzzing: a damaged "next IFD" offset makes Pillow fail while counting pages.
+    path = tmp_path / "next_ifd.tif"
+    source = next(p for p in sorted(graz_dir.iterdir()) if p.suffix == ".png")
+    Image.open(source).save(path)
+    data = bytearray(path.read_bytes())
+    offset = int.from_bytes(data[4:8], "little")
+    count = int.from_bytes(data[offset : offset + 2], "little")
+    next_ifd = offset + 2 + 12 * count
+    data[next_ifd : next_ifd + 4] = (len(data) // 2 & ~1).to_bytes(4, "little")  # into the pixels
+    path.write_bytes(bytes(data))
+    assert_refused(path, UnreadableImage, "not a valid TIFF file")
+
+
 def test_one_bit_and_multi_page_images_are_not_radiographs(tmp_path: Path) -> None:
     bilevel = tmp_path / "bilevel.png"
     Image.new("1", (64, 64)).save(bilevel)

@@ -55,7 +55,10 @@ def read_pillow_image(path: Path, data: bytes, image_format: ImageFormat, max_pi
     with image:
         width, height = image.size
         check_pixel_count(name, height, width, 1, max_pixels)
-        frames = int(getattr(image, "n_frames", 1))
+        try:
+            frames = int(getattr(image, "n_frames", 1))  # TIFF: walks every directory of the file
+        except _DECODE_ERRORS as error:
+            raise UnreadableImage(name, f"not a valid {label} file: {error}") from error
         if frames > 1:
             raise NotARadiograph(
                 name, f"{label} holds {frames} images (pages or frames): fracsight reads one image per file"
