@@ -84,7 +84,12 @@ def test_json_lines(tmp_path: Path, samples_dir: Path, sample_images: list[Path]
     assert len(records) == len(sample_images)
     for rec in records:
         assert list(rec) == COLUMNS
-        assert 0.0 <= float(rec["probability"]) <= 1.0 and rec["error"] == ""
+        assert isinstance(rec["probability"], float) and 0.0 <= rec["probability"] <= 1.0
+        assert rec["error"] is None and rec["heatmap"] is None  # empty fields are null
+    missing = tmp_path / "gone.dcm"
+    assert main(["predict", str(missing), "--json", "--output", str(out), "--no-progress"]) == 1
+    refused = json.loads(out.read_text())
+    assert refused["probability"] is None and "no such file" in refused["error"]
 
 
 def _broken_folder(tmp_path: Path, sample_images: list[Path]) -> tuple[Path, Path]:

@@ -87,6 +87,14 @@ def rows(args: argparse.Namespace, files: list[Path]) -> Iterator[dict]:
         yield row
 
 
+def _typed(row: dict[str, str]) -> dict[str, object]:
+    """A row for JSON: the probability as a number, empty fields as null."""
+    record: dict[str, object] = {key: (value or None) for key, value in row.items()}
+    if row["probability"]:
+        record["probability"] = float(row["probability"])
+    return record
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             if writer:
                 writer.writerow(row)
             else:
-                out.write(json.dumps(row) + "\n")
+                out.write(json.dumps(_typed(row)) + "\n")
             bar.update(1)
         bar.close()
     finally:
