@@ -43,7 +43,10 @@ def _percentiles(pixels: np.ndarray) -> tuple[float, float]:
 
 def stretch_contrast(pixels: np.ndarray) -> np.ndarray:
     """Map the image's low/high intensity percentiles to 0 and 1 (float32, clipped)."""
-    lo, hi = _percentiles(pixels)
+    return _stretch(pixels, *_percentiles(pixels))
+
+
+def _stretch(pixels: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi - lo < 1e-6:  # a flat image: nothing to stretch
         return np.zeros_like(pixels, dtype=np.float32)
     out = (pixels.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
@@ -71,8 +74,12 @@ class NotAnalysable(ValueError):
     """The image was read, but the model has nothing meaningful to say about it."""
 
 
-def check_analysable(pixels: np.ndarray) -> None:
-    """Refuse blank, tiny and strip-shaped images, which would still get a confident probability."""
+def check_analysable(pixels: np.ndarray) -> tuple[float, float]:
+    """Refuse blank, tiny and strip-shaped images, which would still get a confident probability.
+
+    Returns the contrast-stretch percentiles (low, high) it measured, so :func:`prepare`
+    does not measure them twice.
+    """
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
     height, width = pixels.shape
@@ -93,6 +100,7 @@ def check_analysable(pixels: np.ndarray) -> None:
             "image is blank: 99% of its pixels lie within "
             f"{100 * (hi - lo):.1f}% of the gray scale (check the window or the export)"
         )
+    return lo, hi
 
 
 def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
@@ -100,11 +108,11 @@ def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 
     Raises :class:`NotAnalysable` (a ``ValueError``) for images :func:`check_analysable` refuses.
     """
-    check_analysable(pixels)
+    lo, hi = check_analysable(pixels)
     box = letterbox_geometry(pixels.shape[0], pixels.shape[1], size)
     new_h = max(1, round(box.height * box.scale))
     new_w = max(1, round(box.width * box.scale))
-    image = Image.fromarray(stretch_contrast(pixels), mode="F")
+    image = Image.fromarray(_stretch(pixels, lo, hi), mode="F")
     if (new_w, new_h) != image.size:
         # Reduce big images by an integer factor first: same antialiasing, a fraction of the time.
         factor = min(image.size[0] // new_w, image.size[1] // new_h)
