@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fracsight.io import RefusedInput, read_radiograph
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SAMPLES_DIR = REPO_ROOT / "src" / "fracsight" / "samples"
@@ -49,13 +51,38 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _shared_folder(shared_data: Path, relative: str, what: str) -> Path:
+    folder = shared_data / relative
+    if not folder.is_dir():
+        pytest.skip(f"shared {what} not found at {folder}")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def dicom_dir(shared_data: Path) -> Path:
     """The real DICOM samples (``../shared/data/dicom``, listed in its SOURCES.txt)."""
-    folder = shared_data / "dicom"
-    if not folder.is_dir():
-        pytest.skip(f"shared DICOM samples not found at {folder}")
-    return folder
+    return _shared_folder(shared_data, "dicom", "DICOM samples")
+
+
+@pytest.fixture(scope="session")
+def graz_dir(shared_data: Path) -> Path:
+    """The GRAZPEDWRI-DX sample: 16-bit PNG wrist radiographs."""
+    return _shared_folder(shared_data, "grazpedwri-sample/images", "GRAZPEDWRI-DX sample")
+
+
+@pytest.fixture(scope="session")
+def fracatlas_dir(shared_data: Path) -> Path:
+    """The FracAtlas development images."""
+    return _shared_folder(shared_data, "fracatlas/images", "FracAtlas images")
+
+
+def assert_refused(path: Path, error: type[RefusedInput], reason: str, **kwargs: int) -> RefusedInput:
+    """``read_radiograph(path)`` refuses with ``error``; the message names the file and the reason."""
+    with pytest.raises(error) as caught:
+        read_radiograph(path, **kwargs)
+    assert path.name in str(caught.value), str(caught.value)
+    assert reason in caught.value.reason, caught.value.reason
+    return caught.value
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import assert_refused
 from pydicom.pixels import apply_voi
 
 from fracsight.io import (
@@ -102,15 +103,6 @@ IDENTIFYING_KEYWORDS = (
     "SOPInstanceUID",
     "StudyInstanceUID",
 )
-
-
-def assert_refused(path: Path, error: type[RefusedInput], reason: str, **kwargs: int) -> RefusedInput:
-    with pytest.raises(error) as caught:
-        read_radiograph(path, **kwargs)
-    message = str(caught.value)
-    assert path.name in message, message
-    assert reason in caught.value.reason, caught.value.reason
-    return caught.value
 
 
 def test_expected_table_covers_every_file_in_the_folder(dicom_dir: Path) -> None:

@@ -7,21 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_refused
 from PIL import Image, ImageFile
 
 from fracsight.io import (
     MIN_DECODED_FRACTION,
     NotARadiograph,
-    RefusedInput,
     TruncatedImage,
     UnreadableImage,
     is_truncated,
     read_radiograph,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GRAZ_DIR = SHARED / "data" / "grazpedwri-sample" / "images"
-FRACATLAS_DIR = SHARED / "data" / "fracatlas" / "images"
 
 # GRAZPEDWRI-DX sample (Nagy et al., Sci Data 2022, CC BY 4.0): 16-bit gray PNGs, (rows, columns).
 GRAZ_SHAPES = {
@@ -41,32 +37,10 @@ FRACATLAS_GRAY_L = "Fractured/IMG0000019.jpg"  # stored as 8-bit gray (mode L)
 FRACATLAS_GRAY_RGB = "Fractured/IMG0000284.jpg"  # gray stored as RGB with equal channels
 
 
-@pytest.fixture(scope="module")
-def graz_dir() -> Path:
-    if not GRAZ_DIR.is_dir():
-        pytest.skip(f"shared GRAZPEDWRI-DX sample not found at {GRAZ_DIR}")
-    return GRAZ_DIR
-
-
-@pytest.fixture(scope="module")
-def fracatlas_dir() -> Path:
-    if not FRACATLAS_DIR.is_dir():
-        pytest.skip(f"shared FracAtlas images not found at {FRACATLAS_DIR}")
-    return FRACATLAS_DIR
-
-
 def find_fracatlas(fracatlas_dir: Path, name: str) -> Path:
     matches = sorted(fracatlas_dir.rglob(Path(name).name))
     assert matches, f"{name} not found under {fracatlas_dir}"
     return matches[0]
-
-
-def assert_refused(path: Path, error: type[RefusedInput], reason: str, **kwargs: int) -> RefusedInput:
-    with pytest.raises(error) as caught:
-        read_radiograph(path, **kwargs)
-    assert path.name in str(caught.value), str(caught.value)
-    assert reason in caught.value.reason, caught.value.reason
-    return caught.value
 
 
 # --- real 16-bit PNGs ---------------------------------------------------------------------------
