@@ -56,20 +56,19 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float
 
 def _per_fold_rates(
     scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, thresholds: dict[str, float]
-) -> dict[str, dict[str, list[float]]]:
+) -> dict[str, dict[str, list[float | None]]]:
     """Sensitivity and specificity at each threshold within each fold, fold by fold.
 
     Each fold is scored by a model that did not see it, so the spread shows how far one
     model's score scale can drift from the pooled choice: the shipped model is one more draw.
     """
-    spread: dict[str, dict[str, list[float]]] = {}
+    spread: dict[str, dict[str, list[float | None]]] = {}
     for name, t in thresholds.items():
-        rates: dict[str, list[float]] = {"sensitivity": [], "specificity": []}
-        for k in np.unique(folds):
-            s, y = scores[folds == k], labels[folds == k]
-            rates["sensitivity"].append(float((s[y == 1] >= t).mean()) if (y == 1).any() else float("nan"))
-            rates["specificity"].append(float((s[y == 0] < t).mean()) if (y == 0).any() else float("nan"))
-        spread[name] = rates
+        per_fold = [binary_rates(scores[folds == k], labels[folds == k], t) for k in np.unique(folds)]
+        spread[name] = {
+            "sensitivity": [r.sensitivity.value for r in per_fold],
+            "specificity": [r.specificity.value for r in per_fold],
+        }
     return spread
 
 
@@ -206,10 +205,10 @@ def _spread_markdown(spread: dict | None) -> list[str]:
         return []
     parts = []
     for name, rates in spread.items():
-        sens, spec = (np.array(rates[k]) for k in ("sensitivity", "specificity"))
+        sens, spec = ([v for v in rates[k] if v is not None] for k in ("sensitivity", "specificity"))
         parts.append(
-            f"'{name}' sensitivity {np.nanmin(sens):.2f}-{np.nanmax(sens):.2f}, "
-            f"specificity {np.nanmin(spec):.2f}-{np.nanmax(spec):.2f}"
+            f"'{name}' sensitivity {min(sens):.2f}-{max(sens):.2f}, "
+            f"specificity {min(spec):.2f}-{max(spec):.2f}"
         )
     return [
         "Fold to fold at the chosen thresholds (each fold scored by a model that did not see it): "
