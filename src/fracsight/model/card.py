@@ -120,7 +120,7 @@ def write_card(
         "threshold_source": (
             (
                 f"out-of-fold predictions of {cfg.folds} cross-fitted distilled students (each trained "
-                "without the fold it scores)"
+                "without the fold it scores, though its teachers include fold models that saw it)"
                 if basis == "student"
                 else f"out-of-fold predictions of the {cfg.folds} fold models"
             )

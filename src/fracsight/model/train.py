@@ -199,6 +199,9 @@ def run_training(cfg: TrainConfig) -> Path:
         # without fold k and scored on fold k. Their scores are on the shipped model's scale,
         # so thresholds chosen on them transfer; the fold models' own OOF scores do not
         # (averaged teachers give softer targets, which lift the student's low scores).
+        # Not perfectly clean: four of the five teachers were trained on fold k, so what they
+        # learnt from it reaches student k through their targets on other images. The scale
+        # is what matters here; the held-out test split remains the unbiased check.
         for k in range(cfg.folds):
             va = np.flatnonzero(fold == k)
             tr = dev[fold[dev] != k]
