@@ -6,6 +6,11 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fracsight.readers.data import ReadStudy
+    from fracsight.readers.fom import FigureOfMerit
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +152,26 @@ def _reader_range(text: str) -> range:
     return range(first, last + 1)
 
 
+def _check_probability(option: str, value: float) -> None:
+    """Refuse a level or power outside (0, 1): scipy would silently give NaN or a meaningless plan."""
+    if not 0 < value < 1:
+        raise ValueError(f"{option} {value:g}: must be a number in (0, 1), e.g. 0.05 (not 5)")
+
+
+def _check_pilot_fom(study: ReadStudy, fom: FigureOfMerit) -> None:
+    """The pilot must hold what the figure of merit is computed from (ratings for AUC, else calls)."""
+    from fracsight.readers.analysis import available_foms
+    from fracsight.readers.errors import NotEstimable
+
+    if fom not in available_foms(study):
+        need = "ratings" if fom.value == "auc" else "binary calls (a call column, or --cutoff on ratings)"
+        raise NotEstimable(f"{study.source}: a {fom.value} pilot needs {need}, which the file does not have")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_probability("--alpha", args.alpha)
+    if args.plan:
+        _check_probability("--power", args.power)
     return _plan(args) if args.plan else _analyse(args)
 
 
@@ -207,6 +231,7 @@ def _plan(args: argparse.Namespace) -> int:
             FigureOfMerit.AUC if FigureOfMerit.AUC in available_foms(study) else FigureOfMerit.SENSITIVITY
         ]
         fom = foms[0]
+        _check_pilot_fom(study, fom)
         scores = study.ratings if fom is FigureOfMerit.AUC else study.calls
         n_m, n_r = len(study.modalities), len(study.readers)
         est = estimate(

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fracsight.readers.errors import BadValue, MissingAIPrediction, ReaderStudyError
+from fracsight.readers.data import CASE_COLUMNS
+from fracsight.readers.errors import BadValue, MissingAIPrediction, MissingColumn, ReaderStudyError
 from fracsight.readers.table import find_column, line_list, read_rows
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ("case_id", "case", "caseid")
+# The same spellings as the reads file, so one "Case ID" header works for both files.
+ID_COLUMNS = CASE_COLUMNS
 PATH_COLUMNS = ("path", "file", "image")
 PRIMARY_OPERATING_POINT = "fracture"
 
@@ -78,7 +80,13 @@ def load_ai_predictions(
     path = Path(path)
     header, rows = read_rows(path)
     id_col = find_column(header, ID_COLUMNS, path, required=False)
-    path_col = None if id_col else find_column(header, PATH_COLUMNS, path, required=True)
+    path_col = None if id_col else find_column(header, PATH_COLUMNS, path, required=False)
+    if id_col is None and path_col is None:
+        raise MissingColumn(
+            f"{path}: no case column ({' or '.join(map(repr, ID_COLUMNS))}) and no image column "
+            f"({' or '.join(map(repr, PATH_COLUMNS))}) to match predictions to cases "
+            f"(columns present: {', '.join(header)})"
+        )
     prob_col = find_column(header, ("probability",), path, required=True)
     error_col = find_column(header, ("error",), path, required=False)
 

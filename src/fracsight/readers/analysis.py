@@ -96,6 +96,7 @@ def analyse(
     if ai is not None and any(f is not FigureOfMerit.AUC for f in foms) and ai.primary is None:
         ai.calls()  # raises the clear "give --ai-threshold" error
     margins = dict(margins or {})
+    _check_margins(margins, foms, study.source)
     overall = _analyse_group(study, "all cases", ai, foms, covariance, pairs, alpha, margins, strict=True)
     regions: list[GroupResult] = []
     if by_region and study.regions is not None and set(study.regions) != {UNSPECIFIED_REGION}:
@@ -109,6 +110,19 @@ def analyse(
                 )
             )
     return StudyAnalysis(study, covariance, alpha, foms, margins, overall, tuple(regions))
+
+
+def _check_margins(
+    margins: Mapping[FigureOfMerit, float], foms: Sequence[FigureOfMerit], source: str
+) -> None:
+    """Refuse a non-inferiority margin for a figure not analysed: it would be silently never tested."""
+    unused = [f.value for f in margins if f not in foms]
+    if unused:
+        raise ReaderStudyError(
+            f"{source}: a non-inferiority margin was given for {', '.join(unused)}, which is not analysed "
+            f"(figures of merit analysed: {', '.join(f.value for f in foms)}); add it to --fom or give the "
+            "data it needs"
+        )
 
 
 def _subset_ai(ai: AIPredictions, mask: np.ndarray) -> AIPredictions:

@@ -41,6 +41,11 @@ def _ci(low: float, high: float) -> str:
     return f"{fmt(low)} to {fmt(high)}"
 
 
+def _level(alpha: float) -> str:
+    """'95% CI' at alpha 0.05: every CI label must state the level the CIs were computed at."""
+    return f"{100 * (1 - alpha):g}% CI"
+
+
 def _colour(index: int) -> str:
     return PALETTE[index % (len(PALETTE) - 1)]  # the last palette entry (black) is the AI's
 
@@ -94,7 +99,7 @@ def bars(analysis: StudyAnalysis) -> Markup:
         [f.label for f in foms],
         series,
         title="Readers by modality" + (" and the AI alone" if group.ai else ""),
-        y_label="value (95% CI)",
+        y_label=f"value ({_level(analysis.alpha)})",
         category_notes=notes,
         element_id="bars",
     )
@@ -130,7 +135,7 @@ def roc_chart(analysis: StudyAnalysis) -> Markup:
                 MarkedPoint(
                     1 - sp.value,
                     se.value,
-                    f"{modality}: reader average (95% CI)",
+                    f"{modality}: reader average ({_level(analysis.alpha)})",
                     x_lower=1 - sp.ci_high,
                     x_upper=1 - sp.ci_low,
                     y_lower=se.ci_low,
@@ -161,32 +166,32 @@ def roc_chart(analysis: StudyAnalysis) -> Markup:
     return figure(chart, caption)
 
 
-def _summary_table(group: GroupResult) -> Markup:
+def _summary_table(group: GroupResult, alpha: float) -> Markup:
     rows = [
         [s.fom.label, s.modality, fmt(s.value), _ci(s.ci_low, s.ci_high), fmt_df(s.df), s.n_cases]
         for s in group.summaries
     ]
     return table(
-        ["figure of merit", "modality", "reader average", "95% CI", "Hillis df", "cases used"],
+        ["figure of merit", "modality", "reader average", _level(alpha), "Hillis df", "cases used"],
         rows,
         caption=f"Reader-averaged figures of merit ({group.label})",
     )
 
 
-def _reader_table(group: GroupResult) -> Markup:
+def _reader_table(group: GroupResult, alpha: float) -> Markup:
     rows = [
         [r.reader, s.fom.label, s.modality, fmt(r.value), _ci(r.ci_low, r.ci_high)]
         for s in group.summaries
         for r in s.per_reader
     ]
     return table(
-        ["reader", "figure of merit", "modality", "value", "95% CI"],
+        ["reader", "figure of merit", "modality", "value", _level(alpha)],
         rows,
         caption=f"Per reader ({group.label})",
     )
 
 
-def _comparison_table(group: GroupResult) -> Markup:
+def _comparison_table(group: GroupResult, alpha: float) -> Markup:
     rows = []
     for c in group.comparisons:
         for label, t in (
@@ -207,7 +212,7 @@ def _comparison_table(group: GroupResult) -> Markup:
                 ]
             )
     return table(
-        ["comparison", "readers / cases", "a / b", "difference", "95% CI", "F", "df (den)", "p"],
+        ["comparison", "readers / cases", "a / b", "difference", _level(alpha), "F", "df (den)", "p"],
         rows,
         caption=f"Comparisons ({group.label}); df numerator 1; df inf = chi-square reference",
     )
@@ -263,7 +268,7 @@ def _variance_table(group: GroupResult) -> Markup:
     )
 
 
-def _ai_table(group: GroupResult) -> Markup:
+def _ai_table(group: GroupResult, alpha: float) -> Markup:
     ai = group.ai
     if ai is None:
         return Markup("")
@@ -278,18 +283,18 @@ def _ai_table(group: GroupResult) -> Markup:
             ]
         )
     return table(
-        ["AI alone", "threshold", "value (95% CI)", ""],
+        ["AI alone", "threshold", f"value ({_level(alpha)})", ""],
         rows,
         caption=f"AI alone on the same {group.n_cases} cases ({group.n_fractured} fractured)",
     )
 
 
-def _group_tables(group: GroupResult) -> list[Markup]:
-    parts = [_summary_table(group)]
+def _group_tables(group: GroupResult, alpha: float) -> list[Markup]:
+    parts = [_summary_table(group, alpha)]
     if group.comparisons:
-        parts += [_comparison_table(group), _margin_table(group)]
+        parts += [_comparison_table(group, alpha), _margin_table(group)]
     if group.ai is not None:
-        parts.append(_ai_table(group))
+        parts.append(_ai_table(group, alpha))
     parts += [note(n, NoteKind.WARNING) for n in group.notes]
     return parts
 
@@ -321,9 +326,11 @@ def render(analysis: StudyAnalysis) -> str:
             [row_of([bars(analysis), roc_chart(analysis)])],
             element_id="charts",
         ),
-        section("Results on all cases", _group_tables(analysis.overall), element_id="results"),
+        section(
+            "Results on all cases", _group_tables(analysis.overall, analysis.alpha), element_id="results"
+        ),
         section("Variance components", [_variance_table(analysis.overall)], element_id="variance"),
-        section("Per reader", [_reader_table(analysis.overall)], element_id="readers"),
+        section("Per reader", [_reader_table(analysis.overall, analysis.alpha)], element_id="readers"),
     ]
     if analysis.regions:
         body.append(
@@ -339,7 +346,9 @@ def render(analysis: StudyAnalysis) -> str:
                 ]
                 + [
                     section(
-                        f"{g.label}: {g.n_cases} cases ({g.n_fractured} fractured)", _group_tables(g), level=3
+                        f"{g.label}: {g.n_cases} cases ({g.n_fractured} fractured)",
+                        _group_tables(g, analysis.alpha),
+                        level=3,
                     )
                     for g in analysis.regions
                 ],

@@ -61,9 +61,12 @@ def comparison_sentence(c: Comparison, alpha: float) -> str:
     ni = c.non_inferiority
     if ni is not None:
         shown = "shown" if ni.passed else "not shown"
+        # Name the direction: whether A is non-inferior to B or B to A depends on the file's order.
+        first = f"readers in modality {c.modality_a}" if c.kind == "readers_vs_ai" else c.modality_a
+        second = "the AI alone" if c.kind == "readers_vs_ai" else c.modality_b
         sentence += (
-            f" Non-inferiority within {ni.margin:g}: {shown} (lower {level} limit {fmt(p.ci_low)} versus "
-            f"-{ni.margin:g}; one-sided p = {fmt_p(ni.p)})."
+            f" Non-inferiority of {first} to {second} within {ni.margin:g}: {shown} (lower {level} limit "
+            f"{fmt(p.ci_low)} versus -{ni.margin:g}; one-sided p = {fmt_p(ni.p)})."
         )
     return sentence
 
