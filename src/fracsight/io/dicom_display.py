@@ -4,7 +4,9 @@ The pipeline follows the DICOM grayscale standard display chain (PS3.3 C.11,
 PS3.4 N.2): Modality LUT Sequence or Rescale Slope/Intercept, then the first VOI
 LUT Sequence item, or else the first Window Center/Width pair (LINEAR,
 LINEAR_EXACT or SIGMOID), or else the full stored range. MONOCHROME1 is then
-inverted so that bone is bright.
+inverted so that bone is bright. A VOI step that sends every storable value to one
+gray level (a window beside the data, a flat table) falls back to the stored range;
+a rescale that does so, or gives NaN, is refused.
 
 Output scale: a window maps to [0, 1] exactly as the standard maps it to the
 display range; a VOI LUT by the minimum and maximum of its table; with neither,
@@ -30,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import UID
 
 from fracsight.io.radiograph import UnreadableImage
 
@@ -77,6 +80,7 @@ def display_transform(path: str, ds: Dataset) -> DisplayTransform:
         raise UnreadableImage(
             path, f"(0028,3000) Modality LUT / (0028,1053) Rescale could not be applied: {error}"
         ) from error
+    _check_modality_values(path, ds, modality_values)
     window: tuple[float, float] | None = None
     function: str | None = None
     if ds.get("VOILUTSequence"):
@@ -90,6 +94,11 @@ def display_transform(path: str, ds: Dataset) -> DisplayTransform:
         else:
             unit = _through_range(modality_values)
             voi = VoiSource.STORED_RANGE
+    if voi is not VoiSource.STORED_RANGE and _is_constant(unit):
+        logger.warning(
+            "%s: the %s maps every storable value to one gray level; using the stored range", path, voi.value
+        )
+        unit, voi, window, function = _through_range(modality_values), VoiSource.STORED_RANGE, None, None
     inverted = _is_inverted(path, ds)
     if inverted:
         unit = 1.0 - unit
@@ -97,19 +106,65 @@ def display_transform(path: str, ds: Dataset) -> DisplayTransform:
     return DisplayTransform(table, first_value, voi, window, function, inverted)
 
 
+def _check_modality_values(path: str, ds: Dataset, values: np.ndarray) -> None:
+    """Refuse a Modality LUT / rescale that is undefined ('nan' slope) or sends everything to one value.
+
+    NaN would pass every later clip and reach the model; slope 0 would give a blank image.
+    """
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    rescale = f"(0028,1053) Rescale Slope {slope}, (0028,1052) Rescale Intercept {intercept}"
+    step = "(0028,3000) Modality LUT" if ds.get("ModalityLUTSequence") else rescale
+    if not np.all(np.isfinite(values)):
+        raise UnreadableImage(path, f"{step} gives NaN or infinite values: the pixel values are undefined")
+    if _is_constant(values):
+        raise UnreadableImage(
+            path, f"{step} maps every storable value to {float(values[0]):g}: the image would be blank"
+        )
+
+
+def _is_constant(values: np.ndarray) -> bool:
+    return bool(float(values.max()) <= float(values.min()))
+
+
 def _through_voi_lut(path: str, ds: Dataset, modality_values: np.ndarray) -> np.ndarray:
     """First VOI LUT item, scaled by the minimum and maximum of its table."""
     try:
-        descriptor = [int(v) for v in ds.VOILUTSequence[0].LUTDescriptor]
-        entries = descriptor[0] or 65536
-        lut_table = apply_voi(np.arange(descriptor[1], descriptor[1] + entries), ds, index=0)
-        mapped = apply_voi(np.rint(modality_values).astype(np.int64), ds, index=0)
+        table, first = _voi_lut_table(ds)
     except (ValueError, KeyError, IndexError, AttributeError, TypeError, NotImplementedError) as error:
         raise UnreadableImage(path, f"(0028,3010) VOI LUT Sequence could not be applied: {error}") from error
-    low, high = float(lut_table.min()), float(lut_table.max())
+    index = np.rint(modality_values).astype(np.int64) - first
+    mapped = table[np.clip(index, 0, table.size - 1)]
+    low, high = float(table.min()), float(table.max())
     if high <= low:
         return np.zeros(mapped.shape, dtype=np.float64)
     return (mapped.astype(np.float64) - low) / (high - low)
+
+
+def _voi_lut_table(ds: Dataset) -> tuple[np.ndarray, int]:
+    """The first VOI LUT item's entries and the input value of its first entry.
+
+    Read here rather than through pydicom's ``apply_voi``, which (pydicom 3.0) indexes a
+    table of 8-bit entries with uint8, so inputs past the 256th entry wrap to its start.
+    """
+    item = ds.VOILUTSequence[0]
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    if bits != 8 and not 10 <= bits <= 16:
+        raise NotImplementedError(
+            f"(0028,3002) LUT Descriptor gives {bits} bits per entry; must be 8 or 10-16"
+        )
+    value = item["LUTData"].value
+    if isinstance(value, (bytes, bytearray)):  # OW: 16-bit words in the data set's byte order
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        order = ">" if syntax and not UID(str(syntax)).is_little_endian else "<"
+        table = np.frombuffer(value, dtype=f"{order}u2", count=len(value) // 2).astype(np.int64)
+    else:
+        table = np.atleast_1d(np.asarray(value, dtype=np.int64))
+    if table.size < entries:
+        raise ValueError(
+            f"(0028,3006) LUT Data holds {table.size} entries; the descriptor declares {entries}"
+        )
+    return table[:entries], first
 
 
 def _first_window(path: str, ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:

@@ -74,6 +74,14 @@ def codestream_precision(frame: bytes) -> int | None:
     return (ssiz & 0x7F) + 1
 
 
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a raw J2K codestream declares in its SIZ marker, else None."""
+    if not frame.startswith(_SOC_SIZ) or len(frame) < 24:
+        return None
+    width, height, x_offset, y_offset = struct.unpack(">IIII", frame[8:24])
+    return height - y_offset, width - x_offset
+
+
 def _decode_codestream(frame: bytes, level: int) -> np.ndarray:
     from PIL import Image
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -31,7 +32,7 @@ from pydicom.uid import (
 )
 
 from fracsight.io.dicom_display import DisplayTransform, display_transform
-from fracsight.io.dicom_j2k import decode_reduced
+from fracsight.io.dicom_j2k import codestream_size, decode_reduced
 from fracsight.io.dicom_policy import check_radiograph_header, header_int, number_of_frames
 from fracsight.io.formats import ImageFormat
 from fracsight.io.intensity import IntensityMapping
@@ -67,6 +68,10 @@ _DECODE_ERRORS = (
 # Raised by pydicom while it interprets a damaged header (values are parsed on first access).
 _MALFORMED_ERRORS = (*_DECODE_ERRORS, BytesLengthException, OverflowError, UnicodeError, LookupError)
 _MAX_REASON_CHARS = 400
+# Start-of-frame markers: JPEG processes (not DHT C4, JPG C8, DAC CC) and JPEG-LS (F7).
+_JPEG_SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+)
 _OPTIONAL_DECODER_HINT = {
     JPEGExtended12Bit: (
         "12-bit JPEG Extended needs the optional decoder pylibjpeg with pylibjpeg-libjpeg "
@@ -101,6 +106,7 @@ def _read_dicom(name: str, path: Path, max_pixels: int, needed_side: int | None)
     ds = _read_full(name, path)
     transfer_syntax, assumed = _transfer_syntax(ds)
     _check_pixel_data_present(name, ds, pixel_tag_follows)
+    _check_codestream_size(name, ds, transfer_syntax)
     reduced = decode_reduced(ds, transfer_syntax, needed_side) if needed_side else None
     stored, halvings = reduced if reduced else (_decode(name, ds, transfer_syntax), 0)
     transform = display_transform(name, ds)
@@ -165,6 +171,49 @@ def _check_pixel_data_present(name: str, ds: Dataset, pixel_tag_follows: bool) -
         raise UnreadableImage(name, "(7FE0,0010) Pixel Data is missing: the file holds a header only")
     if not ds.PixelData:
         raise UnreadableImage(name, "(7FE0,0010) Pixel Data is empty (0 bytes)")
+
+
+def _check_codestream_size(name: str, ds: Dataset, transfer_syntax: UID) -> None:
+    """Compressed pixel data must declare the header's size: the decoder allocates what it declares.
+
+    Rows and Columns were checked against the pixel limit, but a JPEG or JPEG 2000 codestream
+    carries its own dimensions; a small file can declare a huge one (a decompression bomb),
+    and any other mismatch cannot be decoded into Rows x Columns either.
+    """
+    if not transfer_syntax.is_compressed or not transfer_syntax.is_encapsulated:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (ValueError, StopIteration, struct.error, TypeError):
+        return  # damaged encapsulation: the decoder reports it
+    declared = codestream_size(frame) or _jpeg_frame_size(frame)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if declared is None or declared == (rows, columns) or 0 in declared:
+        return
+    raise UnreadableImage(
+        name,
+        f"(7FE0,0010) Pixel Data codestream declares {declared[1]} x {declared[0]} pixels but "
+        f"(0028,0011) Columns x (0028,0010) Rows are {columns} x {rows}; refused before decoding",
+    )
+
+
+def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from the start-of-frame marker of a JPEG or JPEG-LS codestream, else None."""
+    if not frame.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 9 <= len(frame) and frame[pos] == 0xFF:
+        marker = frame[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _JPEG_SOF_MARKERS:
+            rows, columns = struct.unpack(">HH", frame[pos + 5 : pos + 9])
+            return rows, columns
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
+    return None
 
 
 def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:

@@ -37,6 +37,8 @@ _OTHER_FORMATS = (
     (b"\xff\x4f\xff\x51", "a raw JPEG 2000 codestream"),
     (b"\x1f\x8b", "a gzip archive"),
 )
+# RIFF containers name their content at offset 8.
+_RIFF_FORMATS = {b"WEBP": "a WebP image", b"AVI ": "an AVI video", b"WAVE": "a WAV audio file"}
 
 # Value representations of explicit-VR DICOM; used to recognise files without a preamble.
 _DICOM_VRS = frozenset(
@@ -73,6 +75,8 @@ def describe_unknown(head: bytes) -> str:
     for magic, name in _OTHER_FORMATS:
         if head.startswith(magic):
             return f"{name}, not a PNG, JPEG, TIFF or DICOM file"
+    if head.startswith(b"RIFF") and head[8:12] in _RIFF_FORMATS:
+        return f"{_RIFF_FORMATS[head[8:12]]}, not a PNG, JPEG, TIFF or DICOM file"
     if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         return "a text file, not a PNG, JPEG, TIFF or DICOM image"
     return f"not a PNG, JPEG, TIFF or DICOM file (first bytes: {head[:8].hex(' ')})"

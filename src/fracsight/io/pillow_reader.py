@@ -28,7 +28,12 @@ from fracsight.io.intensity import (
 )
 from fracsight.io.limits import check_pixel_count
 from fracsight.io.radiograph import NotARadiograph, Radiograph, UnreadableImage
-from fracsight.io.truncation import MIN_DECODED_FRACTION, TruncatedImage, decoded_row_fraction
+from fracsight.io.truncation import (
+    MIN_DECODED_FRACTION,
+    TruncatedImage,
+    decoded_row_fraction,
+    missing_progressive_detail,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +156,9 @@ def _is_truncation(error: Exception) -> bool:
 
 def _complete_truncated_jpeg(name: str, data: bytes) -> ImageFile.ImageFile:
     """A JPEG that ends early, decoded up to its end as if the end-of-image marker had arrived."""
+    progressive_gap = missing_progressive_detail(data)
+    if progressive_gap:
+        raise TruncatedImage(name, progressive_gap)
     try:
         image = JpegImagePlugin.JpegImageFile(io.BytesIO(data + _JPEG_END_OF_IMAGE))
         image.load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from fracsight.io import limits
@@ -38,7 +39,9 @@ def read_radiograph(
         raise UnreadableImage(name, "is a directory, not an image file")
     limit = limits.MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        size = file.stat().st_size
+        status = file.stat()
+        _check_regular_file(name, status.st_mode)
+        size = status.st_size
         with file.open("rb") as stream:
             head = stream.read(HEAD_BYTES)
     except OSError as error:
@@ -55,6 +58,14 @@ def read_radiograph(
     except OSError as error:
         raise UnreadableImage(name, f"cannot be read: {error.strerror or error}") from error
     return read_pillow_image(file, data, image_format, limit)
+
+
+def _check_regular_file(name: str, mode: int) -> None:
+    """Refuse pipes, devices and sockets: opening a FIFO blocks until a writer appears (a hang)."""
+    if stat.S_ISREG(mode):
+        return
+    kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device, socket or other special file"
+    raise UnreadableImage(name, f"is {kind}, not a regular image file")
 
 
 def is_truncated(path: str | os.PathLike[str]) -> bool:

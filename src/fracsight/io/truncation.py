@@ -38,3 +38,74 @@ def decoded_row_fraction(pixels: np.ndarray) -> float:
     if received.size == 0:
         return 0.0
     return float(received[-1] + 1) / height
+
+
+# Start of frame markers of progressive JPEG (Huffman, arithmetic), and start of scan.
+_PROGRESSIVE_SOF = frozenset({0xC2, 0xCA})
+_SOS = 0xDA
+_EOI = 0xD9
+_COEFFICIENTS = 64
+
+
+def missing_progressive_detail(data: bytes) -> str | None:
+    """Why a truncated progressive JPEG lacks detail everywhere, or None when it does not.
+
+    A progressive JPEG sends the whole image in every scan, coarse first, so a cut
+    leaves no gray tail to measure: every row lacks the scans that never arrived.
+    The scan headers that did arrive tell whether every coefficient of every
+    component already reached full precision (only the end marker or the last
+    refinement's tail is missing); a baseline JPEG returns None.
+    """
+    components: list[int] = []
+    lowest_bit: dict[tuple[int, int], int] = {}
+    scans, pos = 0, 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == _EOI:
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(segment) < length - 2:
+            break  # cut inside a marker segment
+        if marker in _PROGRESSIVE_SOF and len(segment) >= 6:
+            components = [segment[6 + 3 * i] for i in range(segment[5]) if 6 + 3 * i < len(segment)]
+        pos += 2 + length
+        if marker == _SOS and len(segment) >= 4:
+            count = segment[0]
+            if len(segment) < 4 + 2 * count:
+                break
+            start, end, low_bit = (
+                segment[1 + 2 * count],
+                segment[2 + 2 * count],
+                segment[3 + 2 * count] & 0x0F,
+            )
+            for component in segment[1 : 1 + 2 * count : 2]:
+                for coefficient in range(start, min(end, _COEFFICIENTS - 1) + 1):
+                    lowest_bit[(component, coefficient)] = low_bit
+            scans += 1
+            pos = _end_of_entropy_data(data, pos)
+    if not components:
+        return None
+    missing = sum(1 for c in components for k in range(_COEFFICIENTS) if lowest_bit.get((c, k), 1) != 0)
+    if missing == 0:
+        return None
+    return (
+        f"progressive JPEG is truncated after {scans} scans: {missing} of its "
+        f"{len(components) * _COEFFICIENTS} coefficient bands never reached full precision, so detail "
+        "is missing across the whole image, not only in its last rows"
+    )
+
+
+def _end_of_entropy_data(data: bytes, pos: int) -> int:
+    """Position of the first marker after a scan's entropy-coded data (or the end of ``data``)."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return len(data)
+        following = data[pos + 1]
+        if following != 0x00 and not 0xD0 <= following <= 0xD7:
+            return pos
+        pos += 2
