@@ -49,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
         "after": {"brier": after_summary.brier.to_dict(), "ece": after_summary.ece.to_dict()},
         "note": "measured on the cases the temperature was fitted on: confirm on independent data",
     }
-    new_card = card_with_temperature(card, fit, data_description(args), date, calibration)
+    description = data_description(args)
+    new_card = card_with_temperature(card, fit, description, date, calibration)
     onnx_path, card_path = write_model_copy(model, args.out, new_card)
     print(
         json.dumps(
             {
                 "model": str(onnx_path),
                 "card": str(card_path),
+                "data": description,
                 **fit.to_dict(),
                 "not_analysed": len(cases.excluded),
                 "thresholds": new_card["thresholds"],
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     b, a = before_summary.ece, after_summary.ece
     print(
         f"fracsight calibrate: temperature {previous_t:g} -> {fit.temperature:.4g} on {fit.n} cases "
-        f"({fit.n_positive} fractured); ECE {b.value:.4f} (95% CI {b.lower:.4f}-{b.upper:.4f}) -> "
+        f"({fit.n_positive} fractured) of {description}; "
+        f"ECE {b.value:.4f} (95% CI {b.lower:.4f}-{b.upper:.4f}) -> "
         f"{a.value:.4f} (95% CI {a.lower:.4f}-{a.upper:.4f}), measured on the fitting cases. "
         f"Wrote {onnx_path}",
         file=sys.stderr,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fracsight.evaluation.metrics import Estimate
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +105,19 @@ def run(args: argparse.Namespace) -> int:
         evaluation.localisation = box_results(loaded.cases, loaded.findings, loaded.boxes)
     picture = FindingPictures(loaded.cases, loaded.findings) if loaded.findings else None
     files = write_report(evaluation, args.report, picture=picture, gallery_point=args.gallery_point)
-    auc = evaluation.auc
+    cases = evaluation.cases
+    data = cases.labels_source + (f", split {cases.split}" if cases.split else "")
     print(
-        f"fracsight evaluate: {evaluation.cases.n} cases ({evaluation.cases.n_positive} fractured), "
-        f"{len(evaluation.cases.excluded)} not analysed; ROC AUC {auc.value:.3f} "
-        f"(95% CI {auc.delong.lower:.3f}-{auc.delong.upper:.3f}, DeLong); report: {files.html}",
+        f"fracsight evaluate: {cases.n} cases ({cases.n_positive} fractured) of {data}, "
+        f"{len(cases.excluded)} not analysed; ROC AUC {auc_text(evaluation.auc.delong)}; "
+        f"report: {files.html}",
         file=sys.stderr,
     )
     return 0
+
+
+def auc_text(delong: Estimate) -> str:
+    """'0.871 (95% CI 0.842-0.899, DeLong)', or the reason when there is no CI (e.g. AUC exactly 1)."""
+    if delong.lower is None or delong.upper is None:
+        return f"{delong.value:.3f} ({delong.method})"
+    return f"{delong.value:.3f} (95% CI {delong.lower:.3f}-{delong.upper:.3f}, DeLong)"

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "model": str(onnx_path),
         "card": str(card_path),
+        "data": description,
         "n": choice.n,
         "n_positive": choice.n_positive,
         "not_analysed": len(cases.excluded),
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         f"fracsight thresholds: doubt >= {choice.doubt.threshold:.4g} (sensitivity {sens.value:.3f}, 95% CI "
         f"{sens.lower:.3f}-{sens.upper:.3f}, {sens.k}/{sens.n}); fracture >= {choice.fracture.threshold:.4g} "
         f"(specificity {spec.value:.3f}, 95% CI {spec.lower:.3f}-{spec.upper:.3f}, {spec.k}/{spec.n}); "
-        f"measured on the {choice.n} cases used to choose them: confirm on independent data. "
+        f"measured on the {choice.n} cases of {description} used to choose them: "
+        "confirm on independent data. "
         f"Wrote {onnx_path}",
         file=sys.stderr,
     )

@@ -187,7 +187,13 @@ class AuditReport:
                     "conflicting_labels": g.conflicting_labels,
                     "cross_split": g.cross_split,
                     "pairs": [
-                        {"a": a, "b": b, "kind": k, "dhash_distance": d, "correlation": round(c, 5)}
+                        {
+                            "a": a,
+                            "b": b,
+                            "kind": k,
+                            "dhash_distance": _finite(d),
+                            "correlation": _finite(c, 5),
+                        }
                         for a, b, k, d, c in g.pairs
                     ],
                 }
@@ -213,6 +219,14 @@ class AuditReport:
                 for r, s in zip(self.records, self.scans, strict=True)
             ],
         }
+
+
+def _finite(value: float, digits: int | None = None) -> float | None:
+    """A score for JSON: None when undefined (NaN correlation of a flat or mostly truncated pair, or an
+    infinite dHash distance), since NaN and Infinity are not JSON and would make the file unreadable."""
+    if not math.isfinite(value):
+        return None
+    return value if digits is None else round(value, digits)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ frame too (YOLO boxes normalised to the displayed size).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,26 @@ def _json_boxes(text: str, where: str) -> list[Box]:
     return [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in raw]
 
 
+def _check_boxes(boxes: list[Box], size: tuple[int, int], where: str) -> list[Box]:
+    """Refuse boxes localisation cannot score, now (naming the line) rather than after the model run.
+
+    A box needs a finite area (x1 > x0, y1 > y0) and must overlap the (width, height) image;
+    a box wholly outside it is in another frame and would count as a missed fracture.
+    """
+    width, height = size
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (x1 > x0 and y1 > y0):
+            raise LabelsError(
+                f"{where}: column 'boxes': box {k} {[x0, y0, x1, y1]} has no area (needs x1 > x0 and y1 > y0)"
+            )
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise LabelsError(
+                f"{where}: column 'boxes': box {k} {[x0, y0, x1, y1]} lies wholly outside the "
+                f"{width}x{height} image (boxes are in pixels of the image as displayed)"
+            )
+    return boxes
+
+
 def _manifest(path: Path) -> Dataset:
     labels = read_labels(path)
     if labels.images is None:
@@ -131,8 +152,13 @@ def _manifest(path: Path) -> Dataset:
                 if not file.is_file():
                     raise FileNotFoundError(f"manifest {path}: box file {file} (line {line}) does not exist")
                 width, height = _stored_size(Path(image))
-                boxes[case] = [tuple(map(float, b)) for b in read_yolo_boxes(file, width, height)]
+                found = [tuple(map(float, b)) for b in read_yolo_boxes(file, width, height)]
+                boxes[case] = _check_boxes(
+                    found, (width, height), f"manifest {path} line {line} ({file.name})"
+                )
             else:
-                boxes[case] = _json_boxes(value, f"manifest {path} line {line}")
+                where = f"manifest {path} line {line}"
+                found = _json_boxes(value, where)
+                boxes[case] = _check_boxes(found, _stored_size(Path(image)) if found else (0, 0), where)
         del labels.columns["boxes"]
     return Dataset(labels=labels, boxes=boxes, kind="manifest")

@@ -314,11 +314,15 @@ def evaluate_predictions(
 
 
 def user_operating_points(thresholds: Sequence[float]) -> list[OperatingPoint]:
-    """Operating points for thresholds typed by the user, named by their value."""
+    """Operating points for thresholds typed by the user, named by their value.
+
+    The name uses the shortest repr of the value, so distinct thresholds get distinct names
+    (``:g`` would name 0.1234567 and 0.1234568 alike and the evaluation would refuse them).
+    """
     seen, points = set(), []
     for t in thresholds:
         if t in seen:
             continue
         seen.add(t)
-        points.append(OperatingPoint(f"threshold {t:g}", float(t), "given by the user"))
+        points.append(OperatingPoint(f"threshold {float(t)!r}", float(t), "given by the user"))
     return points

@@ -2,7 +2,8 @@
 
 The measures themselves (pointing game, FROC) live in ``fracsight.evaluation.localisation``;
 this module only gathers their inputs from an evaluation run (every analysed case: the
-fractured ones with their boxes, the others with none, so that false marks on them count)
+fractured ones with their boxes, the others with none, so that false marks on them count;
+fractured cases without boxes are left out, as their fracture could be anywhere)
 and returns the results as a JSON-ready dict, each rate with its n and 95% CI.
 """
 
@@ -42,11 +43,17 @@ def box_results(
         if exc.name != "fracsight.evaluation.localisation":
             raise
         return {"computed": False, "reason": "the localisation measures are not part of this installation"}
-    analysed = [(case, findings[case]) for case in cases.ids if case in findings]
     labelled = {case: int(label) for case, label in zip(cases.ids, cases.labels, strict=True)}
+    n_fractured = sum(1 for case in cases.ids if case in findings and labelled[case] == 1)
+    # A fractured image without boxes has a fracture somewhere unknown: a mark on it is neither a hit
+    # nor a false positive, so it is left out rather than scored like a non-fractured image.
+    analysed = [
+        (case, findings[case])
+        for case in cases.ids
+        if case in findings and (labelled[case] == 0 or boxes.get(case))
+    ]
     case_boxes = [boxes.get(case, []) if labelled[case] == 1 else [] for case, _ in analysed]
     n_with_boxes = sum(1 for b in case_boxes if b)
-    n_fractured = sum(1 for case, _ in analysed if labelled[case] == 1)
     if n_with_boxes == 0:
         return {"computed": False, "reason": "no analysed fractured case has an expert box"}
     heatmaps = [finding.heatmap_on_image for _, finding in analysed]  # read lazily, one at a time
@@ -71,6 +78,11 @@ def box_results(
         "data": (
             f"{len(analysed)} analysed cases; {n_with_boxes} of {n_fractured} fractured cases have "
             f"expert boxes ({froc.n_lesions} boxes)"
+            + (
+                f"; the {n_fractured - n_with_boxes} fractured cases without boxes are left out"
+                if n_fractured > n_with_boxes
+                else ""
+            )
         ),
         "pointing_game": {
             "description": "heat-map peak inside an expert box, on fractured images with boxes",

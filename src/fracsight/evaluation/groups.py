@@ -2,10 +2,10 @@
 
 The "too small" rule: a rate estimated from fewer than 10 cases is not shown as a
 number. Sensitivity needs at least 10 fractured cases in the cell, specificity at least
-10 non-fractured cases, and AUC both. Below that the cell says how many cases it has and
-that this is too few; the raw counts stay in metrics.json. (With 9 cases a Wilson 95% CI
-on a sensitivity of 9/9 still runs from 0.70 to 1.0: too wide to tell a clinician
-anything, and too easily read as "100%".)
+10 non-fractured cases, and AUC, PPV and NPV (which rest on both classes) both. Below
+that the cell says how many cases it has and that this is too few; the raw counts stay
+in metrics.json. (With 9 cases a Wilson 95% CI on a sensitivity of 9/9 still runs from
+0.70 to 1.0: too wide to tell a clinician anything, and too easily read as "100%".)
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ __all__ = ["MIN_POSITIVES", "MIN_NEGATIVES", "SMALL_CELL_RULE", "GroupCell", "Gr
 MIN_POSITIVES = 10
 MIN_NEGATIVES = 10
 SMALL_CELL_RULE = (
-    f"values from fewer than {MIN_POSITIVES} fractured cases (sensitivity, AUC) or fewer than "
-    f"{MIN_NEGATIVES} non-fractured cases (specificity, AUC) are withheld as too few to say anything"
+    f"values from fewer than {MIN_POSITIVES} fractured cases (sensitivity, AUC, PPV, NPV) or fewer "
+    f"than {MIN_NEGATIVES} non-fractured cases (specificity, AUC, PPV, NPV) are withheld as too few "
+    "to say anything"
 )
 
 
@@ -53,9 +54,13 @@ class GroupCell:
             return None
         parts = []
         if not self.enough_positives:
-            parts.append(f"{self.n_positive} fractured (< {MIN_POSITIVES}): sensitivity and AUC withheld")
+            parts.append(
+                f"{self.n_positive} fractured (< {MIN_POSITIVES}): sensitivity, AUC, PPV and NPV withheld"
+            )
         if not self.enough_negatives:
-            parts.append(f"{self.n_negative} non-fractured (< {MIN_NEGATIVES}): specificity and AUC withheld")
+            parts.append(
+                f"{self.n_negative} non-fractured (< {MIN_NEGATIVES}): specificity, AUC, PPV and NPV withheld"
+            )
         return f"{self.column} = {self.value}: too few cases; " + "; ".join(parts)
 
     def to_dict(self) -> dict:
@@ -66,6 +71,13 @@ class GroupCell:
                 entry["sensitivity"] = {"withheld": f"only {self.n_positive} fractured cases"}
             if not self.enough_negatives:
                 entry["specificity"] = {"withheld": f"only {self.n_negative} non-fractured cases"}
+            if self.too_small:  # PPV and NPV rest on both classes (at a stated prevalence: on sens and spec)
+                why = {
+                    "withheld": f"only {self.n_positive} fractured and {self.n_negative} non-fractured cases"
+                }
+                entry["ppv"], entry["npv"] = dict(why), dict(why)
+                if entry.get("at_prevalence"):
+                    entry["at_prevalence"] = {**entry["at_prevalence"], "ppv": dict(why), "npv": dict(why)}
             rates[name] = entry
         return {
             "value": self.value,

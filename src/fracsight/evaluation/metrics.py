@@ -9,7 +9,9 @@ Methods (so a reader of a report can check them):
 * AUC is the Mann-Whitney statistic, ties between a positive and a negative counting
   one half (equal to the trapezoidal area under the empirical ROC curve).
 * DeLong variance uses the midrank algorithm of Sun & Xu (IEEE Signal Processing
-  Letters 21(11), 2014): O(n log n); the CI is AUC +/- z * SE, clipped to [0, 1].
+  Letters 21(11), 2014): O(n log n); the CI is AUC +/- z * SE, clipped to [0, 1]. When
+  SE is 0 (AUC exactly 0 or 1, or all scores tied) no CI is given rather than a zero-width
+  one; the same for a bootstrap whose resamples all give one AUC.
 * Bootstrap CIs resample positives and negatives separately (stratified, so every
   resample has both classes and the same prevalence) with a fixed seed; percentile
   intervals.
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 CONFIDENCE = 0.95
+DEGENERATE = "no variation to estimate it from (e.g. AUC exactly 0 or 1, or every score tied)"
 
 
 @dataclass(frozen=True)
@@ -239,9 +242,17 @@ def delong_variance(scores: Sequence[float] | np.ndarray, labels: Sequence[int] 
 def delong_ci(
     scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, level: float = CONFIDENCE
 ) -> Estimate:
-    """AUC with a DeLong (Wald) CI, clipped to [0, 1]."""
+    """AUC with a DeLong (Wald) CI, clipped to [0, 1]; no CI when the variance is 0.
+
+    A zero variance (AUC exactly 0 or 1, or every score tied) would give a zero-width
+    interval that claims certainty the data cannot give, so the bounds are left out.
+    """
     auc, variance = delong_variance(scores, labels)
-    half = z_for_level(level) * math.sqrt(max(variance, 0.0))
+    if variance <= 0.0:
+        return Estimate(
+            value=auc, lower=None, upper=None, method=f"no CI: {DEGENERATE} (DeLong variance 0)", level=level
+        )
+    half = z_for_level(level) * math.sqrt(variance)
     return Estimate(
         value=auc,
         lower=max(0.0, auc - half),
@@ -295,11 +306,15 @@ def bootstrap_auc(
         aucs[start:stop] = _batched_auc(s[pos_idx[start:stop]], s[neg_idx[start:stop]])
     alpha = (1 - level) / 2
     lower, upper = np.quantile(aucs, [alpha, 1 - alpha])
+    method = f"stratified bootstrap, {n_resamples} resamples, seed {seed}, percentile interval"
+    if aucs.min() == aucs.max():  # every resample the same: a zero-width interval would claim certainty
+        lower = upper = None
+        method = f"no CI: {DEGENERATE} (every bootstrap resample gives the same AUC)"
     estimate = Estimate(
         value=roc_auc(s, y),
-        lower=float(lower),
-        upper=float(upper),
-        method=f"stratified bootstrap, {n_resamples} resamples, seed {seed}, percentile interval",
+        lower=None if lower is None else float(lower),
+        upper=None if upper is None else float(upper),
+        method=method,
         level=level,
     )
     return estimate, aucs
@@ -372,7 +387,10 @@ def wilson_interval(k: int, n: int, level: float = CONFIDENCE) -> tuple[float, f
     denominator = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # At 0/n and n/n the bound is exactly 0 (1); rounding must not leave the estimate outside its CI.
+    lower = 0.0 if k == 0 else max(0.0, center - half)
+    upper = 1.0 if k == n else min(1.0, center + half)
+    return lower, upper
 
 
 def proportion(k: int, n: int, level: float = CONFIDENCE) -> Estimate:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 from fracsight import __version__
-from fracsight.evaluation.calibration import TemperatureFit, logits_from_probabilities
+from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.operating_points import ThresholdChoice
 
 __all__ = ["card_path_for", "read_card", "write_model_copy", "card_with_thresholds", "card_with_temperature"]
@@ -88,6 +89,18 @@ def card_with_thresholds(
     return new
 
 
+def _moved_threshold(value: float, previous_t: float, temperature: float) -> float:
+    """The threshold at ``temperature`` that cuts at the same raw logit as ``value`` did at ``previous_t``.
+
+    Not clipped like probabilities from a file: 0 and 1 cut at -inf and +inf and stay 0 and 1 at any
+    temperature, and a clipped 0 would move above the probability of the lowest images.
+    """
+    if value <= 0.0 or value >= 1.0:
+        return value
+    z = previous_t * (math.log(value) - math.log1p(-value)) / temperature
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))  # no overflow
+
+
 def card_with_temperature(
     card: dict[str, Any], fit: TemperatureFit, data: str, date: str, calibration: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -97,15 +110,13 @@ def card_with_temperature(
     temperature T the same logit gives probability sigmoid(T0 * logit(t) / T). Without this,
     recalibrating would silently move both operating points.
     """
-    import math
-
     new = copy.deepcopy(card)
     previous_t = float(card.get("temperature", 1.0))
     previous_thresholds = dict(card.get("thresholds", {}))
-    moved = {}
-    for name, value in previous_thresholds.items():
-        logit = float(logits_from_probabilities([float(value)], previous_t)[0])
-        moved[name] = 1.0 / (1.0 + math.exp(-logit / fit.temperature))
+    moved = {
+        name: _moved_threshold(float(value), previous_t, fit.temperature)
+        for name, value in previous_thresholds.items()
+    }
     new["temperature"] = fit.temperature
     new["thresholds"] = moved
     new.setdefault("adaptations", []).append(

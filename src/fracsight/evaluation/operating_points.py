@@ -128,12 +128,20 @@ def threshold_for_specificity(scores: np.ndarray, labels: np.ndarray, target: fl
 
     With k = ceil(target * n_negative), the k lowest non-fractured scores must fall below
     it: it is the smallest observed score above the k-th lowest one (or just above it).
+    When the k-th lowest is already 1, no threshold a model card allows (<= 1) reaches the
+    target: that is an error, not a threshold above 1 that no model could load.
     """
     _check_target("specificity", target)
     s, y = check_scores_labels(scores, labels)
     negatives = np.sort(s[y == 0])
     k = math.ceil(target * negatives.size - 1e-9)
     kth = negatives[max(k, 1) - 1]
+    if kth >= 1.0:
+        at_one = int(np.sum(negatives >= 1.0))
+        raise ValueError(
+            f"target specificity {target} cannot be reached: {at_one} of the {negatives.size} non-fractured "
+            "cases have probability 1, which every threshold <= 1 calls fractured; lower the target"
+        )
     above = s[s > kth]
     return float(above.min()) if above.size else float(np.nextafter(kth, np.inf))
 

@@ -103,7 +103,8 @@ def fmt_number(e: Estimate, digits: int = 3) -> str:
     if e.value is None:
         return "undefined"
     if e.lower is None or e.upper is None:
-        return f"{e.value:.{digits}f} (no CI: {e.method})"
+        why = e.method if e.method.startswith("no CI") else f"no CI: {e.method}"  # methods may say it
+        return f"{e.value:.{digits}f} ({why})"
     return f"{e.value:.{digits}f} (95% CI {e.lower:.{digits}f}\u2013{e.upper:.{digits}f})"
 
 

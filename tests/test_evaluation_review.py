@@ -1,0 +1,248 @@
+"""Regression tests for edge cases found in review: degenerate CIs, unreachable targets, small cells,
+JSON that must stay valid, and boxes that localisation cannot score."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fracsight.cli import main
+from fracsight.decide import categorise
+from fracsight.evaluation.audit import audit
+from fracsight.evaluation.calibration import TemperatureFit
+from fracsight.evaluation.datasets import load_dataset
+from fracsight.evaluation.errors import LabelsError
+from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_predictions, user_operating_points
+from fracsight.evaluation.expert_boxes import box_results
+from fracsight.evaluation.groups import group_table
+from fracsight.evaluation.inputs import match_cases, read_labels, read_predictions
+from fracsight.evaluation.metrics import auc_with_ci, bootstrap_auc, delong_ci, wilson_interval
+from fracsight.evaluation.model_copy import card_with_temperature
+from fracsight.evaluation.operating_points import OperatingPoint, threshold_for_specificity
+from fracsight.evaluation.report import write_report
+
+
+def _pair(tmp_path: Path, p: list[float], y: list[int], extra: str = "", values: list[str] = ()) -> tuple:
+    preds, labels = tmp_path / "p.csv", tmp_path / "l.csv"
+    preds.write_text("id,probability\n" + "".join(f"c{i},{v!r}\n" for i, v in enumerate(p)))
+    head = "id,fractured" + (f",{extra}" if extra else "") + "\n"
+    rows = [f"c{i},{label}" + (f",{values[i]}" if extra else "") for i, label in enumerate(y)]
+    labels.write_text(head + "\n".join(rows) + "\n")
+    return preds, labels
+
+
+@pytest.mark.parametrize("kind", ["separated", "inverted", "all tied"])
+def test_auc_of_0_1_or_all_ties_has_no_zero_width_ci(kind: str) -> None:
+    y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    p = {"separated": y * 0.5 + 0.2, "inverted": 0.7 - y * 0.5, "all tied": np.full(40, 0.4)}[kind]
+    delong = delong_ci(p, y)
+    boot = bootstrap_auc(p, y, n_resamples=200)[0]
+    for estimate in (delong, boot):
+        assert estimate.lower is None and estimate.upper is None, estimate
+        assert estimate.method.startswith("no CI")
+    both = auc_with_ci(p, y, n_resamples=200)
+    assert both.to_dict()["delong"]["value"] == delong.value
+
+
+def test_perfect_separation_reports_and_prints_without_a_ci(tmp_path: Path, capsys) -> None:
+    y = [i % 2 for i in range(40)]
+    preds, labels = _pair(tmp_path, [0.9 if v else 0.1 for v in y], y)
+    args = ["evaluate", "--predictions", str(preds), "--labels", str(labels), "--bootstrap", "200"]
+    assert main([*args, "--report", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "ROC AUC 1.000 (no CI" in err and "1.000-1.000" not in err
+    assert str(labels) in err  # the printed AUC names the data it was measured on
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "1.000 (no CI: no variation" in html and "no CI: no CI" not in html
+    assert "1.000\u20131.000" not in html
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 49, 50, 51, 99, 100, 1000])
+def test_wilson_interval_holds_its_estimate_at_0_and_n(n: int) -> None:
+    assert wilson_interval(0, n)[0] == 0.0  # was 2.8e-17 for n = 10: above the estimate 0
+    assert wilson_interval(n, n)[1] == 1.0
+    for k in range(0, n + 1, max(1, n // 7)):
+        low, high = wilson_interval(k, n)
+        assert low <= k / n <= high
+
+
+def test_specificity_target_unreachable_below_1_is_refused_not_written_above_1() -> None:
+    p = np.r_[np.full(19, 0.2), 1.0, np.full(20, 0.8)]  # one non-fractured case at probability 1
+    y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    with pytest.raises(ValueError, match="specificity 1.0 cannot be reached: 1 of the 20 non-fractured"):
+        threshold_for_specificity(p, y, 1.0)
+    assert threshold_for_specificity(p, y, 0.95) == 0.8  # reachable targets still work
+    p[19] = 0.999
+    assert 0.999 < threshold_for_specificity(p, y, 1.0) <= 1.0
+
+
+def test_thresholds_command_writes_no_unloadable_card(tmp_path: Path, capsys) -> None:
+    y = [i % 2 for i in range(40)]
+    p = [0.8 if v else 0.2 for v in y]
+    p[0] = 1.0
+    preds, labels = _pair(tmp_path, p, y)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"stand-in")
+    card = {"model_id": "m", "input_size": 64, "thresholds": {"fracture": 0.7, "doubt": 0.3}}
+    (tmp_path / "m.card.json").write_text(json.dumps(card))
+    args = ["thresholds", "--predictions", str(preds), "--labels", str(labels), "--model", str(model)]
+    code = main([*args, "--sensitivity", "0.9", "--specificity", "1", "--out", str(tmp_path / "s.onnx")])
+    assert code == 2 and "cannot be reached" in capsys.readouterr().err
+    assert not (tmp_path / "s.card.json").exists()
+
+
+def test_small_cells_withhold_ppv_and_npv_too(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = [int(v) for v in np.r_[np.ones(30), np.zeros(30)]]
+    p = [float(v) for v in np.round(rng.random(60) * 0.5 + 0.4 * np.array(y), 4)]
+    region = ["hip" if i in (0, 1, 2, 30, 31, 32, 33) else "hand" for i in range(60)]
+    preds, labels = _pair(tmp_path, p, y, "region", region)
+    cases = match_cases(read_predictions(preds), read_labels(labels), ["region"])
+    table = group_table(cases, "region", [OperatingPoint("t", 0.5, "test")], prevalence=0.1)
+    cells = {c.value: c.to_dict() for c in table.cells}
+    hip = cells["hip"]["operating_points"]["t"]
+    assert cells["hip"]["too_small"]
+    for key in ("sensitivity", "specificity", "ppv", "npv"):
+        assert set(hip[key]) == {"withheld"}, key
+    assert set(hip["at_prevalence"]["ppv"]) == {"withheld"} and set(hip["at_prevalence"]["npv"]) == {
+        "withheld"
+    }
+    assert hip["confusion"]["tp"] + hip["confusion"]["fn"] == 3  # raw counts stay
+    hand = cells["hand"]["operating_points"]["t"]
+    assert hand["ppv"]["value"] is not None and hand["at_prevalence"]["ppv"]["value"] is not None
+
+
+def test_close_user_thresholds_get_distinct_names(tmp_path: Path) -> None:
+    points = user_operating_points([0.1234567, 0.1234568, 0.4, 0.4])
+    assert [op.name for op in points] == ["threshold 0.1234567", "threshold 0.1234568", "threshold 0.4"]
+    y = [i % 2 for i in range(40)]
+    preds, labels = _pair(tmp_path, [round(0.2 + 0.4 * v + 0.005 * i, 4) for i, v in enumerate(y)], y)
+    evaluation = evaluate_predictions(
+        preds, labels, thresholds=[0.1234567, 0.1234568], settings=EvaluationSettings(n_resamples=100)
+    )
+    assert len(evaluation.rates) == 2
+
+
+def test_audit_json_stays_valid_when_a_duplicate_pair_has_no_correlation(tmp_path: Path) -> None:
+    """A truncated copy whose decoded part is flat: dHash links the pair, its correlation is undefined."""
+    rng = np.random.default_rng(0)
+    pixels = np.full((512, 512), 100, np.uint8)
+    pixels[400:] = rng.integers(0, 255, (112, 512))
+    Image.fromarray(pixels).save(tmp_path / "a.jpg", quality=95)
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: int(len(data) * 0.04)])
+    (tmp_path / "m.csv").write_text("path,label\na.jpg,1\ncut.jpg,0\n")
+    report = audit(tmp_path / "m.csv", workers=1)
+    pairs = [p for g in report.to_json()["duplicate_groups"] for p in g["pairs"]]
+    assert pairs, "the planted pair should be found"
+    json.dumps(report.to_json(), allow_nan=False)  # raised on NaN before the fix
+    assert pairs[0]["correlation"] is None
+
+
+@pytest.mark.parametrize(
+    "boxes,message",
+    [
+        ("[[10, 10, 10, 30]]", "box 0 [10.0, 10.0, 10.0, 30.0] has no area"),
+        ("[[5, 5, 20, 20], [30, 40, 20, 50]]", "box 1 [30.0, 40.0, 20.0, 50.0] has no area"),
+        ("[[100, 10, 120, 30]]", "box 0 [100.0, 10.0, 120.0, 30.0] lies wholly outside the 64x48 image"),
+    ],
+)
+def test_manifest_boxes_localisation_cannot_score_are_refused_with_their_line(
+    tmp_path: Path, boxes: str, message: str
+) -> None:
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "b.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f'path,label,boxes\nb.png,0,\na.png,1,"{boxes}"\n')
+    with pytest.raises(LabelsError, match=rf"m.csv line 3: column 'boxes': {re.escape(message)}"):
+        load_dataset(manifest)
+    manifest.write_text('path,label,boxes\nb.png,0,\na.png,1,"[[-5, 40, 10, 60]]"\n')  # overhang is fine
+    assert load_dataset(manifest).boxes["a"] == [(-5.0, 40.0, 10.0, 60.0)]
+
+
+def test_metrics_json_of_a_degenerate_evaluation_is_valid_json(tmp_path: Path) -> None:
+    y = [i % 2 for i in range(40)]
+    preds, labels = _pair(tmp_path, [0.5] * 40, y)
+    evaluation = evaluate_predictions(preds, labels, settings=EvaluationSettings(n_resamples=100))
+    files = write_report(evaluation, tmp_path / "out")
+    metrics = json.loads(files.metrics_json.read_text())
+    assert metrics["overall"]["auc"]["delong"].get("lower") is None
+
+
+def test_temperature_keeps_categories_at_thresholds_0_and_1() -> None:
+    card = {
+        "model_id": "m",
+        "input_size": 64,
+        "thresholds": {"fracture": 1.0, "doubt": 0.0},
+        "temperature": 1.0,
+    }
+    fit = TemperatureFit(0.5, 10, 5, 0.0, 0.0, 1.0)
+    moved = card_with_temperature(card, fit, "validation.csv", "2025-01-01")["thresholds"]
+    assert moved == {"fracture": 1.0, "doubt": 0.0}  # was 1e-14 and 1 - 1e-14 from clipped logits
+    raw = np.array([-40.0, -20.0, 5.0])
+    before = [categorise(1 / (1 + np.exp(-r)), card["thresholds"]) for r in raw]
+    after = [categorise(1 / (1 + np.exp(-r / fit.temperature)), moved) for r in raw]
+    assert before == after
+    tiny = {**card, "thresholds": {"fracture": 1 - 1e-16, "doubt": 1e-300}}
+    assert card_with_temperature(tiny, TemperatureFit(0.01, 10, 5, 0.0, 0.0, 1.0), "v", "d")  # no overflow
+
+
+def test_thresholds_and_calibrate_name_the_data_their_numbers_come_from(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(2)
+    y = [i % 2 for i in range(60)]
+    preds, labels = _pair(tmp_path, [round(float(v), 4) for v in rng.random(60) * 0.6 + 0.3 * np.array(y)], y)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"stand-in")
+    card = {"model_id": "m", "input_size": 64, "thresholds": {"fracture": 0.7, "doubt": 0.3}}
+    (tmp_path / "m.card.json").write_text(json.dumps(card))
+    data = ["--predictions", str(preds), "--labels", str(labels), "--model", str(model)]
+    assert (
+        main(
+            [
+                "thresholds",
+                *data,
+                "--sensitivity",
+                "0.9",
+                "--specificity",
+                "0.8",
+                "--out",
+                str(tmp_path / "t.onnx"),
+            ]
+        )
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert str(labels) in err and str(labels) in json.loads(out)["data"]
+    assert main(["calibrate", *data, "--out", str(tmp_path / "c.onnx")]) == 0
+    out, err = capsys.readouterr()
+    assert str(labels) in err and str(labels) in json.loads(out)["data"]
+
+
+def _finding(heat: np.ndarray, probability: float) -> SimpleNamespace:
+    """What box_results reads of a Finding: the map on the image, its grid and letterbox, the probability."""
+    return SimpleNamespace(
+        heatmap_on_image=lambda: heat,
+        heatmap=np.zeros((4, 4)),
+        letterbox=SimpleNamespace(size=64, scale=1.0),
+        probability=probability,
+    )
+
+
+def test_froc_leaves_out_fractured_images_without_boxes() -> None:
+    """A mark on a fractured image whose fracture was not boxed is no false positive."""
+    heat = np.zeros((64, 64))
+    heat[10:20, 10:20] = 1.0
+    cases = SimpleNamespace(ids=["boxed", "unboxed", "normal"], labels=np.array([1, 1, 0]))
+    findings = {case: _finding(heat, 0.9) for case in cases.ids}
+    findings["normal"] = _finding(np.zeros((64, 64)), 0.1)  # flat map: no mark
+    result = box_results(cases, findings, {"boxed": [(8.0, 8.0, 22.0, 22.0)]}, n_bootstrap=50)
+    froc = result["froc"]
+    assert froc["n_images"] == 2 and froc["normalised_area"]["value"] == 1.0  # found before any false mark
+    assert froc["curve"]["fp_per_image"] == [0.0]
+    assert "1 fractured cases without boxes are left out" in result["data"]
