@@ -41,8 +41,12 @@ def analyse(source: str | Path | Radiograph, model: str | Path | None = None) ->
     Raises :class:`fracsight.io.RefusedInput` with the reason when the file cannot be analysed.
     The model (default: the one shipped in the package) is loaded once and reused.
     """
-    from fracsight.io import Radiograph
+    from fracsight.io import Radiograph, RefusedInput
+    from fracsight.preprocess import NotAnalysable
 
     analyser = _analyser(str(model) if model else None)
     radiograph = source if isinstance(source, Radiograph) else analyser.read(source)
-    return analyser.analyse(radiograph)
+    try:
+        return analyser.analyse(radiograph)
+    except NotAnalysable as exc:  # blank, tiny or strip-shaped: refused like an unreadable file
+        raise RefusedInput(radiograph.source, str(exc)) from exc

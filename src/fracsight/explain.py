@@ -6,9 +6,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fracsight.finding import Category, Finding, Letterbox
+from fracsight.preprocess import stretch_contrast
 
 # Cells below this map value stay uncoloured: the overlay shows where evidence is, not noise.
 OVERLAY_FLOOR = 0.2
+# Overlays of small images are enlarged until their shorter side is this many pixels (the
+# longer side stays within ``max_side``): below it the caption cannot fit across the image.
+MIN_DISPLAY_SIDE = 128
+CAPTION_SPACING = 4  # px between caption lines
 _CATEGORY_COLOUR = {
     Category.FRACTURE: (230, 40, 40),
     Category.DOUBT: (245, 170, 20),
@@ -45,22 +50,38 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) -> Image.Image:
-    """The radiograph with the heat map in colour and the probability and category written on it.
+def _display_scale(height: int, width: int, max_side: int) -> float:
+    """Factor from image to overlay pixels: large images shrink to ``max_side``, small ones grow."""
+    if max(height, width) > max_side:
+        return max_side / max(height, width)
+    return max(1.0, min(MIN_DISPLAY_SIDE / min(height, width), max_side / max(height, width)))
 
-    Kept at the input's aspect ratio; large images are reduced to ``max_side`` so a folder of
-    3000-pixel studies does not become gigabytes of PNG. Blending is done by Pillow in uint8:
-    this runs once per image in ``predict``, so it must cost little next to the model.
-    """
-    h, w = pixels.shape
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+def _display_gray(pixels: np.ndarray, size: tuple[int, int], scale: float) -> Image.Image:
+    """The radiograph as 8-bit gray at ``size``, windowed to its own intensity percentiles as the
+    model sees it: a 16-bit file holding 12-bit data would otherwise show almost black."""
+    gray = Image.fromarray((stretch_contrast(pixels) * 255.0 + 0.5).astype(np.uint8), mode="L")
     if scale < 1.0:
         factor = int(1 / scale)
         if factor >= 2:
             gray = gray.reduce(factor)
+    if gray.size != size:
         gray = gray.resize(size, Image.Resampling.BILINEAR)
+    return gray
+
+
+def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) -> Image.Image:
+    """The radiograph with the heat map in colour and the probability and category written on it.
+
+    Kept at the input's aspect ratio; large images are reduced to ``max_side`` so a folder of
+    3000-pixel studies does not become gigabytes of PNG, and small ones enlarged to
+    :data:`MIN_DISPLAY_SIDE` so the caption stays legible. Blending is done by Pillow in uint8:
+    this runs once per image in ``predict``, so it must cost little next to the model.
+    """
+    h, w = pixels.shape
+    scale = _display_scale(h, w, max_side)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    gray = _display_gray(pixels, size, scale)
     box = finding.letterbox
     small_box = Letterbox(box.size, box.scale / scale, box.pad_x, box.pad_y, size[1], size[0])
     heat = heatmap_to_image(finding.heatmap, small_box)
@@ -71,17 +92,45 @@ def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) ->
     return image
 
 
+def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont, width: float) -> str:
+    """``parts`` on one line when they fit in ``width``, else on as many lines as needed (a part
+    too long for a line is split at its spaces), so no word is cut off at the image's edge."""
+
+    def fits(text: str) -> bool:
+        return draw.textlength(text, font=font) <= width
+
+    lines: list[str] = []
+    for part in parts:
+        words = [part] if fits(part) else part.split(" ")
+        for i, word in enumerate(words):
+            joint = " " if i else "  "  # two spaces between parts, one inside a split part
+            if lines and fits(lines[-1] + joint + word):
+                lines[-1] += joint + word
+            else:
+                lines.append(word)
+    return "\n".join(lines)
+
+
 def _caption(image: Image.Image, finding: Finding) -> None:
     draw = ImageDraw.Draw(image)
-    text = (
-        f"{finding.category.value.replace('_', ' ')}  p={finding.probability:.2f}  (AI aid, not a diagnosis)"
-    )
+    parts = [
+        finding.category.value.replace("_", " "),
+        f"p={finding.probability:.2f}",
+        "(AI aid, not a diagnosis)",
+    ]
     font_size = max(12, image.width // 40)
     try:
         font = ImageFont.load_default(size=font_size)
     except TypeError:  # Pillow < 10.1 has one bitmap size only
         font = ImageFont.load_default()
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     pad = max(3, font_size // 4)
+    text = _wrap(draw, parts, font, image.width - 2 * pad)
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, spacing=CAPTION_SPACING)
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
-    draw.text((pad - left, pad - top), text, fill=_CATEGORY_COLOUR[finding.category], font=font)
+    draw.multiline_text(
+        (pad - left, pad - top),
+        text,
+        fill=_CATEGORY_COLOUR[finding.category],
+        font=font,
+        spacing=CAPTION_SPACING,
+    )

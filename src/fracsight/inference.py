@@ -81,7 +81,28 @@ class Analyser:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors share no base class to catch
+            raise ValueError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        """Refuse, at load time, a model whose inputs and outputs do not match what inference feeds
+        and reads, or whose card gives another input size; otherwise the first batch would fail."""
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if set(inputs) != {"image"} or not {"logit", "heatmap"} <= outputs:
+            raise ValueError(
+                f"{self.model_path}: model takes {sorted(inputs)} and gives {sorted(outputs)}; "
+                "fracsight needs input 'image' and outputs 'logit' and 'heatmap'"
+            )
+        side = [d for d in inputs["image"][-2:] if isinstance(d, int)]
+        if any(d != self.size for d in side):
+            raise ValueError(
+                f"{self.model_path}: model input is {inputs['image']} but its card says "
+                f"input_size {self.size}"
+            )
 
     def run_model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Prepared images (N, S, S) -> probabilities (N,) and heat maps (N, h, w) in [0, 1]."""
@@ -120,6 +141,9 @@ class Analyser:
             item.radiograph = self.read(path)
         except RefusedInput as exc:
             item.error = exc.reason
+            return item
+        except FileNotFoundError:
+            item.error = "no such file (or a link to a file that is gone)"
             return item
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
             item.error = f"could not be read: {type(exc).__name__}: {exc}"

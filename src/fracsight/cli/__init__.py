@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from fracsight import __version__
@@ -58,10 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of standard output went away (``fracsight predict DIR | head``): stop
+        # quietly as Unix tools do, and keep Python from failing again when it flushes at exit.
+        _silence_stdout()
+        return 141
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Expected failures (bad input, missing optional dependency): one clear line, no traceback.
         print(f"fracsight {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (tests): nothing to silence
+        pass
 
 
 if __name__ == "__main__":
