@@ -26,9 +26,8 @@ def study():
 
 def test_html_ci_labels_state_the_level_computed(study):
     page = render(analyse(study, alpha=0.10, by_region=False))
-    assert "90% CI" in page
-    # The bar chart's legend text is fixed by fracsight.reporting (outside this package).
-    assert "95% CI" not in page.replace("whiskers: 95% CI", "")
+    assert "90% CI" in page and "whiskers: 90% CI" in page
+    assert "95% CI" not in page
 
 
 def test_plan_pilot_without_calls_for_sensitivity_is_a_clear_error(study, tmp_path, capsys):

@@ -102,6 +102,7 @@ def bars(analysis: StudyAnalysis) -> Markup:
         y_label=f"value ({_level(analysis.alpha)})",
         category_notes=notes,
         element_id="bars",
+        ci_label=_level(analysis.alpha),
     )
     return figure(
         chart,
@@ -157,6 +158,7 @@ def roc_chart(analysis: StudyAnalysis) -> Markup:
         points=points,
         diagonal="chance",
         element_id="roc",
+        ci_label=_level(analysis.alpha),
     )
     caption = (
         f"Each point is one reader's binary call ({study.call_rule}) on {study.n_cases} cases."

@@ -228,8 +228,12 @@ def line_chart(
     width: int = 460,
     height: int = 420,
     element_id: str | None = None,
+    ci_label: str = "95% CI",
 ) -> Markup:
-    """A line chart; ``diagonal`` names a dashed y = x reference line (chance, perfect calibration)."""
+    """A line chart; ``diagonal`` names a dashed y = x reference line (chance, perfect calibration).
+
+    ``ci_label`` names the bands' level in the legend (the caller knows what it computed).
+    """
     colors = itertools.cycle(PALETTE)
     styled = [(s, s.color or next(colors)) for s in series]
     point_colors = [p.color or next(colors) for p in points]
@@ -237,7 +241,7 @@ def line_chart(
     for s, color in styled:
         banded = s.lower is not None and s.interval is IntervalStyle.BAND
         band_only = banded and not any(_finite(v) for v in s.y)
-        name = s.name + (" (shaded: 95% CI)" if banded and not band_only else "")
+        name = s.name + (f" (shaded: {ci_label})" if banded and not band_only else "")
         legend_entries.append((name, color, "band" if band_only else "dashed" if s.dashed else "line"))
     legend_entries += [(p.label, c, "point") for p, c in zip(points, point_colors, strict=True)]
     if diagonal:
@@ -327,10 +331,12 @@ def bar_chart(
     width: int | None = None,
     height: int = 320,
     element_id: str | None = None,
+    ci_label: str = "95% CI",
 ) -> Markup:
     """Grouped vertical bars with CI error bars; a withheld value shows ``missing_text`` instead.
 
-    ``category_notes`` go under each category label (up to two lines, split at ``\\n``), e.g. its n.
+    ``category_notes`` go under each category label (up to two lines, split at ``\\n``), e.g. its n;
+    ``ci_label`` names the whiskers' level in the legend.
     """
     for s in series:
         if len(s.values) != len(categories):
@@ -394,7 +400,7 @@ def bar_chart(
                     f'font-size="10" fill="#5a6470">{escape(line)}</text>'
                 )
     entries = [(s.name, color, "box") for s, color in styled]
-    entries.append(("whiskers: 95% CI", "#1d2327", "line"))
+    entries.append((f"whiskers: {ci_label}", "#1d2327", "line"))
     parts.append(_legend(entries, frame.left + 4, plot_height + 6))
     parts.append(closing)
     return Markup("".join(parts))
