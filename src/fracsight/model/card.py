@@ -37,6 +37,9 @@ LIMITATIONS = [
     "re-derive them on its own cases (`fracsight thresholds`).",
     "The heat map shows where the network's evidence lies, at 32-pixel cells of the 384-pixel input: "
     "it is coarse and can point at the wrong bone.",
+    "Orientation: training turned images by at most 10 degrees, so a radiograph stored turned by 90 "
+    "or 180 degrees from how FracAtlas shows it is read much worse (measure it with "
+    "`scripts/orientation_check.py`); analyse radiographs as they are displayed for reading.",
 ]
 SMALL_CELL = 10  # fewer positives or negatives than this: the cell is reported as too small
 
