@@ -31,9 +31,11 @@ def test_sensitivity_threshold_is_the_highest_that_reaches_the_target(ties: bool
     p, y = _scores(1, ties=ties)
     t = threshold_for_sensitivity(p, y, target)
     assert binary_rates(p, y, t).sensitivity.value >= target
-    higher = np.unique(p[p > t])
-    if higher.size:
-        assert binary_rates(p, y, higher[0]).sensitivity.value < target
+    kept = np.unique(p[p >= t])  # kept[0]: the lowest score still called positive
+    assert binary_rates(p, y, np.nextafter(kept[0], 1.0)).sensitivity.value < target
+    lower = p[p < t]
+    if lower.size:  # halfway between observed scores, never on one
+        assert t == pytest.approx((kept[0] + lower.max()) / 2)
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -42,9 +44,22 @@ def test_specificity_threshold_is_the_lowest_that_reaches_the_target(ties: bool,
     p, y = _scores(2, ties=ties)
     t = threshold_for_specificity(p, y, target)
     assert binary_rates(p, y, t).specificity.value >= target
-    lower = np.unique(p[p < t])
-    if lower.size:
-        assert binary_rates(p, y, lower[-1]).specificity.value < target
+    below = np.unique(p[p < t])  # below[-1]: the highest score still called negative
+    assert binary_rates(p, y, below[-1]).specificity.value < target
+    higher = p[p >= t]
+    if higher.size:
+        assert t == pytest.approx((below[-1] + higher.min()) / 2)
+
+
+def test_thresholds_chosen_on_rounded_scores_keep_every_case_on_its_side() -> None:
+    """`fracsight predict` writes 4 decimals; a case whose score was rounded up must not fall
+    below a threshold chosen on the rounded value once the model gives its exact score."""
+    exact = np.array([0.9, 0.8, 0.69996, 0.6, 0.3, 0.2, 0.10004, 0.05, 0.6, 0.4])
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    rounded = np.round(exact, 4)
+    choice = choose_thresholds(rounded, y, target_sensitivity=0.75, target_specificity=0.5)
+    for t in choice.thresholds().values():
+        assert np.array_equal(exact >= t, rounded >= t)
 
 
 def test_choose_thresholds_orders_the_operating_points_and_reports_cis() -> None:

@@ -77,7 +77,7 @@ def test_specificity_target_unreachable_below_1_is_refused_not_written_above_1()
     y = np.r_[np.zeros(20, int), np.ones(20, int)]
     with pytest.raises(ValueError, match="specificity 1.0 cannot be reached: 1 of the 20 non-fractured"):
         threshold_for_specificity(p, y, 1.0)
-    assert threshold_for_specificity(p, y, 0.95) == 0.8  # reachable targets still work
+    assert threshold_for_specificity(p, y, 0.95) == 0.5  # reachable targets still work (between 0.2 and 0.8)
     p[19] = 0.999
     assert 0.999 < threshold_for_specificity(p, y, 1.0) <= 1.0
 

@@ -112,22 +112,28 @@ def _check_target(name: str, target: float) -> None:
 
 
 def threshold_for_sensitivity(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity (score >= threshold) is at least ``target``.
+    """A threshold whose sensitivity (score >= threshold) is at least ``target``, as high as possible.
 
-    It is the k-th highest score of a fractured case, k = ceil(target * n_positive).
+    With k = ceil(target * n_positive), the k-th highest score of a fractured case must stay at
+    or above it. The threshold sits halfway between that score and the next lower score of
+    any case, so every case falls on the same side as on the data, and a score written with
+    a few decimals (``fracsight predict``) and rounded up cannot slip below it at run time.
     """
     _check_target("sensitivity", target)
     s, y = check_scores_labels(scores, labels)
     positives = np.sort(s[y == 1])[::-1]
     k = math.ceil(target * positives.size - 1e-9)
-    return float(positives[max(k, 1) - 1])
+    kth = positives[max(k, 1) - 1]
+    below = s[s < kth]
+    return float((kth + below.max()) / 2) if below.size else float(kth)
 
 
 def threshold_for_specificity(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """The lowest threshold whose specificity (score < threshold) is at least ``target``.
+    """A threshold whose specificity (score < threshold) is at least ``target``, as low as possible.
 
     With k = ceil(target * n_negative), the k lowest non-fractured scores must fall below
-    it: it is the smallest observed score above the k-th lowest one (or just above it).
+    it: it sits halfway between the k-th lowest one and the next higher score of any case
+    (or just above it when there is none), so every case falls on the same side as on the data.
     When the k-th lowest is already 1, no threshold a model card allows (<= 1) reaches the
     target: that is an error, not a threshold above 1 that no model could load.
     """
@@ -143,7 +149,7 @@ def threshold_for_specificity(scores: np.ndarray, labels: np.ndarray, target: fl
             "cases have probability 1, which every threshold <= 1 calls fractured; lower the target"
         )
     above = s[s > kth]
-    return float(above.min()) if above.size else float(np.nextafter(kth, np.inf))
+    return float((kth + above.min()) / 2) if above.size else float(np.nextafter(kth, np.inf))
 
 
 def choose_thresholds(
