@@ -220,3 +220,37 @@ def test_threads_below_one_is_a_usage_error(sample_images: list[Path], capsys) -
         main(["predict", str(sample_images[0]), "--threads", "-1", "--no-progress"])
     assert stop.value.code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_heatmap_that_cannot_be_written_goes_into_its_row(
+    tmp_path: Path, sample_images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk must not stop the batch: the row keeps its answer and says what failed."""
+    import errno
+
+    import fracsight.explain
+
+    real = fracsight.explain.overlay_image
+    calls = []
+
+    def first_fails(pixels, finding):
+        image = real(pixels, finding)
+        calls.append(1)
+        if len(calls) == 1:
+
+            def save(target, **_):
+                Path(target).write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            image.save = save
+        return image
+
+    monkeypatch.setattr(fracsight.explain, "overlay_image", first_fails)
+    out, heat = tmp_path / "out.csv", tmp_path / "heat"
+    args = [str(p) for p in sample_images[:2]] + ["--heatmaps", str(heat), "--output", str(out)]
+    assert main(["predict", *args, "--no-progress"]) == 1
+    first, second = list(csv.DictReader(out.open()))
+    assert first["probability"] and first["category"] and not first["heatmap"]
+    assert "heat map could not be written: No space left on device" in first["error"]
+    assert second["heatmap"] and not second["error"]
+    assert sorted(p.name for p in heat.iterdir()) == [Path(second["heatmap"]).name]  # no partial file left

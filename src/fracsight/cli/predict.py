@@ -123,8 +123,12 @@ def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterat
             row["category"] = finding.category.value
             if heat_dir is not None and radiograph is not None:
                 target = heat_dir / _overlay_name(Path(path), used)
-                overlay_image(radiograph.pixels, finding).save(target, compress_level=1)
-                row["heatmap"] = str(target)
+                try:
+                    overlay_image(radiograph.pixels, finding).save(target, compress_level=1)
+                    row["heatmap"] = str(target)
+                except OSError as exc:  # disk full, permissions: this row says so, the batch goes on
+                    target.unlink(missing_ok=True)
+                    row["error"] = f"analysed, but its heat map could not be written: {exc.strerror or exc}"
         yield row
 
 
