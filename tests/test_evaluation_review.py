@@ -246,3 +246,13 @@ def test_froc_leaves_out_fractured_images_without_boxes() -> None:
     assert froc["n_images"] == 2 and froc["normalised_area"]["value"] == 1.0  # found before any false mark
     assert froc["curve"]["fp_per_image"] == [0.0]
     assert "1 fractured cases without boxes are left out" in result["data"]
+
+
+def test_one_fractured_case_is_a_clear_error_naming_the_labels(tmp_path: Path) -> None:
+    predictions, labels = tmp_path / "p.csv", tmp_path / "labels.csv"
+    predictions.write_text("id,probability\n" + "".join(f"c{i},{i / 40:.3f}\n" for i in range(40)))
+    labels.write_text("id,label\n" + "".join(f"c{i},{int(i == 7)}\n" for i in range(40)))
+    with pytest.raises(
+        ValueError, match=r"labels .*labels.csv: 1 fractured and 39 non-fractured .* at least 2"
+    ):
+        evaluate_predictions(predictions, labels)

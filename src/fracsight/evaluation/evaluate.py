@@ -19,7 +19,7 @@ import numpy as np
 
 from fracsight import __version__
 from fracsight.evaluation.calibration import CalibrationSummary, calibration_summary
-from fracsight.evaluation.groups import SMALL_CELL_RULE, GroupTable, group_table
+from fracsight.evaluation.groups import MIN_POSITIVES, SMALL_CELL_RULE, GroupTable, group_table
 from fracsight.evaluation.inputs import (
     CaseTable,
     match_cases,
@@ -221,6 +221,18 @@ def operating_points_from_card(card: dict[str, Any], card_path: str | None = Non
     return points
 
 
+def _check_both_classes(cases: CaseTable) -> None:
+    """An ROC analysis needs two cases of each class; say so with the data, not DeLong's internals."""
+    n_pos, n_neg = cases.n_positive, cases.n - cases.n_positive
+    if min(n_pos, n_neg) < 2:
+        split = f", split {cases.split}" if cases.split else ""
+        raise ValueError(
+            f"labels {cases.labels_source}{split}: {n_pos} fractured and {n_neg} non-fractured cases "
+            f"matched; an evaluation needs at least 2 of each (and {MIN_POSITIVES} of each for figures "
+            "worth reading)"
+        )
+
+
 def evaluate_cases(
     cases: CaseTable,
     model: ModelIdentity,
@@ -233,6 +245,7 @@ def evaluate_cases(
     names = [op.name for op in operating_points]
     if len(set(names)) != len(names):
         raise ValueError(f"operating point names must be distinct, got {names}")
+    _check_both_classes(cases)
     p, y = cases.probabilities, cases.labels
     auc = auc_with_ci(p, y, n_resamples=settings.n_resamples, seed=settings.seed, level=settings.level)
     grid = np.linspace(0.0, 1.0, 101)
