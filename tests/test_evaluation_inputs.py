@@ -132,7 +132,7 @@ def test_one_class_only_is_refused(tmp_path: Path) -> None:
 
 def test_bad_labels_and_missing_columns_are_named(tmp_path: Path) -> None:
     labels = _write(tmp_path / "l.csv", ["id", "fractured"], [["a", "1"], ["b", "yes please"], ["c", "0"]])
-    with pytest.raises(LabelsError, match=r"'fractured' must be 0 or 1.*line 3"):
+    with pytest.raises(LabelsError, match=r"'fractured' is not a fracture label.*line 3: 'yes please'"):
         read_labels(labels)
     no_label = _write(tmp_path / "n.csv", ["id", "region"], [["a", "hand"]])
     with pytest.raises(LabelsError, match="no 'fractured'"):

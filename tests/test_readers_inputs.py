@@ -105,6 +105,24 @@ def test_call_other_than_zero_or_one(tmp_path, reads_rows):
         load_reads(_write(tmp_path, reads_rows))
 
 
+def test_truth_reads_label_spellings(tmp_path, reads_rows):
+    """Truth follows the labels rule of train/evaluate/audit, so one labels column works in both."""
+    expected = load_reads(_write(tmp_path, reads_rows, "plain.csv")).truth
+    for row in reads_rows:
+        row["truth"] = {"1": "Fractured", "0": "0.0"}[row["truth"]]
+    study = load_reads(_write(tmp_path, reads_rows))
+    np.testing.assert_array_equal(study.truth, expected)
+
+
+@pytest.mark.parametrize("bad", ["2", "maybe"])
+def test_truth_other_than_a_label_names_line_and_value(tmp_path, reads_rows, bad):
+    reads_rows[3]["truth"] = bad
+    with pytest.raises(
+        BadValue, match=rf"reads.csv: column 'truth' .*line 5: '{bad}'.*accepted: fractured: 1"
+    ):
+        load_reads(_write(tmp_path, reads_rows))
+
+
 def test_one_class_only(tmp_path, reads_rows):
     rows = [r for r in reads_rows if r["truth"] == "1"]
     with pytest.raises(SingleClass, match=r"all 12 cases are fractured"):

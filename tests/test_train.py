@@ -150,7 +150,7 @@ def test_manifest_bad_label_names_the_row(tmp_path: Path, sample_images: list[Pa
             [str(sample_images[2]), "2", "hand", "0", "[]", "c"],
         ],
     )
-    with pytest.raises(ValueError, match=r"row 4: label '2' must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"row 4: label '2' in column 'label' is not a fracture label"):
         read_manifest(manifest)
 
 

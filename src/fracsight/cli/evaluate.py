@@ -24,7 +24,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--predictions", help="predictions CSV instead of running a model (path or id, probability[, error])"
     )
-    parser.add_argument("--labels", help="labels CSV for --predictions (id, fractured 0/1[, region, ...])")
+    parser.add_argument(
+        "--labels",
+        help="labels CSV for --predictions (id, label: 1/0, true/false, fractured/non_fractured[, region])",
+    )
     parser.add_argument("--split-file", help="CSV of id,split: use only the cases of --split")
     parser.add_argument("--split", help="which split of --split-file to use (e.g. test)")
     parser.add_argument(

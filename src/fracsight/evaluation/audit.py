@@ -40,6 +40,7 @@ from fracsight.data.duplicates import (
     groups_from_pairs,
     scan_images,
 )
+from fracsight.data.labels import ACCEPTED_LABELS, parse_label
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,6 @@ Box = tuple[float, float, float, float]
 # Boxes may overhang the image by this much (px) before they count as outside: annotation tools
 # round, and FracAtlas' rescaled COCO coordinates carry float noise.
 BOX_TOLERANCE_PX = 1.0
-
-_TRUE_LABELS = {"1", "true", "yes", "fracture", "fractured", "positive"}
-_FALSE_LABELS = {"0", "false", "no", "no_fracture", "non_fractured", "not_fractured", "negative"}
 
 
 class AuditInputError(ValueError):
@@ -234,14 +232,15 @@ def _finite(value: float, digits: int | None = None) -> float | None:
 
 
 def _parse_label(value: str, where: str) -> bool | None:
-    text = value.strip().lower()
-    if text == "":
+    """True/False, or None for an empty cell: an unlabelled image is a defect to report, not an error."""
+    if not value.strip():
         return None
-    if text in _TRUE_LABELS:
-        return True
-    if text in _FALSE_LABELS:
-        return False
-    raise AuditInputError(f"{where}: label {value!r} is not one of {sorted(_TRUE_LABELS | _FALSE_LABELS)}")
+    label = parse_label(value)
+    if label is None:
+        raise AuditInputError(
+            f"{where}: label {value!r} in column 'label' is not a fracture label; accepted: {ACCEPTED_LABELS}"
+        )
+    return bool(label)
 
 
 def _parse_boxes(value: str, where: str) -> tuple[Box, ...]:

@@ -14,7 +14,7 @@ class PredictionsError(EvaluationInputError):
 
 
 class LabelsError(EvaluationInputError):
-    """The labels file (or dataset) is unusable: missing column, labels not 0/1, unknown group column."""
+    """The labels file (or dataset) is unusable: missing column, unknown label spelling or group column."""
 
 
 class SingleClassError(LabelsError):

@@ -5,7 +5,8 @@ Predictions: a CSV with an id column (``id``, ``image_id``, ``case_id`` or ``pat
 ``error``) may be there. A row with a non-empty ``error`` was refused by the model: it
 is kept as "could not be analysed", listed in the report and never silently dropped.
 
-Labels: a CSV with an id column and ``fractured`` (or ``label``), 0 or 1; any other
+Labels: a CSV with an id column and ``fractured`` (or ``label``): 1/0, true/false,
+fractured/non_fractured... (the spellings of :mod:`fracsight.data.labels`); any other
 column (``region``, ``hardware``, ``view``...) can be used to break results down. A
 FracAtlas ``dataset.csv`` works as is: its one-hot region flags become ``region``.
 
@@ -24,6 +25,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from fracsight.data.labels import ACCEPTED_LABELS, parse_label
 from fracsight.evaluation.errors import (
     LabelsError,
     PredictionsError,
@@ -53,8 +55,6 @@ LABEL_COLUMNS = ("fractured", "label")
 REGION_FLAGS = ("hand", "leg", "hip", "shoulder", "mixed")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 MISSING_VALUE = "(missing)"
-_TRUE = {"1", "1.0", "true", "yes"}
-_FALSE = {"0", "0.0", "false", "no"}
 
 
 def case_id(value: str, from_path: bool = False) -> str:
@@ -279,8 +279,18 @@ def _region_from_flags(row: dict[str, str], line: int, path: Path) -> str:
     return on[0] if on else "unknown"
 
 
+def _bad_labels(column: str, bad: list[tuple[int, str]], shown: int = 5) -> str:
+    """What is wrong with the label column: lines and values, so the cells can be found and fixed."""
+    examples = ", ".join(f"line {line}: {raw!r}" for line, raw in bad[:shown])
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    return (
+        f"column '{column}' is not a fracture label in {len(bad)} rows ({examples}{more}); "
+        f"accepted: {ACCEPTED_LABELS}"
+    )
+
+
 def read_labels(path: str | Path) -> LabelTable:
-    """Read and validate a labels CSV (id, fractured 0/1, optional grouping columns)."""
+    """Read and validate a labels CSV (id, fractured label, optional grouping columns)."""
     path = Path(path)
     header, rows = _open_rows(path, "labels", LabelsError)
     id_col = _id_column(header, path, "labels", LabelsError)
@@ -297,15 +307,16 @@ def read_labels(path: str | Path) -> LabelTable:
     for index, row in enumerate(rows):
         line = index + 2
         case = case_id(row.get(id_col, ""), from_path=id_col == "path")
-        raw = row.get(label_col, "").lower()
+        raw = row.get(label_col, "")
+        label = parse_label(raw)
         if not case:
             no_id.append(line)
             continue
-        if raw not in _TRUE and raw not in _FALSE:
-            bad_label.append(line)
+        if label is None:
+            bad_label.append((line, raw))
             continue
         ids.append(case)
-        labels.append(1 if raw in _TRUE else 0)
+        labels.append(label)
         lines.append(line)
         images.append(_resolve(row[id_col], path.parent) if id_col == "path" else None)
         for name in other:
@@ -316,10 +327,7 @@ def read_labels(path: str | Path) -> LabelTable:
     if no_id:
         problems.append(f"column '{id_col}' is empty in {len(no_id)} rows ({describe_lines(no_id)})")
     if bad_label:
-        problems.append(
-            f"column '{label_col}' must be 0 or 1 (or true/false) but is not in {len(bad_label)} rows "
-            f"({describe_lines(bad_label)})"
-        )
+        problems.append(_bad_labels(label_col, bad_label))
     if problems:
         raise LabelsError(f"labels file {path}: " + "; ".join(problems))
     _check_duplicates(ids, lines, path, "labels", LabelsError)

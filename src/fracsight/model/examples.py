@@ -1,9 +1,10 @@
 """Labelled radiographs for training: from a FracAtlas-layout folder or a CSV manifest.
 
 Manifest columns: ``path`` (relative to the manifest's folder or absolute), ``label``
-(1 = fractured, 0 = not), optional ``region``, optional ``hardware`` (0/1), optional
-``boxes`` (JSON list of [x0, y0, x1, y1] in the image's pixels) and optional ``group``
-(e.g. a patient id; when absent, duplicate groups are found from the pixels).
+(1 = fractured, 0 = not, or another spelling of :mod:`fracsight.data.labels` such as
+true/false or fractured/non_fractured), optional ``region``, optional ``hardware`` (0/1),
+optional ``boxes`` (JSON list of [x0, y0, x1, y1] in the image's pixels) and optional
+``group`` (e.g. a patient id; when absent, duplicate groups are found from the pixels).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fracsight.data.labels import ACCEPTED_LABELS, parse_label
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,13 @@ def read_manifest(path: Path) -> list[Example]:
         if missing:
             raise ValueError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
         for row_no, row in enumerate(reader, start=2):
-            label = row["label"].strip()
-            if label not in ("0", "1"):
-                raise ValueError(f"{path}, row {row_no}: label {label!r} must be 0 or 1")
+            text = (row["label"] or "").strip()
+            label = parse_label(text)
+            if label is None:
+                raise ValueError(
+                    f"{path}, row {row_no}: label {text!r} in column 'label' is not a fracture label; "
+                    f"accepted: {ACCEPTED_LABELS}"
+                )
             image = Path(row["path"])
             if not image.is_absolute():
                 image = path.parent / image
@@ -74,7 +81,7 @@ def read_manifest(path: Path) -> list[Example]:
                 Example(
                     path=str(image),
                     image_id=image.stem,
-                    label=int(label),
+                    label=label,
                     region=(row.get("region") or "unknown").strip() or "unknown",
                     hardware=(row.get("hardware") or "0").strip() in ("1", "true", "True"),
                     boxes=boxes,

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fracsight.data.labels import ACCEPTED_LABELS, parse_label
 from fracsight.readers.errors import (
+    BadValue,
     DuplicateRead,
     IncompleteDesign,
     InconsistentTruth,
@@ -23,7 +25,14 @@ from fracsight.readers.errors import (
     ReaderStudyError,
     SingleClass,
 )
-from fracsight.readers.table import find_column, line_list, parse_binary, parse_numbers, read_rows
+from fracsight.readers.table import (
+    EXAMPLES_SHOWN,
+    find_column,
+    line_list,
+    parse_binary,
+    parse_numbers,
+    read_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +203,7 @@ def load_reads(
         empty = [i + 2 for i, v in enumerate(values) if not v]
         if empty:
             raise ReaderStudyError(f"{path}: column {column!r} is empty on lines {line_list(empty)}")
-    truths = parse_binary(
-        [row[truth_col] for row in rows], truth_col, path, what="truth must be 1 (fractured) or 0 (not)"
-    )
+    truths = _parse_truths([row[truth_col] for row in rows], truth_col, path)
     ratings = (
         None
         if rating_col is None
@@ -281,6 +288,20 @@ def load_reads(
         call_rule=call_rule,
         regions=None if regions is None else [regions[i] for i in keep_cases],
     )
+
+
+def _parse_truths(values: list[str], column: str, path: Path) -> list[int]:
+    """Truth by the rule of every fracture label (so 1.0, fractured... work here too); bad cells by line."""
+    parsed = [parse_label(text) for text in values]
+    bad = [(i + 2, text) for i, (text, value) in enumerate(zip(values, parsed, strict=True)) if value is None]
+    if bad:
+        examples = ", ".join(f"line {line}: {text!r}" for line, text in bad[:EXAMPLES_SHOWN])
+        more = f" and {len(bad) - EXAMPLES_SHOWN} more" if len(bad) > EXAMPLES_SHOWN else ""
+        raise BadValue(
+            f"{path}: column {column!r} has {len(bad)} value(s) that are not a fracture truth "
+            f"({examples}{more}); accepted: {ACCEPTED_LABELS}"
+        )
+    return [int(value) for value in parsed if value is not None]
 
 
 def _truth_per_case(cases: list[str], truths: list[int], case_order: list[str], path: Path) -> np.ndarray:
