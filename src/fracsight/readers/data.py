@@ -26,7 +26,7 @@ from fracsight.readers.errors import (
     SingleClass,
 )
 from fracsight.readers.table import (
-    EXAMPLES_SHOWN,
+    cell_list,
     find_column,
     line_list,
     parse_binary,
@@ -295,11 +295,9 @@ def _parse_truths(values: list[str], column: str, path: Path) -> list[int]:
     parsed = [parse_label(text) for text in values]
     bad = [(i + 2, text) for i, (text, value) in enumerate(zip(values, parsed, strict=True)) if value is None]
     if bad:
-        examples = ", ".join(f"line {line}: {text!r}" for line, text in bad[:EXAMPLES_SHOWN])
-        more = f" and {len(bad) - EXAMPLES_SHOWN} more" if len(bad) > EXAMPLES_SHOWN else ""
         raise BadValue(
             f"{path}: column {column!r} has {len(bad)} value(s) that are not a fracture truth "
-            f"({examples}{more}); accepted: {ACCEPTED_LABELS}"
+            f"({cell_list(bad)}); accepted: {ACCEPTED_LABELS}"
         )
     return [int(value) for value in parsed if value is not None]
 

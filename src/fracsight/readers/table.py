@@ -64,6 +64,13 @@ def line_list(lines: Sequence[object]) -> str:
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
+def cell_list(cells: Sequence[tuple[int, str]]) -> str:
+    """ "line 3: 'x', line 8: 'y'" (with "and N more" past the first few) for error messages."""
+    shown = ", ".join(f"line {line}: {text!r}" for line, text in cells[:EXAMPLES_SHOWN])
+    rest = len(cells) - EXAMPLES_SHOWN
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
 def parse_numbers(values: Sequence[str], column: str, path: Path, *, what: str) -> list[float]:
     """Parse finite numbers; raise BadValue naming every non-numeric cell's line and value."""
     parsed: list[float] = []
@@ -77,11 +84,9 @@ def parse_numbers(values: Sequence[str], column: str, path: Path, *, what: str) 
             bad.append((row_index + 2, text))
         parsed.append(number)
     if bad:
-        examples = ", ".join(f"line {line}: {text!r}" for line, text in bad[:EXAMPLES_SHOWN])
-        more = f" and {len(bad) - EXAMPLES_SHOWN} more" if len(bad) > EXAMPLES_SHOWN else ""
         raise BadValue(
             f"{path}: column {column!r} has {len(bad)} value(s) that are not finite numbers "
-            f"({examples}{more}); {what}"
+            f"({cell_list(bad)}); {what}"
         )
     return parsed
 
