@@ -279,7 +279,11 @@ def planted(dicom_dir: Path, tmp_path: Path, source: str, name: str, **changes: 
         ({"Modality": "OT"}, NotARadiograph, "not a Secondary Capture image"),
         ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.1.1"}, NotARadiograph, "send the 'For Presentation'"),
         ({"NumberOfFrames": 2}, NotARadiograph, "(0028,0008) Number of Frames is 2"),
-        ({"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB"}, NotARadiograph, "(0028,0002)"),
+        # Colour is read when gray (tests/test_io_dicom_rgb.py); these colour headers are not.
+        ({"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB"}, UnreadableImage, "(0028,0006)"),
+        ({"SamplesPerPixel": 3, "PhotometricInterpretation": "MONOCHROME1"}, UnreadableImage, "contradicts"),
+        ({"SamplesPerPixel": 2}, UnreadableImage, "(0028,0002) Samples per Pixel is 2"),
+        ({"PhotometricInterpretation": "RGB"}, NotARadiograph, "contradicts (0028,0002) Samples per Pixel 1"),
         ({"PhotometricInterpretation": "PALETTE COLOR"}, NotARadiograph, "is not grayscale"),
         ({"PhotometricInterpretation": None}, UnreadableImage, "(0028,0004) Photometric Interpretation is"),
         ({"BitsAllocated": 32, "BitsStored": 32}, UnreadableImage, "(0028,0100) Bits Allocated is 32"),

@@ -21,6 +21,12 @@ so we follow Photometric Interpretation and log a warning.
 
 Speed: the whole chain is evaluated once per possible stored value (at most
 65536) and applied to the image as one table lookup, in float32.
+
+Colour-encoded images (Samples per Pixel 3) take none of these steps: Modality
+LUT, VOI and Presentation LUT are grayscale transforms (PS3.3 C.11), and
+MONOCHROME1 cannot apply. Their decoded RGB goes through the rule used for RGB
+PNG and JPEG (:func:`~fracsight.io.intensity.gray_from_rgb`): gray within JPEG
+noise is read as the channel mean over 255, anything colourful is refused.
 """
 
 from __future__ import annotations
@@ -35,9 +41,22 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import UID
 
-from fracsight.io.radiograph import UnreadableImage
+from fracsight.io.intensity import gray_from_rgb
+from fracsight.io.radiograph import NotARadiograph, UnreadableImage
 
 logger = logging.getLogger(__name__)
+
+
+# Grayscale transforms a colour image may still carry (copied from its source); never applied to it.
+_GRAYSCALE_ONLY = (
+    "ModalityLUTSequence",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "VOILUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "PresentationLUTShape",
+)
 
 
 class VoiSource(str, enum.Enum):
@@ -104,6 +123,20 @@ def display_transform(path: str, ds: Dataset) -> DisplayTransform:
         unit = 1.0 - unit
     table = np.clip(unit, 0.0, 1.0).astype(np.float32)
     return DisplayTransform(table, first_value, voi, window, function, inverted)
+
+
+def gray_from_colour(path: str, ds: Dataset, rgb: np.ndarray) -> np.ndarray:
+    """Decoded 8-bit RGB as gray in [0, 1], or NotARadiograph naming the colour attributes."""
+    ignored = [keyword for keyword in _GRAYSCALE_ONLY if keyword in ds]
+    if ignored:
+        logger.debug("%s: colour image; grayscale-only %s not applied", path, ", ".join(ignored))
+    try:
+        return gray_from_rgb(path, rgb)
+    except NotARadiograph as error:
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        raise NotARadiograph(
+            path, f"(0028,0004) Photometric Interpretation '{photometric}': {error.reason}"
+        ) from error
 
 
 def _check_modality_values(path: str, ds: Dataset, values: np.ndarray) -> None:

@@ -11,8 +11,15 @@ measured on such images only, so everything else is refused with the reason:
   acquisition chain, often multi-frame, on which accuracy was never measured;
 * IO and PX (dental): outside the skeletal regions the model was trained on;
 * "For Processing" images: raw detector data not meant for display;
-* multi-frame objects, colour (Samples per Pixel != 1, non-MONOCHROME), and bit
-  depths outside 8..16 bits stored.
+* multi-frame objects, and grayscale bit depths outside 8..16 bits stored;
+* PALETTE COLOR (pseudo-colour through a lookup table: how ultrasound and
+  functional maps are shown, not how radiographs are stored).
+
+Colour-encoded images (Samples per Pixel 3: RGB, YBR_FULL, YBR_FULL_422 as JPEG
+baseline stores colour, YBR_ICT/YBR_RCT in JPEG 2000) pass the header when they
+use 8 unsigned bits per sample, as scanned films and screenshots sent to PACS as
+Secondary Capture do. Whether the pixels are gray is decided after decoding, by
+the rule that PNG and JPEG files follow (:func:`fracsight.io.intensity.gray_from_rgb`).
 
 These checks run on the header before any pixel data is read or decoded.
 """
@@ -20,7 +27,7 @@ These checks run on the header before any pixel data is read or decoded.
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from fracsight.io.radiograph import NotARadiograph, UnreadableImage
 
@@ -59,6 +66,9 @@ _MODALITY_REASONS = {
     "PX": "panoramic dental imaging, outside the skeletal regions fracsight was trained on",
 }
 _GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+# Colour models pydicom decodes to RGB: YBR_FULL(_422) by its colour conversion, YBR_ICT and
+# YBR_RCT by the JPEG 2000 decoder's inverse component transform.
+COLOUR_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
 
 
 def check_radiograph_header(path: str, header: Dataset) -> None:
@@ -121,6 +131,20 @@ def _check_kind(path: str, header: Dataset) -> None:
     raise NotARadiograph(path, f"(0008,0060) Modality '{modality}' is {explanation}; {_WHAT_WE_READ}")
 
 
+def is_colour(header: Dataset) -> bool:
+    """True for colour-encoded pixel data (Samples per Pixel 3), which the policy let through as 8-bit."""
+    return number_of_samples(header) == 3
+
+
+def number_of_samples(header: Dataset) -> int:
+    """(0028,0002) Samples per Pixel, 1 when absent or malformed (the policy has refused those)."""
+    value = header.get("SamplesPerPixel")
+    try:
+        return int(value) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        return 1
+
+
 def _check_image_pixel_module(path: str, header: Dataset) -> None:
     frames = number_of_frames(header)
     if frames > 1:
@@ -130,23 +154,42 @@ def _check_image_pixel_module(path: str, header: Dataset) -> None:
             "not a single radiograph",
         )
     samples = header_int(path, header, "SamplesPerPixel", "(0028,0002)", default=1)
+    photometric = _photometric(path, header)
+    header_int(path, header, "Rows", "(0028,0010)")
+    header_int(path, header, "Columns", "(0028,0011)")
+    if samples == 3:
+        _check_colour(path, header, photometric)
+        return
     if samples != 1:
-        raise NotARadiograph(
-            path, f"(0028,0002) Samples per Pixel is {samples}: a colour image, not a grayscale radiograph"
+        raise UnreadableImage(
+            path,
+            f"(0028,0002) Samples per Pixel is {samples}; fracsight reads 1 (grayscale) or "
+            "3 (RGB or YBR colour)",
         )
+    if photometric not in _GRAYSCALE:
+        raise NotARadiograph(path, _not_grayscale(photometric))
+    _check_grayscale_bits(path, header)
+
+
+def _photometric(path: str, header: Dataset) -> str:
     photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
     if not photometric:
         raise UnreadableImage(
             path, "(0028,0004) Photometric Interpretation is missing: cannot tell black from white"
         )
-    if photometric not in _GRAYSCALE:
-        raise NotARadiograph(
-            path,
-            f"(0028,0004) Photometric Interpretation '{photometric}' is not grayscale "
-            "(MONOCHROME1 or MONOCHROME2)",
-        )
-    header_int(path, header, "Rows", "(0028,0010)")
-    header_int(path, header, "Columns", "(0028,0011)")
+    return photometric
+
+
+def _not_grayscale(photometric: str) -> str:
+    reason = f"(0028,0004) Photometric Interpretation '{photometric}' is not grayscale"
+    if photometric == "PALETTE COLOR":
+        return f"{reason}: pseudo-colour through a lookup table, used for colour maps, not radiographs"
+    if photometric in COLOUR_PHOTOMETRICS:
+        return f"{reason} and contradicts (0028,0002) Samples per Pixel 1"
+    return f"{reason} (MONOCHROME1 or MONOCHROME2)"
+
+
+def _check_grayscale_bits(path: str, header: Dataset) -> None:
     allocated = header_int(path, header, "BitsAllocated", "(0028,0100)")
     stored = header_int(path, header, "BitsStored", "(0028,0101)", default=allocated)
     representation = header_int(path, header, "PixelRepresentation", "(0028,0103)", default=0)
@@ -162,3 +205,60 @@ def _check_image_pixel_module(path: str, header: Dataset) -> None:
             f"(0028,0101) Bits Stored is {stored} with {allocated} bits allocated; "
             "fracsight reads 8 to 16 bits stored",
         )
+
+
+def _check_colour(path: str, header: Dataset, photometric: str) -> None:
+    """3 samples per pixel: 8 unsigned bits in a colour model pydicom decodes to RGB.
+
+    8 bits only: that is what scanned films and screenshots are, and what RGB PNG and JPEG
+    give; deeper colour is photography or pathology, not a radiograph kept as colour.
+    """
+    if photometric in _GRAYSCALE or photometric == "PALETTE COLOR":
+        raise UnreadableImage(
+            path,
+            f"(0028,0004) Photometric Interpretation '{photometric}' contradicts (0028,0002) "
+            "Samples per Pixel 3: cannot tell how the samples make a pixel",
+        )
+    if photometric not in COLOUR_PHOTOMETRICS:
+        raise UnreadableImage(
+            path,
+            f"(0028,0004) Photometric Interpretation '{photometric}' with 3 samples per pixel is not a "
+            "colour model fracsight reads (RGB, YBR_FULL, YBR_FULL_422, YBR_ICT, YBR_RCT)",
+        )
+    rule = "fracsight reads colour images at 8 bits per sample only, as for RGB PNG and JPEG"
+    allocated = header_int(path, header, "BitsAllocated", "(0028,0100)")
+    if allocated != 8:
+        raise UnreadableImage(
+            path,
+            f"(0028,0100) Bits Allocated is {allocated} with (0028,0002) Samples per Pixel 3; {rule}; "
+            "store a deeper radiograph as grayscale (MONOCHROME2)",
+        )
+    stored = header_int(path, header, "BitsStored", "(0028,0101)", default=allocated)
+    if stored != 8:
+        raise UnreadableImage(path, f"(0028,0101) Bits Stored is {stored} with 3 samples per pixel; {rule}")
+    representation = header_int(path, header, "PixelRepresentation", "(0028,0103)", default=0)
+    if representation != 0:
+        raise UnreadableImage(
+            path, f"(0028,0103) Pixel Representation is {representation} with 3 samples per pixel; must be 0"
+        )
+    _check_planar_configuration(path, header)
+
+
+def _check_planar_configuration(path: str, header: Dataset) -> None:
+    """(0028,0006) says how uncompressed samples are laid out; guessing wrong scrambles the image."""
+    if header.get("PlanarConfiguration") in (None, "") and _is_native(header):
+        raise UnreadableImage(
+            path,
+            "(0028,0006) Planar Configuration is missing with 3 uncompressed samples per pixel: "
+            "cannot tell interleaved (0) from planar (1) colour samples",
+        )
+    planar = header_int(path, header, "PlanarConfiguration", "(0028,0006)", default=0)
+    if planar not in (0, 1):
+        raise UnreadableImage(path, f"(0028,0006) Planar Configuration is {planar}; must be 0 or 1")
+
+
+def _is_native(header: Dataset) -> bool:
+    """Uncompressed pixel data; a file without File Meta (ACR-NEMA style) is read as uncompressed."""
+    file_meta = getattr(header, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    return not UID(str(syntax or ImplicitVRLittleEndian)).is_compressed

@@ -3,7 +3,9 @@
 Order of work, so that a refused file costs little and a hostile one cannot hurt:
 the header is parsed without pixel data and judged (:mod:`dicom_policy`, size
 limit); only then is the pixel data read, checked for completeness and decoded,
-and mapped through the display pipeline (:mod:`dicom_display`).
+and mapped through the display pipeline (:mod:`dicom_display`). Colour-encoded
+pixel data (8-bit RGB or YBR, which pydicom decodes to RGB) is reduced to gray,
+or refused as colourful, by the rule RGB PNG and JPEG files follow.
 
 Files without preamble or File Meta (ACR-NEMA style) are read with
 ``force=True``; their transfer syntax is taken from the encoding pydicom
@@ -31,9 +33,15 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
-from fracsight.io.dicom_display import DisplayTransform, display_transform
+from fracsight.io.dicom_display import DisplayTransform, display_transform, gray_from_colour
 from fracsight.io.dicom_j2k import codestream_size, decode_reduced
-from fracsight.io.dicom_policy import check_radiograph_header, header_int, number_of_frames
+from fracsight.io.dicom_policy import (
+    check_radiograph_header,
+    header_int,
+    is_colour,
+    number_of_frames,
+    number_of_samples,
+)
 from fracsight.io.formats import ImageFormat
 from fracsight.io.intensity import IntensityMapping
 from fracsight.io.limits import check_pixel_count
@@ -81,7 +89,7 @@ _OPTIONAL_DECODER_HINT = {
 
 
 def read_dicom(path: Path, max_pixels: int, needed_side: int | None = None) -> Radiograph:
-    """Read a single-frame grayscale DICOM radiograph, or refuse it with the reason.
+    """Read a single-frame DICOM radiograph (grayscale, or gray stored as colour), or refuse it.
 
     With ``needed_side``, JPEG 2000 pixel data may be decoded at a lower resolution
     level whose longer side is still at least that long (:mod:`dicom_j2k`).
@@ -107,14 +115,22 @@ def _read_dicom(name: str, path: Path, max_pixels: int, needed_side: int | None)
     transfer_syntax, assumed = _transfer_syntax(ds)
     _check_pixel_data_present(name, ds, pixel_tag_follows)
     _check_codestream_size(name, ds, transfer_syntax)
-    reduced = decode_reduced(ds, transfer_syntax, needed_side) if needed_side else None
+    # Reduced JPEG 2000 decoding vouches for one-component codestreams only: colour decodes in full.
+    reduced = decode_reduced(ds, transfer_syntax, needed_side) if needed_side and not is_colour(ds) else None
     stored, halvings = reduced if reduced else (_decode(name, ds, transfer_syntax), 0)
-    transform = display_transform(name, ds)
-    pixels = transform.apply(stored)
+    pixels, transform = _display(name, ds, stored)
     del stored
     del ds.PixelData  # keep the header for building DICOM results, not the pixels
     metadata = _metadata(ds, transfer_syntax, assumed, transform, halvings)
     return Radiograph(pixels=pixels, source=name, format=ImageFormat.DICOM.value, metadata=metadata, dicom=ds)
+
+
+def _display(name: str, ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, DisplayTransform | None]:
+    """Gray display values in [0, 1]; the grayscale transform, or None for a colour image."""
+    if is_colour(ds):
+        return gray_from_colour(name, ds, stored), None
+    transform = display_transform(name, ds)
+    return transform.apply(stored), transform
 
 
 def _read_header(name: str, path: Path) -> tuple[Dataset, bool]:
@@ -217,7 +233,7 @@ def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
 
 
 def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:
-    """Decoded stored values (rows x columns), before any LUT."""
+    """Decoded stored values (rows x columns), before any LUT; colour as rows x columns x RGB."""
     label = f"'{transfer_syntax.name}' ({transfer_syntax})"
     try:
         decoder = get_decoder(transfer_syntax)
@@ -226,26 +242,67 @@ def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:
     if not transfer_syntax.is_compressed:
         _check_native_length(name, ds)
     try:
-        stored, _ = decoder.as_array(ds)
+        # pydicom converts YBR_FULL(_422) to RGB (as_rgb, its default) and undoes Planar Configuration 1.
+        stored, properties = decoder.as_array(ds, **_colour_options(name, ds, transfer_syntax))
     except _DECODE_ERRORS as error:
         raise UnreadableImage(name, _decode_failure(ds, transfer_syntax, label, error)) from error
-    if stored.ndim != 2:
+    if is_colour(ds):
+        _check_decoded_colour(name, stored, str(properties.get("photometric_interpretation", "")))
+    elif stored.ndim != 2:
         raise UnreadableImage(name, f"decoded pixel data has shape {stored.shape}, expected rows x columns")
     _warn_if_outside_stored_range(name, ds, stored)
     return stored
 
 
+def _colour_options(name: str, ds: Dataset, transfer_syntax: UID) -> dict[str, int]:
+    """Planar Configuration for the decoder, which pydicom requires for any 3-sample image.
+
+    For compressed data it is irrelevant and shall be 0 (PS3.5 8.2): the codestream fixes the
+    layout (RLE decodes plane by plane on its own). A stray 1 there would make pydicom reshape
+    the interleaved JPEG output as planes and scramble the image, so it is not passed on.
+    """
+    if not is_colour(ds):
+        return {}
+    if transfer_syntax.is_compressed:
+        return {"planar_configuration": 0}
+    return {"planar_configuration": header_int(name, ds, "PlanarConfiguration", "(0028,0006)", default=0)}
+
+
+def _check_decoded_colour(name: str, stored: np.ndarray, photometric: str) -> None:
+    """The decoder must hand back 8-bit RGB: gray is judged on RGB, never on Y, Cb and Cr."""
+    if stored.ndim != 3 or stored.shape[2] != 3 or stored.dtype != np.uint8:
+        raise UnreadableImage(
+            name,
+            f"decoded pixel data has shape {stored.shape} ({stored.dtype}), expected rows x columns x 3 "
+            "samples of 8 bits as (0028,0002) Samples per Pixel 3 declares",
+        )
+    if photometric.strip().upper() != "RGB":
+        raise UnreadableImage(
+            name,
+            f"(0028,0004) colour pixel data decoded as '{photometric}', not RGB: cannot judge its colour",
+        )
+
+
 def _check_native_length(name: str, ds: Dataset) -> None:
-    """Uncompressed Pixel Data must hold Rows x Columns x Bits Allocated; shorter means truncated."""
+    """Uncompressed Pixel Data must hold Rows x Columns x samples x Bits Allocated; shorter is truncated."""
     rows, columns, allocated = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    expected = rows * columns * allocated // 8
+    samples = _native_samples_per_pixel(ds)
+    expected = rows * columns * samples * allocated // 8
     actual = len(ds.PixelData)
     if actual < expected:
+        shown = f" x {samples} samples" if samples != 1 else ""
         raise TruncatedImage(
             name,
-            f"(7FE0,0010) Pixel Data holds {actual:,} bytes but {columns} x {rows} pixels at "
+            f"(7FE0,0010) Pixel Data holds {actual:,} bytes but {columns} x {rows} pixels{shown} at "
             f"{allocated} bits allocated need {expected:,}: the file is truncated",
         )
+
+
+def _native_samples_per_pixel(ds: Dataset) -> int:
+    """Stored samples per pixel: YBR_FULL_422 keeps one Cb and one Cr for every two pixels (PS3.3 C.7.6.3)."""
+    samples = number_of_samples(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    return 2 if samples == 3 and photometric == "YBR_FULL_422" else samples
 
 
 def _decode_failure(ds: Dataset, transfer_syntax: UID, label: str, error: Exception) -> str:
@@ -276,10 +333,14 @@ def _warn_if_outside_stored_range(name: str, ds: Dataset, stored: np.ndarray) ->
 
 
 def _metadata(
-    ds: Dataset, transfer_syntax: UID, assumed: bool, transform: DisplayTransform, halvings: int
+    ds: Dataset, transfer_syntax: UID, assumed: bool, transform: DisplayTransform | None, halvings: int
 ) -> dict[str, Any]:
-    """Non-identifying facts about the image: never names, IDs, dates or UIDs of the instance."""
+    """Non-identifying facts about the image: never names, IDs, dates or UIDs of the instance.
+
+    ``transform`` is None for a colour image: divided by 255 like RGB PNG, no VOI, not inverted.
+    """
     sop_class = str(ds.get("SOPClassUID", "") or "")
+    mapping = IntensityMapping.TYPE_MAX if transform is None else IntensityMapping.DICOM_VOI
     return {
         "format": ImageFormat.DICOM.value,
         "modality": _text(ds, "Modality"),
@@ -297,12 +358,13 @@ def _metadata(
         "body_part": _text(ds, "BodyPartExamined"),
         "view_position": _text(ds, "ViewPosition"),
         "pixel_spacing_mm": _pixel_spacing(ds),
-        "inverted": transform.inverted,
+        "inverted": transform.inverted if transform else False,
         "truncated": False,
-        "intensity_mapping": IntensityMapping.DICOM_VOI.value,
-        "voi": transform.voi.value,
-        "window": list(transform.window) if transform.window else None,
-        "window_function": transform.window_function,
+        "intensity_mapping": mapping.value,
+        "channels_merged": transform is None,
+        "voi": transform.voi.value if transform else None,
+        "window": list(transform.window) if transform and transform.window else None,
+        "window_function": transform.window_function if transform else None,
         "presentation_lut_shape": _text(ds, "PresentationLUTShape"),
     }
 

@@ -14,6 +14,9 @@ RGB with equal channels, and JPEG compression makes those channels differ by a
 few levels. An image counts as gray while fewer than ``MAX_COLOURED_SHARE`` of
 its pixels have channels more than ``COLOUR_SPREAD_LEVELS`` apart (this tolerates
 JPEG noise and small coloured burnt-in markers); gray is the channel mean.
+Colour-encoded DICOM (8-bit RGB or YBR, decoded to RGB) follows the same rule
+(:func:`fracsight.io.dicom_display.gray_from_colour`), so a scanned film sent as
+colour Secondary Capture reads as it would as a PNG.
 """
 
 from __future__ import annotations
