@@ -2,9 +2,19 @@
 # Create .venv and install fracsight. Usage: scripts/setup.sh [run|test]
 #   run  : inference only (no torch): enough for `fracsight predict`
 #   test : everything the test suite needs (training extra with the local CPU torch wheel)
+# Safe to run again: an existing .venv is reused and brought up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
+case "$mode" in
+  run | test) ;;
+  *) echo "usage: scripts/setup.sh [run|test] (got '$mode')" >&2; exit 2 ;;
+esac
+# Checked before .venv exists, so a too-old python3 leaves nothing half-made behind.
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "setup.sh: fracsight needs Python >= 3.10; python3 is $(python3 -V 2>&1)" >&2
+  exit 1
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 from fracsight.data.duplicates import (
     DuplicateKind,
     FingerprintError,
+    as_displayed,
     duplicate_groups,
     find_duplicate_pairs,
     group_images,
@@ -92,6 +93,8 @@ def test_arguments_are_checked() -> None:
         find_duplicate_pairs([fp], max_distance=-1)
     with pytest.raises(ValueError, match="min_correlation"):
         find_duplicate_pairs([fp], min_correlation=1.5)
+    with pytest.raises(ValueError, match="max_distance"):  # NaN would silently turn the dHash rule off
+        find_duplicate_pairs([fp], max_distance=float("nan"))
     assert duplicate_groups([]) == []
 
 
@@ -181,3 +184,51 @@ def test_known_fracatlas_pairs() -> None:
     scans = [scan_image(_atlas(n)) for n in names]
     assert [s.truncated for s in scans] == [False, True, False, False]
     assert duplicate_groups([s.fingerprint for s in scans]) == [0, 0, 1, 2]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_as_displayed_turns_like_exif_transpose(orientation: int) -> None:
+    stored = np.arange(6 * 11, dtype=np.uint8).reshape(6, 11)
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(buf)))
+    np.testing.assert_array_equal(as_displayed(stored, orientation), expected)
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_truncation_mask_follows_the_stored_block_grid(tmp_path: Path, orientation: int) -> None:
+    """Rotated files are truncated at the stored bottom: the mask must use the stored 8 x 8 grid.
+
+    With a size that is not a multiple of 8, masking after the turn missed up to 7 grey rows.
+    """
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((101, 93)) * 60 + 20).astype(np.uint8)  # 101 x 93: blocks do not tile it
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=exif)
+    turned = tmp_path / "turned.jpg"
+    turned.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    scan = scan_image(turned)
+    assert scan.truncated and scan.fingerprint is not None
+    # Decoded pixels are 20..80: exactly the grey 128 ones were never decoded.
+    grey = np.asarray(ImageOps.exif_transpose(_truncated_load(turned))) == 128
+    assert 0.3 < grey.mean() < 0.7
+    assert scan.decoded_fraction == pytest.approx(1 - grey.mean(), abs=1e-9)
+    assert np.frombuffer(scan.fingerprint.thumb_valid, np.uint8).sum() < 1024 * (1 - grey.mean())
+
+
+def _truncated_load(path: Path) -> Image.Image:
+    from PIL import ImageFile
+
+    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous

@@ -65,15 +65,19 @@ def _fail_kinds(text: str | None) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracsight.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+    from fracsight.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, check_thresholds
     from fracsight.evaluation.audit import audit, render_html, summary_text
 
-    fail_kinds = _fail_kinds(args.fail_on)  # check before the slow part
+    # Check the arguments before the slow part (decoding every image).
+    fail_kinds = _fail_kinds(args.fail_on)
+    max_distance = DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance
+    min_correlation = DEFAULT_MIN_CORRELATION if args.min_correlation is None else args.min_correlation
+    check_thresholds(max_distance, min_correlation)
     report = audit(
         args.dataset,
         split_file=args.split_file,
-        max_distance=DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance,
-        min_correlation=DEFAULT_MIN_CORRELATION if args.min_correlation is None else args.min_correlation,
+        max_distance=max_distance,
+        min_correlation=min_correlation,
         workers=args.workers,
     )
     document = json.dumps(report.to_json(), indent=1)

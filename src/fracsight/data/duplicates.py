@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,17 @@ _DHASH_BITS = _DHASH_ROWS * _DHASH_ROWS
 _THUMB = 32
 _MIN_COMMON_FRACTION = 0.5  # compare masked images only when half the bits/pixels are valid in both
 _TRUNCATION_FILL = 128  # what libjpeg decodes missing MCUs to (DC 0 after level shift)
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the numpy form of the Pillow transpose that exif_transpose applies.
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.T,  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise), i.e. 90 clockwise
+    7: lambda a: a[::-1, ::-1].T,  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90
+}
 
 
 class DuplicateKind(str, enum.Enum):
@@ -252,6 +263,17 @@ def _block_scores(
     return dist, corr
 
 
+def check_thresholds(max_distance: float, min_correlation: float) -> None:
+    """Refuse thresholds no pair could meet sensibly (NaN included: it would silently link nothing).
+
+    Callers that scan many files first (``fracsight audit``) call this before the slow part.
+    """
+    if not max_distance >= 0:
+        raise ValueError(f"max_distance must be >= 0 (bits of 256), got {max_distance}")
+    if not -1.0 <= min_correlation <= 1.0:
+        raise ValueError(f"min_correlation must be in [-1, 1], got {min_correlation}")
+
+
 def find_duplicate_pairs(
     fingerprints: Sequence[Fingerprint],
     max_distance: float = DEFAULT_MAX_DISTANCE,
@@ -262,10 +284,7 @@ def find_duplicate_pairs(
     All pairs are compared, in blocks (one matrix product of 1,024-long thumbnails per block):
     about a second for FracAtlas' 3,229 images, minutes for 50,000.
     """
-    if max_distance < 0:
-        raise ValueError(f"max_distance must be >= 0 (bits of 256), got {max_distance}")
-    if not -1.0 <= min_correlation <= 1.0:
-        raise ValueError(f"min_correlation must be in [-1, 1], got {min_correlation}")
+    check_thresholds(max_distance, min_correlation)
     n = len(fingerprints)
     if n == 0:
         return []
@@ -373,16 +392,28 @@ def jpeg_missing_eoi(data: bytes) -> bool:
     return sos < 0 or data.find(b"\xff\xd9", sos) < 0
 
 
-def _decode(path: Path, tolerate_truncation: bool) -> np.ndarray:
+def _decode(path: Path, tolerate_truncation: bool) -> tuple[np.ndarray, int]:
+    """Pixels as stored and the EXIF orientation: a truncated JPEG's 8 x 8 blocks align in that frame."""
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = tolerate_truncation
     try:
         with Image.open(path) as img:
             img.load()
-            # Same orientation as the annotations (FracAtlas boxes are drawn on the displayed image).
-            return _pixels_of(ImageOps.exif_transpose(img))
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            # A malformed tag is ignored, as exif_transpose ignores it.
+            return _pixels_of(img), orientation if isinstance(orientation, int) else 1
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def as_displayed(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (stored frame) turned as ``PIL.ImageOps.exif_transpose`` turns the image.
+
+    Fingerprints use the displayed frame, as the annotations do (FracAtlas boxes are drawn on
+    the displayed image); the truncation mask is turned the same way after it is computed.
+    """
+    turn = _ORIENTATIONS.get(orientation)
+    return np.ascontiguousarray(turn(array)) if turn else array
 
 
 def _pixels_of(img: Image.Image) -> np.ndarray:
@@ -420,21 +451,22 @@ def scan_image(path: str | os.PathLike[str]) -> ImageScan:
         return ImageScan(str(p), None, False, f"cannot read file: {exc.strerror or exc}", 0)
     truncated = jpeg_missing_eoi(data)
     try:
-        pixels = _decode(p, tolerate_truncation=False)
+        pixels, orientation = _decode(p, tolerate_truncation=False)
     except OSError as exc:
         if "truncated" not in str(exc):
             return ImageScan(str(p), None, False, f"cannot decode image: {exc}", len(data))
         truncated = True
         try:
-            pixels = _decode(p, tolerate_truncation=True)
+            pixels, orientation = _decode(p, tolerate_truncation=True)
         except (OSError, ValueError) as exc2:
             return ImageScan(str(p), None, True, f"truncated and not decodable: {exc2}", len(data))
     except (ValueError, Image.DecompressionBombError) as exc:
         return ImageScan(str(p), None, False, f"cannot decode image: {exc}", len(data))
     valid, fraction = None, 1.0
     if truncated and pixels.dtype == np.uint8 and pixels.ndim == 2:
-        valid = ~truncation_fill_mask(pixels)
+        valid = as_displayed(~truncation_fill_mask(pixels), orientation)
         fraction = float(valid.mean())
+    pixels = as_displayed(pixels, orientation)
     try:
         fingerprint = image_fingerprint(pixels, valid)
     except FingerprintError as exc:
