@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,10 +49,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes for decoding")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
-    p.set_defaults(func=run)
+    p.set_defaults(func=functools.partial(run, parser=p))
 
 
-def run(args: argparse.Namespace) -> int:
+def _command(args: argparse.Namespace, parser: argparse.ArgumentParser | None) -> str:
+    """The command as parsed, every option spelt out: not ``sys.argv``, which belongs to whoever
+    called :func:`fracsight.cli.main` (a test runner, a notebook) and not to this run."""
+    if parser is None:
+        return ""
+    words = ["fracsight", "train", args.data]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value is None or value is False:
+            continue
+        flag = action.option_strings[-1]
+        words += [flag] if value is True else [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from pathlib import Path
 
     try:
@@ -94,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         sensitivity_target=args.sensitivity,
         specificity_target=args.specificity,
         model_name=args.name,
-        command="fracsight " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=_command(args, parser),
         run=run_cfg,
     )
     path = run_training(cfg)

@@ -42,6 +42,12 @@ def _prepare_one(args: tuple[Example, int]) -> tuple[np.ndarray, np.ndarray] | s
         return str(exc)
     mask = np.zeros((size, size), dtype=np.uint8)
     for x0, y0, x1, y1 in example.boxes:
+        # Clip to the image first: a corner off the image must neither mark the letterbox
+        # padding nor, once negative, become a negative slice index (which counts from the end).
+        x0, x1 = np.clip([x0, x1], 0, box.width)
+        y0, y1 = np.clip([y0, y1], 0, box.height)
+        if x1 <= x0 or y1 <= y0:
+            continue
         ax, ay = box.to_model(x0, y0)
         bx, by = box.to_model(x1, y1)
         c0, r0 = max(0, int(np.floor(ax))), max(0, int(np.floor(ay)))

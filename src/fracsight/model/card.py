@@ -96,7 +96,16 @@ def _by_group(rows: list[dict], column: str, score: str, thresholds: dict[str, f
 
 
 def write_card(
-    cfg, out: Path, onnx_path: Path, data, groups, test, summaries, final_epochs: int, onnx_diff: float
+    cfg,
+    out: Path,
+    onnx_path: Path,
+    data,
+    groups,
+    test,
+    summaries,
+    final_epochs: int,
+    onnx_diff: float,
+    device: str | None = None,
 ) -> dict:
     """Compute the card's metrics from the run's prediction files and write JSON + Markdown."""
     rc = cfg.run
@@ -161,6 +170,7 @@ def write_card(
             )
             + f", {final_epochs} epochs",
             "onnx_max_abs_diff_vs_torch": onnx_diff,
+            "training_device": device,
             "python": platform.python_version(),
         },
         "metrics": {
@@ -170,7 +180,10 @@ def write_card(
                 "fold_val_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else None,
                 "fold_val_auc_sd": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else None,
                 "note": "each fold's AUC is at the epoch chosen on that fold: slightly optimistic",
-                "out_of_fold": _metrics(oof_scores, oof_labels, {}, rc.seed),
+                # Fold models' rates at the thresholds only where the thresholds were chosen on them.
+                "out_of_fold": _metrics(
+                    oof_scores, oof_labels, thresholds if basis == "probability" else {}, rc.seed
+                ),
                 **(
                     {"out_of_fold_students": _metrics(basis_scores, oof_labels, thresholds, rc.seed)}
                     if basis == "student"
@@ -250,6 +263,21 @@ def _row(name: str, m: dict) -> str:
     return line + (f"  \n  *{m['warning']}*" if m.get("warning") else "")
 
 
+def _training_rows_note(card: dict) -> str:
+    """Where the training-time rows come from; cards written before ``training_device`` were GPU runs."""
+    device = card["recipe"].get("training_device") or "GPU"
+    device = {"cpu": "CPU"}.get(device, "GPU" if device.startswith("cuda") else device)
+    compare = (
+        "so they differ slightly from the shipped-model table above"
+        if "shipped_model_evaluation" in card["metrics"]
+        else "so the ONNX model run by `fracsight evaluate` on the image files will differ slightly"
+    )
+    return (
+        f"Test-split rows here were computed on the training machine ({device}, bf16, from the "
+        f"compact training copy of the images), {compare}."
+    )
+
+
 def render_markdown(card: dict) -> str:
     m = card["metrics"]
     cv = m["cross_validation"]
@@ -283,8 +311,7 @@ def render_markdown(card: dict) -> str:
         f"- Chosen on {card['threshold_source']}.",
         "",
         "## Metrics measured during training (95% CIs: DeLong for AUC, Wilson for proportions)",
-        "Test-split rows here were computed on the training machine (GPU, bf16, from the compact "
-        "training copy of the images), so they differ slightly from the shipped-model table above.",
+        _training_rows_note(card),
         "",
         "| data | n | fractured | ROC AUC | sens @doubt | spec @doubt | sens @fracture | spec @fracture |",
         "|---|---|---|---|---|---|---|---|",

@@ -2,9 +2,10 @@
 
 Manifest columns: ``path`` (relative to the manifest's folder or absolute), ``label``
 (1 = fractured, 0 = not, or another spelling of :mod:`fracsight.data.labels` such as
-true/false or fractured/non_fractured), optional ``region``, optional ``hardware`` (0/1),
-optional ``boxes`` (JSON list of [x0, y0, x1, y1] in the image's pixels) and optional
-``group`` (e.g. a patient id; when absent, duplicate groups are found from the pixels).
+true/false or fractured/non_fractured), optional ``region``, optional ``hardware`` (0/1,
+true/false or yes/no; empty = 0), optional ``boxes`` (JSON list of [x0, y0, x1, y1] in the
+image's pixels) and optional ``group`` (e.g. a patient id, on every row or on none; when
+absent, duplicate groups are found from the pixels).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fracsight.data.labels import ACCEPTED_LABELS, parse_label
+
+_HARDWARE = {
+    **dict.fromkeys(("", "0", "0.0", "false", "no"), False),
+    **dict.fromkeys(("1", "1.0", "true", "yes"), True),
+}
 
 
 @dataclass(frozen=True)
@@ -77,20 +83,44 @@ def read_manifest(path: Path) -> list[Example]:
                 raise ValueError(f"{path}, row {row_no}: boxes {boxes_text!r} is not a JSON list") from exc
             if any(len(b) != 4 for b in boxes):
                 raise ValueError(f"{path}, row {row_no}: each box needs 4 numbers [x0, y0, x1, y1]")
+            if any(b[2] < b[0] or b[3] < b[1] for b in boxes):
+                # Reversed corners are most often [x, y, width, height] boxes: refuse, not guess.
+                raise ValueError(
+                    f"{path}, row {row_no}: boxes {boxes_text!r}: each box must be [x0, y0, x1, y1] "
+                    "with x1 >= x0 and y1 >= y0"
+                )
+            hardware_text = (row.get("hardware") or "").strip()
+            if hardware_text.lower() not in _HARDWARE:
+                raise ValueError(
+                    f"{path}, row {row_no}: hardware {hardware_text!r} is not a yes/no value; "
+                    f"accepted: {', '.join(k for k in _HARDWARE if k)} or empty (any case)"
+                )
             examples.append(
                 Example(
                     path=str(image),
                     image_id=image.stem,
                     label=label,
                     region=(row.get("region") or "unknown").strip() or "unknown",
-                    hardware=(row.get("hardware") or "0").strip() in ("1", "true", "True"),
+                    hardware=_HARDWARE[hardware_text.lower()],
                     boxes=boxes,
                     group=(row.get("group") or "").strip(),
                 )
             )
     if not examples:
         raise ValueError(f"{path}: manifest has no rows")
+    _check_groups(path, examples)
     return examples
+
+
+def _check_groups(path: Path, examples: list[Example]) -> None:
+    """A group on some rows only is refused: training would drop the given groups and re-derive all."""
+    blank = [row_no for row_no, ex in enumerate(examples, start=2) if not ex.group]
+    if blank and len(blank) < len(examples):
+        rows = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        raise ValueError(
+            f"{path}: column 'group' is empty on {len(blank)} of {len(examples)} rows (rows {rows}); "
+            "give a group on every row, or leave the column empty to group duplicates from the pixels"
+        )
 
 
 def write_manifest(examples: list[Example], path: Path, relative_to: Path | None = None) -> None:

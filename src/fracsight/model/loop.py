@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -62,9 +63,21 @@ def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; refused up front rather than failing mid-run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def to_input(batch_u8: torch.Tensor) -> torch.Tensor:
@@ -165,9 +178,14 @@ def train_run(
         scheduler.load_state_dict(saved["scheduler"])
         start_epoch, step, history, best = saved["epoch"] + 1, saved["step"], saved["history"], saved["best"]
         rng = saved["rng"]
+        if "torch_rng" in saved:  # absent from checkpoints of older versions
+            _set_torch_rng(saved["torch_rng"], gen, device)
         log.info("resumed %s at epoch %d", checkpoint, start_epoch)
 
+    partial = checkpoint.with_name(checkpoint.name + ".partial")
     stale = 0 if best["epoch"] < 0 else (start_epoch - 1 - best["epoch"])
+    if _stopped(cfg, step, stale, val_idx):
+        start_epoch = cfg.epochs  # it had stopped (steps or patience) before the checkpoint was kept
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -256,13 +274,13 @@ def train_run(
                 "history": history,
                 "best": best,
                 "rng": rng,
+                "torch_rng": _torch_rng(gen, device),
             },
-            checkpoint,
+            partial,
         )
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-        if val_idx is not None and stale >= cfg.patience:
-            log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
+        os.replace(partial, checkpoint)  # never a half-written checkpoint for --resume to trip on
+        if _stopped(cfg, step, stale, val_idx):
+            log.info("stopped at epoch %d (best %d)", epoch, best["epoch"])
             break
     return RunResult(
         state=best["state"],
@@ -270,6 +288,36 @@ def train_run(
         best_auc=None if best["auc"] < 0 else float(best["auc"]),
         history=history,
     )
+
+
+def _stopped(cfg: RunConfig, step: int, stale: int, val_idx: np.ndarray | None) -> bool:
+    """The step limit or the early-stopping patience is reached."""
+    if cfg.max_steps is not None and step >= cfg.max_steps:
+        return True
+    return val_idx is not None and len(val_idx) > 0 and stale >= cfg.patience
+
+
+def _torch_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The torch random states (augmentation draws, dropout) to checkpoint with the weights.
+
+    Without them a resumed run would redraw its augmentations and dropout from the seed, and
+    end with other weights than the run that was never stopped.
+    """
+    return {
+        "augment": gen.get_state(),
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _set_torch_rng(
+    states: dict[str, torch.Tensor | None], gen: torch.Generator, device: torch.device
+) -> None:
+    # The checkpoint was loaded with map_location=device; the setters want CPU byte tensors.
+    gen.set_state(states["augment"].cpu())
+    torch.set_rng_state(states["cpu"].cpu())
+    if device.type == "cuda" and states["cuda"] is not None:
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

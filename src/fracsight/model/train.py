@@ -15,8 +15,10 @@ Every stage checkpoints, so ``--resume`` continues where a run stopped.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +57,19 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+# Options that may change on --resume: they do not change what is trained (thresholds and the
+# card are recomputed from the kept predictions). Any other change would mix two runs.
+_FREE_ON_RESUME = (
+    "out",
+    "device",
+    "workers",
+    "command",
+    "model_name",
+    "sensitivity_target",
+    "specificity_target",
+)
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -67,6 +82,62 @@ def _subset(examples: list, limit: int, seed: int) -> list:
     take = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
     take += [neg[i] for i in rng.permutation(len(neg))[: limit - n_pos]]
     return sorted(take, key=lambda e: e.image_id)
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _run_identity(cfg: TrainConfig, examples: list) -> dict[str, object]:
+    """What decides a run's models: the options that matter and a digest of the examples."""
+    options = {k: v for k, v in asdict(cfg).items() if k not in _FREE_ON_RESUME and k != "data"}
+    rows = [[e.image_id, e.label, e.region, e.hardware, e.boxes, e.group] for e in examples]
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return json.loads(json.dumps({**_flatten(options), "examples_sha256": digest}))
+
+
+def _check_resume(out: Path, identity: dict[str, object]) -> None:
+    """Refuse to continue a run in ``out`` that was started with other options or other data."""
+    path = out / "run.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())["identity"]
+        changed = [k for k in sorted(identity.keys() | recorded.keys()) if identity.get(k) != recorded.get(k)]
+        if changed:
+            what = "; ".join(f"{k}: {recorded.get(k)!r} then, {identity.get(k)!r} now" for k in changed)
+            raise ValueError(
+                f"{path}: the run in {out} was started with other settings or data ({what}); "
+                "resume with the same options and data, or choose another --out"
+            )
+    elif any(out.glob("*/*.pt")):
+        _say(f"warning: {out} holds checkpoints but no run.json (an older fracsight): options not checked")
+
+
+def _write_run(out: Path, cfg: TrainConfig, identity: dict[str, object]) -> None:
+    record = {"data": str(cfg.data), "command": cfg.command, "identity": identity}
+    (out / "run.json").write_text(json.dumps(record, indent=1))
+
+
+def _check_splits(
+    source: str, labels: np.ndarray, groups: np.ndarray, fold: np.ndarray, n_folds: int
+) -> None:
+    """Every fold needs images of both classes: its validation AUC drives early stopping."""
+    if labels.min() == labels.max():
+        raise ValueError(
+            f"{source}: all {len(labels)} readable images are labelled {int(labels[0])}: "
+            "training needs fractured (1) and non-fractured (0) images"
+        )
+    dev = fold >= 0
+    for k in range(n_folds):
+        val = labels[fold == k]
+        if val.size == 0 or val.min() == val.max():
+            raise ValueError(
+                f"{source}: validation fold {k + 1} of {n_folds} has {int(val.sum())} fractured and "
+                f"{int(val.size - val.sum())} non-fractured images ({len(np.unique(groups[dev]))} groups "
+                "in the development split): each fold needs both classes; use fewer --folds or more "
+                "images and groups"
+            )
 
 
 def _groups(data: PreparedSet, workers: int) -> np.ndarray:
@@ -105,7 +176,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    # Written aside then renamed: a run killed while writing leaves no half file for --resume.
+    partial = path.with_name(path.name + ".partial")
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, partial)
+    os.replace(partial, path)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -114,9 +188,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 def run_training(cfg: TrainConfig) -> Path:
     """Run the whole recipe; returns the path of the exported ONNX model."""
+    device = pick_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
     rc = cfg.run
     torch.manual_seed(rc.seed)
     if device.type == "cuda":
@@ -126,6 +200,9 @@ def run_training(cfg: TrainConfig) -> Path:
     examples = load_examples(cfg.data)
     if cfg.limit:
         examples = _subset(examples, cfg.limit, rc.seed)
+    identity = _run_identity(cfg, examples)
+    _check_resume(out, identity)
+    _write_run(out, cfg, identity)
     data = prepare_examples(examples, rc.size, workers=cfg.workers)
     _say(
         f"prepared {len(data.examples)} images ({int(data.labels.sum())} fractured), "
@@ -136,6 +213,7 @@ def run_training(cfg: TrainConfig) -> Path:
     dev = np.flatnonzero(~test)
     fold = np.full(len(data.labels), -1)
     fold[dev] = grouped_stratified_folds(data.labels[dev], groups[dev], cfg.folds, rc.seed)
+    _check_splits(str(cfg.data), data.labels, groups, fold, cfg.folds)
     _write_split(out / "split.csv", data, groups, test, fold)
 
     images = torch.from_numpy(data.images).to(device)
@@ -176,9 +254,10 @@ def run_training(cfg: TrainConfig) -> Path:
                 "n_val": len(va),
                 "history": result.history,
             }
+            # summary.json first: best.pt marks the fold as done for --resume.
+            (fold_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             _save_state(state, fold_dir / "best.pt")
             state = _load_state(fold_dir / "best.pt")  # use what was saved, so --resume gives the same
-            (fold_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             (fold_dir / "last.pt").unlink(missing_ok=True)
         model = load_trained(state, rc.variant, device)
         oof_logit[va], _ = predict(model, images[torch.as_tensor(va, device=device)])
@@ -250,7 +329,7 @@ def run_training(cfg: TrainConfig) -> Path:
 
     from fracsight.model.card import write_card
 
-    write_card(cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff)
+    write_card(cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device))
     return onnx_path
 
 
