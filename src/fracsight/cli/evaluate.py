@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     picture = FindingPictures(loaded.cases, loaded.findings) if loaded.findings else None
     files = write_report(evaluation, args.report, picture=picture, gallery_point=args.gallery_point)
     cases = evaluation.cases
-    data = cases.labels_source + (f", split {cases.split}" if cases.split else "")
+    data = cases.labels_source  # names the split too when one was chosen (restrict_labels)
     print(
         f"fracsight evaluate: {cases.n} cases ({cases.n_positive} fractured) of {data}, "
         f"{len(cases.excluded)} not analysed; ROC AUC {auc_text(evaluation.auc.delong)}; "

@@ -225,9 +225,8 @@ def _check_both_classes(cases: CaseTable) -> None:
     """An ROC analysis needs two cases of each class; say so with the data, not DeLong's internals."""
     n_pos, n_neg = cases.n_positive, cases.n - cases.n_positive
     if min(n_pos, n_neg) < 2:
-        split = f", split {cases.split}" if cases.split else ""
         raise ValueError(
-            f"labels {cases.labels_source}{split}: {n_pos} fractured and {n_neg} non-fractured cases "
+            f"labels {cases.labels_source}: {n_pos} fractured and {n_neg} non-fractured cases "
             f"matched; an evaluation needs at least 2 of each (and {MIN_POSITIVES} of each for figures "
             "worth reading)"
         )
