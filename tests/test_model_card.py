@@ -30,6 +30,21 @@ def test_shipped_card_states_data_thresholds_metrics_and_intended_use() -> None:
     assert "held-out test split" in text and "KNOWN ISSUE" in text
 
 
+def test_shipped_card_markdown_is_current_and_its_tables_unbroken() -> None:
+    """The Markdown is what render_markdown makes of the JSON, and no note line splits a table."""
+    from fracsight.model.card import render_markdown
+
+    card = json.loads((MODELS / "default.card.json").read_text())
+    text = (MODELS / "default.card.md").read_text()
+    assert text == render_markdown(card)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---"):
+            rows = lines[i + 1 :]
+            table = rows[: next((j for j, r in enumerate(rows) if not r.strip()), len(rows))]
+            assert table and all(r.startswith("| ") and r.endswith(" |") for r in table), table
+
+
 def test_an_evaluation_is_recorded_into_a_card_copy(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     preds, labels = tmp_path / "p.csv", tmp_path / "l.csv"

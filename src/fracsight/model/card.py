@@ -246,7 +246,8 @@ def _fmt_est(e: dict | None) -> str:
 
 def _row(name: str, m: dict) -> str:
     auc = m.get("auc")
-    auc_text = _fmt_est(auc["delong"]) if auc else "n/a"
+    # A small cell's warning goes in its AUC cell: a line of its own would end the Markdown table.
+    auc_text = "too few" if m.get("warning") else (_fmt_est(auc["delong"]) if auc else "n/a")
     doubt = m.get("at_doubt", {})
     frac = m.get("at_fracture", {})
     cells = [
@@ -259,8 +260,7 @@ def _row(name: str, m: dict) -> str:
         _fmt_est(frac.get("sensitivity")),
         _fmt_est(frac.get("specificity")),
     ]
-    line = "| " + " | ".join(cells) + " |"
-    return line + (f"  \n  *{m['warning']}*" if m.get("warning") else "")
+    return "| " + " | ".join(cells) + " |"
 
 
 def _training_rows_note(card: dict) -> str:
@@ -328,7 +328,12 @@ def render_markdown(card: dict) -> str:
             lines.append(_row(f"held-out, region = {region}", entry))
         for hw, entry in held["final_by_hardware"].items():
             lines.append(_row(f"held-out, hardware = {'yes' if hw == '1' else 'no'}", entry))
-    lines += ["", *_spread_markdown(cv.get("per_fold_at_thresholds"))]
+    lines += [
+        "",
+        f"ROC AUC 'too few': fewer than {SMALL_CELL} fractured or non-fractured images, too small to say.",
+        "",
+        *_spread_markdown(cv.get("per_fold_at_thresholds")),
+    ]
     lines += [
         f"Fold validation AUCs: {', '.join(f'{a:.3f}' for a in cv['fold_val_auc'])} "
         f"(mean {cv['fold_val_auc_mean']:.3f}, sd {cv['fold_val_auc_sd'] or 0:.3f}; {cv['note']}).",
