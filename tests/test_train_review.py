@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,9 @@ def test_cuda_on_a_machine_without_it_is_a_clear_error(
 
 def test_manifest_hardware_spellings(tmp_path: Path, sample_images: list[Path]) -> None:
     image = str(sample_images[0])
-    rows = [[image, 1, "hand", h, "[]", "a"] for h in ("yes", "No", "TRUE", "0", "1", "")]
+    spellings = ("yes", "No", "TRUE", "0", "1", "")
+    copies = [shutil.copyfile(image, tmp_path / f"h{i}.jpg") for i in range(len(spellings))]
+    rows = [[str(c), 1, "hand", h, "[]", "a"] for c, h in zip(copies, spellings, strict=True)]
     parsed = [e.hardware for e in read_manifest(_manifest(tmp_path / "m.csv", rows))]
     assert parsed == [True, False, True, False, True, False]
     bad = _manifest(tmp_path / "bad.csv", [[image, 1, "hand", "maybe", "[]", "a"]])
@@ -210,6 +213,16 @@ def test_manifest_with_groups_on_some_rows_only_is_refused(tmp_path: Path, sampl
         [str(p), 1, "hand", 0, "[]", "patient7" if i < 2 else ""] for i, p in enumerate(sample_images[:4])
     ]
     with pytest.raises(ValueError, match=r"column 'group' is empty on 2 of 4 rows \(rows 4, 5\)"):
+        read_manifest(_manifest(tmp_path / "m.csv", rows))
+
+
+def test_manifest_with_one_name_in_two_folders_is_refused(tmp_path: Path, sample_images: list[Path]) -> None:
+    """IM0001 in two patients' folders: the name is the image's id downstream, so it must be unique."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(sample_images[0], tmp_path / folder / "IM0001.jpg")
+    rows = [[f"{folder}/IM0001.jpg", 1, "hand", 0, "[]", folder] for folder in ("a", "b")]
+    with pytest.raises(ValueError, match=r"1 image file name\(s\) repeat: rows 2 and 3 \('IM0001'\)"):
         read_manifest(_manifest(tmp_path / "m.csv", rows))
 
 

@@ -109,7 +109,25 @@ def read_manifest(path: Path) -> list[Example]:
     if not examples:
         raise ValueError(f"{path}: manifest has no rows")
     _check_groups(path, examples)
+    _check_unique_names(path, examples)
     return examples
+
+
+def _check_unique_names(path: Path, examples: list[Example]) -> None:
+    """Two images with one file name are refused: the name is the image's id in split.csv, the
+    prediction files and ``fracsight evaluate``, which would mix the two up (IM0001 in two folders)."""
+    first: dict[str, int] = {}
+    clashes = []
+    for row_no, ex in enumerate(examples, start=2):
+        if ex.image_id in first:
+            clashes.append(f"rows {first[ex.image_id]} and {row_no} ({ex.image_id!r})")
+        first.setdefault(ex.image_id, row_no)
+    if clashes:
+        more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise ValueError(
+            f"{path}: {len(clashes)} image file name(s) repeat: {', '.join(clashes[:5])}{more}; an image is "
+            "identified by its file name without extension, so each must be unique (rename or copy the files)"
+        )
 
 
 def _check_groups(path: Path, examples: list[Example]) -> None:
