@@ -196,3 +196,24 @@ def test_webp_is_named_in_the_refusal(tmp_path: Path) -> None:
     path = tmp_path / "wrist.webp"
     Image.new("L", (16, 16), 80).save(path, format="WEBP")
     assert_refused(path, UnreadableImage, "a WebP image, not a PNG, JPEG, TIFF or DICOM file")
+
+
+@pytest.mark.parametrize("head", [b"\x89PNG\r\n\x1a\n", b"\0" * 128 + b"DICM"])
+def test_file_too_large_for_one_radiograph_is_refused_before_reading(
+    tmp_path: Path, head: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500 MB file is refused from its size: nothing is read into memory first."""
+    from fracsight.io import limits
+
+    path = tmp_path / "huge.img"
+    with path.open("wb") as fh:
+        fh.write(head)
+        fh.truncate(limits.MAX_FILE_BYTES + 1)  # sparse: no disk space used
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(Path, "read_bytes", no_reading)
+    monkeypatch.setattr("pydicom.dcmread", no_reading)
+    with pytest.raises(UnreadableImage, match=r"huge.img.*MB, more than one radiograph can take"):
+        read_radiograph(path)
