@@ -107,6 +107,15 @@ def test_voi_lut_with_8_bit_entries_maps_past_its_256th_entry(tmp_path: Path) ->
     np.testing.assert_allclose(radiograph.pixels[0], expected, atol=1e-6)
 
 
+def test_voi_lut_with_8_bit_entries_one_per_byte_in_ow(tmp_path: Path) -> None:
+    """PS3.3 C.11.2.1.1: 8-bit LUT Data may be stored as if 8 bits allocated, one entry a byte."""
+    table = (np.arange(4096) >> 4).astype(np.uint8)
+    lut = voi_lut(4096, 0, 8, [0])
+    lut[0].add_new(0x00283006, "OW", table.tobytes())
+    radiograph = read_radiograph(save(synthetic_dx(RAMP, VOILUTSequence=lut), tmp_path / "voi8ow.dcm"))
+    np.testing.assert_allclose(radiograph.pixels[0], (RAMP[0] >> 4) / 255.0, atol=1e-6)
+
+
 def test_constant_voi_lut_falls_back_to_the_stored_range(tmp_path: Path) -> None:
     path = save(synthetic_dx(RAMP, VOILUTSequence=voi_lut(16, 0, 16, [7] * 16)), tmp_path / "flat_voi.dcm")
     radiograph = read_radiograph(path)
@@ -208,12 +217,21 @@ def test_file_too_large_for_one_radiograph_is_refused_before_reading(
     path = tmp_path / "huge.img"
     with path.open("wb") as fh:
         fh.write(head)
-        fh.truncate(limits.MAX_FILE_BYTES + 1)  # sparse: no disk space used
+        fh.truncate(limits.FILE_BYTES_PER_PIXEL * limits.MAX_PIXELS + 1)  # sparse: no disk space used
 
     def no_reading(*_args, **_kwargs):
         raise AssertionError("the file was read")
 
     monkeypatch.setattr(Path, "read_bytes", no_reading)
     monkeypatch.setattr("pydicom.dcmread", no_reading)
-    with pytest.raises(UnreadableImage, match=r"huge.img.*MB, more than one radiograph can take"):
+    with pytest.raises(UnreadableImage, match=r"huge.img.*bytes, more than one radiograph of at most"):
         read_radiograph(path)
+
+
+def test_file_at_the_pixel_limit_in_float32_is_not_refused_for_its_size(tmp_path: Path) -> None:
+    """100 MP of float32 TIFF is 400 MB of pixels plus a header: within the file-size limit."""
+    from fracsight.io import limits
+
+    limits.check_file_size(tmp_path / "f.tif", 4 * limits.MAX_PIXELS + 10_000)
+    with pytest.raises(UnreadableImage):
+        limits.check_file_size(tmp_path / "f.tif", 4 * 1000 + 10_000, max_pixels=1000)

@@ -187,7 +187,11 @@ def _voi_lut_table(ds: Dataset) -> tuple[np.ndarray, int]:
             f"(0028,3002) LUT Descriptor gives {bits} bits per entry; must be 8 or 10-16"
         )
     value = item["LUTData"].value
-    if isinstance(value, (bytes, bytearray)):  # OW: 16-bit words in the data set's byte order
+    if isinstance(value, (bytes, bytearray)) and bits == 8 and len(value) in (entries, entries + 1):
+        # 8-bit entries stored one per byte (PS3.3 C.11.2.1.1: "as if 8 bits allocated"; the
+        # other common form pads each to a 16-bit word and is read below).
+        table = np.frombuffer(value, dtype=np.uint8, count=entries).astype(np.int64)
+    elif isinstance(value, (bytes, bytearray)):  # OW: 16-bit words in the data set's byte order
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         order = ">" if syntax and not UID(str(syntax)).is_little_endian else "<"
         table = np.frombuffer(value, dtype=f"{order}u2", count=len(value) // 2).astype(np.int64)

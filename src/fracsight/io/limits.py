@@ -14,18 +14,19 @@ from fracsight.io.radiograph import UnreadableImage
 # 100 megapixels: four times the largest detector in clinical use (43 x 43 cm at 0.1 mm
 # is 4300 x 4300 = 18.5 MP), and 400 MB as float32 after decoding.
 MAX_PIXELS = 100_000_000
-# Bytes a single radiograph file may hold: an uncompressed image at the pixel limit, 32 bits per
-# pixel, with room to spare. Larger files are refused before they are read into memory.
-MAX_FILE_BYTES = 4 * MAX_PIXELS
+# Bytes per pixel a single radiograph file may hold: an uncompressed image at 32 bits per pixel
+# plus a quarter for headers and other data. Larger files are refused before they are read.
+FILE_BYTES_PER_PIXEL = 5
 
 
-def check_file_size(path: str | Path, size: int) -> None:
-    """Refuse a file too large to be one radiograph, before any of it is read into memory."""
-    if size > MAX_FILE_BYTES:
+def check_file_size(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse a file too large to hold one radiograph of at most ``max_pixels``, before reading it."""
+    limit = FILE_BYTES_PER_PIXEL * max_pixels
+    if size > limit:
         raise UnreadableImage(
             str(path),
-            f"the file is {size / 1e6:,.0f} MB, more than one radiograph can take "
-            f"(limit {MAX_FILE_BYTES / 1e6:,.0f} MB, MAX_FILE_BYTES); refused before reading it",
+            f"the file is {size:,} bytes, more than one radiograph of at most {max_pixels:,} pixels can "
+            f"take ({FILE_BYTES_PER_PIXEL} bytes per pixel: {limit:,} bytes); refused before reading it",
         )
 
 

@@ -48,7 +48,7 @@ def read_radiograph(
         raise UnreadableImage(name, f"cannot be read: {error.strerror or error}") from error
     if size == 0:
         raise UnreadableImage(name, "the file is empty (0 bytes)")
-    limits.check_file_size(name, size)
+    limits.check_file_size(name, size, limit)
     image_format = detect_format(head, size)
     if image_format is None:
         raise UnreadableImage(name, describe_unknown(head))
