@@ -108,6 +108,31 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path: Path) ->
         assert torch.equal(value, resumed.state[name]), name
 
 
+def test_resume_on_another_kind_of_device_does_not_crash(tmp_path: Path) -> None:
+    """A run stopped on a GPU may be resumed on a CPU (device is free on resume): a CUDA
+    generator's saved state does not fit a CPU generator, so those draws are re-seeded."""
+    import torch
+
+    from fracsight.model.loop import RunConfig, train_run
+
+    images, masks, labels = _toy_set()
+    cfg = RunConfig(size=64, epochs=2, batch_size=4, pretrained=False)
+    device, idx, checkpoint = torch.device("cpu"), np.arange(8), tmp_path / "g.pt"
+
+    def stop_in_epoch_two(message: str) -> None:
+        if message.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, images, masks, labels, idx, None, device, checkpoint, progress=stop_in_epoch_two)
+    saved = torch.load(checkpoint, weights_only=False)
+    # What a CUDA run leaves: its generator state is 16 bytes (a CPU one is 5056).
+    saved["torch_rng"].update(device_type="cuda", augment=torch.zeros(16, dtype=torch.uint8))
+    torch.save(saved, checkpoint)
+    resumed = train_run(cfg, images, masks, labels, idx, None, device, checkpoint)
+    assert len(resumed.history) == 2
+
+
 def test_resume_of_a_run_that_hit_its_step_limit_trains_no_more(tmp_path: Path) -> None:
     import torch
 

@@ -304,6 +304,7 @@ def _torch_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Te
     end with other weights than the run that was never stopped.
     """
     return {
+        "device_type": device.type,
         "augment": gen.get_state(),
         "cpu": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -314,8 +315,17 @@ def _set_torch_rng(
     states: dict[str, torch.Tensor | None], gen: torch.Generator, device: torch.device
 ) -> None:
     # The checkpoint was loaded with map_location=device; the setters want CPU byte tensors.
-    gen.set_state(states["augment"].cpu())
     torch.set_rng_state(states["cpu"].cpu())
+    if states.get("device_type", device.type) != device.type:
+        # Resumed on another kind of device (allowed): its generators have another state format,
+        # so the augmentation draws restart from the seed; the result then differs from an unbroken run.
+        log.warning(
+            "resumed on %s, checkpoint from %s: augmentation draws re-seeded",
+            device.type,
+            states.get("device_type"),
+        )
+        return
+    gen.set_state(states["augment"].cpu())
     if device.type == "cuda" and states["cuda"] is not None:
         torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
