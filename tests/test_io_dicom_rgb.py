@@ -287,3 +287,44 @@ def test_truncated_uncompressed_rgb_is_refused_as_truncated(tmp_path: Path, gray
     ds = colour_sc(as_rgb(gray))
     ds.PixelData = ds.PixelData[: gray.size * 2]  # two thirds of the samples
     assert_refused(save(ds, tmp_path / "cut_rgb.dcm"), TruncatedImage, "the file is truncated")
+
+
+def _gdcm_jpeg_baseline(source: Path, target: Path) -> Path:
+    """Recompress with GDCM (as `gdcmconv --jpeg` does): YCbCr inside, no JFIF or Adobe marker,
+    and the header still says RGB."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGBaselineProcess1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    return target
+
+
+def test_gdcm_jpeg_labelled_rgb_holding_ycbcr_is_read_as_gray(gray: np.ndarray, tmp_path: Path) -> None:
+    source = save(colour_sc(as_rgb(gray)), tmp_path / "sc.dcm")
+    path = _gdcm_jpeg_baseline(source, tmp_path / "gdcm_jpeg.dcm")
+    radiograph = read_radiograph(path)
+    error = np.abs(radiograph.pixels - gray / 255.0)
+    assert error.mean() < 0.005 and error.max() < 0.08
+
+
+def test_gdcm_jpeg_of_a_colour_photo_is_still_refused(gray: np.ndarray, tmp_path: Path) -> None:
+    source = save(colour_sc(colourful(gray)), tmp_path / "photo.dcm")
+    assert_refused(_gdcm_jpeg_baseline(source, tmp_path / "gdcm_photo.dcm"), NotARadiograph, "colour")
+
+
+def test_jpeg_kept_in_rgb_with_an_adobe_marker_is_read_as_rgb(gray: np.ndarray, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(as_rgb(gray)).save(buffer, "JPEG", quality=95, keep_rgb=True)
+    ds = encapsulated(colour_sc(as_rgb(gray)), buffer.getvalue(), JPEGBaseline8Bit, "RGB")
+    radiograph = read_radiograph(save(ds, tmp_path / "adobe_rgb.dcm"))
+    assert np.abs(radiograph.pixels - gray / 255.0).mean() < 0.005

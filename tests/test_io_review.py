@@ -233,5 +233,8 @@ def test_file_at_the_pixel_limit_in_float32_is_not_refused_for_its_size(tmp_path
     from fracsight.io import limits
 
     limits.check_file_size(tmp_path / "f.tif", 4 * limits.MAX_PIXELS + 10_000)
+    limits.check_file_size(tmp_path / "f.dcm", 40_000, max_pixels=1000)  # small limits: the header decides
+    raised = 2 * limits.MAX_PIXELS
+    limits.check_file_size(tmp_path / "f.tif", 4 * raised, max_pixels=raised)
     with pytest.raises(UnreadableImage):
-        limits.check_file_size(tmp_path / "f.tif", 4 * 1000 + 10_000, max_pixels=1000)
+        limits.check_file_size(tmp_path / "f.tif", 6 * raised, max_pixels=raised)

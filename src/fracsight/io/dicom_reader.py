@@ -30,6 +30,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     JPEGExtended12Bit,
 )
 
@@ -76,6 +77,8 @@ _DECODE_ERRORS = (
 # Raised by pydicom while it interprets a damaged header (values are parsed on first access).
 _MALFORMED_ERRORS = (*_DECODE_ERRORS, BytesLengthException, OverflowError, UnicodeError, LookupError)
 _MAX_REASON_CHARS = 400
+# DCT JPEG processes, whose colour codestreams are usually YCbCr whatever the header says.
+_JPEG_DCT = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
 # Start-of-frame markers: JPEG processes (not DHT C4, JPG C8, DAC CC) and JPEG-LS (F7).
 _JPEG_SOF_MARKERS = frozenset(
     {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
@@ -264,8 +267,43 @@ def _colour_options(name: str, ds: Dataset, transfer_syntax: UID) -> dict[str, i
     if not is_colour(ds):
         return {}
     if transfer_syntax.is_compressed:
-        return {"planar_configuration": 0}
+        options: dict = {"planar_configuration": 0}
+        if transfer_syntax in _JPEG_DCT and str(ds.get("PhotometricInterpretation", "")).strip() == "RGB":
+            if _jpeg_holds_ycbcr(next(generate_frames(ds.PixelData, number_of_frames=1), b"")):
+                options["photometric_interpretation"] = "YBR_FULL_422"
+        return options
     return {"planar_configuration": header_int(name, ds, "PlanarConfiguration", "(0028,0006)", default=0)}
+
+
+def _jpeg_holds_ycbcr(frame: bytes) -> bool:
+    """Whether a 3-component JPEG codestream holds YCbCr, by libjpeg's rule (JFIF, Adobe APP14, IDs).
+
+    Some encoders (GDCM among them) compress RGB as YCbCr without a JFIF or Adobe marker and
+    keep "RGB" in the header; pydicom then hands back Y, Cb and Cr as if they were R, G and B,
+    and a gray radiograph would look colourful. libjpeg decides: an Adobe marker's transform
+    flag, else a JFIF marker (YCbCr), else component IDs 'R', 'G', 'B' (RGB), else YCbCr.
+    """
+    jfif, adobe_transform, ids = False, None, None
+    pos = 2
+    while pos + 4 <= len(frame) and frame[pos] == 0xFF and ids is None:
+        marker = frame[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = int.from_bytes(frame[pos + 2 : pos + 4], "big")
+        segment = frame[pos + 4 : pos + 2 + length]
+        if marker == 0xE0 and segment.startswith(b"JFIF\0"):
+            jfif = True
+        elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
+            adobe_transform = segment[11]
+        elif marker in _JPEG_SOF_MARKERS and len(segment) >= 6 + 3 * 3:
+            ids = bytes(segment[6 + 3 * i] for i in range(3))
+        elif marker == 0xDA:
+            break
+        pos += 2 + length
+    if adobe_transform is not None:
+        return adobe_transform != 0
+    return jfif or ids != b"RGB"
 
 
 def _check_decoded_colour(name: str, stored: np.ndarray, photometric: str) -> None:

@@ -20,12 +20,17 @@ FILE_BYTES_PER_PIXEL = 5
 
 
 def check_file_size(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> None:
-    """Refuse a file too large to hold one radiograph of at most ``max_pixels``, before reading it."""
-    limit = FILE_BYTES_PER_PIXEL * max_pixels
+    """Refuse a file too large to hold one radiograph, before reading it into memory.
+
+    The limit grows with a raised ``max_pixels`` but never falls below the default's: a small
+    pixel limit is checked on the header, and DICOM headers alone can take kilobytes.
+    """
+    pixels = max(max_pixels, MAX_PIXELS)
+    limit = FILE_BYTES_PER_PIXEL * pixels
     if size > limit:
         raise UnreadableImage(
             str(path),
-            f"the file is {size:,} bytes, more than one radiograph of at most {max_pixels:,} pixels can "
+            f"the file is {size:,} bytes, more than one radiograph of at most {pixels:,} pixels can "
             f"take ({FILE_BYTES_PER_PIXEL} bytes per pixel: {limit:,} bytes); refused before reading it",
         )
 
