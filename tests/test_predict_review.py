@@ -223,7 +223,7 @@ def test_threads_below_one_is_a_usage_error(sample_images: list[Path], capsys) -
 
 
 def test_heatmap_that_cannot_be_written_goes_into_its_row(
-    tmp_path: Path, sample_images: list[Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sample_images: list[Path], monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """A full disk must not stop the batch: the row keeps its answer and says what failed."""
     import errno
@@ -249,6 +249,7 @@ def test_heatmap_that_cannot_be_written_goes_into_its_row(
     out, heat = tmp_path / "out.csv", tmp_path / "heat"
     args = [str(p) for p in sample_images[:2]] + ["--heatmaps", str(heat), "--output", str(out)]
     assert main(["predict", *args, "--no-progress"]) == 1
+    assert "2 analysed, 0 refused, 1 heat maps not written" in capsys.readouterr().err
     first, second = list(csv.DictReader(out.open()))
     assert first["probability"] and first["category"] and not first["heatmap"]
     assert "heat map could not be written: No space left on device" in first["error"]

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="analyse radiographs (files or folders, DICOM and images mixed)",
         description="Fracture probability, category and heat map per radiograph. An aid to the "
-        "clinician, not a diagnosis. Exit code 0 when every input was analysed, 1 when any was refused.",
+        "clinician, not a diagnosis. Exit code 0 when every input was analysed (heat map written), else 1.",
     )
     p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--model", help="ONNX model with its .card.json beside it (default: the shipped model)")
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     analyser = Analyser(args.model, threads=args.threads, batch_size=args.batch_size)
     heat_dir = _heat_dir(args.heatmaps)
     out = _open_output(args.output)
-    failed = done = 0
+    refused = unwritten = done = 0
     started = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", disable=args.no_progress or len(files) < 2, file=sys.stderr)
     try:
@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         if writer:
             writer.writeheader()
         for row in rows(analyser, files, heat_dir):
-            failed += bool(row["error"])
+            refused += bool(row["error"]) and not row["probability"]
+            unwritten += bool(row["error"]) and bool(row["probability"])  # analysed, heat map not saved
             if writer:
                 writer.writerow(row)
             else:
@@ -182,8 +183,10 @@ def run(args: argparse.Namespace) -> int:
             out.close()
     seconds = time.perf_counter() - started
     print(
-        f"fracsight predict: {len(files) - failed} analysed, {failed} refused, {seconds:.1f} s "
+        f"fracsight predict: {len(files) - refused} analysed, {refused} refused, "
+        + (f"{unwritten} heat maps not written, " if unwritten else "")
+        + f"{seconds:.1f} s "
         f"({len(files) / max(seconds, 1e-9):.1f} images/s)",
         file=sys.stderr,
     )
-    return 1 if failed else 0
+    return 1 if refused or unwritten else 0
