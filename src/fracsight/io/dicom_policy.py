@@ -91,7 +91,12 @@ def header_int(path: str, header: Dataset, keyword: str, tag: str, default: int 
 
 def number_of_frames(header: Dataset) -> int:
     """(0028,0008) Number of Frames, 1 when absent or empty."""
-    value = header.get("NumberOfFrames")
+    return _count_or_one(header, "NumberOfFrames")
+
+
+def _count_or_one(header: Dataset, keyword: str) -> int:
+    """An integer count attribute, 1 when absent, empty or malformed."""
+    value = header.get(keyword)
     try:
         return int(value) if value not in (None, "") else 1
     except (TypeError, ValueError):
@@ -138,11 +143,7 @@ def is_colour(header: Dataset) -> bool:
 
 def number_of_samples(header: Dataset) -> int:
     """(0028,0002) Samples per Pixel, 1 when absent or malformed (the policy has refused those)."""
-    value = header.get("SamplesPerPixel")
-    try:
-        return int(value) if value not in (None, "") else 1
-    except (TypeError, ValueError):
-        return 1
+    return _count_or_one(header, "SamplesPerPixel")
 
 
 def _check_image_pixel_module(path: str, header: Dataset) -> None:
