@@ -21,7 +21,6 @@ import struct
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -46,15 +45,17 @@ def reduction_level(rows: int, columns: int, needed_side: int) -> int:
     return level
 
 
-def decode_reduced(ds: Dataset, transfer_syntax: UID, needed_side: int) -> tuple[np.ndarray, int] | None:
-    """(stored values, halvings) at the smallest level still ``needed_side`` long, or None."""
+def decode_reduced(
+    ds: Dataset, frame: bytes, transfer_syntax: UID, needed_side: int
+) -> tuple[np.ndarray, int] | None:
+    """(stored values, halvings) of ``frame`` (the data set's first codestream) at the smallest
+    level still ``needed_side`` long, or None."""
     if transfer_syntax not in JPEG2000_SYNTAXES or int(ds.get("PixelRepresentation", 0) or 0) != 0:
         return None
     level = reduction_level(int(ds.Rows), int(ds.Columns), needed_side)
     if level == 0:
         return None
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         return _decode_codestream(frame, level), level
     except Exception as error:  # noqa: BLE001 - any doubt means the full decode decides
         logger.debug("reduced JPEG 2000 decode not used: %s: %s", type(error).__name__, error)

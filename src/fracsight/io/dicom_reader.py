@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,12 @@ def _read_dicom(name: str, path: Path, max_pixels: int, needed_side: int | None)
     ds = _read_full(name, path)
     transfer_syntax, assumed = _transfer_syntax(ds)
     _check_pixel_data_present(name, ds, pixel_tag_follows)
-    _check_codestream_size(name, ds, transfer_syntax)
+    frame = _first_frame(ds, transfer_syntax)
+    _check_codestream_size(name, ds, frame)
     # Reduced JPEG 2000 decoding vouches for one-component codestreams only: colour decodes in full.
-    reduced = decode_reduced(ds, transfer_syntax, needed_side) if needed_side and not is_colour(ds) else None
-    stored, halvings = reduced if reduced else (_decode(name, ds, transfer_syntax), 0)
+    wanted = needed_side and frame is not None and not is_colour(ds)
+    reduced = decode_reduced(ds, frame, transfer_syntax, needed_side) if wanted else None
+    stored, halvings = reduced if reduced else (_decode(name, ds, transfer_syntax, frame), 0)
     pixels, transform = _display(name, ds, stored)
     del stored
     del ds.PixelData  # keep the header for building DICOM results, not the pixels
@@ -192,19 +195,25 @@ def _check_pixel_data_present(name: str, ds: Dataset, pixel_tag_follows: bool) -
         raise UnreadableImage(name, "(7FE0,0010) Pixel Data is empty (0 bytes)")
 
 
-def _check_codestream_size(name: str, ds: Dataset, transfer_syntax: UID) -> None:
+def _first_frame(ds: Dataset, transfer_syntax: UID) -> bytes | None:
+    """The first frame's codestream of encapsulated pixel data; None when native or damaged."""
+    if not transfer_syntax.is_compressed or not transfer_syntax.is_encapsulated:
+        return None
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (ValueError, StopIteration, struct.error, TypeError):
+        return None  # damaged encapsulation: the decoder reports it
+
+
+def _check_codestream_size(name: str, ds: Dataset, frame: bytes | None) -> None:
     """Compressed pixel data must declare the header's size: the decoder allocates what it declares.
 
     Rows and Columns were checked against the pixel limit, but a JPEG or JPEG 2000 codestream
     carries its own dimensions; a small file can declare a huge one (a decompression bomb),
     and any other mismatch cannot be decoded into Rows x Columns either.
     """
-    if not transfer_syntax.is_compressed or not transfer_syntax.is_encapsulated:
+    if frame is None:
         return
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except (ValueError, StopIteration, struct.error, TypeError):
-        return  # damaged encapsulation: the decoder reports it
     declared = codestream_size(frame) or _jpeg_frame_size(frame)
     rows, columns = int(ds.Rows), int(ds.Columns)
     if declared is None or declared == (rows, columns) or 0 in declared:
@@ -216,26 +225,38 @@ def _check_codestream_size(name: str, ds: Dataset, transfer_syntax: UID) -> None
     )
 
 
-def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from the start-of-frame marker of a JPEG or JPEG-LS codestream, else None."""
+def _jpeg_header_segments(frame: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, segment data) of a JPEG or JPEG-LS codestream's header, up to its first scan.
+
+    The segment is cut short where the codestream ends; callers check the bytes they read.
+    """
     if not frame.startswith(b"\xff\xd8"):
-        return None
+        return
     pos = 2
-    while pos + 9 <= len(frame) and frame[pos] == 0xFF:
+    while pos + 4 <= len(frame) and frame[pos] == 0xFF:
         marker = frame[pos + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte before a marker
             pos += 1
             continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return
+        length = int.from_bytes(frame[pos + 2 : pos + 4], "big")
+        yield marker, frame[pos + 4 : pos + 2 + length]
+        pos += 2 + length
+
+
+def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from the start-of-frame marker of a JPEG or JPEG-LS codestream, else None."""
+    for marker, segment in _jpeg_header_segments(frame):
         if marker in _JPEG_SOF_MARKERS:
-            rows, columns = struct.unpack(">HH", frame[pos + 5 : pos + 9])
+            if len(segment) < 5:
+                return None
+            rows, columns = struct.unpack(">HH", segment[1:5])
             return rows, columns
-        if marker == 0xDA:  # scan data before any frame header
-            return None
-        pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
     return None
 
 
-def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:
+def _decode(name: str, ds: Dataset, transfer_syntax: UID, frame: bytes | None) -> np.ndarray:
     """Decoded stored values (rows x columns), before any LUT; colour as rows x columns x RGB."""
     label = f"'{transfer_syntax.name}' ({transfer_syntax})"
     try:
@@ -246,7 +267,7 @@ def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:
         _check_native_length(name, ds)
     try:
         # pydicom converts YBR_FULL(_422) to RGB (as_rgb, its default) and undoes Planar Configuration 1.
-        stored, properties = decoder.as_array(ds, **_colour_options(name, ds, transfer_syntax))
+        stored, properties = decoder.as_array(ds, **_colour_options(name, ds, transfer_syntax, frame))
     except _DECODE_ERRORS as error:
         raise UnreadableImage(name, _decode_failure(ds, transfer_syntax, label, error)) from error
     if is_colour(ds):
@@ -257,7 +278,7 @@ def _decode(name: str, ds: Dataset, transfer_syntax: UID) -> np.ndarray:
     return stored
 
 
-def _colour_options(name: str, ds: Dataset, transfer_syntax: UID) -> dict[str, int]:
+def _colour_options(name: str, ds: Dataset, transfer_syntax: UID, frame: bytes | None) -> dict[str, int]:
     """Planar Configuration for the decoder, which pydicom requires for any 3-sample image.
 
     For compressed data it is irrelevant and shall be 0 (PS3.5 8.2): the codestream fixes the
@@ -269,7 +290,7 @@ def _colour_options(name: str, ds: Dataset, transfer_syntax: UID) -> dict[str, i
     if transfer_syntax.is_compressed:
         options: dict = {"planar_configuration": 0}
         if transfer_syntax in _JPEG_DCT and str(ds.get("PhotometricInterpretation", "")).strip() == "RGB":
-            if _jpeg_holds_ycbcr(next(generate_frames(ds.PixelData, number_of_frames=1), b"")):
+            if _jpeg_holds_ycbcr(frame or b""):
                 options["photometric_interpretation"] = "YBR_FULL_422"
         return options
     return {"planar_configuration": header_int(name, ds, "PlanarConfiguration", "(0028,0006)", default=0)}
@@ -284,23 +305,14 @@ def _jpeg_holds_ycbcr(frame: bytes) -> bool:
     flag, else a JFIF marker (YCbCr), else component IDs 'R', 'G', 'B' (RGB), else YCbCr.
     """
     jfif, adobe_transform, ids = False, None, None
-    pos = 2
-    while pos + 4 <= len(frame) and frame[pos] == 0xFF and ids is None:
-        marker = frame[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        length = int.from_bytes(frame[pos + 2 : pos + 4], "big")
-        segment = frame[pos + 4 : pos + 2 + length]
+    for marker, segment in _jpeg_header_segments(frame):
         if marker == 0xE0 and segment.startswith(b"JFIF\0"):
             jfif = True
         elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
             adobe_transform = segment[11]
         elif marker in _JPEG_SOF_MARKERS and len(segment) >= 6 + 3 * 3:
             ids = bytes(segment[6 + 3 * i] for i in range(3))
-        elif marker == 0xDA:
             break
-        pos += 2 + length
     if adobe_transform is not None:
         return adobe_transform != 0
     return jfif or ids != b"RGB"
