@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fracsight.finding import Category, Finding, Letterbox
-from fracsight.preprocess import stretch_contrast
+from fracsight.preprocess import resize_gray, stretch_contrast
 
 # Cells below this map value stay uncoloured: the overlay shows where evidence is, not noise.
 OVERLAY_FLOOR = 0.2
@@ -57,22 +57,15 @@ def _display_scale(height: int, width: int, max_side: int) -> float:
     return max(1.0, min(MIN_DISPLAY_SIDE / min(height, width), max_side / max(height, width)))
 
 
-def _display_gray(pixels: np.ndarray, size: tuple[int, int], scale: float) -> Image.Image:
+def _display_gray(pixels: np.ndarray, size: tuple[int, int]) -> Image.Image:
     """The radiograph as 8-bit gray at ``size``, windowed to its own intensity percentiles as the
     model sees it: a 16-bit file holding 12-bit data would otherwise show almost black.
 
-    A large image is reduced (in float) before the stretch: the percentiles barely move, and
-    the per-pixel work is done on a fraction of the pixels.
+    Resized (as the model input is) before the stretch: the percentiles barely move, and the
+    per-pixel work is done on the overlay's pixels, not the file's.
     """
-    image = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F")
-    factor = int(1 / scale) if scale < 1.0 else 1
-    if factor >= 2:
-        image = image.reduce(factor)
-    reduced = np.asarray(image, dtype=np.float32)
-    gray = Image.fromarray((stretch_contrast(reduced) * 255.0 + 0.5).astype(np.uint8), mode="L")
-    if gray.size != size:
-        gray = gray.resize(size, Image.Resampling.BILINEAR)
-    return gray
+    shown = stretch_contrast(resize_gray(pixels, *size))
+    return Image.fromarray((shown * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
 def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) -> Image.Image:
@@ -86,7 +79,7 @@ def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) ->
     h, w = pixels.shape
     scale = _display_scale(h, w, max_side)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = _display_gray(pixels, size, scale)
+    gray = _display_gray(pixels, size)
     box = finding.letterbox
     small_box = Letterbox(box.size, box.scale / scale, box.pad_x, box.pad_y, size[1], size[0])
     heat = heatmap_to_image(finding.heatmap, small_box)

@@ -103,6 +103,18 @@ def check_analysable(pixels: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
+def resize_gray(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Float gray pixels resized to ``width`` x ``height`` (bilinear, antialiased when shrinking)."""
+    image = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F")
+    if (width, height) != image.size:
+        # Reduce big images by an integer factor first: same antialiasing, a fraction of the time.
+        factor = min(image.size[0] // width, image.size[1] // height)
+        if factor >= 2:
+            image = image.reduce(factor)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32)
+
+
 def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1]).
 
@@ -112,14 +124,7 @@ def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     box = letterbox_geometry(pixels.shape[0], pixels.shape[1], size)
     new_h = max(1, round(box.height * box.scale))
     new_w = max(1, round(box.width * box.scale))
-    image = Image.fromarray(_stretch(pixels, lo, hi), mode="F")
-    if (new_w, new_h) != image.size:
-        # Reduce big images by an integer factor first: same antialiasing, a fraction of the time.
-        factor = min(image.size[0] // new_w, image.size[1] // new_h)
-        if factor >= 2:
-            image = image.reduce(factor)
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    resized = resize_gray(_stretch(pixels, lo, hi), new_w, new_h)
     out = np.full((size, size), -1.0, dtype=np.float32)
-    resized = np.asarray(image, dtype=np.float32)
     out[box.pad_y : box.pad_y + new_h, box.pad_x : box.pad_x + new_w] = resized * 2.0 - 1.0
     return out, box
