@@ -182,7 +182,6 @@ def train_run(
             _set_torch_rng(saved["torch_rng"], gen, device)
         log.info("resumed %s at epoch %d", checkpoint, start_epoch)
 
-    partial = checkpoint.with_name(checkpoint.name + ".partial")
     stale = 0 if best["epoch"] < 0 else (start_epoch - 1 - best["epoch"])
     if _stopped(cfg, step, stale, val_idx):
         start_epoch = cfg.epochs  # it had stopped (steps or patience) before the checkpoint was kept
@@ -264,7 +263,7 @@ def train_run(
                 + (f" val_auc {record['val_auc']:.4f}" if "val_auc" in record else "")
                 + f" ({record['seconds']:.1f} s)"
             )
-        torch.save(
+        save_atomically(
             {
                 "model": model.state_dict(),
                 "optimiser": optimiser.state_dict(),
@@ -276,9 +275,8 @@ def train_run(
                 "rng": rng,
                 "torch_rng": _torch_rng(gen, device),
             },
-            partial,
+            checkpoint,
         )
-        os.replace(partial, checkpoint)  # never a half-written checkpoint for --resume to trip on
         if _stopped(cfg, step, stale, val_idx):
             log.info("stopped at epoch %d (best %d)", epoch, best["epoch"])
             break
@@ -288,6 +286,14 @@ def train_run(
         best_auc=None if best["auc"] < 0 else float(best["auc"]),
         history=history,
     )
+
+
+def save_atomically(obj: object, path: Path) -> None:
+    """``torch.save`` to a file beside ``path``, then rename: a run killed while writing leaves no
+    half-written checkpoint for ``--resume`` to trip on."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
 
 
 def _stopped(cfg: RunConfig, step: int, stale: int, val_idx: np.ndarray | None) -> bool:

@@ -18,7 +18,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from fracsight.model.arrays import PreparedSet, prepare_examples
 from fracsight.model.examples import load_examples
 from fracsight.model.export import check_onnx, export_onnx
-from fracsight.model.loop import RunConfig, load_trained, pick_device, predict, train_run
+from fracsight.model.loop import RunConfig, load_trained, pick_device, predict, save_atomically, train_run
 from fracsight.model.splits import grouped_holdout, grouped_stratified_folds
 
 log = logging.getLogger(__name__)
@@ -176,10 +175,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    # Written aside then renamed: a run killed while writing leaves no half file for --resume.
-    partial = path.with_name(path.name + ".partial")
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, partial)
-    os.replace(partial, path)
+    save_atomically({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
