@@ -357,8 +357,9 @@ def _run_or_load(
         teachers=teachers,
         progress=lambda m: _say(f"  {folder.name}: {m}"),
     )
-    _save_state(result.state, folder / "best.pt")
+    # summary.json first, as for the folds: best.pt marks the stage as done for --resume.
     (folder / "summary.json").write_text(json.dumps({"epochs": cfg.epochs, "history": result.history}))
+    _save_state(result.state, folder / "best.pt")
     (folder / "last.pt").unlink(missing_ok=True)
     # Export what was saved (float16-rounded), so a --resume re-export yields the same model.
     return _load_state(folder / "best.pt")
