@@ -333,8 +333,6 @@ def render_markdown(card: dict) -> str:
         f"ROC AUC 'too few': fewer than {SMALL_CELL} fractured or non-fractured images, too small to say.",
         "",
         *_spread_markdown(cv.get("per_fold_at_thresholds")),
-    ]
-    lines += [
         f"Fold validation AUCs: {', '.join(f'{a:.3f}' for a in cv['fold_val_auc'])} "
         f"(mean {cv['fold_val_auc_mean']:.3f}, sd {cv['fold_val_auc_sd'] or 0:.3f}; {cv['note']}).",
         "",
@@ -422,7 +420,7 @@ def _evaluation_markdown(ev: dict) -> list[str]:
     cal = ev["calibration"]
     lines += [
         f"Calibration: Brier {_fmt_est(cal['brier'])}, ECE {_fmt_est(cal['ece'])}.",
-        "Cells with fewer than 10 fractured or non-fractured images report 'too few'.",
+        f"Cells with fewer than {SMALL_CELL} fractured or non-fractured images report 'too few'.",
         "",
     ]
     return lines
