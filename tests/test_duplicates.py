@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 from fracsight.data.duplicates import (
     DuplicateKind,
     FingerprintError,
-    as_displayed,
     duplicate_groups,
     find_duplicate_pairs,
     group_images,
@@ -23,6 +22,7 @@ from fracsight.data.duplicates import (
     scan_images,
     truncation_fill_mask,
 )
+from fracsight.io.pillow_reader import orient_as_displayed
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FRACATLAS = SHARED / "data" / "fracatlas"
@@ -195,7 +195,7 @@ def test_as_displayed_turns_like_exif_transpose(orientation: int) -> None:
     buf = io.BytesIO()
     img.save(buf, "PNG", exif=exif)
     expected = np.asarray(ImageOps.exif_transpose(Image.open(buf)))
-    np.testing.assert_array_equal(as_displayed(stored, orientation), expected)
+    np.testing.assert_array_equal(orient_as_displayed(stored, orientation), expected)
 
 
 @pytest.mark.parametrize("orientation", [3, 6])

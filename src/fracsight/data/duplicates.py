@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from fracsight.io.pillow_reader import orient_as_displayed
+
 log = logging.getLogger(__name__)
 
 # Tuned on FracAtlas (3,229 radiographs; borderline pairs checked by eye side by side): copies of
@@ -60,16 +62,6 @@ _THUMB = 32
 _MIN_COMMON_FRACTION = 0.5  # compare masked images only when half the bits/pixels are valid in both
 _TRUNCATION_FILL = 128  # what libjpeg decodes missing MCUs to (DC 0 after level shift)
 _EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the numpy form of the Pillow transpose that exif_transpose applies.
-_ORIENTATIONS = {
-    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
-    3: lambda a: a[::-1, ::-1],  # ROTATE_180
-    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
-    5: lambda a: a.T,  # TRANSPOSE
-    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise), i.e. 90 clockwise
-    7: lambda a: a[::-1, ::-1].T,  # TRANSVERSE
-    8: lambda a: np.rot90(a, 1),  # ROTATE_90
-}
 
 
 class DuplicateKind(str, enum.Enum):
@@ -406,16 +398,6 @@ def _decode(path: Path, tolerate_truncation: bool) -> tuple[np.ndarray, int]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def as_displayed(array: np.ndarray, orientation: int) -> np.ndarray:
-    """``array`` (stored frame) turned as ``PIL.ImageOps.exif_transpose`` turns the image.
-
-    Fingerprints use the displayed frame, as the annotations do (FracAtlas boxes are drawn on
-    the displayed image); the truncation mask is turned the same way after it is computed.
-    """
-    turn = _ORIENTATIONS.get(orientation)
-    return np.ascontiguousarray(turn(array)) if turn else array
-
-
 def _pixels_of(img: Image.Image) -> np.ndarray:
     """Grayscale pixels, keeping 16-bit depth (mode I;16 / I) instead of clipping to 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
@@ -462,11 +444,13 @@ def scan_image(path: str | os.PathLike[str]) -> ImageScan:
             return ImageScan(str(p), None, True, f"truncated and not decodable: {exc2}", len(data))
     except (ValueError, Image.DecompressionBombError) as exc:
         return ImageScan(str(p), None, False, f"cannot decode image: {exc}", len(data))
+    # The truncation mask is found in the stored frame (where the 8 x 8 blocks align), then both
+    # are turned upright: fingerprints use the displayed frame, as FracAtlas' boxes do.
     valid, fraction = None, 1.0
     if truncated and pixels.dtype == np.uint8 and pixels.ndim == 2:
-        valid = as_displayed(~truncation_fill_mask(pixels), orientation)
+        valid = orient_as_displayed(~truncation_fill_mask(pixels), orientation)
         fraction = float(valid.mean())
-    pixels = as_displayed(pixels, orientation)
+    pixels = orient_as_displayed(pixels, orientation)
     try:
         fingerprint = image_fingerprint(pixels, valid)
     except FingerprintError as exc:
