@@ -18,12 +18,11 @@ import argparse
 import os
 import platform
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from predict_speed import median_ms  # this folder is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPICAL = ROOT / "src" / "fracsight" / "samples" / "IMG0001739.jpg"  # 373 x 454
@@ -41,21 +40,11 @@ CONFIGS = (
 )
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _export(variant: str, k: int, mirror: bool, size: int, path: Path) -> None:
     import torch
     from torch import nn
 
-    from fracsight.model.export import OPSET, _WithFlipTTA
+    from fracsight.model.export import WithFlipTTA, export_graph
     from fracsight.model.network import FractureNet
 
     class _Mean(nn.Module):
@@ -67,17 +56,7 @@ def _export(variant: str, k: int, mirror: bool, size: int, path: Path) -> None:
             logits, cells = zip(*(m(image) for m in self.models), strict=True)
             return torch.stack(logits).mean(0), torch.stack(cells).mean(0)
 
-    graph = (_WithFlipTTA(_Mean()) if mirror else _Mean()).eval()
-    torch.onnx.export(
-        graph,
-        (torch.zeros(1, 1, size, size),),
-        str(path),
-        input_names=["image"],
-        output_names=["logit", "heatmap"],
-        dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}, "heatmap": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    export_graph((WithFlipTTA(_Mean()) if mirror else _Mean()).eval(), size, path)
     shutil.copy(CARD, path.with_suffix(".card.json"))
 
 
@@ -127,16 +106,16 @@ def main() -> None:
             _export(variant, k, mirror, size, path)
             analyser = Analyser(path)
             image, _ = prepare(analyser.read(TYPICAL).pixels, size)
-            model_ms = _median_ms(lambda a=analyser, i=image: a.run_model(i[None]), args.repeats)
+            model_ms = median_ms(lambda a=analyser, i=image: a.run_model(i[None]), args.repeats)
             int8 = Analyser(_int8(path, image))
-            int8_ms = _median_ms(lambda a=int8, i=image: a.run_model(i[None]), args.repeats)
+            int8_ms = median_ms(lambda a=int8, i=image: a.run_model(i[None]), args.repeats)
             copies = [TYPICAL] * args.n_typical
 
             def batch_run(a=analyser, copies=copies) -> None:
                 for (_, f, _), r in a.iter_analyses(copies):
                     overlay_image(r.pixels, f).save(tmp_path / "b.png", compress_level=1)
 
-            end_ms = _median_ms(batch_run, max(1, args.repeats // 2)) / len(copies)
+            end_ms = median_ms(batch_run, max(1, args.repeats // 2)) / len(copies)
             rows.append((variant, k, mirror, model_ms, int8_ms, end_ms))
 
     machine = platform.processor() or platform.machine()

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "src" / "fracsight" / "samples"
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -112,17 +112,17 @@ def main() -> None:
             image, box = prepare(rg.pixels, analyser.size)
             finding = analyser.analyse(rg)
             if rg.metadata.get("decoded_at_scale", 1.0) != 1.0:
-                full = _median_ms(lambda p=path: read_radiograph(p), args.repeats)
+                full = median_ms(lambda p=path: read_radiograph(p), args.repeats)
                 rows.append((label, "decode, full resolution", full))
-            rows.append((label, "decode", _median_ms(lambda p=path: analyser.read(p), args.repeats)))
+            rows.append((label, "decode", median_ms(lambda p=path: analyser.read(p), args.repeats)))
             rows.append(
-                (label, "preprocess", _median_ms(lambda r=rg: prepare(r.pixels, analyser.size), args.repeats))
+                (label, "preprocess", median_ms(lambda r=rg: prepare(r.pixels, analyser.size), args.repeats))
             )
             rows.append(
                 (
                     label,
                     "model, batch 1",
-                    _median_ms(lambda i=image: analyser.run_model(i[None]), args.repeats),
+                    median_ms(lambda i=image: analyser.run_model(i[None]), args.repeats),
                 )
             )
             batch = np.repeat(image[None], 8, axis=0)
@@ -130,7 +130,7 @@ def main() -> None:
                 (
                     label,
                     "model, batch 8 (per image)",
-                    _median_ms(lambda b=batch: analyser.run_model(b), args.repeats) / 8,
+                    median_ms(lambda b=batch: analyser.run_model(b), args.repeats) / 8,
                 )
             )
             out = tmp_path / "o.png"
@@ -138,7 +138,7 @@ def main() -> None:
                 (
                     label,
                     "heat-map overlay PNG",
-                    _median_ms(
+                    median_ms(
                         lambda r=rg, f=finding, o=out: overlay_image(r.pixels, f).save(o, compress_level=1),
                         args.repeats,
                     ),
@@ -149,14 +149,14 @@ def main() -> None:
                 for (_, f, _), r in analyser.iter_analyses([p] * n):
                     overlay_image(r.pixels, f).save(o, compress_level=1)
 
-            rows.append((label, "end to end, one image", _median_ms(end_to_end, args.repeats)))
+            rows.append((label, "end to end, one image", median_ms(end_to_end, args.repeats)))
         copies = [typical] * args.n_typical
 
         def batch_run():
             for (_, f, _), r in analyser.iter_analyses(copies):
                 overlay_image(r.pixels, f).save(tmp_path / "b.png", compress_level=1)
 
-        per_image = _median_ms(batch_run, max(1, args.repeats // 2)) / len(copies)
+        per_image = median_ms(batch_run, max(1, args.repeats // 2)) / len(copies)
         rows.append(("typical JPEG", f"end to end, batched ({len(copies)} images, per image)", per_image))
 
     print(
@@ -194,7 +194,7 @@ def _train_speed(size: int) -> None:
         loss.backward()
         opt.step()
 
-    ms = _median_ms(step, 3)
+    ms = median_ms(step, 3)
     print(
         f"\n| training step (CPU, bf16 autocast, channels-last, batch 16, {size} px) "
         f"| {16000 / ms:.1f} images/s |"

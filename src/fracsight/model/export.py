@@ -20,8 +20,10 @@ from fracsight.model.network import FractureNet
 OPSET = 17
 
 
-class _WithFlipTTA(nn.Module):
-    def __init__(self, model: FractureNet) -> None:
+class WithFlipTTA(nn.Module):
+    """The model's answer averaged over the image and its left-right mirror (map mirrored back)."""
+
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -36,10 +38,14 @@ class _WithFlipTTA(nn.Module):
 def export_onnx(model: FractureNet, size: int, path: Path) -> None:
     model = model.float().to("cpu").eval()
     model = model.to(memory_format=torch.contiguous_format)
-    wrapper = _WithFlipTTA(model).eval()
+    export_graph(WithFlipTTA(model).eval(), size, path)
+
+
+def export_graph(graph: nn.Module, size: int, path: Path) -> None:
+    """Write any module mapping ``image`` to ``(logit, heatmap)`` with fracsight's ONNX interface."""
     example = torch.zeros(2, 1, size, size)
     torch.onnx.export(
-        wrapper,
+        graph,
         (example,),
         str(path),
         input_names=["image"],
@@ -59,7 +65,7 @@ def check_onnx(model: FractureNet, path: Path, images: np.ndarray) -> float:
 
     model = model.float().to("cpu").eval()
     with torch.no_grad():
-        ref_logit, ref_map = _WithFlipTTA(model)(torch.from_numpy(images))
+        ref_logit, ref_map = WithFlipTTA(model)(torch.from_numpy(images))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logit, heatmap = session.run(["logit", "heatmap"], {"image": images})
     diff = max(float(np.abs(logit - ref_logit.numpy()).max()), float(np.abs(heatmap - ref_map.numpy()).max()))
