@@ -45,16 +45,16 @@ def _export(variant: str, k: int, mirror: bool, size: int, path: Path) -> None:
     from torch import nn
 
     from fracsight.model.export import WithFlipTTA, export_graph
-    from fracsight.model.network import FractureNet
+    from fracsight.model.network import FractureNet, Outputs
 
     class _Mean(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.models = nn.ModuleList(FractureNet(variant).eval() for _ in range(k))
 
-        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits, cells = zip(*(m(image) for m in self.models), strict=True)
-            return torch.stack(logits).mean(0), torch.stack(cells).mean(0)
+        def forward(self, image: torch.Tensor) -> Outputs:
+            outs = [m(image) for m in self.models]
+            return Outputs(*(torch.stack(parts).mean(0) for parts in zip(*outs, strict=True)))
 
     export_graph((WithFlipTTA(_Mean()) if mirror else _Mean()).eval(), size, path)
     shutil.copy(CARD, path.with_suffix(".card.json"))

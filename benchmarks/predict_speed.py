@@ -193,7 +193,7 @@ def _train_speed(size: int) -> None:
         xa, _ = augment(x, m, Augmentation())
         xa = xa.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logit, _ = model(xa)
+            logit = model(xa).logit
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), y)
         opt.zero_grad()
         loss.backward()

@@ -12,12 +12,13 @@ manifest's ``group`` column, so training splits exactly as ``fracsight audit`` g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps
 
 from fracsight.data.duplicates import group_images
-from fracsight.model.examples import Example, load_examples, write_manifest
+from fracsight.model.examples import load_examples, write_manifest
 
 
 def _load(path: str) -> Image.Image:
@@ -51,7 +52,7 @@ def main() -> None:
         target = dest / "images" / f"{ex.image_id}.jpg"
         image.save(target, quality=args.quality)
         boxes = tuple(tuple(v * scale for v in b) for b in ex.boxes)
-        out.append(Example(str(target), ex.image_id, ex.label, ex.region, ex.hardware, boxes, f"g{group}"))
+        out.append(dataclasses.replace(ex, path=str(target), boxes=boxes, group=f"g{group}"))
     write_manifest(out, dest / "manifest.csv", relative_to=dest)
     total = sum(p.stat().st_size for p in (dest / "images").iterdir())
     print(f"{len(out)} images, {total / 1e6:.1f} MB, {len(set(groups))} groups -> {dest / 'manifest.csv'}")

@@ -12,6 +12,10 @@ and the augmentation turns images by at most 10 degrees. The model card quotes t
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -46,12 +50,24 @@ def _probabilities(analyser: Analyser, pixels: list[np.ndarray], quarter_turns: 
     return np.concatenate(out)
 
 
+def _command_without_json(argv: list[str]) -> str:
+    """The command as a reader would rerun it to see the table: without where this copy was written."""
+    words, skip = ["python", "scripts/orientation_check.py"], False
+    for word in argv:
+        if skip or word == "--json" or word.startswith("--json="):
+            skip = word == "--json"
+            continue
+        words.append(word)
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="FracAtlas folder or manifest CSV")
     parser.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     parser.add_argument("--split-file", default=None)
     parser.add_argument("--split", default=None)
+    parser.add_argument("--json", type=Path, help="also write the table here (the model card records it)")
     args = parser.parse_args()
 
     table = load_dataset(args.dataset).labels
@@ -67,15 +83,36 @@ def main() -> None:
     columns = [f"{name}: sensitivity / specificity" for name, _ in points]
     print("| turned | ROC AUC (95% CI) | " + " | ".join(columns) + " |")
     print("|---" * (2 + len(points)) + "|")
+    rows = []
     for turns in range(4):
         scores = _probabilities(analyser, pixels, turns)
         auc = delong_ci(scores, labels)
-        cells = []
-        for _, threshold in points:
+        cells, rates_by_point = [], {}
+        for name, threshold in points:
             rates = binary_rates(scores, labels, threshold)
             cells.append(f"{rates.sensitivity.value:.3f} / {rates.specificity.value:.3f}")
+            rates_by_point[name] = {
+                "sensitivity": rates.sensitivity.value,
+                "specificity": rates.specificity.value,
+            }
         ci = f"[{auc.lower:.3f}, {auc.upper:.3f}]" if auc.lower is not None else "(no CI)"
         print(f"| {90 * turns} degrees | {auc.value:.3f} {ci} | " + " | ".join(cells) + " |")
+        rows.append(
+            {
+                "degrees": 90 * turns,
+                "auc": {"value": auc.value, "lower": auc.lower, "upper": auc.upper},
+                "operating_points": rates_by_point,
+            }
+        )
+    if args.json:
+        record = {
+            "command": _command_without_json(sys.argv[1:]),
+            "data": f"{data} of {args.dataset}: {len(labels)} images, {n_fractured} fractured; "
+            "original files, CPU",
+            "model_id": analyser.model_id,
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ and the specificity at sensitivity >= 0.85 read off the column's own test ROC. T
 upper bound, not a result: its threshold is chosen on the very cases it is measured on.
 
     python scripts/run_models_compare.py training/default-run --sensitivity 0.88
+    python scripts/run_models_compare.py training/v1-run
 """
 
 from __future__ import annotations

@@ -31,21 +31,49 @@ def _random_input(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, 1, size, size)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("size", "cells"), [(64, 2), (96, 3)])
-def test_output_shapes(untrained: FractureNet, size: int, cells: int) -> None:
+@pytest.mark.parametrize(("stride", "size", "cells"), [(16, 64, 4), (16, 96, 6), (32, 64, 2), (32, 96, 3)])
+def test_output_shapes(stride: int, size: int, cells: int) -> None:
+    model = FractureNet("lite0", heatmap_stride=stride).eval()
     with torch.no_grad():
-        logit, heat = untrained(torch.from_numpy(_random_input(3, size)))
-    assert logit.shape == (3,)
-    assert heat.shape == (3, cells, cells)
-    assert torch.isfinite(logit).all() and torch.isfinite(heat).all()
+        out = model(torch.from_numpy(_random_input(3, size)))
+    assert out.logit.shape == (3,)
+    assert out.cells.shape == (3, cells, cells)
+    assert out.region.shape == (3, 4)
+    assert out.features.shape == (3, 1280)
+    assert all(torch.isfinite(t).all() for t in out)
 
 
 def test_image_logit_is_the_top_cell_mean(untrained: FractureNet) -> None:
     """The heat map *is* the evidence: the image logit is pooled from the cell logits."""
     with torch.no_grad():
-        logit, heat = untrained(torch.from_numpy(_random_input(2, 96)))
-    # 3 x 3 cells, top 5 % -> k = 1: the image logit is the hottest cell.
-    torch.testing.assert_close(logit, heat.flatten(1).max(dim=1).values)
+        out = untrained(torch.from_numpy(_random_input(2, 160)))
+    # 10 x 10 cells, top 5 % -> the mean of the 5 hottest cells.
+    torch.testing.assert_close(out.logit, out.cells.flatten(1).topk(5, dim=1).values.mean(dim=1))
+
+
+def test_fine_map_starts_as_the_upsampled_coarse_map(untrained: FractureNet) -> None:
+    """The stride-16 correction starts at zero, so training starts from the stride-32 model's map."""
+    x = torch.from_numpy(_random_input(2, 96))
+    coarse = FractureNet("lite0", heatmap_stride=32).eval()
+    coarse.load_state_dict({k: v for k, v in untrained.state_dict().items() if not k.startswith("fine_cam.")})
+    with torch.no_grad():
+        fine, rough = untrained(x).cells, coarse(x).cells
+        expected = torch.nn.functional.interpolate(rough[:, None], size=(6, 6), mode="bilinear")[:, 0]
+    torch.testing.assert_close(fine, expected)
+
+
+def test_region_probe_does_not_train_the_fracture_features() -> None:
+    """The region head reads detached features: its loss moves its own weights and nothing else."""
+    model = FractureNet("lite0").train()
+    out = model(torch.from_numpy(_random_input(2, 64)))
+    out.region.sum().backward()
+    assert model.region.weight.grad is not None and model.region.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("region."))
+
+
+def test_wrong_heatmap_stride_is_refused() -> None:
+    with pytest.raises(ValueError, match="heatmap_stride 8"):
+        FractureNet("lite0", heatmap_stride=8)
 
 
 def test_unknown_backbone_is_refused() -> None:
@@ -72,9 +100,12 @@ def test_export_agrees_with_torch(untrained: FractureNet, exported: Path) -> Non
 def test_onnx_runs_other_batch_sizes(untrained: FractureNet, exported: Path, batch: int) -> None:
     """Exported with a batch of 2; inference batches are whatever the folder gives."""
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    logit, heat = session.run(["logit", "heatmap"], {"image": _random_input(batch, 64, seed=batch)})
+    logit, heat, region, features = session.run(
+        ["logit", "heatmap", "region", "features"], {"image": _random_input(batch, 64, seed=batch)}
+    )
     assert logit.shape == (batch,)
-    assert heat.shape == (batch, 2, 2)
+    assert heat.shape == (batch, 4, 4)
+    assert region.shape == (batch, 4) and features.shape == (batch, 1280)
     assert check_onnx(untrained, exported, _random_input(batch, 64, seed=batch)) < 1e-3
 
 
@@ -82,10 +113,13 @@ def test_onnx_graph_averages_image_and_mirror(exported: Path) -> None:
     """Flip TTA is in the graph: a mirrored input gives the same logit and a mirrored heat map."""
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     x = _random_input(2, 64, seed=7)
-    logit, heat = session.run(["logit", "heatmap"], {"image": x})
-    flip_logit, flip_heat = session.run(["logit", "heatmap"], {"image": np.ascontiguousarray(x[..., ::-1])})
-    np.testing.assert_allclose(flip_logit, logit, atol=1e-5)
-    np.testing.assert_allclose(flip_heat, heat[..., ::-1], atol=1e-5)
+    names = ["logit", "heatmap", "region", "features"]
+    logit, heat, region, features = session.run(names, {"image": x})
+    flipped = session.run(names, {"image": np.ascontiguousarray(x[..., ::-1])})
+    np.testing.assert_allclose(flipped[0], logit, atol=1e-5)
+    np.testing.assert_allclose(flipped[1], heat[..., ::-1], atol=1e-5)
+    np.testing.assert_allclose(flipped[2], region, atol=1e-5)
+    np.testing.assert_allclose(flipped[3], features, atol=1e-5)
 
 
 def test_check_onnx_catches_a_different_model(exported: Path) -> None:

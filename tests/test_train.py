@@ -90,7 +90,13 @@ def test_identity_augmentation_leaves_images_unchanged() -> None:
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     masks = (torch.rand(3, 1, 32, 32) > 0.8).float()
     identity = Augmentation(
-        flip=0.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0, contrast=(1.0, 1.0)
+        flip=0.0,
+        quarter_turns=False,
+        rotate_deg=0.0,
+        scale=(1.0, 1.0),
+        shift=0.0,
+        brightness=0.0,
+        contrast=(1.0, 1.0),
     )
     out, out_masks = augment(images, masks, identity)
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
@@ -105,11 +111,39 @@ def test_flip_moves_image_and_mask_together() -> None:
     images[:, :, 8:16, 2:10] = 1.0  # a bright block on the left
     masks = (images > 0).float()
     flip = Augmentation(
-        flip=1.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0, contrast=(1.0, 1.0)
+        flip=1.0,
+        quarter_turns=False,
+        rotate_deg=0.0,
+        scale=(1.0, 1.0),
+        shift=0.0,
+        brightness=0.0,
+        contrast=(1.0, 1.0),
     )
     out, out_masks = augment(images, masks, flip)
     torch.testing.assert_close(out, torch.flip(images, dims=[3]), atol=1e-5, rtol=0)
     torch.testing.assert_close(out_masks, torch.flip(masks, dims=[3]))
+
+
+def test_quarter_turns_give_every_orientation_with_the_mask_turned_alike() -> None:
+    """Each image comes out turned by 0, 90, 180 or 270 degrees, exactly, with its mask."""
+    torch = pytest.importorskip("torch")
+    from fracsight.model.augment import Augmentation, augment
+
+    images = torch.full((64, 1, 32, 32), -1.0)
+    images[:, :, 4:12, 2:26] = 1.0  # a wide block near the top: every turn looks different
+    masks = (images > 0).float()
+    turns_only = Augmentation(
+        flip=0.0, rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, brightness=0.0, contrast=(1.0, 1.0)
+    )
+    out, out_masks = augment(images, masks, turns_only, torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(len(images)):
+        turned = [torch.rot90(images[i], k, dims=(1, 2)) for k in range(4)]
+        matches = [k for k, t in enumerate(turned) if torch.allclose(out[i], t, atol=1e-4)]
+        assert len(matches) == 1, f"image {i} is not an exact quarter turn of its input"
+        torch.testing.assert_close(out_masks[i], torch.rot90(masks[i], matches[0], dims=(1, 2)))
+        seen.add(matches[0])
+    assert seen == {0, 1, 2, 3}
 
 
 def test_random_augmentation_stays_in_range_and_keeps_boxes_aligned() -> None:
@@ -328,10 +362,9 @@ def _onnx_vs_checkpoint(onnx_path: Path, checkpoint: Path) -> float:
     x = np.random.default_rng(0).uniform(-1, 1, (3, 1, 64, 64)).astype(np.float32)
     with torch.no_grad():
         xt = torch.from_numpy(x)
-        logit, cells = model(xt)
-        flip_logit, flip_cells = model(torch.flip(xt, dims=[3]))
-        ref_logit = ((logit + flip_logit) / 2).numpy()
-        ref_map = ((cells + torch.flip(flip_cells, dims=[2])) / 2).numpy()
+        out, flipped = model(xt), model(torch.flip(xt, dims=[3]))
+        ref_logit = ((out.logit + flipped.logit) / 2).numpy()
+        ref_map = ((out.cells + torch.flip(flipped.cells, dims=[2])) / 2).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got_logit, got_map = session.run(["logit", "heatmap"], {"image": x})
     return max(float(np.abs(got_logit - ref_logit).max()), float(np.abs(got_map - ref_map).max()))
@@ -391,7 +424,7 @@ def test_trained_model_runs_in_the_analyser(trained: dict, sample_images: list[P
     finding = analyser.analyse(read_radiograph(sample_images[0]))
     assert 0.0 <= finding.probability <= 1.0
     assert finding.category == categorise(finding.probability, analyser.thresholds)
-    assert finding.heatmap.shape == (2, 2)
+    assert finding.heatmap.shape == (4, 4)  # 64 px at 16 px per cell
 
 
 @pytest.mark.slow
@@ -449,3 +482,126 @@ def test_folds_stay_even_when_groups_tie() -> None:
     for seed in range(5):
         folds = grouped_stratified_folds(labels, groups, 2, seed)
         assert sorted(np.bincount(folds).tolist()) == [6, 6]
+
+
+# ---------------------------------------------------------------------------------------------
+# Region flags, a given test split, parallel runs, adding the students later
+
+
+def test_manifest_region_flags(tmp_path: Path, sample_images: list[Path]) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "path,label,region,region_flags\n"
+        f"{sample_images[0]},1,mixed,shoulder;Hand\n"
+        f"{sample_images[1]},0,leg,\n"
+        f"{sample_images[2]},0,unknown,\n"
+    )
+    mixed, leg, unknown = read_manifest(path)
+    assert mixed.region_flags == ("hand", "shoulder")  # REGIONS order, any case
+    assert mixed.region_targets() == [1, 0, 0, 1]
+    assert leg.region_flags == ("leg",)  # no flags given: the region stands for itself
+    assert unknown.region_flags == () and unknown.region_targets() is None
+    path.write_text(f"path,label,region_flags\n{sample_images[0]},1,hand;knee\n")
+    with pytest.raises(ValueError, match=r"row 2: region_flags 'hand;knee' names knee"):
+        read_manifest(path)
+
+
+def test_fracatlas_region_flags_follow_dataset_csv() -> None:
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fracatlas"
+    if not (root / "dataset.csv").is_file():
+        pytest.skip("needs ../shared/data/fracatlas")
+    with open(root / "dataset.csv", newline="") as fh:
+        rows = {r["image_id"]: r for r in csv.DictReader(fh)}
+    examples = load_examples(root)
+    mixed = [e for e in examples if e.region == "mixed"]
+    assert mixed and all(len(e.region_flags) >= 2 for e in mixed)
+    for e in examples[::97]:
+        row = rows[e.image_id + ".jpg"]
+        assert e.region_flags == tuple(r for r in ("hand", "leg", "hip", "shoulder") if row[r] == "1")
+
+
+@pytest.fixture(scope="module")
+def split_given(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A second run that takes its test split from the first run's split.csv, trained in parallel."""
+    from fracsight.cli import main
+
+    folder = tmp_path_factory.mktemp("given")
+    with open(trained["out"] / "split.csv", newline="") as fh:
+        first = list(csv.DictReader(fh))
+    # Hold out other images than the first run did, one of them in a group with a development image.
+    test_ids = [r["image_id"] for r in first if r["split"] == "dev"][:3]
+    split = folder / "split.csv"
+    with open(split, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_id", "split"])
+        writer.writerows([[i, "test" if i in test_ids else "dev"] for i in (r["image_id"] for r in first)])
+    out = folder / "run"
+    args = [*_TRAIN_ARGS, "--test-split", str(split), "--parallel", "2"]
+    code = main(["train", str(trained["manifest"]), "--out", str(out), *args])
+    return {
+        "code": code,
+        "out": out,
+        "test_ids": set(test_ids),
+        "args": args,
+        "manifest": trained["manifest"],
+    }
+
+
+@pytest.mark.slow
+def test_a_given_test_split_is_held_out_and_its_duplicates_left_out(split_given: dict) -> None:
+    assert split_given["code"] == 0
+    with open(split_given["out"] / "split.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["image_id"] for r in rows if r["split"] == "test"} == split_given["test_ids"]
+    test_groups = {r["group"] for r in rows if r["split"] == "test"}
+    excluded = {r["image_id"] for r in rows if r["split"] == "excluded"}
+    # Every non-test image in a test image's group is left out of training, and only those.
+    assert excluded == {r["image_id"] for r in rows if r["group"] in test_groups and r["split"] != "test"}
+    assert excluded, "the fixture puts a development image in a test image's group"
+    with open(split_given["out"] / "predictions_test.csv", newline="") as fh:
+        assert {r["image_id"] for r in csv.DictReader(fh)} == split_given["test_ids"]
+
+
+@pytest.mark.slow
+def test_parallel_runs_train_the_same_models_as_one_at_a_time(
+    split_given: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--parallel only changes where runs train: the weights are those of a sequential run."""
+    import torch
+
+    from fracsight.cli import main
+
+    out = tmp_path_factory.mktemp("sequential") / "run"
+    args = list(split_given["args"])
+    args[args.index("--parallel") + 1] = "1"
+    assert main(["train", str(split_given["manifest"]), "--out", str(out), *args]) == 0
+    for run in ("fold0", "fold1", "student0", "student1", "final"):
+        a = torch.load(out / run / "best.pt", weights_only=True)
+        b = torch.load(split_given["out"] / run / "best.pt", weights_only=True)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    assert not (split_given["out"] / "arrays").exists(), "the arrays shared with workers are removed"
+
+
+@pytest.mark.slow
+def test_students_can_be_added_to_a_run_finished_without_them(
+    trained: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run cut off during the students finishes its final model with --no-cross-fit, and a later
+    --resume adds the students; the fold models and the final model are not trained again."""
+    from fracsight.cli import main
+
+    out = tmp_path_factory.mktemp("late") / "run"
+    shutil.copytree(trained["out"], out)
+    for run in ("student0", "student1", "final"):
+        shutil.rmtree(out / run)
+    manifest = str(trained["manifest"])
+    assert main(["train", manifest, "--out", str(out), *_TRAIN_ARGS, "--resume", "--no-cross-fit"]) == 0
+    card = json.loads((out / "model.card.json").read_text())
+    assert "fold models" in card["threshold_source"] and not (out / "student0").exists()
+    final = (out / "final" / "best.pt").stat().st_mtime_ns
+    assert main(["train", manifest, "--out", str(out), *_TRAIN_ARGS, "--resume"]) == 0
+    card = json.loads((out / "model.card.json").read_text())
+    assert "cross-fitted" in card["threshold_source"] and (out / "student1" / "best.pt").is_file()
+    assert (out / "final" / "best.pt").stat().st_mtime_ns == final
+    assert _digest(out / "model.onnx") == _digest(trained["fresh"] / "model.onnx")

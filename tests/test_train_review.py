@@ -62,7 +62,7 @@ def test_resume_with_changed_options_is_refused(
         final_epochs=1,
         run=RunConfig(size=64, epochs=1, batch_size=2, max_steps=1),
     )
-    _write_run(out, cfg, _run_identity(cfg, load_examples(manifest)))
+    _write_run(out, cfg, _run_identity(cfg, load_examples(manifest), None))
     args = ["train", str(manifest), "--out", str(out), *_FAST, "--size", "96", "--seed", "3", "--resume"]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -73,11 +73,15 @@ def test_resume_with_changed_options_is_refused(
 def _toy_set(n: int = 8):
     import torch
 
+    from fracsight.model.loop import TrainingSet
+
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, (n, 64, 64), dtype=np.uint8))
-    masks = torch.zeros(n, 64, 64, dtype=torch.uint8)
-    labels = torch.from_numpy(np.arange(n) % 2)
-    return images, masks, labels
+    images = rng.integers(0, 256, (n, 64, 64), dtype=np.uint8)
+    regions = np.eye(4, dtype=np.int8)[np.arange(n) % 4]
+    regions[0] = -1  # one image whose region is not known
+    return TrainingSet.from_arrays(
+        images, np.zeros((n, 64, 64), np.uint8), np.arange(n) % 2, regions, torch.device("cpu")
+    )
 
 
 def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path: Path) -> None:
@@ -86,10 +90,10 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path: Path) ->
 
     from fracsight.model.loop import RunConfig, train_run
 
-    images, masks, labels = _toy_set()
+    data = _toy_set()
     cfg = RunConfig(size=64, epochs=2, batch_size=4, pretrained=False)
     device, idx = torch.device("cpu"), np.arange(8)
-    unbroken = train_run(cfg, images, masks, labels, idx, None, device, tmp_path / "a.pt")
+    unbroken = train_run(cfg, data, idx, None, device, tmp_path / "a.pt")
 
     class Killed(Exception):
         pass
@@ -99,10 +103,8 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path: Path) ->
             raise Killed
 
     with pytest.raises(Killed):
-        train_run(
-            cfg, images, masks, labels, idx, None, device, tmp_path / "b.pt", progress=kill_in_epoch_two
-        )
-    resumed = train_run(cfg, images, masks, labels, idx, None, device, tmp_path / "b.pt")
+        train_run(cfg, data, idx, None, device, tmp_path / "b.pt", progress=kill_in_epoch_two)
+    resumed = train_run(cfg, data, idx, None, device, tmp_path / "b.pt")
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in unbroken.history]
     for name, value in unbroken.state.items():
         assert torch.equal(value, resumed.state[name]), name
@@ -115,7 +117,7 @@ def test_resume_on_another_kind_of_device_does_not_crash(tmp_path: Path) -> None
 
     from fracsight.model.loop import RunConfig, train_run
 
-    images, masks, labels = _toy_set()
+    data = _toy_set()
     cfg = RunConfig(size=64, epochs=2, batch_size=4, pretrained=False)
     device, idx, checkpoint = torch.device("cpu"), np.arange(8), tmp_path / "g.pt"
 
@@ -124,12 +126,12 @@ def test_resume_on_another_kind_of_device_does_not_crash(tmp_path: Path) -> None
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_run(cfg, images, masks, labels, idx, None, device, checkpoint, progress=stop_in_epoch_two)
+        train_run(cfg, data, idx, None, device, checkpoint, progress=stop_in_epoch_two)
     saved = torch.load(checkpoint, weights_only=False)
     # What a CUDA run leaves: its generator state is 16 bytes (a CPU one is 5056).
     saved["torch_rng"].update(device_type="cuda", augment=torch.zeros(16, dtype=torch.uint8))
     torch.save(saved, checkpoint)
-    resumed = train_run(cfg, images, masks, labels, idx, None, device, checkpoint)
+    resumed = train_run(cfg, data, idx, None, device, checkpoint)
     assert len(resumed.history) == 2
 
 
@@ -138,9 +140,9 @@ def test_resume_of_a_run_that_hit_its_step_limit_trains_no_more(tmp_path: Path) 
 
     from fracsight.model.loop import RunConfig, train_run
 
-    images, masks, labels = _toy_set()
+    data = _toy_set()
     cfg = RunConfig(size=64, epochs=3, batch_size=4, pretrained=False, max_steps=2)
-    args = (cfg, images, masks, labels, np.arange(8), None, torch.device("cpu"), tmp_path / "c.pt")
+    args = (cfg, data, np.arange(8), None, torch.device("cpu"), tmp_path / "c.pt")
     first = train_run(*args)
     again = train_run(*args)  # killed after the checkpoint, before the weights were kept
     assert len(first.history) == len(again.history) == 1

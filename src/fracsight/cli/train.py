@@ -37,16 +37,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--box-weight", type=float, default=1.0, help="weight of the box-supervised map loss")
     p.add_argument(
+        "--heatmap-stride",
+        type=int,
+        default=16,
+        choices=[16, 32],
+        help="input pixels per heat-map cell (16: 24 x 24 cells at 384 px; 32: 12 x 12)",
+    )
+    p.add_argument(
+        "--no-quarter-turns",
+        action="store_true",
+        help="augment without turns by 90/180/270 degrees (the model then reads turned images worse)",
+    )
+    p.add_argument(
         "--sensitivity",
         type=float,
         default=0.88,
         help="OOF sensitivity target of 'doubt' (0.88 on about 475 fractures: 95%% lower bound near 0.85)",
     )
     p.add_argument("--specificity", type=float, default=0.95, help="OOF specificity target of 'fracture'")
+    p.add_argument(
+        "--test-split",
+        metavar="SPLIT_CSV",
+        help="hold out the 'test' rows of an earlier run's split.csv instead of drawing a new test split "
+        "(to compare two models on the same cases)",
+    )
     p.add_argument("--limit", type=int, help="train on a class-balanced subset of N images (smoke test)")
     p.add_argument("--max-steps", type=int, help="stop each run after N optimiser steps (smoke test)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--workers", type=int, default=2, help="processes for decoding")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs of a stage (folds; students and final) trained at once, each in its own process "
+        "on the same device (for a large GPU; keep 1 on a CPU)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.set_defaults(func=functools.partial(run, parser=p))
@@ -71,6 +96,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     from pathlib import Path
 
     try:
+        from fracsight.model.augment import Augmentation
         from fracsight.model.loop import RunConfig
         from fracsight.model.train import TrainConfig, run_training
     except ImportError as exc:
@@ -92,9 +118,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         lr_backbone=args.lr * 0.3,
         patience=args.patience,
         box_weight=args.box_weight,
+        heatmap_stride=args.heatmap_stride,
         max_steps=args.max_steps,
         seed=args.seed,
+        augmentation=Augmentation(quarter_turns=not args.no_quarter_turns),
     )
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: must be at least 1")
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
@@ -105,6 +135,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         final_epochs=args.final_epochs,
         device=args.device,
         workers=args.workers,
+        parallel=args.parallel,
+        test_split=args.test_split,
         limit=args.limit,
         sensitivity_target=args.sensitivity,
         specificity_target=args.specificity,

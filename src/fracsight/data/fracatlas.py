@@ -23,12 +23,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from fracsight.data.labels import REGIONS
+
 log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
 _LABEL_FOLDERS = {"Fractured": True, "Non_fractured": False}
-_REGION_FLAGS = ("hand", "leg", "hip", "shoulder")
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
@@ -62,6 +63,7 @@ class FracAtlasImage:
     image_id: str  # file name as in dataset.csv, e.g. "IMG0000019.jpg"
     fractured: bool  # from the folder, which the README names as the label
     region: Region
+    region_flags: frozenset[str]  # which of hand, leg, hip, shoulder are flagged (several when mixed)
     hardware: bool
     multiscan: bool
     views: frozenset[View]
@@ -76,7 +78,7 @@ class FracAtlasImage:
 
 def region_from_flags(flags: dict[str, str]) -> Region:
     """'mixed' flag or more than one region flag -> MIXED; exactly one -> that region; none -> UNKNOWN."""
-    on = [name for name in _REGION_FLAGS if _flag(flags, name)]
+    on = [name for name in REGIONS if _flag(flags, name)]
     if _flag(flags, "mixed") or len(on) > 1:
         return Region.MIXED
     return Region(on[0]) if on else Region.UNKNOWN
@@ -149,7 +151,7 @@ def _read_rows(root: Path) -> dict[str, dict[str, str]]:
         raise FracAtlasLayoutError(f"{root}: no dataset.csv (is this a FracAtlas folder?)")
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    missing = {"image_id", "fractured", *_REGION_FLAGS} - set(rows[0] if rows else {})
+    missing = {"image_id", "fractured", *REGIONS} - set(rows[0] if rows else {})
     if missing:
         raise FracAtlasLayoutError(f"{path}: missing columns {sorted(missing)}")
     return {row["image_id"].strip(): row for row in rows}
@@ -196,6 +198,7 @@ def load_fracatlas(root: str | Path) -> list[FracAtlasImage]:
                 image_id=name,
                 fractured=fractured,
                 region=region_from_flags(row) if row else Region.UNKNOWN,
+                region_flags=frozenset(f for f in REGIONS if row and _flag(row, f)),
                 hardware=_flag(row, "hardware") if row else False,
                 multiscan=_flag(row, "multiscan") if row else False,
                 views=frozenset(v for v in View if row and _flag(row, v.value)),

@@ -8,7 +8,10 @@ spellings. Pure Python on purpose: it is imported where torch and numpy are not 
 
 from __future__ import annotations
 
-__all__ = ["ACCEPTED_LABELS", "FRACTURED", "NOT_FRACTURED", "parse_label"]
+__all__ = ["ACCEPTED_LABELS", "FRACTURED", "NOT_FRACTURED", "REGIONS", "parse_label"]
+
+# The body regions FracAtlas flags, in the order of the model's region head.
+REGIONS = ("hand", "leg", "hip", "shoulder")
 
 # Lower-case spellings; "fracture"/"no_fracture" are kept because ``audit`` accepted them.
 FRACTURED = ("1", "1.0", "true", "yes", "fractured", "fracture", "positive")

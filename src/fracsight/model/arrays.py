@@ -24,6 +24,7 @@ class PreparedSet:
     images: np.ndarray  # (N, S, S) uint8, 0..255 <-> -1..1
     masks: np.ndarray  # (N, S, S) uint8, 1 inside an expert box
     labels: np.ndarray  # (N,) int
+    regions: np.ndarray  # (N, 4) int8: 0/1 per region of REGIONS, -1 on rows whose regions are unknown
     examples: list[Example]  # the N examples that could be read
     refused: list[tuple[str, str]]  # (path, reason) for those that could not
 
@@ -79,6 +80,7 @@ def prepare_examples(examples: list[Example], size: int, workers: int = 2) -> Pr
         images=np.stack(images),
         masks=np.stack(masks),
         labels=np.array([ex.label for ex in kept], dtype=np.int64),
+        regions=np.array([ex.region_targets() or [-1] * 4 for ex in kept], dtype=np.int8).reshape(-1, 4),
         examples=kept,
         refused=refused,
     )

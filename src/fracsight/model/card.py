@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fracsight.evaluation.metrics import auc_with_ci, binary_rates
+from fracsight.data.labels import REGIONS
+from fracsight.evaluation.metrics import auc_with_ci, binary_rates, wilson_interval
 from fracsight.evaluation.operating_points import choose_thresholds
 from fracsight.preprocess import PREPROCESSING
 
@@ -26,7 +27,7 @@ INTENDED_USE = (
     "images that may show a fracture and shows where. It is not a diagnosis and must not be used to "
     "rule a fracture out without a clinician's reading."
 )
-LIMITATIONS = [
+_LIMITATIONS = [
     "Trained on FracAtlas only: adult radiographs from three hospitals in Bangladesh; other sites, "
     "devices, children and other body parts (spine, skull, chest, ribs) are untested.",
     "Images showing orthopaedic hardware are almost all fractured in the training data: the model may "
@@ -35,12 +36,31 @@ LIMITATIONS = [
     "missed more often.",
     "Thresholds were chosen on out-of-fold predictions of the development data; a new site should "
     "re-derive them on its own cases (`fracsight thresholds`).",
-    "The heat map shows where the network's evidence lies, at 32-pixel cells of the 384-pixel input: "
-    "it is coarse and can point at the wrong bone.",
-    "Orientation: training turned images by at most 10 degrees, so a radiograph stored turned by 90 "
-    "or 180 degrees from how FracAtlas shows it is read much worse (measure it with "
-    "`scripts/orientation_check.py`); analyse radiographs as they are displayed for reading.",
 ]
+
+
+def limitations(run) -> list[str]:
+    """The card's failure modes; the heat-map and orientation lines follow the recipe that was run."""
+    size, stride = run.size, run.heatmap_stride
+    items = [
+        *_LIMITATIONS,
+        f"The heat map shows where the network's evidence lies, at {stride}-pixel cells of the {size}-pixel "
+        f"input ({size // stride} x {size // stride}): it is coarse and can point at the wrong bone.",
+    ]
+    if run.augmentation.quarter_turns:
+        items.append(
+            "Orientation: training turned and mirrored images into all eight orientations; the held-out "
+            "table gives the model's accuracy with every image turned by 90, 180 and 270 degrees."
+        )
+    else:
+        items.append(
+            f"Orientation: training turned images by at most {run.augmentation.rotate_deg:g} degrees, so a "
+            "radiograph stored turned by 90 or 180 degrees from how FracAtlas shows it is read much worse "
+            "(measure it with `scripts/orientation_check.py`); analyse radiographs as they are displayed."
+        )
+    return items
+
+
 SMALL_CELL = 10  # fewer positives or negatives than this: the cell is reported as too small
 
 
@@ -126,7 +146,14 @@ def write_card(
         "created": dt.date.today().isoformat(),
         "input_size": rc.size,
         "preprocessing": PREPROCESSING,
-        "outputs": {"logit": "image logit, mean over image and mirror", "heatmap": "cell logits (N, h, w)"},
+        "outputs": {
+            "logit": "image logit, mean over image and mirror",
+            "heatmap": "cell logits (N, h, w)",
+            "region": "region logits (N, 4) in region_labels order; sigmoid, several may be on",
+            "features": "pooled image features (N, 1280), for out-of-distribution checks",
+        },
+        "region_labels": list(REGIONS),
+        "heatmap_stride": rc.heatmap_stride,
         "temperature": 1.0,
         "thresholds": thresholds,
         "threshold_source": (
@@ -142,7 +169,7 @@ def write_card(
         ),
         "threshold_choice": choice.to_dict(),
         "intended_use": INTENDED_USE,
-        "limitations": LIMITATIONS,
+        "limitations": limitations(rc),
         "data": {
             "source": str(cfg.data),
             "n_images": int(len(data.labels)),
@@ -203,17 +230,51 @@ def write_card(
             "data": f"held-out test split of {cfg.data}: n={n_test}, {n_test_pos} fractured; never used "
             "for training, model or threshold selection",
         }
-        for name in [c for c in rows[0] if c in ("final", "ensemble") or c.startswith("fold")]:
+        models = [c for c in rows[0] if c in ("final", "ensemble") or c.startswith(("fold", "final_turned"))]
+        for name in models:
             scores = np.array([float(r[name]) for r in rows])
-            entry = _metrics(scores, labels, thresholds if name == "final" else {}, rc.seed)
+            shipped = name == "final" or name.startswith("final_turned")
+            entry = _metrics(scores, labels, thresholds if shipped else {}, rc.seed)
             held_out[name] = entry
         held_out["final_by_region"] = _by_group(rows, "region", "final", thresholds, rc.seed)
         held_out["final_by_hardware"] = _by_group(rows, "hardware", "final", thresholds, rc.seed)
         card["metrics"]["held_out_test"] = held_out
+    regions_file = out / "regions_test.csv"
+    if regions_file.exists():
+        card["metrics"]["region_head"] = region_accuracy(_read(regions_file))
     json_path = onnx_path.with_suffix(".card.json")
     json_path.write_text(json.dumps(card, indent=2))
     onnx_path.with_suffix(".card.md").write_text(render_markdown(card))
     return card
+
+
+def region_accuracy(rows: list[dict[str, str]]) -> dict:
+    """How well the region head names the body region, per true region, with Wilson 95% CIs.
+
+    Single-region images: correct when the most probable region is the true one. Images with
+    several regions (FracAtlas's 'mixed'): correct when exactly the flagged regions have
+    probability >= 0.5.
+    """
+    rule = " ".join(region_accuracy.__doc__.split("\n\n")[1].split())
+    out: dict = {"data": "held-out test split", "rule": rule}
+    per: dict[str, list[bool]] = {}
+    for r in rows:
+        flags = [f for f in r["region_flags"].split(";") if f]
+        if not flags:
+            continue
+        probs = np.array([float(r[f"p_{name}"]) for name in REGIONS])
+        if len(flags) == 1:
+            per.setdefault(flags[0], []).append(REGIONS[int(np.argmax(probs))] == flags[0])
+        else:
+            called = {name for name, p in zip(REGIONS, probs, strict=True) if p >= 0.5}
+            per.setdefault("+".join(flags), []).append(called == set(flags))
+    cells = {}
+    for name, hits in sorted(per.items()):
+        k, n = int(sum(hits)), len(hits)
+        lo, hi = wilson_interval(k, n)
+        cells[name] = {"value": k / n, "lower": lo, "upper": hi, "k": k, "n": n}
+    out["by_region"] = cells
+    return out
 
 
 def _spread_markdown(spread: dict | None) -> list[str]:
@@ -233,6 +294,13 @@ def _spread_markdown(spread: dict | None) -> list[str]:
         "the thresholds on its own cases.",
         "",
     ]
+
+
+def _region_markdown(head: dict | None) -> list[str]:
+    if not head:
+        return []
+    cells = "; ".join(f"{name} {_fmt_est(e)}" for name, e in head["by_region"].items())
+    return [f"Region head on the {head['data']} ({head['rule']}): {cells}.", ""]
 
 
 def _fmt_est(e: dict | None) -> str:
@@ -304,7 +372,12 @@ def render_markdown(card: dict) -> str:
         f"- Command: `{card['recipe']['command']}`",
         f"- ONNX checked against torch: max |difference| {card['recipe']['onnx_max_abs_diff_vs_torch']:.1e}.",
         "",
-        *(_evaluation_markdown(m["shipped_model_evaluation"]) if "shipped_model_evaluation" in m else []),
+        *(
+            _evaluation_markdown(m["shipped_model_evaluation"], m.get("previous_model_evaluation"))
+            if "shipped_model_evaluation" in m
+            else []
+        ),
+        *_orientation_markdown(m.get("shipped_model_orientation")),
         "## Operating points",
         f"- doubt (high sensitivity): probability >= {card['thresholds']['doubt']:.4f}",
         f"- fracture (high specificity): probability >= {card['thresholds']['fracture']:.4f}",
@@ -328,15 +401,21 @@ def render_markdown(card: dict) -> str:
             lines.append(_row(f"held-out, region = {region}", entry))
         for hw, entry in held["final_by_hardware"].items():
             lines.append(_row(f"held-out, hardware = {'yes' if hw == '1' else 'no'}", entry))
+        for name in [k for k in held if k.startswith("final_turned")]:
+            lines.append(
+                _row(f"held-out, every image turned by {name[len('final_turned') :]} degrees", held[name])
+            )
     lines += [
         "",
         f"ROC AUC 'too few': fewer than {SMALL_CELL} fractured or non-fractured images, too small to say.",
         "",
         *_spread_markdown(cv.get("per_fold_at_thresholds")),
+        *_region_markdown(m.get("region_head")),
         f"Fold validation AUCs: {', '.join(f'{a:.3f}' for a in cv['fold_val_auc'])} "
         f"(mean {cv['fold_val_auc_mean']:.3f}, sd {cv['fold_val_auc_sd'] or 0:.3f}; {cv['note']}).",
         "",
         "## Known limitations and failure modes",
+        *[f"- KNOWN ISSUE: {item}" for item in card.get("known_issues", [])],
         *[f"- {item}" for item in card["limitations"]],
         "",
         "FracAtlas: Abedeen I. et al., Scientific Data 10, 521 (2023), "
@@ -346,12 +425,21 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def record_evaluation(card_path: Path, metrics_path: Path, command: str) -> dict:
+EVALUATION_KEYS = ("shipped_model_evaluation", "previous_model_evaluation")
+
+
+def record_evaluation(
+    card_path: Path, metrics_path: Path, command: str, key: str = "shipped_model_evaluation"
+) -> dict:
     """Add a ``fracsight evaluate`` result (metrics.json) to a model card and re-render its Markdown.
 
     The card then carries the numbers of the shipped ONNX model itself, on the files as a
-    user has them, beside the numbers measured during training.
+    user has them, beside the numbers measured during training. With
+    ``key="previous_model_evaluation"`` it records the model this one replaces, evaluated on
+    the same cases, so that the card shows both side by side.
     """
+    if key not in EVALUATION_KEYS:
+        raise ValueError(f"key {key!r}: valid are {', '.join(EVALUATION_KEYS)}")
     card = json.loads(Path(card_path).read_text())
     metrics = json.loads(Path(metrics_path).read_text())
     overall = metrics["overall"]
@@ -371,7 +459,27 @@ def record_evaluation(card_path: Path, metrics_path: Path, command: str) -> dict
             k: (metrics.get("localisation") or {}).get(k) for k in ("data", "pointing_game", "froc")
         },
     }
-    card["metrics"]["shipped_model_evaluation"] = entry
+    card["metrics"][key] = entry
+    return _save(card_path, card)
+
+
+def record_orientation(card_path: Path, orientation_path: Path) -> dict:
+    """Add the table of ``scripts/orientation_check.py --json`` (every image turned by 0, 90, 180
+    and 270 degrees) to a model card."""
+    card = json.loads(Path(card_path).read_text())
+    card["metrics"]["shipped_model_orientation"] = json.loads(Path(orientation_path).read_text())
+    return _save(card_path, card)
+
+
+def record_known_issues(card_path: Path, issues: list[str]) -> dict:
+    """Set the card's known issues: measured shortcomings a user must read before relying on the
+    model, listed first among its limitations."""
+    card = json.loads(Path(card_path).read_text())
+    card["known_issues"] = list(issues)
+    return _save(card_path, card)
+
+
+def _save(card_path: Path, card: dict) -> dict:
     Path(card_path).write_text(json.dumps(card, indent=2))
     Path(card_path).with_name(Path(card_path).name.replace(".card.json", ".card.md")).write_text(
         render_markdown(card)
@@ -379,7 +487,33 @@ def record_evaluation(card_path: Path, metrics_path: Path, command: str) -> dict
     return card
 
 
-def _evaluation_markdown(ev: dict) -> list[str]:
+def _orientation_markdown(record: dict | None) -> list[str]:
+    if not record:
+        return []
+    lines = [
+        "## The shipped model with every image turned",
+        f"Measured with `{record['command']}` ({record['data']}).",
+        "",
+        "| turned | ROC AUC (95% CI) | sens @doubt | spec @doubt | sens @fracture | spec @fracture |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        ops = row["operating_points"]
+        rates = [
+            f"{ops[name][rate]:.3f}"
+            for name in ("doubt", "fracture")
+            for rate in ("sensitivity", "specificity")
+        ]
+        auc = row["auc"]
+        lines.append(
+            f"| {row['degrees']} degrees | {auc['value']:.3f} [{auc['lower']:.3f}, {auc['upper']:.3f}] | "
+            + " | ".join(rates)
+            + " |"
+        )
+    return [*lines, ""]
+
+
+def _evaluation_markdown(ev: dict, previous: dict | None = None) -> list[str]:
     ops = ev["operating_points"]
 
     def cell(entry: dict) -> str:
@@ -403,20 +537,31 @@ def _evaluation_markdown(ev: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
         f"| all | {cell(overall)} |",
     ]
+    if previous:
+        before = {
+            "n": previous["n"],
+            "n_positive": previous["n_fractured"],
+            "auc": previous["auc"],
+            "operating_points": previous["operating_points"],
+        }
+        lines.append(
+            f"| all, previous model `{previous['model_id']}` at its own thresholds | {cell(before)} |"
+        )
     for column in ("by_region", "by_hardware"):
         table = ev.get(column) or {}
         for c in table.get("cells", []):
             lines.append(f"| {table['column']} = {c['value']} | {cell(c)} |")
-    loc = ev["localisation"]
-    if loc.get("pointing_game"):
-        pg = loc["pointing_game"]
-        lines += [
-            "",
-            f"Heat-map localisation ({loc['data']}): peak inside an expert box "
-            f"{_fmt_est(pg['strict'])}; within half a heat-map cell {_fmt_est(pg['within_half_a_cell'])}; "
-            f"FROC normalised area up to 1 false mark per image "
-            f"{_fmt_est(loc['froc']['normalised_area'])}.",
-        ]
+    for name, entry in (("", ev), ("previous model: ", previous or {})):
+        loc = entry.get("localisation") or {}
+        if loc.get("pointing_game"):
+            pg = loc["pointing_game"]
+            lines += [
+                "",
+                f"{name.capitalize()}Heat-map localisation ({loc['data']}): peak inside an expert box "
+                f"{_fmt_est(pg['strict'])}; within half a heat-map cell ({pg['tolerance_px']:.1f} image px, "
+                f"median) {_fmt_est(pg['within_half_a_cell'])}; FROC normalised area up to 1 false mark "
+                f"per image {_fmt_est(loc['froc']['normalised_area'])}.",
+            ]
     cal = ev["calibration"]
     lines += [
         f"Calibration: Brier {_fmt_est(cal['brier'])}, ECE {_fmt_est(cal['ece'])}.",

@@ -2,10 +2,12 @@
 
 Manifest columns: ``path`` (relative to the manifest's folder or absolute), ``label``
 (1 = fractured, 0 = not, or another spelling of :mod:`fracsight.data.labels` such as
-true/false or fractured/non_fractured), optional ``region``, optional ``hardware`` (0/1,
-true/false or yes/no; empty = 0), optional ``boxes`` (JSON list of [x0, y0, x1, y1] in the
-image's pixels) and optional ``group`` (e.g. a patient id, on every row or on none; when
-absent, duplicate groups are found from the pixels).
+true/false or fractured/non_fractured), optional ``region``, optional ``region_flags`` (the
+body regions in the image, of hand, leg, hip and shoulder, joined by ``;``, e.g.
+``hand;shoulder`` for a mixed arm image; when absent, ``region`` stands for itself if it is
+one of the four), optional ``hardware`` (0/1, true/false or yes/no; empty = 0), optional
+``boxes`` (JSON list of [x0, y0, x1, y1] in the image's pixels) and optional ``group`` (e.g.
+a patient id, on every row or on none; when absent, duplicate groups are found from the pixels).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fracsight.data.labels import ACCEPTED_LABELS, parse_label
+from fracsight.data.labels import ACCEPTED_LABELS, REGIONS, parse_label
 
 _HARDWARE = {
     **dict.fromkeys(("", "0", "0.0", "false", "no"), False),
@@ -32,6 +34,13 @@ class Example:
     hardware: bool = False
     boxes: tuple[tuple[float, float, float, float], ...] = field(default_factory=tuple)
     group: str = ""  # images sharing a group (same patient, duplicates) never straddle a split
+    region_flags: tuple[str, ...] = ()  # of REGIONS, in that order; empty = not known
+
+    def region_targets(self) -> list[int] | None:
+        """0/1 per entry of REGIONS for the region head, or None when the regions are not known."""
+        if not self.region_flags:
+            return None
+        return [int(r in self.region_flags) for r in REGIONS]
 
 
 def load_examples(source: str | Path) -> list[Example]:
@@ -50,6 +59,7 @@ def load_examples(source: str | Path) -> list[Example]:
                 region=str(getattr(item.region, "value", item.region)),
                 hardware=bool(item.hardware),
                 boxes=tuple(tuple(float(v) for v in b) for b in item.boxes),
+                region_flags=tuple(r for r in REGIONS if r in item.region_flags),
             )
             for item in load_fracatlas(source)
         ]
@@ -95,15 +105,17 @@ def read_manifest(path: Path) -> list[Example]:
                     f"{path}, row {row_no}: hardware {hardware_text!r} is not a yes/no value; "
                     f"accepted: {', '.join(k for k in _HARDWARE if k)} or empty (any case)"
                 )
+            region = (row.get("region") or "unknown").strip() or "unknown"
             examples.append(
                 Example(
                     path=str(image),
                     image_id=image.stem,
                     label=label,
-                    region=(row.get("region") or "unknown").strip() or "unknown",
+                    region=region,
                     hardware=_HARDWARE[hardware_text.lower()],
                     boxes=boxes,
                     group=(row.get("group") or "").strip(),
+                    region_flags=_region_flags(path, row_no, row.get("region_flags"), region),
                 )
             )
     if not examples:
@@ -111,6 +123,20 @@ def read_manifest(path: Path) -> list[Example]:
     _check_groups(path, examples)
     _check_unique_names(path, examples)
     return examples
+
+
+def _region_flags(path: Path, row_no: int, text: str | None, region: str) -> tuple[str, ...]:
+    """The ``region_flags`` cell as a tuple in REGIONS order; without the column, ``region`` itself."""
+    if text is None or not text.strip():
+        return (region,) if region in REGIONS else ()
+    flags = {f.strip().lower() for f in text.split(";") if f.strip()}
+    unknown = flags - set(REGIONS)
+    if unknown:
+        raise ValueError(
+            f"{path}, row {row_no}: region_flags {text!r} names {', '.join(sorted(unknown))}; "
+            f"accepted: {', '.join(REGIONS)}, joined by ';'"
+        )
+    return tuple(r for r in REGIONS if r in flags)
 
 
 def _check_unique_names(path: Path, examples: list[Example]) -> None:
@@ -144,10 +170,11 @@ def _check_groups(path: Path, examples: list[Example]) -> None:
 def write_manifest(examples: list[Example], path: Path, relative_to: Path | None = None) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "region", "hardware", "boxes", "group"])
+        writer.writerow(["path", "label", "region", "hardware", "boxes", "group", "region_flags"])
         for ex in examples:
             p = Path(ex.path)
             if relative_to is not None:
                 p = p.relative_to(relative_to)
             boxes = json.dumps([[round(v, 1) for v in b] for b in ex.boxes])
-            writer.writerow([str(p), ex.label, ex.region, int(ex.hardware), boxes, ex.group])
+            flags = ";".join(ex.region_flags)
+            writer.writerow([str(p), ex.label, ex.region, int(ex.hardware), boxes, ex.group, flags])

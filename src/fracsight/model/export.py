@@ -2,9 +2,9 @@
 
 The exported graph takes ``image`` (N, 1, S, S) float32 in [-1, 1] (the output of
 :func:`fracsight.preprocess.prepare`) and returns ``logit`` (N,) and ``heatmap`` (N, h, w)
-cell logits, each the mean over the image and its left-right mirror. Probability and
-temperature are applied outside the graph (``fracsight.inference``), so calibration never
-needs a re-export.
+cell logits, ``region`` (N, 4) region logits and ``features`` (N, 1280) pooled features,
+each the mean over the image and its left-right mirror. Probability and temperature are
+applied outside the graph (``fracsight.inference``), so calibration never needs a re-export.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fracsight.model.network import FractureNet
+from fracsight.model.network import FractureNet, Outputs
 
 OPSET = 17
+OUTPUT_NAMES = ("logit", "heatmap", "region", "features")
 
 
 class WithFlipTTA(nn.Module):
@@ -27,12 +28,12 @@ class WithFlipTTA(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> Outputs:
         n = image.shape[0]
-        logits, cells = self.model(torch.cat([image, torch.flip(image, dims=[3])], dim=0))
-        logit = (logits[:n] + logits[n:]) * 0.5
-        heatmap = (cells[:n] + torch.flip(cells[n:], dims=[2])) * 0.5
-        return logit, heatmap
+        both = self.model(torch.cat([image, torch.flip(image, dims=[3])], dim=0))
+        heatmap = (both.cells[:n] + torch.flip(both.cells[n:], dims=[2])) * 0.5
+        logit, region, features = ((t[:n] + t[n:]) * 0.5 for t in (both.logit, both.region, both.features))
+        return Outputs(logit, heatmap, region, features)
 
 
 def export_onnx(model: FractureNet, size: int, path: Path) -> None:
@@ -42,15 +43,15 @@ def export_onnx(model: FractureNet, size: int, path: Path) -> None:
 
 
 def export_graph(graph: nn.Module, size: int, path: Path) -> None:
-    """Write any module mapping ``image`` to ``(logit, heatmap)`` with fracsight's ONNX interface."""
+    """Write any module mapping ``image`` to :class:`Outputs` with fracsight's ONNX interface."""
     example = torch.zeros(2, 1, size, size)
     torch.onnx.export(
         graph,
         (example,),
         str(path),
         input_names=["image"],
-        output_names=["logit", "heatmap"],
-        dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}, "heatmap": {0: "batch"}},
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={name: {0: "batch"} for name in ("image", *OUTPUT_NAMES)},
         opset_version=OPSET,
         dynamo=False,
     )
@@ -65,10 +66,10 @@ def check_onnx(model: FractureNet, path: Path, images: np.ndarray) -> float:
 
     model = model.float().to("cpu").eval()
     with torch.no_grad():
-        ref_logit, ref_map = WithFlipTTA(model)(torch.from_numpy(images))
+        reference = WithFlipTTA(model)(torch.from_numpy(images))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logit, heatmap = session.run(["logit", "heatmap"], {"image": images})
-    diff = max(float(np.abs(logit - ref_logit.numpy()).max()), float(np.abs(heatmap - ref_map.numpy()).max()))
+    outputs = session.run(list(OUTPUT_NAMES), {"image": images})
+    diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outputs, reference, strict=True))
     if diff > 1e-3:
         raise RuntimeError(f"ONNX export disagrees with torch: max abs difference {diff:.2e} > 1e-3")
     return diff

