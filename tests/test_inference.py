@@ -50,7 +50,7 @@ def test_analyse_one_sample(default_analyser: Analyser, sample_images: list[Path
     assert 0.0 <= finding.probability <= 1.0
     assert finding.category == categorise(finding.probability, default_analyser.thresholds)
     assert finding.model_id == default_analyser.model_id
-    cells = default_analyser.size // 32
+    cells = default_analyser.size // default_analyser.card.get("heatmap_stride", 32)  # 32 before v2
     assert finding.heatmap.shape == (cells, cells)
     assert finding.heatmap.min() >= 0.0 and finding.heatmap.max() <= 1.0
     on_image = finding.heatmap_on_image()
@@ -132,9 +132,12 @@ def test_mirror_image_gives_nearly_the_same_probability(
     q = default_analyser.analyse(mirrored)
     assert abs(p.probability - q.probability) < 0.02
     # The heat map mirrors with the image, up to the one-pixel letterbox offset of odd widths
-    # (which moves sharp peaks a little): same hottest cell, small mean difference.
+    # (which moves sharp peaks a little): hottest cells at most one cell apart (16 px cells make
+    # near-ties between neighbours common), small mean difference.
     mirrored_map = p.heatmap[:, ::-1]
-    assert np.argmax(q.heatmap) == np.argmax(mirrored_map)
+    peak_q = np.unravel_index(np.argmax(q.heatmap), q.heatmap.shape)
+    peak_mirrored = np.unravel_index(np.argmax(mirrored_map), mirrored_map.shape)
+    assert max(abs(a - b) for a, b in zip(peak_q, peak_mirrored, strict=True)) <= 1
     assert np.abs(q.heatmap - mirrored_map).mean() < 0.02
 
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import fracsight
 from fracsight.cli import main
@@ -28,6 +29,30 @@ def test_shipped_card_states_data_thresholds_metrics_and_intended_use() -> None:
     assert {"hand", "leg", "hip", "shoulder"} <= regions
     text = (MODELS / "default.card.md").read_text()
     assert "held-out test split" in text and "KNOWN ISSUE" in text
+    # The model it replaced, on the same cases, sits beside it.
+    previous = card["metrics"]["previous_model_evaluation"]
+    assert (previous["n"], previous["n_fractured"]) == (462, 85) and previous["model_id"] != card["model_id"]
+
+
+def test_shipped_card_gives_orientation_and_region_head_and_the_onnx_outputs_match_it() -> None:
+    import onnxruntime as ort
+
+    card = json.loads((MODELS / "default.card.json").read_text())
+    rows = card["metrics"]["shipped_model_orientation"]["rows"]
+    assert [r["degrees"] for r in rows] == [0, 90, 180, 270]
+    assert all(0.5 < r["auc"]["value"] <= 1 for r in rows)
+    head = card["metrics"]["region_head"]["by_region"]
+    assert {"hand", "leg", "hip", "shoulder"} <= set(head)
+    assert all(0 <= e["k"] <= e["n"] for e in head.values())
+    assert card["region_labels"] == ["hand", "leg", "hip", "shoulder"]
+    session = ort.InferenceSession(str(MODELS / "default.onnx"), providers=["CPUExecutionProvider"])
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    assert set(card["outputs"]) == set(outputs)
+    assert outputs["region"][-1] == len(card["region_labels"])
+    side = card["input_size"] // card["heatmap_stride"]
+    size = card["input_size"]
+    _, heatmap = session.run(["logit", "heatmap"], {"image": np.zeros((1, 1, size, size), np.float32)})
+    assert heatmap.shape == (1, side, side)
 
 
 def test_shipped_card_markdown_is_current_and_its_tables_unbroken() -> None:
@@ -70,3 +95,62 @@ def test_an_evaluation_is_recorded_into_a_card_copy(tmp_path: Path) -> None:
     markdown = (tmp_path / "m.card.md").read_text()
     assert f"{metrics['overall']['auc']['value']:.3f}" in markdown
     assert "region = hand" in markdown and "fracsight evaluate (test)" in markdown
+
+
+def test_region_accuracy_per_region_and_for_several_regions() -> None:
+    from fracsight.model.card import region_accuracy
+
+    def row(flags: str, *p: float) -> dict[str, str]:
+        return {
+            "region_flags": flags,
+            **{f"p_{r}": str(v) for r, v in zip(("hand", "leg", "hip", "shoulder"), p, strict=True)},
+        }
+
+    result = region_accuracy(
+        [
+            row("hand", 0.9, 0.1, 0.0, 0.2),  # right
+            row("hand", 0.2, 0.7, 0.0, 0.1),  # called leg: wrong
+            row("leg", 0.1, 0.8, 0.3, 0.0),  # right
+            row("hand;shoulder", 0.8, 0.1, 0.1, 0.6),  # exactly the two flagged: right
+            row("hand;shoulder", 0.8, 0.1, 0.1, 0.4),  # shoulder missed: wrong
+            row("", 0.5, 0.5, 0.5, 0.5),  # regions not known: not scored
+        ]
+    )["by_region"]
+    assert {k: (v["k"], v["n"]) for k, v in result.items()} == {
+        "hand": (1, 2),
+        "leg": (1, 1),
+        "hand+shoulder": (1, 2),
+    }
+    assert result["hand"]["lower"] < 0.5 < result["hand"]["upper"]
+
+
+def test_orientation_known_issues_and_previous_model_are_rendered(tmp_path: Path) -> None:
+    from fracsight.model.card import record_known_issues, record_orientation
+
+    card_path = tmp_path / "m.card.json"
+    shutil.copy(MODELS / "default.card.json", card_path)
+    table = {
+        "command": "python scripts/orientation_check.py DATA",
+        "data": "a test",
+        "model_id": "m",
+        "rows": [
+            {
+                "degrees": 90 * k,
+                "auc": {"value": 0.9 - 0.01 * k, "lower": 0.8, "upper": 0.95},
+                "operating_points": {
+                    "doubt": {"sensitivity": 0.9, "specificity": 0.7},
+                    "fracture": {"sensitivity": 0.6, "specificity": 0.96},
+                },
+            }
+            for k in range(4)
+        ],
+    }
+    (tmp_path / "o.json").write_text(json.dumps(table))
+    record_orientation(card_path, tmp_path / "o.json")
+    record_known_issues(card_path, ["a measured shortcoming"])
+    text = (tmp_path / "m.card.md").read_text()
+    assert "| 270 degrees | 0.870 [0.800, 0.950] | 0.900 | 0.700 | 0.600 | 0.960 |" in text
+    assert "- KNOWN ISSUE: a measured shortcoming" in text
+    assert "previous model" in text
+    with pytest.raises(ValueError, match="valid are"):
+        record_evaluation(card_path, tmp_path / "o.json", "x", key="other")
