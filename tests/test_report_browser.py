@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HAVE_CHROMIUM, chrome_driver
 from PIL import Image, ImageOps
 
 from fracsight.cli import main
@@ -16,15 +16,11 @@ from fracsight.reporting import heat_overlay
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FRACATLAS = SHARED / "data" / "fracatlas"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not FRACATLAS.is_dir(), reason="shared FracAtlas data not present"),
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER), reason="Debian chromium and chromium-driver not installed"
-    ),
+    pytest.mark.skipif(not HAVE_CHROMIUM, reason="Debian chromium and chromium-driver not installed"),
 ]
 
 
@@ -75,34 +71,11 @@ def _report(tmp_path: Path) -> Path:
     return report / "report.html"
 
 
-def _driver(tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
 def test_report_opens_offline_with_its_key_elements(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     html = _report(tmp_path)
-    driver = _driver(tmp_path)
+    driver = chrome_driver(tmp_path)
     try:
         url = html.resolve().as_uri()
         driver.get(url)

@@ -79,15 +79,26 @@ def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) ->
     h, w = pixels.shape
     scale = _display_scale(h, w, max_side)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = _display_gray(pixels, size)
-    box = finding.letterbox
-    small_box = Letterbox(box.size, box.scale / scale, box.pad_x, box.pad_y, size[1], size[0])
-    heat = heatmap_to_image(finding.heatmap, small_box)
-    alpha = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255).astype(np.uint8)
-    colour = Image.fromarray(_colormap(heat), mode="RGB")
-    image = Image.composite(colour, gray.convert("RGB"), Image.fromarray(alpha, mode="L"))
+    gray = _display_gray(pixels, size).convert("RGBA")
+    image = Image.alpha_composite(gray, heatmap_layer(finding.heatmap, finding.letterbox, size)).convert(
+        "RGB"
+    )
     _caption(image, finding)
     return image
+
+
+def heatmap_layer(heatmap: np.ndarray, box: Letterbox, size: tuple[int, int]) -> Image.Image:
+    """The heat map alone as an RGBA picture of ``size`` (width, height) over the whole image.
+
+    Transparent where the map is below :data:`OVERLAY_FLOOR`, increasingly opaque and red above
+    it; a viewer lays it over the radiograph and sets its opacity, ``overlay_image`` burns it in.
+    """
+    width, height = size
+    scaled = Letterbox(box.size, box.scale * box.width / width, box.pad_x, box.pad_y, height, width)
+    heat = heatmap_to_image(heatmap, scaled)
+    alpha = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255).astype(np.uint8)
+    rgba = np.dstack([_colormap(heat), alpha])
+    return Image.fromarray(rgba, mode="RGBA")
 
 
 def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont, width: float) -> str:

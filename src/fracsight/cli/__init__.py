@@ -17,7 +17,7 @@ import sys
 from fracsight import __version__
 
 # Sub-command modules, in the order they appear in --help.
-_COMMANDS = ("predict", "train", "evaluate", "thresholds", "calibrate", "audit", "readers")
+_COMMANDS = ("predict", "serve", "train", "evaluate", "thresholds", "calibrate", "audit", "readers")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,72 @@
+"""``fracsight serve``: the clinician's worklist and viewer over a REST API, with a persistent store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the web worklist and viewer (REST API, persistent store, analysis queue)",
+        description="Serve the worklist and viewer at http://HOST:PORT/. Uploads and results are kept "
+        "in DIR (SQLite + files); every API call but /api/health needs the bearer token, taken from "
+        "$FRACSIGHT_API_TOKEN or made at first start in DIR/api-token (printed once).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="folder for the store and files")
+    p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
+    p.add_argument(
+        "--max-upload-mb", type=_positive, default=200, help="largest upload accepted, in MB (default 200)"
+    )
+    p.add_argument(
+        "--analysis-threads",
+        type=_positive,
+        default=1,
+        help="CPU threads for the model (default 1: the other cores keep the web side responsive)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from fracsight.service.server import Service
+        from fracsight.service.settings import ServiceSettings
+    except ImportError as exc:
+        raise RuntimeError(f"serve needs the 'serve' extra: pip install 'fracsight[serve]' ({exc})") from exc
+    settings = ServiceSettings(
+        data_dir=args.data,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        analysis_threads=args.analysis_threads,
+    )
+    service = Service(settings)
+    if service.token_created:
+        print(f"API token (shown once; kept in {args.data / 'api-token'}): {service.token}", file=sys.stderr)
+    if settings.binds_beyond_loopback:
+        print(f"warning: listening on {args.host}: reachable from other machines", file=sys.stderr)
+    print(
+        f"fracsight serve: http://{args.host}:{args.port}/ (data in {args.data}); Ctrl-C stops",
+        file=sys.stderr,
+    )
+    service.run()
+    return 0

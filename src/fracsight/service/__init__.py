@@ -1,0 +1,14 @@
+"""The services a hospital runs: a persistent store, an analysis queue, the web viewer and API.
+
+Owns: where received images and their results live (:mod:`store`), the worker that analyses
+each received image exactly once (:mod:`worker`), how an upload is checked and kept
+(:mod:`intake`), the HTTP API and the viewer page (:mod:`web`).
+
+Imports the analysis core (``fracsight.inference``, ``fracsight.io``, ``fracsight.explain``)
+and never ``fracsight.cli``: the command line only builds :class:`ServiceSettings` and
+starts what is here, so tests and other programs start the same service in-process.
+"""
+
+from fracsight.service.settings import ServiceSettings
+
+__all__ = ["ServiceSettings"]

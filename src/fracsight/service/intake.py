@@ -1,0 +1,155 @@
+"""Receiving an image: check it is one we analyse, keep it on disk, record it, queue it.
+
+The order is what makes "accepted" mean "kept": the bytes are written to a file the service
+names, flushed to disk with its folder, and only then recorded in the store (itself durable on
+commit); only after both does the caller acknowledge the sender. An upload that is too large or
+not an image type we read is refused before anything is stored. Nothing here decodes pixels:
+that happens in the analysis worker, in a decoder process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fracsight.service.store import ImageRecord, Store, StudyInfo
+
+# File type by its first bytes (an upload's name and declared type are not trusted).
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_TIFF = (b"II*\x00", b"MM\x00*")
+_EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif"}
+ACCEPTED = "DICOM (Part 10 file), PNG, JPEG or TIFF"
+
+
+class UploadRefused(ValueError):
+    """An upload that is not stored; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Received:
+    record: ImageRecord
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+def sniff(head: bytes) -> str | None:
+    """dicom, png, jpeg, tiff, or None, from a file's first 132 bytes."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG):
+        return "png"
+    if head.startswith(_JPEG):
+        return "jpeg"
+    if head[:4] in _TIFF:
+        return "tiff"
+    return None
+
+
+def new_image_id() -> str:
+    return secrets.token_hex(12)
+
+
+def receive_stream(store: Store, chunks: Iterable[bytes], max_bytes: int, source: str = "upload") -> Received:
+    """Store an upload arriving in ``chunks``: refused when over ``max_bytes`` or of another type."""
+    incoming = store.data_dir / "incoming"
+    incoming.mkdir(exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=incoming, prefix="upload-")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadRefused(413, f"upload is larger than the limit of {max_bytes} bytes")
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if size == 0:
+            raise UploadRefused(400, "upload is empty")
+        with open(temp, "rb") as fh:
+            kind = sniff(fh.read(132))
+        if kind is None:
+            raise UploadRefused(415, f"not an image type fracsight reads; accepted: {ACCEPTED}")
+        return _keep(store, Path(temp), kind, size, source)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def receive_file(store: Store, path: Path, kind: str, source: str) -> Received:
+    """Keep a file already written under the data folder (the DICOM node writes its own)."""
+    return _keep(store, path, kind, path.stat().st_size, source)
+
+
+def _keep(store: Store, temp: Path, kind: str, size: int, source: str) -> Received:
+    image_id = new_image_id()
+    relative = Path("images") / image_id[:2] / f"{image_id}{_EXTENSIONS[kind]}"
+    target = store.data_dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temp, target)
+    _fsync_folder(target.parent)
+    info = study_info(target, image_id) if kind == "dicom" else StudyInfo(study_key=f"upload-{image_id}")
+    record = store.add_image(image_id, source, relative.as_posix(), kind, size, info)
+    return Received(record)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_TAGS = {
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "patient_name": "PatientName",
+    "patient_id": "PatientID",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "study_description": "StudyDescription",
+    "accession_number": "AccessionNumber",
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+    "view_position": "ViewPosition",
+}
+
+
+def study_info(path: Path, image_id: str, dataset=None) -> StudyInfo:
+    """The worklist facts of a DICOM file (or of ``dataset``, already parsed); a header that cannot
+    be read gives an upload-like study of its own (the analysis then says what is wrong)."""
+    try:
+        if dataset is None:
+            import pydicom
+
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_TAGS.values()))
+        values = {name: _text(dataset, tag) for name, tag in _TAGS.items()}
+    except Exception:  # noqa: BLE001 - a damaged header must not stop intake; analysis refuses it
+        return StudyInfo(study_key=f"upload-{image_id}")
+    study = values["study_instance_uid"]
+    return StudyInfo(study_key=study or f"upload-{image_id}", **values)
+
+
+def _text(dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    if value is None:
+        return ""
+    text = str(value).strip()
+    # Person names travel as Family^Given^Middle: shown with spaces.
+    return " ".join(p for p in text.split("^") if p) if keyword == "PatientName" else text[:256]

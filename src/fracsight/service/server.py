@@ -1,0 +1,90 @@
+"""One running service: store, analysis worker and HTTP server, started and stopped together.
+
+``fracsight serve`` runs :meth:`Service.run` in the foreground; tests and other programs use
+:meth:`Service.start` / :meth:`Service.stop`, which run the same server in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from fracsight.inference import Analyser
+from fracsight.service.auth import load_token
+from fracsight.service.settings import ServiceSettings
+from fracsight.service.store import SqliteStore
+from fracsight.service.web import create_app
+from fracsight.service.worker import AnalysisWorker
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """The service of :class:`ServiceSettings`; the token is loaded (or made) on construction."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.store = SqliteStore(settings.data_dir)
+        self.token, self.token_created = load_token(settings.data_dir, settings.token)
+        self.analyser = Analyser(settings.model, threads=settings.analysis_threads, batch_size=1)
+        self.worker = AnalysisWorker(self.store, self.analyser)
+        self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose when the settings said 0)."""
+        if self._server is not None and self._server.servers:
+            return self._server.servers[0].sockets[0].getsockname()[1]
+        return self.settings.port
+
+    def _uvicorn(self):
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            access_log=False,  # the app logs each request by route, without ids or UIDs
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
+        return uvicorn.Server(config)
+
+    def run(self) -> None:
+        """Serve until interrupted (Ctrl-C, SIGTERM); the image in analysis is finished first."""
+        self.worker.start()
+        self._server = self._uvicorn()
+        try:
+            self._server.run()
+        finally:
+            self.worker.stop()
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Serve in a background thread; returns once the server accepts connections."""
+        self.worker.start()
+        self._server = self._uvicorn()
+        self._server.config.install_signal_handlers = False  # not the main thread's to take
+        self._thread = threading.Thread(target=self._server.run, name="fracsight-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the HTTP server did not start on {self.settings.host}:{self.settings.port}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(15)
+        self.worker.stop()
+        self.analyser.close() if hasattr(self.analyser, "close") else None

@@ -1,0 +1,486 @@
+// fracsight worklist and viewer. Plain JavaScript, no build step: the service serves this file as is.
+// Every API call carries the bearer token the reader signed in with (kept for this tab only).
+"use strict";
+
+const state = { token: null, reader: null, study: null, viewports: [], active: 0 };
+const MEANING = {
+  fracture: "fracture: at or above the model's high-specificity threshold; a fracture is likely",
+  doubt: "doubt: at or above the model's high-sensitivity threshold only; look again",
+  no_fracture: "no fracture: below the model's high-sensitivity threshold",
+};
+const $ = (sel) => document.querySelector(sel);
+
+// ---- API ---------------------------------------------------------------------------------------
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: `Bearer ${state.token}` }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    signOut("The token was not accepted.");
+    throw new Error("unauthorised");
+  }
+  return response;
+}
+
+async function apiJson(path, options) {
+  const response = await api(path, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || response.statusText);
+  return body;
+}
+
+// ---- sign in -----------------------------------------------------------------------------------
+
+function show(view) {
+  for (const id of ["sign-in", "list-view", "viewer-view"]) $("#" + id).hidden = id !== view;
+  $("#sign-out").hidden = view === "sign-in";
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("fracsight");
+  state.token = null;
+  $("#sign-in-error").textContent = message || "";
+  $("#who").textContent = "";
+  show("sign-in");
+}
+
+$("#sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  state.token = $("#token").value.trim();
+  state.reader = $("#reader").value.trim();
+  try {
+    await apiJson("/api/studies");
+  } catch (error) {
+    $("#sign-in-error").textContent = "Sign-in failed: " + error.message;
+    return;
+  }
+  sessionStorage.setItem("fracsight", JSON.stringify({ token: state.token, reader: state.reader }));
+  start();
+});
+$("#sign-out").addEventListener("click", () => signOut(""));
+
+function start() {
+  $("#who").textContent = "Reader: " + state.reader;
+  route();
+}
+
+// ---- routing: #/ is the worklist, #/study/<key> a study ----------------------------------------
+
+window.addEventListener("hashchange", () => state.token && route());
+
+function route() {
+  const match = location.hash.match(/^#\/study\/(.+)$/);
+  if (match) openStudy(decodeURIComponent(match[1]));
+  else showWorklist();
+}
+
+// ---- worklist ----------------------------------------------------------------------------------
+
+function badge(category, status) {
+  const span = document.createElement("span");
+  const kind = category || status;
+  span.className = "badge " + kind;
+  span.textContent = (kind || "").replace("_", " ");
+  return span;
+}
+
+async function showWorklist() {
+  show("list-view");
+  const params = new URLSearchParams();
+  for (const [name, id] of [["category", "#filter-category"], ["region", "#filter-region"], ["read", "#filter-read"]]) {
+    const value = $(id).value.trim();
+    if (value) params.set(name, value);
+  }
+  const studies = await apiJson("/api/studies?" + params);
+  const body = $("#worklist tbody");
+  body.replaceChildren();
+  for (const s of studies) {
+    const row = document.createElement("tr");
+    row.dataset.study = s.study;
+    row.dataset.category = s.category || "";
+    if (s.read) row.classList.add("read");
+    const status = s.category ? null : s.n_pending ? "pending" : "refused";
+    const cells = [
+      badge(s.category, status),
+      s.probability == null ? "" : s.probability.toFixed(2),
+      s.patient_name || "(no name)",
+      s.patient_id,
+      s.study_description || s.modality || "",
+      formatDate(s.study_date),
+      (s.regions || []).join(", "),
+      `${s.n_images}` + (s.n_pending ? ` (${s.n_pending} pending)` : "") + (s.n_refused ? ` (${s.n_refused} refused)` : ""),
+      new Date(s.received_at).toLocaleString(),
+    ];
+    for (const value of cells) {
+      const td = document.createElement("td");
+      if (value instanceof Node) td.append(value);
+      else td.textContent = value;
+      row.append(td);
+    }
+    const readCell = document.createElement("td");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = s.read;
+    box.title = s.read ? `read by ${s.read_by}` : "mark read";
+    box.addEventListener("click", async (event) => {
+      event.stopPropagation();
+      await markRead(s.study, box.checked);
+      showWorklist();
+    });
+    readCell.append(box);
+    row.append(readCell);
+    row.addEventListener("click", () => (location.hash = "#/study/" + encodeURIComponent(s.study)));
+    body.append(row);
+  }
+  if (studies.some((s) => s.n_pending)) {
+    clearTimeout(state.poll);
+    state.poll = setTimeout(() => !$("#list-view").hidden && showWorklist(), 2000);
+  }
+}
+
+function formatDate(text) {
+  return text && text.length === 8 ? `${text.slice(0, 4)}-${text.slice(4, 6)}-${text.slice(6)}` : text || "";
+}
+
+async function markRead(study, read) {
+  await apiJson(`/api/studies/${encodeURIComponent(study)}/read`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ reader: state.reader, read }),
+  });
+}
+
+for (const id of ["#filter-category", "#filter-read"]) $(id).addEventListener("change", showWorklist);
+$("#filter-region").addEventListener("change", showWorklist);
+$("#refresh").addEventListener("click", showWorklist);
+
+$("#upload").addEventListener("change", async (event) => {
+  const files = Array.from(event.target.files);
+  let done = 0;
+  const failures = [];
+  for (const file of files) {
+    const form = new FormData();
+    form.append("file", file);
+    const response = await api("/api/images", { method: "POST", body: form });
+    if (response.status === 202) done += 1;
+    else failures.push(`${file.name}: ${(await response.json()).detail}`);
+  }
+  $("#upload-status").textContent = `${done} of ${files.length} uploaded` + (failures.length ? "; " + failures.join("; ") : "");
+  event.target.value = "";
+  showWorklist();
+});
+
+// ---- viewer ------------------------------------------------------------------------------------
+
+async function openStudy(key) {
+  show("viewer-view");
+  const study = await apiJson(`/api/studies/${encodeURIComponent(key)}`);
+  state.study = study;
+  $("#study-title").textContent = [study.patient_name, study.patient_id, study.study_description, formatDate(study.study_date)]
+    .filter(Boolean).join(" · ") || "Uploaded image";
+  $("#mark-read").textContent = study.read ? "Mark study unread" : "Mark study read";
+  const container = $("#viewports");
+  container.replaceChildren();
+  state.viewports = [];
+  for (const image of study.images) {
+    const vp = new Viewport(image);
+    container.append(vp.element);
+    state.viewports.push(vp);
+    vp.load();
+  }
+  setActive(0);
+}
+
+$("#back").addEventListener("click", () => (location.hash = "#/"));
+$("#mark-read").addEventListener("click", async () => {
+  await markRead(state.study.study, !state.study.read);
+  location.hash = "#/";
+});
+
+function setActive(index) {
+  state.active = Math.max(0, Math.min(index, state.viewports.length - 1));
+  state.viewports.forEach((vp, i) => vp.element.classList.toggle("active", i === state.active));
+}
+
+function activeViewport() {
+  return state.viewports[state.active];
+}
+
+$("#heat-toggle").addEventListener("change", () => state.viewports.forEach((vp) => vp.draw()));
+$("#opacity").addEventListener("input", () => state.viewports.forEach((vp) => vp.draw()));
+$("#reset").addEventListener("click", () => activeViewport() && activeViewport().reset());
+$("#invert").addEventListener("click", () => activeViewport() && activeViewport().toggleInvert());
+
+document.addEventListener("keydown", (event) => {
+  if ($("#viewer-view").hidden || event.target.matches("input[type=text], textarea")) return;
+  const vp = activeViewport();
+  if (event.key === "h" || event.key === "H") {
+    $("#heat-toggle").checked = !$("#heat-toggle").checked;
+    state.viewports.forEach((v) => v.draw());
+  } else if ((event.key === "r" || event.key === "R") && vp) vp.reset();
+  else if ((event.key === "i" || event.key === "I") && vp) vp.toggleInvert();
+  else if (event.key === "ArrowRight") setActive(state.active + 1);
+  else if (event.key === "ArrowLeft") setActive(state.active - 1);
+  else if (event.key === "Escape") location.hash = "#/";
+});
+
+class Viewport {
+  constructor(image) {
+    this.image = image;
+    this.element = document.createElement("div");
+    this.element.className = "viewport";
+    this.element.dataset.image = image.id;
+    this.canvas = document.createElement("canvas");
+    this.canvas.dataset.image = image.id;
+    this.info = document.createElement("div");
+    this.info.className = "info";
+    this.element.append(this.canvas, this.info);
+    this.invert = false;
+    this.bindMouse();
+    this.renderInfo();
+  }
+
+  async load() {
+    if (this.image.status === "queued" || this.image.status === "analysing") {
+      this.info.querySelector(".status").textContent = "analysing…";
+      setTimeout(async () => {
+        this.image = await apiJson(`/api/images/${this.image.id}`);
+        this.renderInfo();
+        this.load();
+      }, 1500);
+      return;
+    }
+    const response = await api(`/api/images/${this.image.id}/pixels`);
+    if (!response.ok) return; // refused before decoding: nothing to show but the reason
+    const buffer = await response.arrayBuffer();
+    const [height, width] = new Uint32Array(buffer.slice(0, 8));
+    this.pixels = new Uint16Array(buffer, 8, height * width);
+    this.width = width;
+    this.height = height;
+    this.source = document.createElement("canvas");
+    this.source.width = width;
+    this.source.height = height;
+    this.defaultWindow();
+    if (this.image.status === "done") {
+      const overlay = await api(`/api/images/${this.image.id}/overlay.png`);
+      if (overlay.ok) {
+        this.overlay = await createImageBitmap(await overlay.blob());
+      }
+    }
+    this.reset();
+  }
+
+  defaultWindow() {
+    // The window the model sees: the 0.5th to 99.5th percentile of the image's values.
+    const step = Math.max(1, Math.floor(this.pixels.length / 65536));
+    const sample = [];
+    for (let i = 0; i < this.pixels.length; i += step) sample.push(this.pixels[i]);
+    sample.sort((a, b) => a - b);
+    const lo = sample[Math.floor(sample.length * 0.005)];
+    const hi = sample[Math.min(sample.length - 1, Math.floor(sample.length * 0.995))];
+    this.windowWidth = Math.max(1, hi - lo);
+    this.windowLevel = (hi + lo) / 2;
+  }
+
+  render() {
+    // Window/level through a 65,536-entry table: one lookup per pixel.
+    const lut = new Uint8ClampedArray(65536);
+    const low = this.windowLevel - this.windowWidth / 2;
+    for (let v = 0; v < 65536; v++) {
+      const g = ((v - low) / this.windowWidth) * 255;
+      lut[v] = this.invert ? 255 - g : g;
+    }
+    const ctx = this.source.getContext("2d");
+    const data = ctx.createImageData(this.width, this.height);
+    const out = data.data;
+    for (let i = 0, j = 0; i < this.pixels.length; i++, j += 4) {
+      const g = lut[this.pixels[i]];
+      out[j] = out[j + 1] = out[j + 2] = g;
+      out[j + 3] = 255;
+    }
+    ctx.putImageData(data, 0, 0);
+    this.canvas.dataset.window = Math.round(this.windowWidth);
+    this.canvas.dataset.level = Math.round(this.windowLevel);
+    this.canvas.dataset.invert = this.invert;
+  }
+
+  reset() {
+    if (!this.pixels) return;
+    this.defaultWindow();
+    this.invert = false;
+    const rect = this.canvas.getBoundingClientRect();
+    this.canvas.width = Math.max(1, Math.round(rect.width));
+    this.canvas.height = Math.max(1, Math.round(rect.height));
+    this.zoom = Math.min(this.canvas.width / this.width, this.canvas.height / this.height);
+    this.panX = (this.canvas.width - this.width * this.zoom) / 2;
+    this.panY = (this.canvas.height - this.height * this.zoom) / 2;
+    this.render();
+    this.draw();
+  }
+
+  toggleInvert() {
+    this.invert = !this.invert;
+    this.render();
+    this.draw();
+  }
+
+  draw() {
+    if (!this.source) return;
+    const ctx = this.canvas.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.setTransform(this.zoom, 0, 0, this.zoom, this.panX, this.panY);
+    ctx.imageSmoothingEnabled = this.zoom < 1;
+    ctx.drawImage(this.source, 0, 0);
+    const heatOn = $("#heat-toggle").checked && this.overlay;
+    this.canvas.dataset.heatmap = heatOn ? "on" : "off";
+    if (heatOn) {
+      ctx.imageSmoothingEnabled = true;
+      ctx.globalAlpha = Number($("#opacity").value) / 100;
+      ctx.drawImage(this.overlay, 0, 0, this.width, this.height);
+      ctx.globalAlpha = 1;
+      this.drawPeak(ctx);
+    }
+    this.canvas.dataset.zoom = this.zoom.toFixed(3);
+  }
+
+  drawPeak(ctx) {
+    const peak = this.image.peak;
+    const box = this.image.status === "done" && peak;
+    if (!box) return;
+    // The peak is in the original image's pixels; the displayed pixels may be reduced.
+    const scale = this.image.size ? this.width / this.image.size.width : 1;
+    const x = peak.x * scale;
+    const y = peak.y * scale;
+    const r = 14 / this.zoom;
+    ctx.strokeStyle = "#4af";
+    ctx.lineWidth = 2 / this.zoom;
+    ctx.beginPath();
+    ctx.arc(x, y, r, 0, 2 * Math.PI);
+    ctx.moveTo(x - 2 * r, y);
+    ctx.lineTo(x - r, y);
+    ctx.moveTo(x + r, y);
+    ctx.lineTo(x + 2 * r, y);
+    ctx.stroke();
+  }
+
+  bindMouse() {
+    let drag = null;
+    this.canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+    this.canvas.addEventListener("mousedown", (e) => {
+      setActive(state.viewports.indexOf(this));
+      const pan = e.button === 1 || e.button === 2 || e.shiftKey;
+      drag = { pan, x: e.clientX, y: e.clientY, width: this.windowWidth, level: this.windowLevel, panX: this.panX, panY: this.panY };
+      e.preventDefault();
+    });
+    window.addEventListener("mouseup", () => (drag = null));
+    window.addEventListener("mousemove", (e) => {
+      if (!drag || !this.pixels) return;
+      const dx = e.clientX - drag.x;
+      const dy = e.clientY - drag.y;
+      if (drag.pan) {
+        this.panX = drag.panX + dx;
+        this.panY = drag.panY + dy;
+        this.draw();
+      } else {
+        // Horizontal: window width; vertical: level (as in common PACS viewers).
+        this.windowWidth = Math.max(1, drag.width + dx * 64);
+        this.windowLevel = drag.level + dy * 64;
+        this.render();
+        this.draw();
+      }
+    });
+    this.canvas.addEventListener("wheel", (e) => {
+      if (!this.pixels) return;
+      e.preventDefault();
+      const rect = this.canvas.getBoundingClientRect();
+      const mx = ((e.clientX - rect.left) * this.canvas.width) / rect.width;
+      const my = ((e.clientY - rect.top) * this.canvas.height) / rect.height;
+      const factor = e.deltaY < 0 ? 1.15 : 1 / 1.15;
+      this.panX = mx - (mx - this.panX) * factor;
+      this.panY = my - (my - this.panY) * factor;
+      this.zoom *= factor;
+      this.draw();
+    }, { passive: false });
+  }
+
+  renderInfo() {
+    const image = this.image;
+    this.info.replaceChildren();
+    const head = document.createElement("div");
+    const status = document.createElement("span");
+    status.className = "status";
+    if (image.status === "done") {
+      head.append(badge(image.category), ` probability ${image.probability.toFixed(2)}`);
+      const meaning = document.createElement("div");
+      meaning.className = "meaning";
+      meaning.textContent = MEANING[image.category];
+      const model = document.createElement("div");
+      model.className = "model";
+      model.textContent = `Model ${image.model.id}. AI result, an aid, not a diagnosis.`;
+      this.info.append(head, meaning, model, this.feedbackForm());
+    } else if (image.status === "refused" || image.status === "failed") {
+      head.append(badge(null, "refused"), " not analysed: ", image.error || "");
+      this.info.append(head);
+    } else {
+      head.append(badge(null, "pending"), " ", status);
+      this.info.append(head);
+    }
+  }
+
+  feedbackForm() {
+    const form = document.createElement("div");
+    form.className = "feedback";
+    const note = document.createElement("textarea");
+    note.placeholder = "Note (optional)";
+    note.maxLength = 4000;
+    const saved = document.createElement("span");
+    saved.className = "saved";
+    const send = async (body) => {
+      try {
+        const result = await apiJson(`/api/images/${this.image.id}/feedback`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(Object.assign({ reader: state.reader, note: note.value }, body)),
+        });
+        saved.textContent = `Saved: ${result.fracture ? "fracture" : "no fracture"} (${state.reader})`;
+        saved.dataset.saved = "yes";
+      } catch (error) {
+        saved.textContent = "Not saved: " + error.message;
+      }
+    };
+    const buttons = this.image.category === "doubt"
+      ? [["Fracture", { fracture: true }], ["No fracture", { fracture: false }]]
+      : [["Agree", { agree: true }], ["Disagree", { agree: false }]];
+    for (const [label, body] of buttons) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = label;
+      button.dataset.feedback = label.toLowerCase().replace(" ", "-");
+      button.addEventListener("click", () => send(body));
+      form.append(button);
+    }
+    const last = (this.image.feedback || []).slice(-1)[0];
+    if (last) {
+      saved.textContent = `Saved: ${last.fracture ? "fracture" : "no fracture"} (${last.reader})`;
+      saved.dataset.saved = "yes";
+      note.value = last.note;
+    }
+    form.append(saved, note);
+    return form;
+  }
+}
+
+// ---- start ---------------------------------------------------------------------------------------
+
+(function boot() {
+  const saved = JSON.parse(sessionStorage.getItem("fracsight") || "null");
+  if (saved) {
+    state.token = saved.token;
+    state.reader = saved.reader;
+    start();
+  } else {
+    show("sign-in");
+  }
+})();

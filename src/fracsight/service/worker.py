@@ -1,0 +1,161 @@
+"""The analysis worker: takes queued images one at a time and writes each one's single result.
+
+One background thread per service. It decodes through the analyser (in decoder processes,
+so a file that crashes a native decoder costs only that file), runs the model, and writes the
+result and the pixels the viewer shows, so the web side never decodes an untrusted file
+itself. ONNX Runtime runs with few threads (:attr:`ServiceSettings.analysis_threads`): on a
+2-core machine the HTTP side keeps a core and stays responsive while the queue is worked off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fracsight.inference import Analyser
+from fracsight.io import RefusedInput
+from fracsight.preprocess import NotAnalysable, resize_gray
+from fracsight.service.store import Analysis, ImageRecord, Store
+
+log = logging.getLogger(__name__)
+
+# The viewer gets the radiograph at full resolution up to this side (a 3000 x 3000 study stays
+# whole; a 10,000-pixel scan is reduced), as 16-bit values so window/level works on them.
+DISPLAY_MAX_SIDE = 4096
+_DISPLAY_LEVELS = 65535.0
+
+
+def display_path(store: Store, image_id: str) -> Path:
+    return store.data_dir / "display" / image_id[:2] / f"{image_id}.u16"
+
+
+class AnalysisWorker:
+    """Works off the store's queue in a thread until :meth:`stop`; :meth:`wake` after each intake."""
+
+    def __init__(self, store: Store, analyser: Analyser, poll_s: float = 2.0) -> None:
+        self.store = store
+        self.analyser = analyser
+        self.poll_s = poll_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        requeued, failed = self.store.requeue_interrupted()
+        if requeued or failed:
+            log.info("resuming: %d interrupted analyses queued again, %d given up", requeued, failed)
+        self._thread = threading.Thread(target=self._loop, name="fracsight-analysis", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the image in hand (its result is written), then stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # noqa: BLE001 - the store failing must not end the worker for good
+                log.exception("analysis worker: unexpected error; retrying in %.0f s", self.poll_s)
+                worked = False
+            if not worked:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Analyse the oldest queued image; False when there was none."""
+        record = self.store.claim_next()
+        if record is None:
+            return False
+        started = time.perf_counter()
+        self._analyse(record)
+        log.info("image %s analysed in %.0f ms", record.id, (time.perf_counter() - started) * 1e3)
+        return True
+
+    def _analyse(self, record: ImageRecord) -> None:
+        path = self.store.data_dir / record.file
+        try:
+            radiograph = self.analyser.read(path)
+        except RefusedInput as exc:
+            self.store.refuse(record.id, exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - an unexpected decoder error is this file's refusal
+            self.store.refuse(record.id, f"could not be read ({type(exc).__name__})")
+            return
+        _write_display(display_path(self.store, record.id), radiograph.pixels)
+        try:
+            finding = self.analyser.analyse(radiograph)
+        except NotAnalysable as exc:
+            self.store.refuse(record.id, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - the model failing is the service's fault, not the file's
+            log.exception("analysis of image %s failed", record.id)
+            self.store.refuse(record.id, f"analysis failed ({type(exc).__name__})", status="failed")
+            return
+        x, y = finding.peak()
+        box = finding.letterbox
+        result = {
+            "model": {
+                "id": finding.model_id,
+                "thresholds": dict(self.analyser.thresholds),
+                "operating_point_meaning": OPERATING_POINTS,
+            },
+            "peak": {"x": x, "y": y},
+            "letterbox": {
+                "size": box.size,
+                "scale": box.scale,
+                "pad_x": box.pad_x,
+                "pad_y": box.pad_y,
+                "height": box.height,
+                "width": box.width,
+            },
+            "display": {"height": int(radiograph.shape[0]), "width": int(radiograph.shape[1])},
+            "timings_ms": {k: round(v, 1) for k, v in finding.timings_ms.items()},
+        }
+        self.store.finish(
+            record.id,
+            Analysis(finding.probability, finding.category.value, finding.model_id, result, finding.heatmap),
+        )
+
+
+# What each category means, in the words the viewer shows.
+OPERATING_POINTS = {
+    "fracture": "at or above the model's high-specificity threshold: a fracture is likely",
+    "doubt": "between the model's two thresholds: at or above its high-sensitivity threshold; look again",
+    "no_fracture": "below the model's high-sensitivity threshold: no fracture found by the model",
+}
+
+
+def _write_display(path: Path, pixels: np.ndarray) -> None:
+    """The radiograph's pixels as 16-bit values (height, width header, then row-major uint16)."""
+    h, w = pixels.shape
+    scale = min(1.0, DISPLAY_MAX_SIDE / max(h, w))
+    if scale < 1.0:
+        pixels = resize_gray(pixels, max(1, round(w * scale)), max(1, round(h * scale)))
+    values = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0) * _DISPLAY_LEVELS + 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = np.array(values.shape, dtype="<u4").tobytes()
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(header + values.astype("<u2").tobytes())
+    partial.replace(path)
+
+
+def read_display(path: Path) -> np.ndarray:
+    """The 16-bit display pixels written by the worker, as float32 in [0, 1]."""
+    data = path.read_bytes()
+    h, w = np.frombuffer(data[:8], dtype="<u4")
+    return np.frombuffer(data[8:], dtype="<u2").reshape(int(h), int(w)).astype(np.float32) / _DISPLAY_LEVELS
