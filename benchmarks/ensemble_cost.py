@@ -44,8 +44,8 @@ def _export(variant: str, k: int, mirror: bool, size: int, path: Path) -> None:
     import torch
     from torch import nn
 
-    from fracsight.model.export import WithFlipTTA, export_graph
-    from fracsight.model.network import FractureNet, Outputs
+    from fracsight.training.export import WithFlipTTA, export_graph
+    from fracsight.training.network import FractureNet, Outputs
 
     class _Mean(nn.Module):
         def __init__(self) -> None:

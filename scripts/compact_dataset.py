@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, ImageOps
 
 from fracsight.data.duplicates import group_images
-from fracsight.model.examples import load_examples, write_manifest
+from fracsight.training.examples import load_examples, write_manifest
 
 
 def _load(path: str) -> Image.Image:

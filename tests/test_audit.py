@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from fracsight.cli import main
-from fracsight.evaluation.audit import (
+from fracsight.data.audit import (
     AuditInputError,
     DefectKind,
     audit,

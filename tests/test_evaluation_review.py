@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from fracsight.cli import main
+from fracsight.data.audit import audit
 from fracsight.decide import categorise
-from fracsight.evaluation.audit import audit
+from fracsight.evaluation.adapt import card_with_temperature
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.datasets import load_dataset
 from fracsight.evaluation.errors import LabelsError
@@ -23,7 +24,6 @@ from fracsight.evaluation.expert_boxes import box_results
 from fracsight.evaluation.groups import group_table
 from fracsight.evaluation.inputs import match_cases, read_labels, read_predictions
 from fracsight.evaluation.metrics import auc_with_ci, bootstrap_auc, delong_ci, wilson_interval
-from fracsight.evaluation.model_copy import card_with_temperature
 from fracsight.evaluation.operating_points import OperatingPoint, threshold_for_specificity
 from fracsight.evaluation.report import write_report
 

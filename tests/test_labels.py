@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from fracsight.data import audit
 from fracsight.data.labels import ACCEPTED_LABELS, parse_label
-from fracsight.evaluation import audit
 from fracsight.evaluation.datasets import load_dataset
-from fracsight.model import examples
+from fracsight.training import examples
 
 FRACTURED = ["1", "1.0", "true", "TRUE", "yes", "Fractured", "fracture", "positive", " Positive "]
 NOT_FRACTURED = ["0", "0.0", "false", "No", "non_fractured", "Not_Fractured", "no_fracture", "negative"]

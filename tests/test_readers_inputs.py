@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fracsight.cli import main
-from fracsight.readers import (
+from fracsight.reader_study import (
     FigureOfMerit,
     IncompletePolicy,
     RoeMetzConfig,
@@ -19,8 +19,8 @@ from fracsight.readers import (
     load_reads,
     simulate_roe_metz,
 )
-from fracsight.readers.ai_arm import load_ai_predictions
-from fracsight.readers.errors import (
+from fracsight.reader_study.ai_arm import load_ai_predictions
+from fracsight.reader_study.errors import (
     BadValue,
     DuplicateRead,
     IncompleteDesign,
@@ -31,7 +31,7 @@ from fracsight.readers.errors import (
     ReaderStudyError,
     SingleClass,
 )
-from fracsight.readers.simulate import write_reads_csv
+from fracsight.reader_study.simulate import write_reads_csv
 
 
 @pytest.fixture()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fracsight.readers import CovarianceMethod, FigureOfMerit, analyse, load_reads
-from fracsight.readers.fom import estimate
-from fracsight.readers.or_analysis import Generalisation, components
-from fracsight.readers.power import VAN_DYKE_PILOT, cases_needed, pilot_from_components, power
+from fracsight.reader_study import CovarianceMethod, FigureOfMerit, analyse, load_reads
+from fracsight.reader_study.fom import estimate
+from fracsight.reader_study.or_analysis import Generalisation, components
+from fracsight.reader_study.power import VAN_DYKE_PILOT, cases_needed, pilot_from_components, power
 
 READERS_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "readers"
 

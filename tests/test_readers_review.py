@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 
 from fracsight.cli import main
-from fracsight.readers import FigureOfMerit, RoeMetzConfig, analyse, load_ai_predictions, simulate_roe_metz
-from fracsight.readers.errors import ReaderStudyError
-from fracsight.readers.html_report import render
-from fracsight.readers.simulate import write_reads_csv
-from fracsight.readers.summary import plain_summary
+from fracsight.reader_study import (
+    FigureOfMerit,
+    RoeMetzConfig,
+    analyse,
+    load_ai_predictions,
+    simulate_roe_metz,
+)
+from fracsight.reader_study.errors import ReaderStudyError
+from fracsight.reader_study.html_report import render
+from fracsight.reader_study.simulate import write_reads_csv
+from fracsight.reader_study.summary import plain_summary
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fracsight.readers import (
+from fracsight.reader_study import (
     CovarianceMethod,
     FigureOfMerit,
     RoeMetzConfig,
@@ -18,10 +18,10 @@ from fracsight.readers import (
     simulate_roe_metz,
     simulate_roe_metz_with_ai,
 )
-from fracsight.readers.ai_arm import AIPredictions
-from fracsight.readers.fom import estimate
-from fracsight.readers.or_analysis import Generalisation, compare_modalities, components
-from fracsight.readers.power import PilotComponents, power
+from fracsight.reader_study.ai_arm import AIPredictions
+from fracsight.reader_study.fom import estimate
+from fracsight.reader_study.or_analysis import Generalisation, compare_modalities, components
+from fracsight.reader_study.power import PilotComponents, power
 
 ALPHA = 0.05
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fracsight.model.examples import load_examples, read_manifest
-from fracsight.model.splits import grouped_holdout, grouped_stratified_folds
+from fracsight.training.examples import load_examples, read_manifest
+from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 
 # ---------------------------------------------------------------------------------------------
 # Splits
@@ -85,7 +85,7 @@ def test_holdout_fraction_out_of_range(fraction: float) -> None:
 
 def test_identity_augmentation_leaves_images_unchanged() -> None:
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     masks = (torch.rand(3, 1, 32, 32) > 0.8).float()
@@ -105,7 +105,7 @@ def test_identity_augmentation_leaves_images_unchanged() -> None:
 
 def test_flip_moves_image_and_mask_together() -> None:
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.full((2, 1, 32, 32), -1.0)
     images[:, :, 8:16, 2:10] = 1.0  # a bright block on the left
@@ -127,7 +127,7 @@ def test_flip_moves_image_and_mask_together() -> None:
 def test_quarter_turns_give_every_orientation_with_the_mask_turned_alike() -> None:
     """Each image comes out turned by 0, 90, 180 or 270 degrees, exactly, with its mask."""
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.full((64, 1, 32, 32), -1.0)
     images[:, :, 4:12, 2:26] = 1.0  # a wide block near the top: every turn looks different
@@ -148,7 +148,7 @@ def test_quarter_turns_give_every_orientation_with_the_mask_turned_alike() -> No
 
 def test_random_augmentation_stays_in_range_and_keeps_boxes_aligned() -> None:
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.full((8, 1, 64, 64), -1.0)
     images[:, :, 20:40, 24:44] = 1.0
@@ -353,7 +353,7 @@ def _onnx_vs_checkpoint(onnx_path: Path, checkpoint: Path) -> float:
     import onnxruntime as ort
     import torch
 
-    from fracsight.model.network import FractureNet
+    from fracsight.training.network import FractureNet
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = FractureNet("lite0")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracsight.model.examples import Example, read_manifest
+from fracsight.training.examples import Example, read_manifest
 
 pytest.importorskip("torch")
 
@@ -43,9 +43,9 @@ def test_resume_with_changed_options_is_refused(
 ) -> None:
     """A run started at 64 px must not be continued at 96 px with another seed (mixed models)."""
     from fracsight.cli import main
-    from fracsight.model.examples import load_examples
-    from fracsight.model.loop import RunConfig
-    from fracsight.model.train import TrainConfig, _run_identity, _write_run
+    from fracsight.training.examples import load_examples
+    from fracsight.training.loop import RunConfig
+    from fracsight.training.train import TrainConfig, _run_identity, _write_run
 
     rows = [
         [str(p), y, "hand", 0, "[]", f"g{i}"] for i, (p, y) in enumerate(_jpegs(sample_images, sample_labels))
@@ -73,7 +73,7 @@ def test_resume_with_changed_options_is_refused(
 def _toy_set(n: int = 8):
     import torch
 
-    from fracsight.model.loop import TrainingSet
+    from fracsight.training.loop import TrainingSet
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 64, 64), dtype=np.uint8)
@@ -88,7 +88,7 @@ def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path: Path) ->
     """Augmentation and dropout draws continue after --resume instead of restarting from the seed."""
     import torch
 
-    from fracsight.model.loop import RunConfig, train_run
+    from fracsight.training.loop import RunConfig, train_run
 
     data = _toy_set()
     cfg = RunConfig(size=64, epochs=2, batch_size=4, pretrained=False)
@@ -115,7 +115,7 @@ def test_resume_on_another_kind_of_device_does_not_crash(tmp_path: Path) -> None
     generator's saved state does not fit a CPU generator, so those draws are re-seeded."""
     import torch
 
-    from fracsight.model.loop import RunConfig, train_run
+    from fracsight.training.loop import RunConfig, train_run
 
     data = _toy_set()
     cfg = RunConfig(size=64, epochs=2, batch_size=4, pretrained=False)
@@ -138,7 +138,7 @@ def test_resume_on_another_kind_of_device_does_not_crash(tmp_path: Path) -> None
 def test_resume_of_a_run_that_hit_its_step_limit_trains_no_more(tmp_path: Path) -> None:
     import torch
 
-    from fracsight.model.loop import RunConfig, train_run
+    from fracsight.training.loop import RunConfig, train_run
 
     data = _toy_set()
     cfg = RunConfig(size=64, epochs=3, batch_size=4, pretrained=False, max_steps=2)
@@ -153,7 +153,7 @@ def test_a_kill_while_saving_leaves_no_half_checkpoint(
 ) -> None:
     import torch
 
-    from fracsight.model import train
+    from fracsight.training import train
 
     def dies_while_writing(obj: object, path: object) -> None:
         Path(path).write_bytes(b"half a checkpoint")
@@ -254,7 +254,7 @@ def test_manifest_with_one_name_in_two_folders_is_refused(tmp_path: Path, sample
 
 
 def test_box_off_the_image_marks_no_cell(sample_images: list[Path]) -> None:
-    from fracsight.model.arrays import _prepare_one
+    from fracsight.training.arrays import _prepare_one
 
     image = str(next(p for p in sample_images if p.name == "IMG0000001.jpg"))
 
@@ -287,9 +287,9 @@ def test_card_command_is_the_parsed_command_not_the_callers_argv(monkeypatch: py
 def test_card_without_students_rates_the_thresholds_and_names_the_device(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from fracsight.model.card import write_card
-    from fracsight.model.loop import RunConfig
-    from fracsight.model.train import TrainConfig
+    from fracsight.training.card import write_card
+    from fracsight.training.loop import RunConfig
+    from fracsight.training.train import TrainConfig
 
     rng = np.random.default_rng(0)
     labels = np.array([1] * 30 + [0] * 60)

@@ -9,7 +9,7 @@ The front door is :func:`analyse`::
     finding.probability, finding.category, finding.heatmap_on_image()
 
 Everything else is reached through its own sub-package: ``fracsight.io`` (reading),
-``fracsight.inference`` (batches), ``fracsight.evaluation``, ``fracsight.readers``.
+``fracsight.inference`` (batches), ``fracsight.evaluation``, ``fracsight.reader_study``.
 """
 
 from __future__ import annotations

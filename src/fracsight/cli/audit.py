@@ -22,7 +22,7 @@ A CI pipeline guarding a frozen split would use e.g.
 
 
 def _kinds() -> list[str]:
-    from fracsight.evaluation.audit import DefectKind
+    from fracsight.data.audit import DefectKind
 
     return [k.value for k in DefectKind]
 
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fail_kinds(text: str | None) -> list:
-    from fracsight.evaluation.audit import DefectKind
+    from fracsight.data.audit import DefectKind
 
     if not text:
         return []
@@ -65,8 +65,8 @@ def _fail_kinds(text: str | None) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fracsight.data.audit import audit, render_html, summary_text
     from fracsight.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, check_thresholds
-    from fracsight.evaluation.audit import audit, render_html, summary_text
 
     # Check the arguments before the slow part (decoding every image).
     fail_kinds = _fail_kinds(args.fail_on)

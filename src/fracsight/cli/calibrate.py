@@ -29,12 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from fracsight.evaluation.adapt import card_with_temperature, write_model_copy
     from fracsight.evaluation.calibration import (
         calibration_summary,
         fit_temperature,
         logits_from_probabilities,
     )
-    from fracsight.evaluation.model_copy import card_with_temperature, write_model_copy
 
     date = check_date(args.date)
     model, card, cases = site_cases(args)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fracsight.readers.data import ReadStudy
-    from fracsight.readers.fom import FigureOfMerit
+    from fracsight.reader_study.data import ReadStudy
+    from fracsight.reader_study.fom import FigureOfMerit
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _foms(text: str | None) -> list | None:
-    from fracsight.readers.fom import FigureOfMerit
+    from fracsight.reader_study.fom import FigureOfMerit
 
     if not text:
         return None
@@ -123,7 +123,7 @@ def _pairs(items: list[str] | None) -> list[tuple[str, str]] | None:
 
 
 def _margins(items: list[str] | None) -> dict:
-    from fracsight.readers.fom import FigureOfMerit
+    from fracsight.reader_study.fom import FigureOfMerit
 
     margins = {}
     for item in items or []:
@@ -160,8 +160,8 @@ def _check_probability(option: str, value: float) -> None:
 
 def _check_pilot_fom(study: ReadStudy, fom: FigureOfMerit) -> None:
     """The pilot must hold what the figure of merit is computed from (ratings for AUC, else calls)."""
-    from fracsight.readers.analysis import available_foms
-    from fracsight.readers.errors import NotEstimable
+    from fracsight.reader_study.analysis import available_foms
+    from fracsight.reader_study.errors import NotEstimable
 
     if fom not in available_foms(study):
         need = "ratings" if fom.value == "auc" else "binary calls (a call column, or --cutoff on ratings)"
@@ -176,16 +176,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from fracsight.readers.data import IncompletePolicy, load_reads
+    from fracsight.reader_study.data import IncompletePolicy, load_reads
 
     return load_reads(args.reads, cutoff=args.cutoff, incomplete=IncompletePolicy(args.incomplete))
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from fracsight.readers import analyse, load_ai_predictions
-    from fracsight.readers.fom import CovarianceMethod
-    from fracsight.readers.html_report import write_html
-    from fracsight.readers.report import write_json
+    from fracsight.reader_study import analyse, load_ai_predictions
+    from fracsight.reader_study.fom import CovarianceMethod
+    from fracsight.reader_study.html_report import write_html
+    from fracsight.reader_study.report import write_json
 
     if not args.reads:
         raise ValueError("give the reads CSV (or --plan to plan a study)")
@@ -216,11 +216,11 @@ def _analyse(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from fracsight.readers.analysis import available_foms
-    from fracsight.readers.fom import CovarianceMethod, FigureOfMerit, estimate
-    from fracsight.readers.or_analysis import Generalisation, components
-    from fracsight.readers.power import VAN_DYKE_PILOT, pilot_from_components, plan_study
-    from fracsight.readers.report import to_jsonable
+    from fracsight.reader_study.analysis import available_foms
+    from fracsight.reader_study.fom import CovarianceMethod, FigureOfMerit, estimate
+    from fracsight.reader_study.or_analysis import Generalisation, components
+    from fracsight.reader_study.power import VAN_DYKE_PILOT, pilot_from_components, plan_study
+    from fracsight.reader_study.report import to_jsonable
 
     if args.reads:
         study = _load(args)

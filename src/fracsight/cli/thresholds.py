@@ -52,7 +52,7 @@ def check_date(date: str | None) -> str:
 
 def site_cases(args: argparse.Namespace):
     """(model path, its card, the site's labelled cases) for the commands that adapt a model copy."""
-    from fracsight.evaluation.model_copy import read_card
+    from fracsight.evaluation.adapt import read_card
     from fracsight.evaluation.sources import load_cases
 
     model = resolve_model(args.model)
@@ -70,7 +70,7 @@ def site_cases(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracsight.evaluation.model_copy import card_with_thresholds, write_model_copy
+    from fracsight.evaluation.adapt import card_with_thresholds, write_model_copy
     from fracsight.evaluation.operating_points import choose_thresholds
 
     date = check_date(args.date)

@@ -96,9 +96,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     from pathlib import Path
 
     try:
-        from fracsight.model.augment import Augmentation
-        from fracsight.model.loop import RunConfig
-        from fracsight.model.train import TrainConfig, run_training
+        from fracsight.training.augment import Augmentation
+        from fracsight.training.loop import RunConfig
+        from fracsight.training.train import TrainConfig, run_training
     except ImportError as exc:
         raise RuntimeError(
             f"training needs the 'train' extra: pip install 'fracsight[train]' ({exc})"

@@ -88,7 +88,7 @@ def load_cases(
         cases = match_cases(read_predictions(predictions), table, columns, allow_missing, split_name)
         card = None
         if model is not None:
-            from fracsight.evaluation.model_copy import read_card
+            from fracsight.evaluation.adapt import read_card
 
             card = read_card(model)
         elif need_model_card:

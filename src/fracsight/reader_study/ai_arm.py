@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fracsight.readers.data import CASE_COLUMNS
-from fracsight.readers.errors import BadValue, MissingAIPrediction, MissingColumn, ReaderStudyError
-from fracsight.readers.table import find_column, line_list, read_rows
+from fracsight.reader_study.data import CASE_COLUMNS
+from fracsight.reader_study.errors import BadValue, MissingAIPrediction, MissingColumn, ReaderStudyError
+from fracsight.reader_study.table import find_column, line_list, read_rows
 
 log = logging.getLogger(__name__)
 

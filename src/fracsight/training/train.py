@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from fracsight.data.labels import REGIONS
-from fracsight.model.arrays import PreparedSet, prepare_examples
-from fracsight.model.examples import load_examples
-from fracsight.model.export import check_onnx, export_onnx
-from fracsight.model.loop import (
+from fracsight.training.arrays import PreparedSet, prepare_examples
+from fracsight.training.examples import load_examples
+from fracsight.training.export import check_onnx, export_onnx
+from fracsight.training.loop import (
     RunConfig,
     TrainingSet,
     load_trained,
@@ -45,7 +45,7 @@ from fracsight.model.loop import (
     save_atomically,
     train_run,
 )
-from fracsight.model.splits import grouped_holdout, grouped_stratified_folds
+from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def run_training(cfg: TrainConfig) -> Path:
     _say(f"ONNX written to {onnx_path} (max |torch - onnx| = {diff:.1e})")
     _remove_arrays(out)
 
-    from fracsight.model.card import write_card
+    from fracsight.training.card import write_card
 
     write_card(cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device))
     return onnx_path

@@ -9,13 +9,13 @@ The few functions a user calls::
     simulated = simulate_roe_metz(RoeMetzConfig(), np.random.default_rng(0))
 """
 
-from fracsight.readers.ai_arm import load_ai_predictions
-from fracsight.readers.analysis import analyse
-from fracsight.readers.data import IncompletePolicy, ReadStudy, load_reads
-from fracsight.readers.fom import CovarianceMethod, FigureOfMerit
-from fracsight.readers.power import VAN_DYKE_PILOT, PilotComponents, plan_study, power
-from fracsight.readers.results import StudyAnalysis
-from fracsight.readers.simulate import RoeMetzConfig, simulate_roe_metz, simulate_roe_metz_with_ai
+from fracsight.reader_study.ai_arm import load_ai_predictions
+from fracsight.reader_study.analysis import analyse
+from fracsight.reader_study.data import IncompletePolicy, ReadStudy, load_reads
+from fracsight.reader_study.fom import CovarianceMethod, FigureOfMerit
+from fracsight.reader_study.power import VAN_DYKE_PILOT, PilotComponents, plan_study, power
+from fracsight.reader_study.results import StudyAnalysis
+from fracsight.reader_study.simulate import RoeMetzConfig, simulate_roe_metz, simulate_roe_metz_with_ai
 
 __all__ = [
     "CovarianceMethod",
