@@ -14,7 +14,6 @@ from PIL import Image
 
 from fracsight.cli import main
 from fracsight.data.audit import audit
-from fracsight.decide import categorise
 from fracsight.evaluation.adapt import card_with_temperature
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.datasets import load_dataset
@@ -26,6 +25,8 @@ from fracsight.evaluation.inputs import match_cases, read_labels, read_predictio
 from fracsight.evaluation.metrics import auc_with_ci, bootstrap_auc, delong_ci, wilson_interval
 from fracsight.evaluation.operating_points import OperatingPoint, threshold_for_specificity
 from fracsight.evaluation.report import write_report
+from fracsight.explain import map_peak
+from fracsight.model_card import categorise
 
 
 def _pair(tmp_path: Path, p: list[float], y: list[int], extra: str = "", values: list[str] = ()) -> tuple:
@@ -225,9 +226,11 @@ def test_thresholds_and_calibrate_name_the_data_their_numbers_come_from(tmp_path
 
 
 def _finding(heat: np.ndarray, probability: float) -> SimpleNamespace:
-    """What box_results reads of a Finding: the map on the image, its grid and letterbox, the probability."""
+    """What box_results reads of a Finding: the map on the image, its peak, its grid and letterbox, the
+    probability."""
     return SimpleNamespace(
         heatmap_on_image=lambda: heat,
+        peak=lambda: map_peak(heat),
         heatmap=np.zeros((4, 4)),
         letterbox=SimpleNamespace(size=64, scale=1.0),
         probability=probability,

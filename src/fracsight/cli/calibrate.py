@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     date = check_date(args.date)
     model, card, cases = site_cases(args)
-    previous_t = float(card.get("temperature", 1.0))
+    previous_t = card.temperature
     logits = logits_from_probabilities(cases.probabilities, previous_t)
     fit = fit_temperature(logits, cases.labels, previous_temperature=previous_t)
     after = 1.0 / (1.0 + np.exp(-logits / fit.temperature))

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         progress=not args.no_progress,
     )
-    points = operating_points_from_card(loaded.card, loaded.model_path) if loaded.card is not None else []
+    points = operating_points_from_card(loaded.card) if loaded.card is not None else []
     points += user_operating_points(args.threshold)
     notes = []
     if not points:

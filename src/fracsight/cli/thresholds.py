@@ -27,15 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_model(model: str | None) -> str:
-    """The model to copy: the one named, else the shipped default."""
-    if model:
-        return model
-    from fracsight.inference import DEFAULT_MODEL
-
-    return str(DEFAULT_MODEL)
-
-
 def data_description(args: argparse.Namespace) -> str:
     what = args.dataset if args.dataset else f"predictions {args.predictions} with labels {args.labels}"
     return what + (f", split {args.split} of {args.split_file}" if args.split_file else "")
@@ -52,10 +43,11 @@ def check_date(date: str | None) -> str:
 
 def site_cases(args: argparse.Namespace):
     """(model path, its card, the site's labelled cases) for the commands that adapt a model copy."""
-    from fracsight.evaluation.adapt import read_card
     from fracsight.evaluation.sources import load_cases
+    from fracsight.model_card import DEFAULT_MODEL, ModelCard
 
-    model = resolve_model(args.model)
+    model = args.model or str(DEFAULT_MODEL)  # the model to copy: the one named, else the shipped one
+    card = ModelCard.for_model(model)
     loaded = load_cases(
         dataset=args.dataset,
         predictions=args.predictions,
@@ -66,7 +58,7 @@ def site_cases(args: argparse.Namespace):
         allow_missing=args.allow_missing,
         progress=not args.no_progress,
     )
-    return model, read_card(model), loaded.cases
+    return model, card, loaded.cases
 
 
 def run(args: argparse.Namespace) -> int:

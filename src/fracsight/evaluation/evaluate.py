@@ -39,6 +39,7 @@ from fracsight.evaluation.metrics import (
     roc_curve,
 )
 from fracsight.evaluation.operating_points import OperatingPoint, OperatingPointName
+from fracsight.model_card import ModelCard
 
 __all__ = [
     "EvaluationSettings",
@@ -81,11 +82,11 @@ class ModelIdentity:
     description: str
     model_id: str | None = None
     path: str | None = None
-    card: dict[str, Any] | None = None
+    card: ModelCard | None = None
 
     @classmethod
-    def from_card(cls, card: dict[str, Any], path: str | None) -> ModelIdentity:
-        model_id = str(card.get("model_id", "unknown model"))
+    def from_card(cls, card: ModelCard, path: str | None) -> ModelIdentity:
+        model_id = card.model_id
         return cls(
             description=f"model {model_id}" + (f" ({path})" if path else ""),
             model_id=model_id,
@@ -198,27 +199,13 @@ class Evaluation:
         }
 
 
-def operating_points_from_card(card: dict[str, Any], card_path: str | None = None) -> list[OperatingPoint]:
-    """The model's named operating points, "fracture" then "doubt", as its card states them."""
-    thresholds = card.get("thresholds")
-    where = card_path or "the model card"
-    if not isinstance(thresholds, dict):
-        raise ValueError(
-            f"{where}: 'thresholds' must be an object with 'fracture' and 'doubt', got {thresholds!r}"
-        )
-    source = str(card.get("threshold_source", "model card"))
-    points = []
-    for name in (OperatingPointName.FRACTURE, OperatingPointName.DOUBT):
-        if name.value not in thresholds:
-            raise ValueError(f"{where}: 'thresholds' has no {name.value!r} entry")
-        try:
-            value = float(thresholds[name.value])
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{where}: threshold {name.value!r} is {thresholds[name.value]!r}, not a number"
-            ) from None
-        points.append(OperatingPoint(name.value, value, source))
-    return points
+def operating_points_from_card(card: ModelCard) -> list[OperatingPoint]:
+    """The model's named operating points, "fracture" then "doubt", as its (checked) card states them."""
+    thresholds = card.thresholds
+    return [
+        OperatingPoint(name.value, thresholds[name.value], card.threshold_source)
+        for name in (OperatingPointName.FRACTURE, OperatingPointName.DOUBT)
+    ]
 
 
 def _check_both_classes(cases: CaseTable) -> None:
@@ -285,7 +272,7 @@ def evaluate_predictions(
     predictions: str | Path,
     labels: str | Path,
     thresholds: Sequence[float] = (),
-    model_card: dict[str, Any] | None = None,
+    model_card: ModelCard | None = None,
     model_path: str | None = None,
     group_columns: Sequence[str] | None = None,
     split_file: str | Path | None = None,
@@ -311,7 +298,7 @@ def evaluate_predictions(
     cases = match_cases(read_predictions(predictions), table, list(group_columns), allow_missing, split_name)
     if model_card is not None:
         model = ModelIdentity.from_card(model_card, model_path)
-        points = operating_points_from_card(model_card, model_path)
+        points = operating_points_from_card(model_card)
     else:
         model = ModelIdentity(description=f"predictions file {predictions} (model not identified)")
         points = []

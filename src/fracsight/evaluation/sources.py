@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fracsight.evaluation.datasets import Box, load_dataset
 from fracsight.evaluation.evaluate import ModelIdentity
@@ -22,6 +21,7 @@ from fracsight.evaluation.inputs import (
     restrict_labels,
 )
 from fracsight.finding import Finding
+from fracsight.model_card import ModelCard
 
 __all__ = ["LoadedCases", "load_cases", "default_group_columns"]
 
@@ -34,7 +34,7 @@ class LoadedCases:
 
     cases: CaseTable
     model: ModelIdentity
-    card: dict[str, Any] | None
+    card: ModelCard | None
     model_path: str | None
     findings: dict[str, Finding] = field(default_factory=dict)
     boxes: dict[str, list[Box]] | None = None
@@ -88,9 +88,7 @@ def load_cases(
         cases = match_cases(read_predictions(predictions), table, columns, allow_missing, split_name)
         card = None
         if model is not None:
-            from fracsight.evaluation.adapt import read_card
-
-            card = read_card(model)
+            card = ModelCard.for_model(model)
         elif need_model_card:
             raise ValueError("--model is needed: the model whose predictions these are")
         identity = (
