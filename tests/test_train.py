@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fracsight.training.examples import load_examples, read_manifest
+from fracsight.training.examples import load_examples
 from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +184,8 @@ def test_manifest_bad_label_names_the_row(tmp_path: Path, sample_images: list[Pa
             [str(sample_images[2]), "2", "hand", "0", "[]", "c"],
         ],
     )
-    with pytest.raises(ValueError, match=r"row 4: label '2' in column 'label' is not a fracture label"):
-        read_manifest(manifest)
+    with pytest.raises(ValueError, match=r"line 4: label '2' in column 'label' is not a fracture label"):
+        load_examples(manifest)
 
 
 def test_manifest_bad_label_through_the_cli(
@@ -197,22 +197,22 @@ def test_manifest_bad_label_through_the_cli(
     manifest = _write_rows(tmp_path / "m.csv", [[str(sample_images[0]), "2", "leg", "0", "[]", "a"]])
     assert main(["train", str(manifest), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "row 2" in err and "'2'" in err
+    assert "line 2" in err and "'2'" in err
 
 
 def test_manifest_bad_boxes_and_missing_columns(tmp_path: Path, sample_images: list[Path]) -> None:
     bad_box = _write_rows(
         tmp_path / "box.csv", [[str(sample_images[0]), "1", "leg", "0", "[[1, 2, 3]]", "a"]]
     )
-    with pytest.raises(ValueError, match="row 2: each box needs 4 numbers"):
-        read_manifest(bad_box)
+    with pytest.raises(ValueError, match="line 2: column 'boxes': boxes must be a JSON list of"):
+        load_examples(bad_box)
     not_json = _write_rows(tmp_path / "json.csv", [[str(sample_images[0]), "1", "leg", "0", "1,2,3,4", "a"]])
-    with pytest.raises(ValueError, match="row 2: boxes"):
-        read_manifest(not_json)
+    with pytest.raises(ValueError, match="line 2: column 'boxes': boxes '1,2,3,4' are not JSON"):
+        load_examples(not_json)
     no_label = tmp_path / "nolabel.csv"
     no_label.write_text("path,group\nx.jpg,a\n")
-    with pytest.raises(ValueError, match="lacks column"):
-        read_manifest(no_label)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
+        load_examples(no_label)
 
 
 def test_manifest_relative_paths_and_defaults(tmp_path: Path, sample_images: list[Path]) -> None:
@@ -496,14 +496,14 @@ def test_manifest_region_flags(tmp_path: Path, sample_images: list[Path]) -> Non
         f"{sample_images[1]},0,leg,\n"
         f"{sample_images[2]},0,unknown,\n"
     )
-    mixed, leg, unknown = read_manifest(path)
+    mixed, leg, unknown = load_examples(path)
     assert mixed.region_flags == ("hand", "shoulder")  # REGIONS order, any case
     assert mixed.region_targets() == [1, 0, 0, 1]
     assert leg.region_flags == ("leg",)  # no flags given: the region stands for itself
     assert unknown.region_flags == () and unknown.region_targets() is None
     path.write_text(f"path,label,region_flags\n{sample_images[0]},1,hand;knee\n")
-    with pytest.raises(ValueError, match=r"row 2: region_flags 'hand;knee' names knee"):
-        read_manifest(path)
+    with pytest.raises(ValueError, match=r"line 2: region_flags 'hand;knee' names knee"):
+        load_examples(path)
 
 
 def test_fracatlas_region_flags_follow_dataset_csv() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracsight.training.examples import Example, read_manifest
+from fracsight.training.examples import Example, load_examples
 
 pytest.importorskip("torch")
 
@@ -221,26 +221,28 @@ def test_manifest_hardware_spellings(tmp_path: Path, sample_images: list[Path]) 
     spellings = ("yes", "No", "TRUE", "0", "1", "")
     copies = [shutil.copyfile(image, tmp_path / f"h{i}.jpg") for i in range(len(spellings))]
     rows = [[str(c), 1, "hand", h, "[]", "a"] for c, h in zip(copies, spellings, strict=True)]
-    parsed = [e.hardware for e in read_manifest(_manifest(tmp_path / "m.csv", rows))]
+    parsed = [e.hardware for e in load_examples(_manifest(tmp_path / "m.csv", rows))]
     assert parsed == [True, False, True, False, True, False]
     bad = _manifest(tmp_path / "bad.csv", [[image, 1, "hand", "maybe", "[]", "a"]])
-    with pytest.raises(ValueError, match=r"bad.csv, row 2: hardware 'maybe' is not a yes/no value"):
-        read_manifest(bad)
+    with pytest.raises(ValueError, match=r"bad.csv line 2: hardware 'maybe' is not a yes/no value"):
+        load_examples(bad)
 
 
 def test_manifest_reversed_box_is_refused(tmp_path: Path, sample_images: list[Path]) -> None:
     # [x, y, width, height] written where [x0, y0, x1, y1] is expected.
     bad = _manifest(tmp_path / "m.csv", [[str(sample_images[0]), 1, "hand", 0, "[[120, 80, 40, 30]]", "a"]])
-    with pytest.raises(ValueError, match=r"m.csv, row 2: boxes .* x1 >= x0 and y1 >= y0"):
-        read_manifest(bad)
+    with pytest.raises(
+        ValueError, match=r"m.csv line 2: column 'boxes': box 0 .* has no area \(needs x1 > x0"
+    ):
+        load_examples(bad)
 
 
 def test_manifest_with_groups_on_some_rows_only_is_refused(tmp_path: Path, sample_images: list[Path]) -> None:
     rows = [
         [str(p), 1, "hand", 0, "[]", "patient7" if i < 2 else ""] for i, p in enumerate(sample_images[:4])
     ]
-    with pytest.raises(ValueError, match=r"column 'group' is empty on 2 of 4 rows \(rows 4, 5\)"):
-        read_manifest(_manifest(tmp_path / "m.csv", rows))
+    with pytest.raises(ValueError, match=r"column 'group' is empty on 2 of 4 rows \(lines 4, 5\)"):
+        load_examples(_manifest(tmp_path / "m.csv", rows))
 
 
 def test_manifest_with_one_name_in_two_folders_is_refused(tmp_path: Path, sample_images: list[Path]) -> None:
@@ -249,8 +251,10 @@ def test_manifest_with_one_name_in_two_folders_is_refused(tmp_path: Path, sample
         (tmp_path / folder).mkdir()
         shutil.copyfile(sample_images[0], tmp_path / folder / "IM0001.jpg")
     rows = [[f"{folder}/IM0001.jpg", 1, "hand", 0, "[]", folder] for folder in ("a", "b")]
-    with pytest.raises(ValueError, match=r"1 image file name\(s\) repeat: rows 2 and 3 \('IM0001'\)"):
-        read_manifest(_manifest(tmp_path / "m.csv", rows))
+    with pytest.raises(
+        ValueError, match=r"1 image\(s\) listed twice or sharing a file name: lines 2 and 3 \('IM0001'"
+    ):
+        load_examples(_manifest(tmp_path / "m.csv", rows))
 
 
 def test_box_off_the_image_marks_no_cell(sample_images: list[Path]) -> None:

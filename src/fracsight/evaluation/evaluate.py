@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fracsight import __version__
+from fracsight.data.split_file import split_ids
 from fracsight.evaluation.calibration import CalibrationSummary, calibration_summary
 from fracsight.evaluation.groups import MIN_POSITIVES, SMALL_CELL_RULE, GroupTable, group_table
 from fracsight.evaluation.inputs import (
@@ -25,7 +26,6 @@ from fracsight.evaluation.inputs import (
     match_cases,
     read_labels,
     read_predictions,
-    read_split,
     restrict_labels,
 )
 from fracsight.evaluation.metrics import (
@@ -291,7 +291,7 @@ def evaluate_predictions(
     if split_file is not None:
         if not split:
             raise ValueError("a split file needs --split NAME (e.g. test) to say which split to evaluate")
-        table = restrict_labels(table, read_split(split_file, split), f"split {split!r} of {split_file}")
+        table = restrict_labels(table, split_ids(split_file, split), f"split {split!r} of {split_file}")
         split_name = f"{split} (from {split_file})"
     if group_columns is None:
         group_columns = [name for name in ("region", "hardware") if name in table.columns]

@@ -14,7 +14,7 @@ import logging
 import math
 from typing import Any
 
-from fracsight.evaluation.datasets import Box
+from fracsight.data.boxes import Box
 from fracsight.evaluation.inputs import CaseTable
 from fracsight.finding import Finding
 

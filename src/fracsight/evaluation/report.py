@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fracsight import __version__
 from fracsight.evaluation.evaluate import Evaluation
@@ -38,6 +38,7 @@ from fracsight.reporting import (
     gallery,
     line_chart,
     note,
+    open_picture,
     page,
     paragraph,
     png_data_uri,
@@ -52,7 +53,8 @@ __all__ = ["PictureSource", "ReportFiles", "GalleryGroup", "write_report", "rend
 log = logging.getLogger(__name__)
 
 # case index -> the picture to show for it (heat-map overlay preferred), or None
-PictureSource = Callable[[int], Image.Image | None]
+Picture = Image.Image | np.ndarray  # a picture, or a radiograph's pixels
+PictureSource = Callable[[int], Picture | None]
 
 GALLERY_MAX = 12
 FRACATLAS_CITATION = (
@@ -134,15 +136,18 @@ def select_gallery(evaluation: Evaluation, point_name: str, limit: int = GALLERY
 
 
 def file_pictures(evaluation: Evaluation) -> PictureSource:
-    """Pictures from files: the heat-map overlay PNG of each case if given, else the image itself."""
-    cases = evaluation.cases
+    """Pictures from files: the heat-map overlay PNG of each case if given, else the radiograph itself
+    (read by :mod:`fracsight.io`, as every command reads it)."""
+    from fracsight.io import read_radiograph
 
-    def picture(index: int) -> Image.Image | None:
-        for candidate in (cases.heatmaps[index], cases.images[index]):
+    cases = evaluation.cases
+    readers: tuple[Callable[[str], Picture], ...] = (open_picture, lambda path: read_radiograph(path).pixels)
+
+    def picture(index: int) -> Picture | None:
+        for candidate, read in zip((cases.heatmaps[index], cases.images[index]), readers, strict=True):
             if candidate and Path(candidate).is_file():
                 try:
-                    with Image.open(candidate) as image:
-                        return ImageOps.exif_transpose(image).copy()
+                    return read(candidate)
                 except (OSError, ValueError) as exc:  # unreadable picture: leave it out, say so in the log
                     log.warning("gallery: cannot read %s: %s", Path(candidate).name, exc)
         return None

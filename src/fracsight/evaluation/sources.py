@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fracsight.evaluation.datasets import Box, load_dataset
+from fracsight.data.boxes import Box
+from fracsight.data.split_file import split_ids
+from fracsight.evaluation.datasets import load_dataset
 from fracsight.evaluation.evaluate import ModelIdentity
 from fracsight.evaluation.inputs import (
     CaseTable,
@@ -17,7 +19,6 @@ from fracsight.evaluation.inputs import (
     match_cases,
     read_labels,
     read_predictions,
-    read_split,
     restrict_labels,
 )
 from fracsight.finding import Finding
@@ -56,7 +57,7 @@ def _split(labels: LabelTable, split_file: str | None, split: str | None) -> tup
         return labels, None
     if not split:
         raise ValueError("--split-file needs --split NAME (e.g. test) to say which split to use")
-    restricted = restrict_labels(labels, read_split(split_file, split), f"split {split!r} of {split_file}")
+    restricted = restrict_labels(labels, split_ids(split_file, split), f"split {split!r} of {split_file}")
     return restricted, f"{split} (from {split_file})"
 
 

@@ -20,7 +20,7 @@ from fracsight.reporting.html import (
     table,
     withheld,
 )
-from fracsight.reporting.images import heat_overlay, png_data_uri, thumbnail_data_uri
+from fracsight.reporting.images import open_picture, png_data_uri
 from fracsight.reporting.svg import BarSeries, IntervalStyle, LineSeries, MarkedPoint, bar_chart, line_chart
 
 __all__ = [
@@ -39,9 +39,8 @@ __all__ = [
     "section",
     "table",
     "withheld",
-    "heat_overlay",
+    "open_picture",
     "png_data_uri",
-    "thumbnail_data_uri",
     "BarSeries",
     "IntervalStyle",
     "LineSeries",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fracsight.data.labels import REGIONS
+from fracsight.data.split_file import split_ids
 from fracsight.training.arrays import PreparedSet, prepare_examples
 from fracsight.training.examples import load_examples
 from fracsight.training.export import check_onnx, export_onnx
@@ -182,18 +183,6 @@ def _groups(data: PreparedSet, workers: int) -> np.ndarray:
     return np.asarray(group_images([e.path for e in data.examples], workers=workers))
 
 
-def _read_test_ids(path: str) -> set[str]:
-    """Image ids on the 'test' rows of a split.csv written by an earlier run."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"image_id", "split"} <= set(rows[0]):
-        raise ValueError(f"{path}: a split file needs columns image_id and split (as train's split.csv)")
-    ids = {r["image_id"] for r in rows if r["split"] == "test"}
-    if not ids:
-        raise ValueError(f"{path}: no row has split 'test'")
-    return ids
-
-
 def _given_test_split(
     path: str, test_ids: set[str], data: PreparedSet, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +253,7 @@ def run_training(cfg: TrainConfig) -> Path:
     examples = load_examples(cfg.data)
     if cfg.limit:
         examples = _subset(examples, cfg.limit, rc.seed)
-    test_ids = _read_test_ids(cfg.test_split) if cfg.test_split else None
+    test_ids = split_ids(cfg.test_split, "test") if cfg.test_split else None
     identity = _run_identity(cfg, examples, test_ids)
     _check_resume(out, identity)
     _write_run(out, cfg, identity)
