@@ -395,6 +395,22 @@ def test_train_writes_model_card_and_predictions(trained: dict) -> None:
 
 
 @pytest.mark.slow
+def test_train_card_records_the_images_it_trained_on(trained: dict) -> None:
+    """The card keeps the development images' content hashes: every one matches, no test image does."""
+    from fracsight.data.image_hashes import image_digests
+    from fracsight.model_card import ModelCard
+    from fracsight.training.examples import load_examples
+
+    images = ModelCard.for_model(trained["out"] / "model.onnx").training_images
+    with open(trained["out"] / "split.csv", newline="") as fh:
+        split = {r["image_id"]: r["split"] for r in csv.DictReader(fh)}
+    assert images is not None and images.n == sum(s == "dev" for s in split.values())
+    for example in load_examples(trained["manifest"]):
+        digests = image_digests(example.path)
+        assert images.includes(digests.file, digests.pixels) == (split[example.image_id] == "dev")
+
+
+@pytest.mark.slow
 def test_train_split_keeps_groups_together(trained: dict) -> None:
     with open(trained["out"] / "split.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -17,7 +17,9 @@ import copy
 import enum
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = [
     "Category",
     "ModelCard",
     "ModelCardError",
+    "TrainingImages",
     "card_path",
     "categorise",
     "default_card_path",
@@ -69,6 +72,42 @@ def categorise(probability: float, thresholds: Mapping[str, float]) -> Category:
     return Category.NO_FRACTURE
 
 
+_HEX_DIGESTS = re.compile(r"^([0-9a-f]{8,64}( [0-9a-f]{8,64})*)?$")
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """The images a model was trained on, by content hash (:mod:`fracsight.data.image_hashes`): the
+    first digits of each file's SHA-256 and of its pixels' SHA-256. Kept in the card as
+    ``training_images``, each set as one space-separated string so the card stays compact."""
+
+    description: str  # which images, from which data
+    n: int
+    files: frozenset[str]
+    pixels: frozenset[str]
+
+    @classmethod
+    def of(cls, description: str, files: Iterable[str], pixels: Iterable[str | None]) -> TrainingImages:
+        files = list(files)
+        return cls(description, len(files), frozenset(files), frozenset(p for p in pixels if p))
+
+    def record(self) -> dict[str, Any]:
+        """The card's ``training_images`` entry."""
+        return {
+            "description": self.description,
+            "n": self.n,
+            "hashes": "first hex digits of SHA-256: 'files' of each file's bytes, 'pixels' of its pixels "
+            "as fracsight.io reads them (shape, float32 values); see fracsight.data.image_hashes",
+            "files": " ".join(sorted(self.files)),
+            "pixels": " ".join(sorted(self.pixels)),
+        }
+
+    def includes(self, file_sha256: str, pixel_sha256: str | None) -> bool:
+        """Whether an image with these SHA-256 hex digests (full, or as long as the card's) is one of them."""
+        k = len(next(iter(self.files), ""))
+        return file_sha256[:k] in self.files or (pixel_sha256 is not None and pixel_sha256[:k] in self.pixels)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -93,6 +132,15 @@ def _check(card: Mapping[str, Any], where: str) -> None:
     temperature = card.get("temperature", 1.0)
     if not (_is_number(temperature) and temperature > 0):
         raise ModelCardError(f"{where}: temperature {temperature!r} must be a number > 0")
+    images = card.get("training_images")
+    if images is not None and not (
+        isinstance(images, dict)
+        and isinstance(images.get("n"), int)
+        and all(isinstance(images.get(k), str) and _HEX_DIGESTS.match(images[k]) for k in ("files", "pixels"))
+    ):
+        raise ModelCardError(
+            f"{where}: training_images must give 'n' and 'files' and 'pixels' as space-separated hex digests"
+        )
 
 
 class ModelCard(Mapping[str, Any]):
@@ -172,6 +220,19 @@ class ModelCard(Mapping[str, Any]):
     @property
     def temperature(self) -> float:
         return float(self._data.get("temperature", 1.0))
+
+    @property
+    def training_images(self) -> TrainingImages | None:
+        """The images the model was trained on, or None for a card that does not record them."""
+        record = self._data.get("training_images")
+        if record is None:
+            return None
+        return TrainingImages(
+            description=str(record.get("description", "")),
+            n=int(record["n"]),
+            files=frozenset(record["files"].split()),
+            pixels=frozenset(record["pixels"].split()),
+        )
 
     @cached_property
     def onnx_sha256(self) -> str | None:

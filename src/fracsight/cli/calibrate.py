@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     date = check_date(args.date)
-    model, card, cases = site_cases(args)
+    model, card, loaded = site_cases(args, "calibrate")
+    cases = loaded.cases
     previous_t = card.temperature
     logits = logits_from_probabilities(cases.probabilities, previous_t)
     fit = fit_temperature(logits, cases.labels, previous_temperature=previous_t)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "after": {"brier": after_summary.brier.to_dict(), "ece": after_summary.ece.to_dict()},
         "note": "measured on the cases the temperature was fitted on: confirm on independent data",
     }
-    description = data_description(args)
+    description = data_description(args, loaded)
     new_card = card_with_temperature(card, fit, description, date, calibration)
     onnx_path, card_path = write_model_copy(model, args.out, new_card)
     print(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fracsight.evaluation.metrics import Estimate
+    from fracsight.evaluation.sources import LoadedCases
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="labelled cases without a prediction are listed as not analysed instead of being an error",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while the model runs")
+    parser.add_argument(
+        "--include-training-images",
+        action="store_true",
+        help="go on when some cases are images the model was trained on (its card records them by "
+        "content hash); every figure is then labelled as including them: not a test",
+    )
+
+
+def say_training_images(command: str, loaded: LoadedCases) -> None:
+    """Say how many of the cases the model was trained on (or why that was not checked)."""
+    if loaded.training is not None:
+        text = loaded.training.summary()
+        if loaded.training.n:
+            text += "; reported as asked (--include-training-images), every figure labelled: NOT A TEST"
+    elif loaded.card is None:
+        text = "no --model named the model behind these predictions: training images not checked"
+    else:
+        text = "the model card does not record its training images: not checked"
+    print(f"fracsight {command}: {text}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         group_columns=args.by,
         allow_missing=args.allow_missing,
         progress=not args.no_progress,
+        include_training_images=args.include_training_images,
     )
+    say_training_images("evaluate", loaded)
     points = operating_points_from_card(loaded.card) if loaded.card is not None else []
     points += user_operating_points(args.threshold)
     notes = []
@@ -104,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         notes.append("No model (--model) or --threshold was given: operating-point results use 0.5.")
     evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
+    evaluation.training = loaded.training
     if loaded.boxes is not None and loaded.findings:
         evaluation.localisation = box_results(loaded.cases, loaded.findings, loaded.boxes)
     picture = FindingPictures(loaded.cases, loaded.findings) if loaded.findings else None
@@ -112,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     data = cases.labels_source  # names the split too when one was chosen (restrict_labels)
     print(
         f"fracsight evaluate: {cases.n} cases ({cases.n_positive} fractured) of {data}, "
-        f"{len(cases.excluded)} not analysed; ROC AUC {auc_text(evaluation.auc.delong)}; "
-        f"report: {files.html}",
+        f"{len(cases.excluded)} not analysed; ROC AUC {auc_text(evaluation.auc.delong)}"
+        + (f" [{evaluation.caution.upper()}]" if evaluation.caution else "")
+        + f"; report: {files.html}",
         file=sys.stderr,
     )
     return 0

@@ -6,8 +6,13 @@ import argparse
 import datetime as dt
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from fracsight.cli.evaluate import add_data_arguments
+from fracsight.cli.evaluate import add_data_arguments, say_training_images
+
+if TYPE_CHECKING:
+    from fracsight.evaluation.sources import LoadedCases
+    from fracsight.model_card import ModelCard
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def data_description(args: argparse.Namespace) -> str:
+def data_description(args: argparse.Namespace, loaded: LoadedCases) -> str:
+    """The data a card adaptation was made on, in words; saying so when it holds training images."""
     what = args.dataset if args.dataset else f"predictions {args.predictions} with labels {args.labels}"
-    return what + (f", split {args.split} of {args.split_file}" if args.split_file else "")
+    what += f", split {args.split} of {args.split_file}" if args.split_file else ""
+    if loaded.training is not None and loaded.training.n:
+        what += f" ({loaded.training.caution()})"
+    return what
 
 
 def check_date(date: str | None) -> str:
@@ -41,7 +50,7 @@ def check_date(date: str | None) -> str:
         raise ValueError(f"--date {date!r} is not a date in the form YYYY-MM-DD") from None
 
 
-def site_cases(args: argparse.Namespace):
+def site_cases(args: argparse.Namespace, command: str) -> tuple[str, ModelCard, LoadedCases]:
     """(model path, its card, the site's labelled cases) for the commands that adapt a model copy."""
     from fracsight.evaluation.sources import load_cases
     from fracsight.model_card import DEFAULT_MODEL, ModelCard
@@ -57,8 +66,10 @@ def site_cases(args: argparse.Namespace):
         split=args.split,
         allow_missing=args.allow_missing,
         progress=not args.no_progress,
+        include_training_images=args.include_training_images,
     )
-    return model, card, loaded.cases
+    say_training_images(command, loaded)
+    return model, card, loaded
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from fracsight.evaluation.operating_points import choose_thresholds
 
     date = check_date(args.date)
-    model, card, cases = site_cases(args)
+    model, card, loaded = site_cases(args, "thresholds")
+    cases = loaded.cases
     choice = choose_thresholds(cases.probabilities, cases.labels, args.sensitivity, args.specificity)
-    description = data_description(args)
+    description = data_description(args, loaded)
     new_card = card_with_thresholds(card, choice, description, date)
     onnx_path, card_path = write_model_copy(model, args.out, new_card)
     summary = {

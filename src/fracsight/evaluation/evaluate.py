@@ -39,6 +39,7 @@ from fracsight.evaluation.metrics import (
     roc_curve,
 )
 from fracsight.evaluation.operating_points import OperatingPoint, OperatingPointName
+from fracsight.evaluation.training_guard import TrainingOverlap
 from fracsight.model_card import ModelCard
 
 __all__ = [
@@ -136,6 +137,13 @@ class Evaluation:
     calibration: CalibrationSummary
     localisation: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    training: TrainingOverlap | None = None  # which cases the model was trained on, when its card says
+
+    @property
+    def caution(self) -> str | None:
+        """The label every figure carries when the cases include the model's training images."""
+        return self.training.caution() if self.training is not None and self.training.n else None
+
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
@@ -153,6 +161,7 @@ class Evaluation:
             "not_analysed": [{"id": e.id, "reason": e.reason} for e in c.excluded],
             "n_not_analysed": len(c.excluded),
             "predictions_without_label": c.unmatched_predictions,
+            "training_images": None if self.training is None else self.training.to_dict(),
         }
 
     def to_dict(self) -> dict:
@@ -161,6 +170,7 @@ class Evaluation:
         return {
             "fracsight_version": __version__,
             "created": self.created,
+            "caution": self.caution,
             "model": self.model.to_dict(),
             "data": self.data_dict(),
             "settings": {

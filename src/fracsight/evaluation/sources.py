@@ -12,6 +12,7 @@ from pathlib import Path
 from fracsight.data.boxes import Box
 from fracsight.data.split_file import split_ids
 from fracsight.evaluation.datasets import load_dataset
+from fracsight.evaluation.errors import LabelsError
 from fracsight.evaluation.evaluate import ModelIdentity
 from fracsight.evaluation.inputs import (
     CaseTable,
@@ -21,6 +22,7 @@ from fracsight.evaluation.inputs import (
     read_predictions,
     restrict_labels,
 )
+from fracsight.evaluation.training_guard import TrainingOverlap, check_training_overlap, find_training_images
 from fracsight.finding import Finding
 from fracsight.model_card import ModelCard
 
@@ -39,10 +41,17 @@ class LoadedCases:
     model_path: str | None
     findings: dict[str, Finding] = field(default_factory=dict)
     boxes: dict[str, list[Box]] | None = None
+    training: TrainingOverlap | None = None  # None: the card does not record its training images
 
 
 def default_group_columns(labels: LabelTable, extra: list[str] | None = None) -> list[str]:
-    """``region`` and ``hardware`` where present, then the user's columns, without repeats."""
+    """``region`` and ``hardware`` where present, then the user's columns (``--by``), without repeats."""
+    unknown = [name for name in extra or [] if name not in labels.columns]
+    if unknown:
+        raise LabelsError(
+            f"--by {unknown[0]}: labels {labels.source} have no such column; "
+            f"available: {', '.join(labels.column_names()) or 'none'}"
+        )
     columns = [name for name in DEFAULT_GROUPS if name in labels.columns]
     for name in extra or []:
         if name not in columns:
@@ -71,13 +80,14 @@ def load_cases(
     group_columns: list[str] | None = None,
     allow_missing: bool = False,
     progress: bool = True,
-    need_model_card: bool = False,
+    include_training_images: bool = False,
 ) -> LoadedCases:
     """Cases from ``dataset`` (the model is run on it) or from ``predictions`` + ``labels`` files.
 
     With prediction files, ``model`` (if given) identifies the model that made them and
-    supplies its card (operating points, temperature); with ``need_model_card`` a
-    missing ``model`` is an error.
+    supplies its card (operating points, temperature). Every check comes before the model
+    runs: the grouping columns exist, and no case is an image the model was trained on
+    (:mod:`fracsight.evaluation.training_guard`) unless ``include_training_images``.
     """
     if dataset is not None and (predictions is not None or labels is not None):
         raise ValueError("give a DATASET to run the model on, or --predictions with --labels, not both")
@@ -87,23 +97,23 @@ def load_cases(
         table, split_name = _split(read_labels(labels), split_file, split)
         columns = default_group_columns(table, group_columns)
         cases = match_cases(read_predictions(predictions), table, columns, allow_missing, split_name)
-        card = None
-        if model is not None:
-            card = ModelCard.for_model(model)
-        elif need_model_card:
-            raise ValueError("--model is needed: the model whose predictions these are")
+        card = ModelCard.for_model(model) if model is not None else None
+        training = find_training_images(card, cases.ids, cases.images) if card is not None else None
+        check_training_overlap(training, include_training_images)
         identity = (
             ModelIdentity.from_card(card, model)
             if card is not None
             else ModelIdentity(description=f"predictions file {predictions} (model not identified)")
         )
-        return LoadedCases(cases, identity, card, model)
+        return LoadedCases(cases, identity, card, model, training=training)
 
     from fracsight.evaluation.model_run import run_model
 
     data = load_dataset(Path(dataset))
     table, split_name = _split(data.labels, split_file, split)
     columns = default_group_columns(table, group_columns)
+    training = find_training_images(ModelCard.for_model(model), table.ids, table.images)
+    check_training_overlap(training, include_training_images)
     run = run_model(table, model, progress=progress)
     cases = match_cases(run.predictions, table, columns, allow_missing=False, split=split_name)
     identity = ModelIdentity.from_card(run.card, run.model_path)
@@ -111,4 +121,4 @@ def load_cases(
     if data.boxes is not None:
         keep = set(table.ids)
         boxes = {case: b for case, b in data.boxes.items() if case in keep}
-    return LoadedCases(cases, identity, run.card, run.model_path, run.findings, boxes)
+    return LoadedCases(cases, identity, run.card, run.model_path, run.findings, boxes, training)

@@ -371,9 +371,12 @@ def run_training(cfg: TrainConfig) -> Path:
     _say(f"ONNX written to {onnx_path} (max |torch - onnx| = {diff:.1e})")
     _remove_arrays(out)
 
-    from fracsight.training.card import write_card
+    from fracsight.training.card import training_images, write_card
 
-    write_card(cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device))
+    trained_on = training_images([data.examples[i] for i in dev], str(cfg.data))
+    write_card(
+        cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device), trained_on
+    )
     return onnx_path
 
 
