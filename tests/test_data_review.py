@@ -16,9 +16,9 @@ from fracsight.cli import main
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--max-distance", "-1", "max_distance"),
-        ("--max-distance", "nan", "max_distance"),
-        ("--min-correlation", "1.5", "min_correlation"),
+        ("--max-distance", "-1", "argument --max-distance"),
+        ("--max-distance", "nan", "argument --max-distance"),
+        ("--min-correlation", "1.5", "argument --min-correlation"),
     ],
 )
 def test_audit_checks_thresholds_before_the_scan(

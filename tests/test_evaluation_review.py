@@ -222,11 +222,13 @@ def test_thresholds_and_calibrate_name_the_data_their_numbers_come_from(tmp_path
         )
         == 0
     )
-    out, err = capsys.readouterr()
-    assert str(labels) in err and str(labels) in json.loads(out)["data"]
+    err = capsys.readouterr().err
+    adapted = json.loads((tmp_path / "t.card.json").read_text())["adaptations"][-1]
+    assert str(labels) in err and str(labels) in adapted["data"]
     assert main(["calibrate", *data, "--out", str(tmp_path / "c.onnx")]) == 0
-    out, err = capsys.readouterr()
-    assert str(labels) in err and str(labels) in json.loads(out)["data"]
+    err = capsys.readouterr().err
+    adapted = json.loads((tmp_path / "c.card.json").read_text())["adaptations"][-1]
+    assert str(labels) in err and str(labels) in adapted["data"]
 
 
 def _finding(heat: np.ndarray, probability: float) -> SimpleNamespace:

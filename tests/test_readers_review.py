@@ -57,7 +57,7 @@ def test_level_and_power_outside_unit_interval_are_refused(study, tmp_path, caps
     write_reads_csv(study, str(path))
     code = main(["readers", str(path), "--report", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err
-    assert code == 2 and f"{option} " in err and "(0, 1)" in err
+    assert code == 2 and f"argument {option}:" in err and "(0, 1)" in err
     assert not (tmp_path / "out").exists()
 
 

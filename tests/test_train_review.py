@@ -209,7 +209,7 @@ def test_cuda_on_a_machine_without_it_is_a_clear_error(
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     manifest = _manifest(tmp_path / "m.csv", [[str(sample_images[0]), 1, "hand", 0, "[]", "a"]])
-    for device, message in (("cuda", "CUDA is not available"), ("gpu", "expected auto, cpu, cuda")):
+    for device, message in (("cuda", "CUDA is not available"), ("gpu", "not auto, cpu, cuda or cuda:N")):
         out = tmp_path / device
         assert main(["train", str(manifest), "--out", str(out), "--device", device]) == 2
         assert message in capsys.readouterr().err
@@ -276,10 +276,14 @@ def test_box_off_the_image_marks_no_cell(sample_images: list[Path]) -> None:
 # Command and card
 
 
-def test_card_command_is_the_parsed_command_not_the_callers_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_card_command_is_the_parsed_command_not_the_callers_argv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from fracsight.cli import build_parser
     from fracsight.cli.train import _command
 
+    monkeypatch.chdir(tmp_path)
+    Path("my data.csv").write_text("path,label\n")  # the data must exist: it is checked when parsed
     monkeypatch.setattr("sys.argv", ["pytest", "-k", "something"])
     args = build_parser().parse_args(["train", "my data.csv", "--out", "o", "--no-distill", "--epochs", "3"])
     command = _command(args, args.func.keywords["parser"])

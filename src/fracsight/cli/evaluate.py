@@ -7,8 +7,18 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from fracsight.cli.options import (
+    a_folder_to_write,
+    a_model,
+    a_number,
+    a_whole_number,
+    an_existing_file,
+    an_existing_path,
+)
+
 if TYPE_CHECKING:
     from fracsight.evaluation.metrics import Estimate
+    from fracsight.evaluation.operating_points import OperatingPoint
     from fracsight.evaluation.sources import LoadedCases
 
 log = logging.getLogger(__name__)
@@ -19,17 +29,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dataset",
         nargs="?",
+        type=an_existing_path("dataset"),
         help="FracAtlas-layout folder or manifest CSV (path,label[,region][,boxes]) to run the model on",
     )
-    parser.add_argument("--model", help="ONNX model, NAME.card.json beside it (default: shipped model)")
     parser.add_argument(
-        "--predictions", help="predictions CSV instead of running a model (path or id, probability[, error])"
+        "--model", type=a_model, help="ONNX model, NAME.card.json beside it (default: shipped model)"
+    )
+    parser.add_argument(
+        "--predictions",
+        type=an_existing_file("predictions"),
+        help="predictions CSV instead of running a model (path or id, probability[, error])",
     )
     parser.add_argument(
         "--labels",
+        type=an_existing_file("labels"),
         help="labels CSV for --predictions (id, label: 1/0, true/false, fractured/non_fractured[, region])",
     )
-    parser.add_argument("--split-file", help="CSV of id,split: use only the cases of --split")
+    parser.add_argument(
+        "--split-file", type=an_existing_file("split"), help="CSV of id,split: use only the cases of --split"
+    )
     parser.add_argument("--split", help="which split of --split-file to use (e.g. test)")
     parser.add_argument(
         "--allow-missing",
@@ -68,7 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--predictions and --labels.",
     )
     add_data_arguments(p)
-    p.add_argument("--report", required=True, help="folder for metrics.json and report.html")
+    p.add_argument(
+        "--report", required=True, type=a_folder_to_write, help="folder for metrics.json and report.html"
+    )
     p.add_argument(
         "--by",
         action="append",
@@ -77,12 +97,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also break results down by this labels column (region and hardware are used when present)",
     )
     p.add_argument(
-        "--threshold", action="append", type=float, default=[], help="also evaluate at this threshold"
+        "--threshold",
+        action="append",
+        type=a_number(0, 1),
+        default=[],
+        help="also evaluate at this threshold (0-1)",
     )
-    p.add_argument("--prevalence", type=float, help="also give PPV and NPV at this prevalence (0-1)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    p.add_argument(
+        "--prevalence",
+        type=a_number(0, 1, open_low=True, open_high=True),
+        help="also give PPV and NPV at this prevalence (0-1)",
+    )
+    p.add_argument(
+        "--bootstrap", type=a_whole_number(100), default=2000, help="bootstrap resamples (default 2000)"
+    )
+    p.add_argument("--seed", type=a_whole_number(0), default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--bins", type=a_whole_number(2), default=10, help="calibration bins (default 10)")
     p.add_argument(
         "--gallery-point", help="operating point whose TP/FN/FP fill the gallery (default: 'fracture')"
     )
@@ -90,21 +120,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracsight.evaluation.evaluate import (
-        EvaluationSettings,
-        evaluate_cases,
-        operating_points_from_card,
-        user_operating_points,
-    )
+    from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_cases
     from fracsight.evaluation.expert_boxes import box_results
     from fracsight.evaluation.model_run import FindingPictures
-    from fracsight.evaluation.operating_points import OperatingPoint
     from fracsight.evaluation.report import write_report
     from fracsight.evaluation.sources import load_cases
 
     settings = EvaluationSettings(
         n_resamples=args.bootstrap, seed=args.seed, n_bins=args.bins, prevalence=args.prevalence
     )
+    points, notes = operating_points(args)
+    names = [op.name for op in points]
+    if args.gallery_point is not None and args.gallery_point not in names:
+        raise ValueError(
+            f"argument --gallery-point: {args.gallery_point!r} is not an operating point of this "
+            f"evaluation; choose from {', '.join(map(repr, names))}"
+        )
     loaded = load_cases(
         dataset=args.dataset,
         predictions=args.predictions,
@@ -118,12 +149,6 @@ def run(args: argparse.Namespace) -> int:
         include_training_images=args.include_training_images,
     )
     say_training_images("evaluate", loaded)
-    points = operating_points_from_card(loaded.card) if loaded.card is not None else []
-    points += user_operating_points(args.threshold)
-    notes = []
-    if not points:
-        points = [OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")]
-        notes.append("No model (--model) or --threshold was given: operating-point results use 0.5.")
     evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
     evaluation.training = loaded.training
@@ -141,6 +166,22 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def operating_points(args: argparse.Namespace) -> tuple[list[OperatingPoint], list[str]]:
+    """The operating points to report, known before any model runs: the card's (the named model,
+    or the shipped one when a DATASET is given), then ``--threshold``'s; 0.5 when there are none."""
+    from fracsight.evaluation.evaluate import operating_points_from_card, user_operating_points
+    from fracsight.evaluation.operating_points import OperatingPoint
+    from fracsight.model_card import ModelCard
+
+    card = ModelCard.for_model(args.model) if args.model or args.dataset else None
+    points = operating_points_from_card(card) if card is not None else []
+    points += user_operating_points(args.threshold)
+    if points:
+        return points, []
+    default = OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")
+    return [default], ["No model (--model) or --threshold was given: operating-point results use 0.5."]
 
 
 def auc_text(delong: Estimate) -> str:
