@@ -12,7 +12,7 @@ from fracsight.cli import main
 from fracsight.reader_study import (
     FigureOfMerit,
     RoeMetzConfig,
-    analyse,
+    analyse_study,
     load_ai_predictions,
     simulate_roe_metz,
 )
@@ -31,7 +31,7 @@ def study():
 
 
 def test_html_ci_labels_state_the_level_computed(study):
-    page = render(analyse(study, alpha=0.10, by_region=False))
+    page = render(analyse_study(study, alpha=0.10, by_region=False))
     assert "90% CI" in page and "whiskers: 90% CI" in page
     assert "95% CI" not in page
 
@@ -73,10 +73,12 @@ def test_ai_file_matches_cases_with_the_same_header_spellings_as_the_reads_file(
 
 def test_margin_for_a_figure_not_analysed_is_refused(study):
     with pytest.raises(ReaderStudyError, match=r"margin was given for sensitivity, which is not analysed"):
-        analyse(study, foms=[FigureOfMerit.AUC], margins={FigureOfMerit.SENSITIVITY: 0.05})
+        analyse_study(study, foms=[FigureOfMerit.AUC], margins={FigureOfMerit.SENSITIVITY: 0.05})
 
 
 def test_non_inferiority_sentence_says_which_arm_is_non_inferior_to_which(study):
-    result = analyse(study, foms=[FigureOfMerit.AUC], margins={FigureOfMerit.AUC: 0.05}, by_region=False)
+    result = analyse_study(
+        study, foms=[FigureOfMerit.AUC], margins={FigureOfMerit.AUC: 0.05}, by_region=False
+    )
     [sentence] = [s for s in plain_summary(result) if "Non-inferiority" in s]
     assert "Non-inferiority of unaided to aided within 0.05" in sentence

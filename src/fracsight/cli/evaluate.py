@@ -18,7 +18,6 @@ from fracsight.cli.options import (
 
 if TYPE_CHECKING:
     from fracsight.evaluation.metrics import Estimate
-    from fracsight.evaluation.operating_points import OperatingPoint
     from fracsight.evaluation.sources import LoadedCases
 
 log = logging.getLogger(__name__)
@@ -120,16 +119,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_cases
+    from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_cases, operating_points
     from fracsight.evaluation.expert_boxes import box_results
     from fracsight.evaluation.model_run import FindingPictures
     from fracsight.evaluation.report import write_report
     from fracsight.evaluation.sources import load_cases
+    from fracsight.model_card import ModelCard
 
     settings = EvaluationSettings(
         n_resamples=args.bootstrap, seed=args.seed, n_bins=args.bins, prevalence=args.prevalence
     )
-    points, notes = operating_points(args)
+    card = ModelCard.for_model(args.model) if args.model or args.dataset else None  # the model that runs
+    points, notes = operating_points(card, args.threshold)
     names = [op.name for op in points]
     if args.gallery_point is not None and args.gallery_point not in names:
         raise ValueError(
@@ -166,22 +167,6 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def operating_points(args: argparse.Namespace) -> tuple[list[OperatingPoint], list[str]]:
-    """The operating points to report, known before any model runs: the card's (the named model,
-    or the shipped one when a DATASET is given), then ``--threshold``'s; 0.5 when there are none."""
-    from fracsight.evaluation.evaluate import operating_points_from_card, user_operating_points
-    from fracsight.evaluation.operating_points import OperatingPoint
-    from fracsight.model_card import ModelCard
-
-    card = ModelCard.for_model(args.model) if args.model or args.dataset else None
-    points = operating_points_from_card(card) if card is not None else []
-    points += user_operating_points(args.threshold)
-    if points:
-        return points, []
-    default = OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")
-    return [default], ["No model (--model) or --threshold was given: operating-point results use 0.5."]
 
 
 def auc_text(delong: Estimate) -> str:

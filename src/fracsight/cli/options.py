@@ -129,17 +129,14 @@ def a_file_to_write(text: str) -> str:
 
 def a_model(text: str) -> str:
     """An ONNX model with a readable, valid card beside it (checked now: a broken card names itself)."""
-    from fracsight.model_card import ModelCard
+    from fracsight.model_card import card_path
 
     path = Path(text)
     if path.suffix.lower() != ".onnx":
         raise argparse.ArgumentTypeError(f"{text!r} is not an ONNX model file (NAME.onnx)")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"model {text!r} does not exist")
-    try:
-        ModelCard.for_model(path)
-    except (OSError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    a_model_card(str(card_path(path)))
     return text
 
 

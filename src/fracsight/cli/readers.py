@@ -189,7 +189,7 @@ def _load(args: argparse.Namespace):
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from fracsight.reader_study import analyse, load_ai_predictions
+    from fracsight.reader_study import analyse_study, load_ai_predictions
     from fracsight.reader_study.fom import CovarianceMethod
     from fracsight.reader_study.html_report import write_html
     from fracsight.reader_study.report import write_json
@@ -202,7 +202,7 @@ def _analyse(args: argparse.Namespace) -> int:
     ai = None
     if args.ai:
         ai = load_ai_predictions(args.ai, study.case_ids, threshold=args.ai_threshold, card=args.ai_card)
-    analysis = analyse(
+    analysis = analyse_study(
         study,
         ai=ai,
         foms=args.fom,

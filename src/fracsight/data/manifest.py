@@ -16,13 +16,13 @@ listed once and be unique. Every refusal names the manifest and the line (the he
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fracsight.data.boxes import Box, BoxProblem, box_problem, describe_box, parse_boxes, read_yolo_boxes
 from fracsight.data.ids import case_id
 from fracsight.data.labels import ACCEPTED_LABELS, REGIONS, parse_label
+from fracsight.data.table import read_table
 
 __all__ = ["LABEL_COLUMNS", "ManifestError", "ManifestRow", "read_manifest"]
 
@@ -73,14 +73,7 @@ def read_manifest(
     that size.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"manifest {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
-        )
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [(name or "").strip() for name in reader.fieldnames or []]
-        raw_rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    header, raw_rows = read_table(path, "manifest")
     label_column = next((c for c in LABEL_COLUMNS if c in header), None)
     missing = [c for c in ("path", "label") if c not in header and not (c == "label" and label_column)]
     if missing:

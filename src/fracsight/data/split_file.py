@@ -9,10 +9,10 @@ with file names, paths or stems places the same images. ``fracsight train`` writ
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from fracsight.data.ids import ID_COLUMNS, case_id
+from fracsight.data.table import read_table
 
 __all__ = ["SplitFileError", "read_split_file", "split_ids"]
 
@@ -23,15 +23,7 @@ class SplitFileError(ValueError):
 
 def read_split_file(path: str | Path) -> dict[str, str]:
     """case id -> split name, for every row of the split file at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"split file {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
-        )
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [(name or "").strip() for name in reader.fieldnames or []]
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    header, rows = read_table(path, "split file")
     key = next((c for c in ID_COLUMNS if c in header), None)
     if key is None or "split" not in header:
         raise SplitFileError(

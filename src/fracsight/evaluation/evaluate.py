@@ -18,16 +18,9 @@ from typing import Any
 import numpy as np
 
 from fracsight import __version__
-from fracsight.data.split_file import split_ids
 from fracsight.evaluation.calibration import CalibrationSummary, calibration_summary
 from fracsight.evaluation.groups import MIN_POSITIVES, SMALL_CELL_RULE, GroupTable, group_table
-from fracsight.evaluation.inputs import (
-    CaseTable,
-    match_cases,
-    read_labels,
-    read_predictions,
-    restrict_labels,
-)
+from fracsight.evaluation.inputs import CaseTable
 from fracsight.evaluation.metrics import (
     CONFIDENCE,
     AucResult,
@@ -39,14 +32,15 @@ from fracsight.evaluation.metrics import (
     roc_curve,
 )
 from fracsight.evaluation.operating_points import OperatingPoint, OperatingPointName
+from fracsight.evaluation.sources import ModelIdentity, load_cases
 from fracsight.evaluation.training_guard import TrainingOverlap
 from fracsight.model_card import ModelCard
 
 __all__ = [
     "EvaluationSettings",
-    "ModelIdentity",
     "RocBand",
     "Evaluation",
+    "operating_points",
     "operating_points_from_card",
     "evaluate_cases",
     "evaluate_predictions",
@@ -74,41 +68,6 @@ class EvaluationSettings:
             raise ValueError(f"calibration bins {self.n_bins} must be >= 2")
         if self.prevalence is not None and not 0.0 < self.prevalence < 1.0:
             raise ValueError(f"prevalence {self.prevalence!r} must be strictly between 0 and 1")
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Which model produced the probabilities: its card when known, else just the predictions file."""
-
-    description: str
-    model_id: str | None = None
-    path: str | None = None
-    card: ModelCard | None = None
-
-    @classmethod
-    def from_card(cls, card: ModelCard, path: str | None) -> ModelIdentity:
-        model_id = card.model_id
-        return cls(
-            description=f"model {model_id}" + (f" ({path})" if path else ""),
-            model_id=model_id,
-            path=path,
-            card=card,
-        )
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {"description": self.description, "model_id": self.model_id, "path": self.path}
-        if self.card is not None:
-            keys = (
-                "model_id",
-                "input_size",
-                "thresholds",
-                "temperature",
-                "threshold_source",
-                "data",
-                "adaptations",
-            )
-            out["card"] = {k: self.card[k] for k in keys if k in self.card}
-        return out
 
 
 @dataclass(frozen=True)
@@ -282,44 +241,50 @@ def evaluate_predictions(
     predictions: str | Path,
     labels: str | Path,
     thresholds: Sequence[float] = (),
-    model_card: ModelCard | None = None,
-    model_path: str | None = None,
-    group_columns: Sequence[str] | None = None,
+    model: str | Path | None = None,
+    group_columns: Sequence[str] = (),
     split_file: str | Path | None = None,
     split: str | None = None,
     allow_missing: bool = False,
     settings: EvaluationSettings | None = None,
+    include_training_images: bool = False,
 ) -> Evaluation:
-    """Evaluate any model's predictions CSV against a labels CSV.
+    """Evaluate any model's predictions CSV against a labels CSV, as ``fracsight evaluate
+    --predictions --labels`` does (:func:`fracsight.evaluation.sources.load_cases`).
 
-    Operating points are the card's named ones (when ``model_card`` is given) plus each
-    of ``thresholds``. ``group_columns`` defaults to ``region`` and ``hardware`` where the
-    labels have them. ``split_file``/``split`` restrict the labels to one split.
+    ``model`` (the ONNX file whose card sits beside it) names the model that made the predictions:
+    its operating points are evaluated, plus each of ``thresholds``. Results are broken down by
+    ``region`` and ``hardware`` where the labels have them, and by ``group_columns``.
+    ``split_file``/``split`` restrict the labels to one split.
     """
-    table = read_labels(labels)
-    split_name = None
-    if split_file is not None:
-        if not split:
-            raise ValueError("a split file needs --split NAME (e.g. test) to say which split to evaluate")
-        table = restrict_labels(table, split_ids(split_file, split), f"split {split!r} of {split_file}")
-        split_name = f"{split} (from {split_file})"
-    if group_columns is None:
-        group_columns = [name for name in ("region", "hardware") if name in table.columns]
-    cases = match_cases(read_predictions(predictions), table, list(group_columns), allow_missing, split_name)
-    if model_card is not None:
-        model = ModelIdentity.from_card(model_card, model_path)
-        points = operating_points_from_card(model_card)
-    else:
-        model = ModelIdentity(description=f"predictions file {predictions} (model not identified)")
-        points = []
-    points += user_operating_points(thresholds)
-    notes = []
-    if not points:
-        points = [OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")]
-        notes.append("No model card or threshold was given: results at an operating point use 0.5.")
-    evaluation = evaluate_cases(cases, model, points, group_columns, settings)
+    loaded = load_cases(
+        predictions=str(predictions),
+        labels=str(labels),
+        model=str(model) if model is not None else None,
+        split_file=str(split_file) if split_file is not None else None,
+        split=split,
+        group_columns=list(group_columns),
+        allow_missing=allow_missing,
+        include_training_images=include_training_images,
+    )
+    points, notes = operating_points(loaded.card, thresholds)
+    evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
+    evaluation.training = loaded.training
     return evaluation
+
+
+def operating_points(
+    card: ModelCard | None, thresholds: Sequence[float]
+) -> tuple[list[OperatingPoint], list[str]]:
+    """The operating points of an evaluation, with the notes they need: the card's named ones, then
+    one per threshold given; 0.5 when there are none (and a note saying so)."""
+    points = operating_points_from_card(card) if card is not None else []
+    points += user_operating_points(thresholds)
+    if points:
+        return points, []
+    default = OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")
+    return [default], ["No model card (--model) or --threshold was given: operating-point results use 0.5."]
 
 
 def user_operating_points(thresholds: Sequence[float]) -> list[OperatingPoint]:

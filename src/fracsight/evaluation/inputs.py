@@ -17,7 +17,6 @@ file), so a predictions file with paths matches a label file with names; split f
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ import numpy as np
 
 from fracsight.data.ids import ID_COLUMNS, case_id
 from fracsight.data.labels import ACCEPTED_LABELS, parse_label
+from fracsight.data.table import read_table
 from fracsight.evaluation.errors import (
     LabelsError,
     PredictionsError,
@@ -130,14 +130,7 @@ class CaseTable:
 
 
 def _open_rows(path: Path, kind: str, error: type[ValueError]) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{kind} file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        rows = [
-            {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader
-        ]
+    header, rows = read_table(path, f"{kind} file")
     if not header:
         raise error(f"{kind} file {path} is empty (no header row)")
     if not rows:

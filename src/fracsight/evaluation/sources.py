@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fracsight.data.boxes import Box
 from fracsight.data.split_file import split_ids
 from fracsight.evaluation.datasets import load_dataset
 from fracsight.evaluation.errors import LabelsError
-from fracsight.evaluation.evaluate import ModelIdentity
 from fracsight.evaluation.inputs import (
     CaseTable,
     LabelTable,
@@ -26,9 +26,44 @@ from fracsight.evaluation.training_guard import TrainingOverlap, check_training_
 from fracsight.finding import Finding
 from fracsight.model_card import ModelCard
 
-__all__ = ["LoadedCases", "load_cases", "default_group_columns"]
+__all__ = ["LoadedCases", "ModelIdentity", "load_cases", "default_group_columns"]
 
 DEFAULT_GROUPS = ("region", "hardware")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model produced the probabilities: its card when known, else just the predictions file."""
+
+    description: str
+    model_id: str | None = None
+    path: str | None = None
+    card: ModelCard | None = None
+
+    @classmethod
+    def from_card(cls, card: ModelCard, path: str | None) -> ModelIdentity:
+        model_id = card.model_id
+        return cls(
+            description=f"model {model_id}" + (f" ({path})" if path else ""),
+            model_id=model_id,
+            path=path,
+            card=card,
+        )
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"description": self.description, "model_id": self.model_id, "path": self.path}
+        if self.card is not None:
+            keys = (
+                "model_id",
+                "input_size",
+                "thresholds",
+                "temperature",
+                "threshold_source",
+                "data",
+                "adaptations",
+            )
+            out["card"] = {k: self.card[k] for k in keys if k in self.card}
+        return out
 
 
 @dataclass

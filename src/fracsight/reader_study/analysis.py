@@ -64,7 +64,7 @@ def available_foms(study: ReadStudy) -> tuple[FigureOfMerit, ...]:
     return tuple(foms)
 
 
-def analyse(
+def analyse_study(
     study: ReadStudy,
     *,
     ai: AIPredictions | None = None,

@@ -1,4 +1,4 @@
-"""Result records of a reader-study analysis (what ``analyse`` returns and the reports read)."""
+"""Result records of a reader-study analysis (what ``analyse_study`` returns and the reports read)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Self-contained HTML reports with inline-SVG charts: shared by evaluation and reader studies.
 
 A report is one HTML file with no outside references (see :mod:`fracsight.reporting.html`).
+Imports nothing else of fracsight: it draws what it is given (radiographs arrive as pixels read by
+:mod:`fracsight.io`), so every part may use it.
 """
 
 from fracsight.reporting.html import (
