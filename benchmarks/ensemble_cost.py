@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from predict_speed import batched_ms, median_ms  # this folder is on sys.path when run as a script
 
+from fracsight.model_card import card_path, default_card_path
+
 ROOT = Path(__file__).resolve().parents[1]
 TYPICAL = ROOT / "src" / "fracsight" / "samples" / "IMG0001739.jpg"  # 373 x 454
-CARD = ROOT / "src" / "fracsight" / "models" / "default.card.json"
 CONFIGS = (
     ("lite0", 1, True),
     ("lite0", 1, False),
@@ -44,8 +45,8 @@ def _export(variant: str, k: int, mirror: bool, size: int, path: Path) -> None:
     import torch
     from torch import nn
 
-    from fracsight.model.export import WithFlipTTA, export_graph
-    from fracsight.model.network import FractureNet, Outputs
+    from fracsight.training.export import WithFlipTTA, export_graph
+    from fracsight.training.network import FractureNet, Outputs
 
     class _Mean(nn.Module):
         def __init__(self) -> None:
@@ -57,7 +58,7 @@ def _export(variant: str, k: int, mirror: bool, size: int, path: Path) -> None:
             return Outputs(*(torch.stack(parts).mean(0) for parts in zip(*outs, strict=True)))
 
     export_graph((WithFlipTTA(_Mean()) if mirror else _Mean()).eval(), size, path)
-    shutil.copy(CARD, path.with_suffix(".card.json"))
+    shutil.copy(default_card_path(), card_path(path))
 
 
 def _int8(path: Path, image: np.ndarray) -> Path:
@@ -80,7 +81,7 @@ def _int8(path: Path, image: np.ndarray) -> Path:
         weight_type=QuantType.QInt8,
         per_channel=True,
     )
-    shutil.copy(CARD, out.with_suffix(".card.json"))
+    shutil.copy(default_card_path(), card_path(out))
     return out
 
 

@@ -179,8 +179,8 @@ def main() -> None:
 def _train_speed(size: int) -> None:
     import torch
 
-    from fracsight.model.augment import Augmentation, augment
-    from fracsight.model.network import FractureNet
+    from fracsight.training.augment import Augmentation, augment
+    from fracsight.training.network import FractureNet
 
     torch.manual_seed(0)
     model = FractureNet("lite0").train().to(memory_format=torch.channels_last)

@@ -12,14 +12,15 @@ import pytest
 from PIL import Image, ImageOps
 
 from fracsight.cli import main
-from fracsight.evaluation.audit import (
+from fracsight.data.audit import (
     AuditInputError,
     DefectKind,
     audit,
-    read_manifest,
+    records_from_manifest,
     render_html,
     summary_text,
 )
+from fracsight.data.manifest import ManifestError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FRACATLAS = SHARED / "data" / "fracatlas"
@@ -112,7 +113,7 @@ def test_every_planted_defect_is_found(planted: Path, tmp_path: Path) -> None:
     assert [d.ids for d in bad] == [("hand.jpg",)] and "outside the 1280x1024 image" in bad[0].detail
     assert _kinds_of(report, DefectKind.MISSING_LABEL) == [("neg3.jpg",)]
     mismatch = [d for d in report.defects if d.kind is DefectKind.SPLIT_FILE_MISMATCH]
-    assert [d.ids for d in mismatch] == [("junk.jpg",), ("ghost.jpg",)]
+    assert [d.ids for d in mismatch] == [("junk.jpg",), ("ghost",)]  # split-file ids by the one id rule
     assert len(set(report.groups)) == 9 - 2  # two pairs collapse
 
     text = summary_text(report)
@@ -161,17 +162,17 @@ def test_cli_exit_codes_and_outputs(
 def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "m.csv"
     bad.write_text("file,label\na.jpg,1\n")
-    with pytest.raises(AuditInputError, match=r"missing column\(s\) \['path'\]"):
-        read_manifest(bad)
+    with pytest.raises(ManifestError, match=r"missing column\(s\) \['path'\]"):
+        records_from_manifest(bad)
     bad.write_text("path,label\na.jpg,maybe\n")
-    with pytest.raises(AuditInputError, match="line 2: label 'maybe'"):
-        read_manifest(bad)
+    with pytest.raises(ManifestError, match="line 2: label 'maybe'"):
+        records_from_manifest(bad)
     bad.write_text('path,label,boxes\na.jpg,1,"[[1, 2, 3]]"\n')
-    with pytest.raises(AuditInputError, match="line 2: boxes must be"):
-        read_manifest(bad)
+    with pytest.raises(ManifestError, match="line 2: column 'boxes': boxes must be"):
+        records_from_manifest(bad)
     bad.write_text("path,label\na.jpg,1\na.jpg,0\n")
-    with pytest.raises(AuditInputError, match="listed twice"):
-        read_manifest(bad)
+    with pytest.raises(ManifestError, match="listed twice"):
+        records_from_manifest(bad)
     with pytest.raises(AuditInputError, match="not a FracAtlas folder"):
         audit(tmp_path)
     assert main(["audit", str(tmp_path / "nowhere.csv")]) == 2
@@ -221,6 +222,10 @@ def test_real_fracatlas_audit() -> None:
     conflicting = {frozenset(g.members) for g in report.duplicate_groups if g.conflicting_labels}
     assert frozenset({"IMG0002617.jpg", "IMG0004028.jpg"}) in conflicting
     assert frozenset({"IMG0002738.jpg", "IMG0004121.jpg"}) in conflicting
-    assert len(conflicting) == 8
+    # 11 of the truncated copies keep under 90% of their rows: fracsight.io refuses them, so they are
+    # flagged but not compared (three more conflicting pairs and nine groups had one of them).
+    refused = {d.ids[0] for d in report.defects if d.kind is DefectKind.TRUNCATED and "refused" in d.detail}
+    assert len(refused) == 11 and "IMG0004100.jpg" in refused
+    assert len(conflicting) == 5
     assert not report.found([DefectKind.UNREADABLE, DefectKind.BAD_BOX, DefectKind.FRACTURED_WITHOUT_BOXES])
-    assert 80 <= len(report.duplicate_groups) <= 95
+    assert 70 <= len(report.duplicate_groups) <= 95

@@ -16,9 +16,9 @@ from fracsight.cli import main
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--max-distance", "-1", "max_distance"),
-        ("--max-distance", "nan", "max_distance"),
-        ("--min-correlation", "1.5", "min_correlation"),
+        ("--max-distance", "-1", "argument --max-distance"),
+        ("--max-distance", "nan", "argument --max-distance"),
+        ("--min-correlation", "1.5", "argument --min-correlation"),
     ],
 )
 def test_audit_checks_thresholds_before_the_scan(
@@ -36,7 +36,7 @@ def test_audit_checks_thresholds_before_the_scan(
     def no_scan(*args: object, **kwargs: object) -> None:
         raise AssertionError("images were decoded before the thresholds were checked")
 
-    monkeypatch.setattr("fracsight.evaluation.audit.scan_images", no_scan)
+    monkeypatch.setattr("fracsight.data.audit.scan_images", no_scan)
     assert main(["audit", str(manifest), flag, value]) == 2
     assert message in capsys.readouterr().err
 

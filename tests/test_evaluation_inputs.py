@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fracsight.data.ids import case_id
+from fracsight.data.split_file import SplitFileError, split_ids
 from fracsight.evaluation.errors import LabelsError, PredictionsError, SingleClassError
 from fracsight.evaluation.groups import MIN_POSITIVES, group_table
 from fracsight.evaluation.inputs import (
-    case_id,
     match_cases,
     read_labels,
     read_predictions,
-    read_split,
     restrict_labels,
 )
 from fracsight.evaluation.metrics import auc_with_ci
@@ -157,13 +157,13 @@ def test_split_file_restricts_the_labels(tmp_path: Path) -> None:
         ["id", "split"],
         [[f"case{i:03d}", "test" if i < 24 else "train"] for i in range(40)],
     )
-    table = restrict_labels(read_labels(labels), read_split(split, "test"), "split test")
+    table = restrict_labels(read_labels(labels), split_ids(split, "test"), "split test")
     cases = match_cases(read_predictions(preds), table)
     assert cases.n == 24 and cases.unmatched_predictions == 16
     with pytest.raises(
-        LabelsError, match=r"no case in split 'validation'; its splits are \['test', 'train'\]"
+        SplitFileError, match=r"no case in split 'validation'; its splits are \['test', 'train'\]"
     ):
-        read_split(split, "validation")
+        split_ids(split, "validation")
 
 
 def test_group_cells_withhold_values_from_too_few_cases(tmp_path: Path) -> None:

@@ -13,19 +13,20 @@ import pytest
 from PIL import Image
 
 from fracsight.cli import main
-from fracsight.decide import categorise
-from fracsight.evaluation.audit import audit
+from fracsight.data.audit import audit
+from fracsight.data.manifest import ManifestError
+from fracsight.evaluation.adapt import card_with_temperature
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.datasets import load_dataset
-from fracsight.evaluation.errors import LabelsError
 from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_predictions, user_operating_points
 from fracsight.evaluation.expert_boxes import box_results
 from fracsight.evaluation.groups import group_table
 from fracsight.evaluation.inputs import match_cases, read_labels, read_predictions
 from fracsight.evaluation.metrics import auc_with_ci, bootstrap_auc, delong_ci, wilson_interval
-from fracsight.evaluation.model_copy import card_with_temperature
 from fracsight.evaluation.operating_points import OperatingPoint, threshold_for_specificity
 from fracsight.evaluation.report import write_report
+from fracsight.explain import map_peak
+from fracsight.model_card import categorise
 
 
 def _pair(tmp_path: Path, p: list[float], y: list[int], extra: str = "", values: list[str] = ()) -> tuple:
@@ -129,15 +130,19 @@ def test_close_user_thresholds_get_distinct_names(tmp_path: Path) -> None:
     assert len(evaluation.rates) == 2
 
 
-def test_audit_json_stays_valid_when_a_duplicate_pair_has_no_correlation(tmp_path: Path) -> None:
-    """A truncated copy whose decoded part is flat: dHash links the pair, its correlation is undefined."""
-    rng = np.random.default_rng(0)
-    pixels = np.full((512, 512), 100, np.uint8)
-    pixels[400:] = rng.integers(0, 255, (112, 512))
-    Image.fromarray(pixels).save(tmp_path / "a.jpg", quality=95)
-    data = (tmp_path / "a.jpg").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(data[: int(len(data) * 0.04)])
-    (tmp_path / "m.csv").write_text("path,label\na.jpg,1\ncut.jpg,0\n")
+def test_audit_json_stays_valid_when_a_duplicate_pair_has_no_correlation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair linked by dHash whose correlation is undefined (NaN: the pixels both hold are flat, as
+    in the decoded part of a truncated copy) must not make the JSON unreadable."""
+    from fracsight.data import audit as audit_module
+    from fracsight.data.duplicates import DuplicateKind, DuplicatePair
+
+    pair = DuplicatePair(0, 1, DuplicateKind.NEAR, 3.0, float("nan"))
+    monkeypatch.setattr(audit_module, "find_duplicate_pairs", lambda *args: [pair])
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((64, 64), 140, np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "m.csv").write_text("path,label\na.png,1\nb.png,0\n")
     report = audit(tmp_path / "m.csv", workers=1)
     pairs = [p for g in report.to_json()["duplicate_groups"] for p in g["pairs"]]
     assert pairs, "the planted pair should be found"
@@ -160,7 +165,7 @@ def test_manifest_boxes_localisation_cannot_score_are_refused_with_their_line(
     Image.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "b.png")
     manifest = tmp_path / "m.csv"
     manifest.write_text(f'path,label,boxes\nb.png,0,\na.png,1,"{boxes}"\n')
-    with pytest.raises(LabelsError, match=rf"m.csv line 3: column 'boxes': {re.escape(message)}"):
+    with pytest.raises(ManifestError, match=rf"m.csv line 3: column 'boxes': {re.escape(message)}"):
         load_dataset(manifest)
     manifest.write_text('path,label,boxes\nb.png,0,\na.png,1,"[[-5, 40, 10, 60]]"\n')  # overhang is fine
     assert load_dataset(manifest).boxes["a"] == [(-5.0, 40.0, 10.0, 60.0)]
@@ -217,17 +222,21 @@ def test_thresholds_and_calibrate_name_the_data_their_numbers_come_from(tmp_path
         )
         == 0
     )
-    out, err = capsys.readouterr()
-    assert str(labels) in err and str(labels) in json.loads(out)["data"]
+    err = capsys.readouterr().err
+    adapted = json.loads((tmp_path / "t.card.json").read_text())["adaptations"][-1]
+    assert str(labels) in err and str(labels) in adapted["data"]
     assert main(["calibrate", *data, "--out", str(tmp_path / "c.onnx")]) == 0
-    out, err = capsys.readouterr()
-    assert str(labels) in err and str(labels) in json.loads(out)["data"]
+    err = capsys.readouterr().err
+    adapted = json.loads((tmp_path / "c.card.json").read_text())["adaptations"][-1]
+    assert str(labels) in err and str(labels) in adapted["data"]
 
 
 def _finding(heat: np.ndarray, probability: float) -> SimpleNamespace:
-    """What box_results reads of a Finding: the map on the image, its grid and letterbox, the probability."""
+    """What box_results reads of a Finding: the map on the image, its peak, its grid and letterbox, the
+    probability."""
     return SimpleNamespace(
         heatmap_on_image=lambda: heat,
+        peak=lambda: map_peak(heat),
         heatmap=np.zeros((4, 4)),
         letterbox=SimpleNamespace(size=64, scale=1.0),
         probability=probability,

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fracsight.decide import categorise
 from fracsight.explain import heatmap_peak, overlay_image
 from fracsight.finding import Category
 from fracsight.inference import DEFAULT_MODEL, Analyser
 from fracsight.io import Radiograph, read_radiograph
+from fracsight.model_card import categorise
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from fracsight.evaluation.localisation import (
     froc_from_marks,
     heatmap_boxes,
     heatmap_cell_px,
-    heatmap_peak,
     iou,
     mark_hits,
     pointing_game,
     wilson_interval,
 )
+from fracsight.explain import map_peak
 
 H, W = 120, 100
 
@@ -32,12 +32,22 @@ def blob(
 
 
 def test_peak_of_blob_plateau_and_flat_map() -> None:
-    assert heatmap_peak(blob(30.5, 20.5)) == (30.5, 20.5)
+    assert map_peak(blob(30.5, 20.5)) == (30.5, 20.5)
     cells = np.zeros((4, 4))
     cells[1, 2] = 1.0
     upsampled = np.kron(cells, np.ones((10, 10)))  # nearest-neighbour 10x: a 10 x 10 plateau
-    assert heatmap_peak(upsampled) == (25.0, 15.0)
-    assert heatmap_peak(np.full((5, 5), 0.3)) is None
+    assert map_peak(upsampled) == (25.0, 15.0)
+    flat = pointing_game([np.full((5, 5), 0.3)], [[(0.0, 0.0, 5.0, 5.0)]])  # a constant map points nowhere
+    assert (flat.hits, flat.n_flat) == (0, 1)
+
+
+def test_pointing_game_scores_given_peaks() -> None:
+    """``fracsight evaluate`` scores each finding's own peak, not one of the resampled map."""
+    box = (40.0, 40.0, 60.0, 60.0)
+    maps, probabilities = [blob(80.5, 100.5)], [0.9]
+    assert evaluate_localisation(maps, probabilities, [[box]], n_bootstrap=0).pointing.hits == 0
+    given = evaluate_localisation(maps, probabilities, [[box]], n_bootstrap=0, peaks=[(50.0, 50.0)])
+    assert given.pointing.hits == 1
 
 
 def test_wilson_interval_known_values() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import fracsight
 from fracsight.cli import main
-from fracsight.model.card import record_evaluation
+from fracsight.training.card import record_evaluation
 
 MODELS = Path(fracsight.__file__).parent / "models"
 
@@ -57,7 +57,7 @@ def test_shipped_card_gives_orientation_and_region_head_and_the_onnx_outputs_mat
 
 def test_shipped_card_markdown_is_current_and_its_tables_unbroken() -> None:
     """The Markdown is what render_markdown makes of the JSON, and no note line splits a table."""
-    from fracsight.model.card import render_markdown
+    from fracsight.training.card import render_markdown
 
     card = json.loads((MODELS / "default.card.json").read_text())
     text = (MODELS / "default.card.md").read_text()
@@ -98,7 +98,7 @@ def test_an_evaluation_is_recorded_into_a_card_copy(tmp_path: Path) -> None:
 
 
 def test_region_accuracy_per_region_and_for_several_regions() -> None:
-    from fracsight.model.card import region_accuracy
+    from fracsight.training.card import region_accuracy
 
     def row(flags: str, *p: float) -> dict[str, str]:
         return {
@@ -125,7 +125,7 @@ def test_region_accuracy_per_region_and_for_several_regions() -> None:
 
 
 def test_orientation_known_issues_and_previous_model_are_rendered(tmp_path: Path) -> None:
-    from fracsight.model.card import record_known_issues, record_orientation
+    from fracsight.training.card import record_known_issues, record_orientation
 
     card_path = tmp_path / "m.card.json"
     shutil.copy(MODELS / "default.card.json", card_path)

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from fracsight.model.export import check_onnx, export_onnx  # noqa: E402
-from fracsight.model.network import FractureNet, imagenet_checkpoint  # noqa: E402
+from fracsight.training.export import check_onnx, export_onnx  # noqa: E402
+from fracsight.training.network import FractureNet, imagenet_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from PIL import Image
 
 from fracsight.cli import main
 from fracsight.cli.predict import COLUMNS
-from fracsight.decide import categorise, load_card
 from fracsight.inference import DEFAULT_MODEL
 from fracsight.io import read_radiograph
+from fracsight.model_card import ModelCard, categorise
 from fracsight.preprocess import MIN_SIDE
 
 
@@ -38,7 +38,7 @@ def test_samples_folder_to_csv(tmp_path: Path, samples_dir: Path, sample_images:
     assert code == 0
     # One row per radiograph, in sorted order; README.md and __init__.py are skipped.
     assert [Path(r["path"]).name for r in rows] == [p.name for p in sample_images]
-    thresholds = load_card(DEFAULT_MODEL)["thresholds"]
+    thresholds = ModelCard.for_model(DEFAULT_MODEL).thresholds
     for r in rows:
         assert r["error"] == "" and r["heatmap"] == ""
         p = float(r["probability"])

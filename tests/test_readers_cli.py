@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fracsight.cli import main
-from fracsight.readers import RoeMetzConfig, simulate_roe_metz_with_ai
-from fracsight.readers.simulate import write_reads_csv
+from fracsight.reader_study import RoeMetzConfig, simulate_roe_metz_with_ai
+from fracsight.reader_study.simulate import write_reads_csv
 
 READERS_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "readers"
 REQUIRED = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fracsight.readers.fom import (
+from fracsight.reader_study.fom import (
     CovarianceMethod,
     FigureOfMerit,
     estimate,

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from fracsight.cli import main
-from fracsight.readers import (
+from fracsight.reader_study import (
     FigureOfMerit,
     IncompletePolicy,
     RoeMetzConfig,
     ai_arm,
-    analyse,
+    analyse_study,
     load_reads,
     simulate_roe_metz,
 )
-from fracsight.readers.ai_arm import load_ai_predictions
-from fracsight.readers.errors import (
+from fracsight.reader_study.ai_arm import load_ai_predictions
+from fracsight.reader_study.errors import (
     BadValue,
     DuplicateRead,
     IncompleteDesign,
@@ -31,7 +31,7 @@ from fracsight.readers.errors import (
     ReaderStudyError,
     SingleClass,
 )
-from fracsight.readers.simulate import write_reads_csv
+from fracsight.reader_study.simulate import write_reads_csv
 
 
 @pytest.fixture()
@@ -75,7 +75,7 @@ def test_reader_missing_a_modality_says_what_is_missing(tmp_path, reads_rows):
         load_reads(path)
     kept = load_reads(path, incomplete=IncompletePolicy.DROP_READERS)
     assert kept.readers == ("r1", "r2")
-    assert analyse(kept).overall.comparisons
+    assert analyse_study(kept).overall.comparisons
 
 
 def test_reader_missing_some_cases_can_drop_those_cases(tmp_path, reads_rows):
@@ -152,7 +152,7 @@ def test_cutoff_makes_calls_and_missing_calls_block_sensitivity(tmp_path, reads_
     path = _write(tmp_path, rows)
     study = load_reads(path)
     with pytest.raises(NotEstimable, match="sensitivity needs binary calls"):
-        analyse(study, foms=[FigureOfMerit.SENSITIVITY])
+        analyse_study(study, foms=[FigureOfMerit.SENSITIVITY])
     cut = load_reads(path, cutoff=0.75)
     assert cut.call_rule == "rating >= 0.75"
     assert np.array_equal(cut.calls, (cut.ratings >= 0.75).astype(float))
@@ -173,7 +173,7 @@ def test_region_with_one_class_is_described_not_fatal(tmp_path, reads_rows):
         r["region"] = (
             "hip" if fractured and int(r["case_id"][1:]) % 2 else ("hand" if not fractured else "leg")
         )
-    result = analyse(load_reads(_write(tmp_path, reads_rows)))
+    result = analyse_study(load_reads(_write(tmp_path, reads_rows)))
     regions = {g.label: g for g in result.regions}
     assert set(regions) == {"region hand", "region hip", "region leg"}
     hip = regions["region hip"]
@@ -234,9 +234,11 @@ def test_without_threshold_or_card_sensitivity_needs_ai_threshold(tmp_path, read
     study = load_reads(_write(tmp_path, reads_rows))
     ai = load_ai_predictions(_write(tmp_path, _ai_rows(study.case_ids), "ai.csv"), study.case_ids)
     assert ai.primary is None
-    assert analyse(study, ai=ai, foms=[FigureOfMerit.AUC]).overall.ai is not None  # AUC needs no threshold
+    assert (
+        analyse_study(study, ai=ai, foms=[FigureOfMerit.AUC]).overall.ai is not None
+    )  # AUC needs no threshold
     with pytest.raises(ReaderStudyError, match="--ai-threshold"):
-        analyse(study, ai=ai)
+        analyse_study(study, ai=ai)
 
 
 def test_unknown_comparison_modality(tmp_path, reads_rows):
@@ -244,7 +246,7 @@ def test_unknown_comparison_modality(tmp_path, reads_rows):
     with pytest.raises(
         ReaderStudyError, match=r"modality 'aided' is not in the study \(modalities present: m1, m2\)"
     ):
-        analyse(study, comparisons=[("aided", "m1")])
+        analyse_study(study, comparisons=[("aided", "m1")])
 
 
 def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path, reads_rows, capsys):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fracsight.readers import CovarianceMethod, FigureOfMerit, analyse, load_reads
-from fracsight.readers.fom import estimate
-from fracsight.readers.or_analysis import Generalisation, components
-from fracsight.readers.power import VAN_DYKE_PILOT, cases_needed, pilot_from_components, power
+from fracsight.reader_study import CovarianceMethod, FigureOfMerit, analyse_study, load_reads
+from fracsight.reader_study.fom import estimate
+from fracsight.reader_study.or_analysis import Generalisation, components
+from fracsight.reader_study.power import VAN_DYKE_PILOT, cases_needed, pilot_from_components, power
 
 READERS_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "readers"
 
@@ -38,7 +38,7 @@ def franken():
 
 
 def _auc_comparison(study, covariance):
-    result = analyse(study, foms=[FigureOfMerit.AUC], covariance=covariance)
+    result = analyse_study(study, foms=[FigureOfMerit.AUC], covariance=covariance)
     [comparison] = [c for c in result.overall.comparisons if c.kind == "modalities"]
     [variance] = result.overall.variance_components
     return comparison, variance
@@ -134,7 +134,7 @@ def test_franken_runs_with_every_figure_of_merit(franken):
     assert (franken.n_cases, franken.n_normal, franken.n_diseased, len(franken.readers)) == (100, 33, 67, 4)
     rated = load_reads(_dataset("franken.csv"), cutoff=3)
     for covariance in CovarianceMethod:
-        result = analyse(rated, covariance=covariance, margins={FigureOfMerit.SPECIFICITY: 0.05})
+        result = analyse_study(rated, covariance=covariance, margins={FigureOfMerit.SPECIFICITY: 0.05})
         assert {c.fom for c in result.overall.comparisons} == set(FigureOfMerit)
         for c in result.overall.comparisons:
             p = c.primary
@@ -146,6 +146,6 @@ def test_franken_runs_with_every_figure_of_merit(franken):
         [spec] = [c for c in result.overall.comparisons if c.fom is FigureOfMerit.SPECIFICITY]
         assert spec.non_inferiority is not None and spec.non_inferiority.bound == -0.05
     # For proportions the two covariance methods are the same estimator.
-    jack = analyse(rated, foms=[FigureOfMerit.SENSITIVITY], covariance=CovarianceMethod.JACKKNIFE)
-    delong = analyse(rated, foms=[FigureOfMerit.SENSITIVITY], covariance=CovarianceMethod.DELONG)
+    jack = analyse_study(rated, foms=[FigureOfMerit.SENSITIVITY], covariance=CovarianceMethod.JACKKNIFE)
+    delong = analyse_study(rated, foms=[FigureOfMerit.SENSITIVITY], covariance=CovarianceMethod.DELONG)
     assert jack.overall.comparisons[0].primary.f == pytest.approx(delong.overall.comparisons[0].primary.f)

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fracsight.readers import (
+from fracsight.reader_study import (
     CovarianceMethod,
     FigureOfMerit,
     RoeMetzConfig,
-    analyse,
+    analyse_study,
     simulate_roe_metz,
     simulate_roe_metz_with_ai,
 )
-from fracsight.readers.ai_arm import AIPredictions
-from fracsight.readers.fom import estimate
-from fracsight.readers.or_analysis import Generalisation, compare_modalities, components
-from fracsight.readers.power import PilotComponents, power
+from fracsight.reader_study.ai_arm import AIPredictions
+from fracsight.reader_study.fom import estimate
+from fracsight.reader_study.or_analysis import Generalisation, compare_modalities, components
+from fracsight.reader_study.power import PilotComponents, power
 
 ALPHA = 0.05
 
@@ -53,7 +53,7 @@ def test_type_one_error_between_modalities_is_nominal():
     rng = np.random.default_rng(2024)
     rejections = dict.fromkeys(FigureOfMerit, 0)
     for _ in range(n_studies):
-        for c in analyse(simulate_roe_metz(config, rng), by_region=False).overall.comparisons:
+        for c in analyse_study(simulate_roe_metz(config, rng), by_region=False).overall.comparisons:
             rejections[c.fom] += c.primary.p < ALPHA
     low, high = _binomial_99(n_studies)
     rates = {fom.value: count / n_studies for fom, count in rejections.items()}
@@ -69,7 +69,7 @@ def test_type_one_error_readers_versus_ai_is_nominal():
     for _ in range(n_studies):
         study, probability = simulate_roe_metz_with_ai(config, rng)
         ai = AIPredictions(probability, (), "none", "simulated AI", None)
-        [c] = analyse(study, ai=ai, foms=[FigureOfMerit.AUC]).overall.comparisons
+        [c] = analyse_study(study, ai=ai, foms=[FigureOfMerit.AUC]).overall.comparisons
         assert c.kind == "readers_vs_ai"
         rejections += c.primary.p < ALPHA
     low, high = _binomial_99(n_studies)
@@ -83,7 +83,7 @@ def test_readers_versus_ai_detects_a_better_ai():
     for _ in range(100):
         study, probability = simulate_roe_metz_with_ai(config, rng, ai_auc_shift=0.08)
         ai = AIPredictions(probability, (), "none", "simulated AI", None)
-        [c] = analyse(study, ai=ai, foms=[FigureOfMerit.AUC]).overall.comparisons
+        [c] = analyse_study(study, ai=ai, foms=[FigureOfMerit.AUC]).overall.comparisons
         significant += c.primary.p < ALPHA and c.primary.estimate < 0
     assert significant >= 60
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import HAVE_CHROMIUM, chrome_driver
-from PIL import Image, ImageOps
 
 from fracsight.cli import main
-from fracsight.reporting import heat_overlay
+from fracsight.explain import overlay_image
+from fracsight.finding import Finding
+from fracsight.io import read_radiograph
+from fracsight.model_card import Category
+from fracsight.preprocess import letterbox_geometry
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FRACATLAS = SHARED / "data" / "fracatlas"
@@ -45,15 +48,13 @@ def _report(tmp_path: Path) -> Path:
             p = float(1 / (1 + np.exp(-rng.normal(2.2 * int(row["fractured"]) - 1.2, 1.0))))
             heat_png = ""
             if i % 3 == 0:
-                with Image.open(image_path) as image:
-                    gray = (
-                        np.asarray(ImageOps.exif_transpose(image).convert("L").reduce(2), dtype=float) / 255
-                    )
-                yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]]
-                cy, cx = rng.uniform(0.3, 0.7) * gray.shape[0], rng.uniform(0.3, 0.7) * gray.shape[1]
-                heat = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.12 * gray.shape[1]) ** 2))
+                pixels = read_radiograph(image_path).pixels
+                heat = np.zeros((24, 24), np.float32)
+                heat[rng.integers(7, 17), rng.integers(7, 17)] = 1.0
+                box = letterbox_geometry(*pixels.shape, 384)
+                finding = Finding(p, Category.DOUBT, heat, box, "test")
                 heat_png = str(overlays / f"{row['image_id']}.heatmap.png")
-                Image.fromarray(heat_overlay(gray, heat)).save(heat_png)
+                overlay_image(pixels, finding, max_side=512).save(heat_png)
             writer.writerow([image_path, f"{p:.4f}", "", heat_png, ""])
     labels = tmp_path / "labels.csv"
     with labels.open("w", newline="") as handle:

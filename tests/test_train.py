@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fracsight.model.examples import load_examples, read_manifest
-from fracsight.model.splits import grouped_holdout, grouped_stratified_folds
+from fracsight.training.examples import load_examples
+from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 
 # ---------------------------------------------------------------------------------------------
 # Splits
@@ -85,7 +85,7 @@ def test_holdout_fraction_out_of_range(fraction: float) -> None:
 
 def test_identity_augmentation_leaves_images_unchanged() -> None:
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     masks = (torch.rand(3, 1, 32, 32) > 0.8).float()
@@ -105,7 +105,7 @@ def test_identity_augmentation_leaves_images_unchanged() -> None:
 
 def test_flip_moves_image_and_mask_together() -> None:
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.full((2, 1, 32, 32), -1.0)
     images[:, :, 8:16, 2:10] = 1.0  # a bright block on the left
@@ -127,7 +127,7 @@ def test_flip_moves_image_and_mask_together() -> None:
 def test_quarter_turns_give_every_orientation_with_the_mask_turned_alike() -> None:
     """Each image comes out turned by 0, 90, 180 or 270 degrees, exactly, with its mask."""
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.full((64, 1, 32, 32), -1.0)
     images[:, :, 4:12, 2:26] = 1.0  # a wide block near the top: every turn looks different
@@ -148,7 +148,7 @@ def test_quarter_turns_give_every_orientation_with_the_mask_turned_alike() -> No
 
 def test_random_augmentation_stays_in_range_and_keeps_boxes_aligned() -> None:
     torch = pytest.importorskip("torch")
-    from fracsight.model.augment import Augmentation, augment
+    from fracsight.training.augment import Augmentation, augment
 
     images = torch.full((8, 1, 64, 64), -1.0)
     images[:, :, 20:40, 24:44] = 1.0
@@ -184,8 +184,8 @@ def test_manifest_bad_label_names_the_row(tmp_path: Path, sample_images: list[Pa
             [str(sample_images[2]), "2", "hand", "0", "[]", "c"],
         ],
     )
-    with pytest.raises(ValueError, match=r"row 4: label '2' in column 'label' is not a fracture label"):
-        read_manifest(manifest)
+    with pytest.raises(ValueError, match=r"line 4: label '2' in column 'label' is not a fracture label"):
+        load_examples(manifest)
 
 
 def test_manifest_bad_label_through_the_cli(
@@ -197,22 +197,22 @@ def test_manifest_bad_label_through_the_cli(
     manifest = _write_rows(tmp_path / "m.csv", [[str(sample_images[0]), "2", "leg", "0", "[]", "a"]])
     assert main(["train", str(manifest), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "row 2" in err and "'2'" in err
+    assert "line 2" in err and "'2'" in err
 
 
 def test_manifest_bad_boxes_and_missing_columns(tmp_path: Path, sample_images: list[Path]) -> None:
     bad_box = _write_rows(
         tmp_path / "box.csv", [[str(sample_images[0]), "1", "leg", "0", "[[1, 2, 3]]", "a"]]
     )
-    with pytest.raises(ValueError, match="row 2: each box needs 4 numbers"):
-        read_manifest(bad_box)
+    with pytest.raises(ValueError, match="line 2: column 'boxes': boxes must be a JSON list of"):
+        load_examples(bad_box)
     not_json = _write_rows(tmp_path / "json.csv", [[str(sample_images[0]), "1", "leg", "0", "1,2,3,4", "a"]])
-    with pytest.raises(ValueError, match="row 2: boxes"):
-        read_manifest(not_json)
+    with pytest.raises(ValueError, match="line 2: column 'boxes': boxes '1,2,3,4' are not JSON"):
+        load_examples(not_json)
     no_label = tmp_path / "nolabel.csv"
     no_label.write_text("path,group\nx.jpg,a\n")
-    with pytest.raises(ValueError, match="lacks column"):
-        read_manifest(no_label)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
+        load_examples(no_label)
 
 
 def test_manifest_relative_paths_and_defaults(tmp_path: Path, sample_images: list[Path]) -> None:
@@ -353,7 +353,7 @@ def _onnx_vs_checkpoint(onnx_path: Path, checkpoint: Path) -> float:
     import onnxruntime as ort
     import torch
 
-    from fracsight.model.network import FractureNet
+    from fracsight.training.network import FractureNet
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = FractureNet("lite0")
@@ -395,6 +395,22 @@ def test_train_writes_model_card_and_predictions(trained: dict) -> None:
 
 
 @pytest.mark.slow
+def test_train_card_records_the_images_it_trained_on(trained: dict) -> None:
+    """The card keeps the development images' content hashes: every one matches, no test image does."""
+    from fracsight.data.image_hashes import image_digests
+    from fracsight.model_card import ModelCard
+    from fracsight.training.examples import load_examples
+
+    images = ModelCard.for_model(trained["out"] / "model.onnx").training_images
+    with open(trained["out"] / "split.csv", newline="") as fh:
+        split = {r["image_id"]: r["split"] for r in csv.DictReader(fh)}
+    assert images is not None and images.n == sum(s == "dev" for s in split.values())
+    for example in load_examples(trained["manifest"]):
+        digests = image_digests(example.path)
+        assert images.includes(digests.file, digests.pixels) == (split[example.image_id] == "dev")
+
+
+@pytest.mark.slow
 def test_train_split_keeps_groups_together(trained: dict) -> None:
     with open(trained["out"] / "split.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -415,9 +431,9 @@ def test_train_split_keeps_groups_together(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_trained_model_runs_in_the_analyser(trained: dict, sample_images: list[Path]) -> None:
-    from fracsight.decide import categorise
     from fracsight.inference import Analyser
     from fracsight.io import read_radiograph
+    from fracsight.model_card import categorise
 
     analyser = Analyser(trained["fresh"] / "model.onnx")
     assert analyser.size == 64
@@ -496,14 +512,14 @@ def test_manifest_region_flags(tmp_path: Path, sample_images: list[Path]) -> Non
         f"{sample_images[1]},0,leg,\n"
         f"{sample_images[2]},0,unknown,\n"
     )
-    mixed, leg, unknown = read_manifest(path)
+    mixed, leg, unknown = load_examples(path)
     assert mixed.region_flags == ("hand", "shoulder")  # REGIONS order, any case
     assert mixed.region_targets() == [1, 0, 0, 1]
     assert leg.region_flags == ("leg",)  # no flags given: the region stands for itself
     assert unknown.region_flags == () and unknown.region_targets() is None
     path.write_text(f"path,label,region_flags\n{sample_images[0]},1,hand;knee\n")
-    with pytest.raises(ValueError, match=r"row 2: region_flags 'hand;knee' names knee"):
-        read_manifest(path)
+    with pytest.raises(ValueError, match=r"line 2: region_flags 'hand;knee' names knee"):
+        load_examples(path)
 
 
 def test_fracatlas_region_flags_follow_dataset_csv() -> None:

@@ -35,7 +35,7 @@ shipped="fracsight evaluate ../shared/data/fracatlas --split-file $split --split
 import sys
 from pathlib import Path
 
-from fracsight.model.card import record_evaluation, record_orientation
+from fracsight.training.card import record_evaluation, record_orientation
 
 card, work, command = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 record_evaluation(card, work / "shipped" / "metrics.json", command)

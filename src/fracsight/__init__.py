@@ -8,8 +8,20 @@ The front door is :func:`analyse`::
     finding = fracsight.analyse("wrist.dcm")
     finding.probability, finding.category, finding.heatmap_on_image()
 
-Everything else is reached through its own sub-package: ``fracsight.io`` (reading),
-``fracsight.inference`` (batches), ``fracsight.evaluation``, ``fracsight.readers``.
+The house, from the bottom up; each part imports only parts above it in this list (checked by
+``tests/test_layout.py``), and each package's docstring says what it owns:
+
+* ``io``: radiograph files -> :class:`~fracsight.io.Radiograph` (pixels, refusals with reasons)
+* ``reporting``: self-contained HTML and SVG for reports (imports nothing of fracsight)
+* ``preprocess``: contrast stretch and letterbox, shared by training and inference
+* ``model_card``: a model's card: identity, input size, operating points -> category
+* ``explain``: heat map -> peak and overlay picture
+* ``finding``: :class:`~fracsight.finding.Finding`, what travels from inference to every surface
+* ``inference``: :class:`~fracsight.inference.Analyser`, ONNX Runtime in batches, no torch
+* ``data``: datasets, manifests, split files, labels, boxes, duplicates, the data audit
+* ``evaluation``: accuracy with CIs, localisation, the training-data guard, site-adapted copies
+* ``reader_study``: MRMC reader studies; ``training``: the network and its training (torch)
+* ``cli``: one module per sub-command; nothing imports it
 """
 
 from __future__ import annotations

@@ -1,12 +1,24 @@
-"""Heat map -> pictures and places: overlay PNG for people, peak and map on image pixels for code."""
+"""Heat map -> pictures and places: overlay PNG for people, peak and map on image pixels for code.
+
+The one definition of the heat map's peak (:func:`map_peak`, :func:`heatmap_peak`) and of the
+overlay picture: ``fracsight predict`` draws it, ``Finding.peak()`` returns it and ``fracsight
+evaluate`` scores it against expert boxes. Imports only the geometry (:mod:`fracsight.preprocess`)
+and the categories (:mod:`fracsight.model_card`); a Finding is only read, never imported, so that
+:mod:`fracsight.finding` can use this module.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fracsight.finding import Category, Finding, Letterbox
-from fracsight.preprocess import resize_gray, stretch_contrast
+from fracsight.model_card import Category
+from fracsight.preprocess import Letterbox, resize_gray, stretch_contrast
+
+if TYPE_CHECKING:
+    from fracsight.finding import Finding
 
 # Cells below this map value stay uncoloured: the overlay shows where evidence is, not noise.
 OVERLAY_FLOOR = 0.2
@@ -32,11 +44,35 @@ def heatmap_to_image(heatmap: np.ndarray, box: Letterbox) -> np.ndarray:
     return np.asarray(crop.resize((box.width, box.height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def map_peak(heat: np.ndarray) -> tuple[float, float]:
+    """(x, y) of a map's maximum in its own pixel units, pixel (r, c) centred at (c + 0.5, r + 0.5).
+
+    Several equal maxima side by side (a nearest-upsampled cell, saturated cells) give the
+    centroid of the 8-connected plateau that holds the first maximum, not its corner; a
+    constant map is one plateau, so its peak is its centre.
+    """
+    top = heat.max()
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(heat)), heat.shape))
+    at_top = {(int(r), int(c)) for r, c in np.argwhere(heat == top)}
+    plateau, stack = {first}, [first]
+    while stack:
+        r, c = stack.pop()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                neighbour = (r + dr, c + dc)
+                if neighbour in at_top and neighbour not in plateau:
+                    plateau.add(neighbour)
+                    stack.append(neighbour)
+    rows, cols = np.array(sorted(plateau)).T
+    return float(cols.mean() + 0.5), float(rows.mean() + 0.5)
+
+
 def heatmap_peak(heatmap: np.ndarray, box: Letterbox) -> tuple[float, float]:
-    """Centre of the hottest cell, in original image pixels (x, y)."""
-    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    """The cell map's peak (:func:`map_peak`: centre of the hottest cell), in original image pixels
+    (x, y), clipped to the image."""
+    col, row = map_peak(heatmap)
     cell = box.size / heatmap.shape[0]
-    x, y = box.to_image((col + 0.5) * cell, (row + 0.5) * cell)
+    x, y = box.to_image(col * cell, row * cell)
     return float(np.clip(x, 0, box.width - 1)), float(np.clip(y, 0, box.height - 1))
 
 

@@ -1,37 +1,19 @@
-"""The result of analysing one radiograph: what travels from inference to every surface."""
+"""The result of analysing one radiograph: what travels from inference to every surface.
+
+Built by :mod:`fracsight.inference` from the model card's category (:mod:`fracsight.model_card`) and
+the heat map's geometry (:mod:`fracsight.explain`, :mod:`fracsight.preprocess`); nothing below it
+imports it, so it can carry methods that use them.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
-
-class Category(str, enum.Enum):
-    """The three answers shown to a clinician, by the model's two operating points."""
-
-    FRACTURE = "fracture"  # probability >= the high-specificity threshold
-    DOUBT = "doubt"  # between the two thresholds: look again
-    NO_FRACTURE = "no_fracture"  # below the high-sensitivity threshold
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Where the original image sits inside the square model input (for mapping back)."""
-
-    size: int  # side of the square model input, px
-    scale: float  # model px per original px
-    pad_x: int  # left padding, model px
-    pad_y: int  # top padding, model px
-    height: int  # original image height, px
-    width: int  # original image width, px
-
-    def to_model(self, x: float, y: float) -> tuple[float, float]:
-        return x * self.scale + self.pad_x, y * self.scale + self.pad_y
-
-    def to_image(self, x: float, y: float) -> tuple[float, float]:
-        return (x - self.pad_x) / self.scale, (y - self.pad_y) / self.scale
+from fracsight.explain import heatmap_peak, heatmap_to_image
+from fracsight.model_card import Category
+from fracsight.preprocess import Letterbox
 
 
 @dataclass(frozen=True)
@@ -57,12 +39,9 @@ class Finding:
 
     def heatmap_on_image(self) -> np.ndarray:
         """The heat map resampled to the original image (H x W, float32 in [0, 1])."""
-        from fracsight.explain import heatmap_to_image
-
         return heatmap_to_image(self.heatmap, self.letterbox)
 
     def peak(self) -> tuple[float, float]:
-        """(x, y) of the heat map's maximum, in original image pixels."""
-        from fracsight.explain import heatmap_peak
-
+        """(x, y) of the heat map's peak in original image pixels (:func:`fracsight.explain.heatmap_peak`),
+        the point ``fracsight evaluate`` scores against expert boxes."""
         return heatmap_peak(self.heatmap, self.letterbox)

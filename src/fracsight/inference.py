@@ -17,12 +17,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fracsight.decide import categorise, load_card
-from fracsight.finding import Finding, Letterbox
+from fracsight.finding import Finding
 from fracsight.io import Radiograph, RefusedInput, read_radiograph
-from fracsight.preprocess import prepare
+from fracsight.model_card import DEFAULT_MODEL, ModelCard, categorise
+from fracsight.preprocess import Letterbox, prepare
 
-DEFAULT_MODEL = Path(__file__).parent / "models" / "default.onnx"
 # Formats that can decode a smaller image cheaply (JPEG 2000 resolution levels) stop at this
 # longer side: ample for the 384 px model and a readable heat-map overlay, and it keeps a
 # 3000 x 3000 JPEG 2000 study inside the half-second budget.
@@ -68,11 +67,11 @@ class Analyser:
         if not path.exists():
             raise FileNotFoundError(f"{path}: model not found")
         self.model_path = path
-        self.card = load_card(path)
-        self.model_id: str = self.card["model_id"]
-        self.size: int = int(self.card["input_size"])
-        self.thresholds: dict[str, float] = dict(self.card["thresholds"])
-        self.temperature: float = float(self.card["temperature"])
+        self.card = ModelCard.for_model(path)
+        self.model_id: str = self.card.model_id
+        self.size: int = self.card.input_size
+        self.thresholds: dict[str, float] = self.card.thresholds
+        self.temperature: float = self.card.temperature
         self.batch_size = max(1, batch_size)
         # None decodes every file in full: for callers that compare the heat map with
         # coordinates in the file's own pixels (expert boxes in `fracsight evaluate`).

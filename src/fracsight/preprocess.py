@@ -11,10 +11,10 @@ letterbox on a black square, scale to [-1, 1] (what the ImageNet EfficientNet-Li
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
-
-from fracsight.finding import Letterbox
 
 # Percentiles of the image intensity mapped to black and white before resizing.
 LOW_PERCENTILE = 0.5
@@ -32,6 +32,24 @@ PREPROCESSING = {
     "resize": "aspect-preserving, Pillow bilinear with antialiasing, centred on a black square",
     "scale": "[0, 1] -> [-1, 1]; padding is -1",
 }
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the original image sits inside the square model input (for mapping back)."""
+
+    size: int  # side of the square model input, px
+    scale: float  # model px per original px
+    pad_x: int  # left padding, model px
+    pad_y: int  # top padding, model px
+    height: int  # original image height, px
+    width: int  # original image width, px
+
+    def to_model(self, x: float, y: float) -> tuple[float, float]:
+        return x * self.scale + self.pad_x, y * self.scale + self.pad_y
+
+    def to_image(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.pad_x) / self.scale, (y - self.pad_y) / self.scale
 
 
 def _percentiles(pixels: np.ndarray) -> tuple[float, float]:

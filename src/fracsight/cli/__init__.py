@@ -4,6 +4,14 @@ Each module under ``fracsight.cli`` exposes ``register(subparsers)``, which adds
 parser and sets ``func`` to a callable taking the parsed namespace and returning an exit
 code. Heavy imports (torch, scipy) happen inside those callables, so ``fracsight predict``
 starts without them.
+
+A command checks before it works: option values are checked as they are parsed
+(:mod:`fracsight.cli.options`), what depends on the data (a column for ``--by``, training images
+in the cases) before any model runs. Every refusal is one line on standard error with exit code
+2; no traceback reaches a user (an unexpected failure says so in one line, exit code 3, and
+``-v`` shows its traceback).
+
+Owns the command line only: it imports the packages below it and nothing imports it.
 """
 
 from __future__ import annotations
@@ -15,13 +23,14 @@ import os
 import sys
 
 from fracsight import __version__
+from fracsight.cli.options import Parser
 
 # Sub-command modules, in the order they appear in --help.
 _COMMANDS = ("predict", "serve", "train", "evaluate", "thresholds", "calibrate", "audit", "readers")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fracsight",
         description="Fracture detection on radiographs: an aid to the clinician, not a diagnosis.",
     )
@@ -39,9 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # said by the sub-command's parser, with its name and help
+            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+            commands.get(getattr(args, "command", None), parser).error(
+                f"unrecognized arguments: {' '.join(extras)}"
+            )
+    except SystemExit as stop:  # --help, --version, or a bad option said in one line
+        return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -64,10 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         # quietly as Unix tools do, and keep Python from failing again when it flushes at exit.
         _silence_stdout()
         return 141
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Expected failures (bad input, missing optional dependency): one clear line, no traceback.
-        print(f"fracsight {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Expected failures (bad input, unreadable files, missing optional dependency): one line.
+        print(f"fracsight {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(
+            f"fracsight {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with -v for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 def _silence_stdout() -> None:

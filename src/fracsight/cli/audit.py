@@ -7,6 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from fracsight.cli.options import (
+    a_file_to_write,
+    a_folder_to_write,
+    a_number,
+    a_whole_number,
+    an_existing_file,
+    an_existing_path,
+)
+from fracsight.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+
 _EPILOG = """\
 exit codes:
   0  the audit ran (defects, if any, are in the report)
@@ -22,7 +32,7 @@ A CI pipeline guarding a frozen split would use e.g.
 
 
 def _kinds() -> list[str]:
-    from fracsight.evaluation.audit import DefectKind
+    from fracsight.data.audit import DefectKind
 
     return [k.value for k in DefectKind]
 
@@ -39,45 +49,64 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_EPILOG.format(kinds=", ".join(_kinds())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", help="FracAtlas folder or manifest CSV")
-    p.add_argument("--split-file", help="CSV with columns id,split (id: image id, file name or path)")
-    p.add_argument("--report", help="write audit.html and audit.json into this folder")
-    p.add_argument("--json", dest="json_out", help="write the full JSON report to this file ('-' for stdout)")
-    p.add_argument("--fail-on", help="exit 1 if a defect of these kinds is found (comma-separated, or 'any')")
-    p.add_argument("--max-distance", type=float, help="near-duplicate dHash distance (of 256 bits)")
-    p.add_argument("--min-correlation", type=float, help="near-duplicate thumbnail correlation")
-    p.add_argument("--workers", type=int, help="processes decoding images (default: up to 2)")
+    p.add_argument("dataset", type=an_existing_path("dataset"), help="FracAtlas folder or manifest CSV")
+    p.add_argument(
+        "--split-file",
+        type=an_existing_file("split"),
+        help="CSV with columns id,split (id: image id, file name or path)",
+    )
+    p.add_argument(
+        "--report", type=a_folder_to_write, help="write audit.html and audit.json into this folder"
+    )
+    p.add_argument(
+        "--json",
+        dest="json_out",
+        type=a_file_to_write,
+        help="write the full JSON report to this file ('-' for stdout)",
+    )
+    p.add_argument(
+        "--fail-on",
+        type=_fail_kinds,
+        default=[],
+        help="exit 1 if a defect of these kinds is found (comma-separated, or 'any')",
+    )
+    p.add_argument(
+        "--max-distance",
+        type=a_number(0, 256),
+        default=DEFAULT_MAX_DISTANCE,
+        help=f"near-duplicate dHash distance, of 256 bits (default {DEFAULT_MAX_DISTANCE})",
+    )
+    p.add_argument(
+        "--min-correlation",
+        type=a_number(-1, 1),
+        default=DEFAULT_MIN_CORRELATION,
+        help=f"near-duplicate thumbnail correlation, -1 to 1 (default {DEFAULT_MIN_CORRELATION})",
+    )
+    p.add_argument("--workers", type=a_whole_number(1), help="processes decoding images (default: up to 2)")
     p.set_defaults(func=run)
 
 
-def _fail_kinds(text: str | None) -> list:
-    from fracsight.evaluation.audit import DefectKind
+def _fail_kinds(text: str) -> list:
+    """An argparse type: defect kinds, comma-separated, or 'any'."""
+    from fracsight.data.audit import DefectKind
 
-    if not text:
-        return []
     names = [t.strip() for t in text.split(",") if t.strip()]
     if names == ["any"]:
         return list(DefectKind)
     unknown = [n for n in names if n not in {k.value for k in DefectKind}]
-    if unknown:
-        raise ValueError(f"--fail-on: unknown kind(s) {unknown}; use 'any' or some of {_kinds()}")
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {unknown}; use 'any' or some of {_kinds()}")
     return [DefectKind(n) for n in names]
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracsight.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION, check_thresholds
-    from fracsight.evaluation.audit import audit, render_html, summary_text
+    from fracsight.data.audit import audit, render_html, summary_text
 
-    # Check the arguments before the slow part (decoding every image).
-    fail_kinds = _fail_kinds(args.fail_on)
-    max_distance = DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance
-    min_correlation = DEFAULT_MIN_CORRELATION if args.min_correlation is None else args.min_correlation
-    check_thresholds(max_distance, min_correlation)
     report = audit(
         args.dataset,
         split_file=args.split_file,
-        max_distance=max_distance,
-        min_correlation=min_correlation,
+        max_distance=args.max_distance,
+        min_correlation=args.min_correlation,
         workers=args.workers,
     )
     document = json.dumps(report.to_json(), indent=1)
@@ -92,4 +121,4 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "audit.json").write_text(document + "\n")
         (folder / "audit.html").write_text(render_html(report), encoding="utf-8")
-    return 1 if fail_kinds and report.found(fail_kinds) else 0
+    return 1 if args.fail_on and report.found(args.fail_on) else 0

@@ -7,8 +7,18 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from fracsight.cli.options import (
+    a_folder_to_write,
+    a_model,
+    a_number,
+    a_whole_number,
+    an_existing_file,
+    an_existing_path,
+)
+
 if TYPE_CHECKING:
     from fracsight.evaluation.metrics import Estimate
+    from fracsight.evaluation.sources import LoadedCases
 
 log = logging.getLogger(__name__)
 
@@ -18,17 +28,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dataset",
         nargs="?",
+        type=an_existing_path("dataset"),
         help="FracAtlas-layout folder or manifest CSV (path,label[,region][,boxes]) to run the model on",
     )
-    parser.add_argument("--model", help="ONNX model, NAME.card.json beside it (default: shipped model)")
     parser.add_argument(
-        "--predictions", help="predictions CSV instead of running a model (path or id, probability[, error])"
+        "--model", type=a_model, help="ONNX model, NAME.card.json beside it (default: shipped model)"
+    )
+    parser.add_argument(
+        "--predictions",
+        type=an_existing_file("predictions"),
+        help="predictions CSV instead of running a model (path or id, probability[, error])",
     )
     parser.add_argument(
         "--labels",
+        type=an_existing_file("labels"),
         help="labels CSV for --predictions (id, label: 1/0, true/false, fractured/non_fractured[, region])",
     )
-    parser.add_argument("--split-file", help="CSV of id,split: use only the cases of --split")
+    parser.add_argument(
+        "--split-file", type=an_existing_file("split"), help="CSV of id,split: use only the cases of --split"
+    )
     parser.add_argument("--split", help="which split of --split-file to use (e.g. test)")
     parser.add_argument(
         "--allow-missing",
@@ -36,6 +54,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="labelled cases without a prediction are listed as not analysed instead of being an error",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while the model runs")
+    parser.add_argument(
+        "--include-training-images",
+        action="store_true",
+        help="go on when some cases are images the model was trained on (its card records them by "
+        "content hash); every figure is then labelled as including them: not a test",
+    )
+
+
+def say_training_images(command: str, loaded: LoadedCases) -> None:
+    """Say how many of the cases the model was trained on (or why that was not checked)."""
+    if loaded.training is not None:
+        text = loaded.training.summary()
+        if loaded.training.n:
+            text += "; reported as asked (--include-training-images), every figure labelled: NOT A TEST"
+    elif loaded.card is None:
+        text = "no --model named the model behind these predictions: training images not checked"
+    else:
+        text = "the model card does not record its training images: not checked"
+    print(f"fracsight {command}: {text}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--predictions and --labels.",
     )
     add_data_arguments(p)
-    p.add_argument("--report", required=True, help="folder for metrics.json and report.html")
+    p.add_argument(
+        "--report", required=True, type=a_folder_to_write, help="folder for metrics.json and report.html"
+    )
     p.add_argument(
         "--by",
         action="append",
@@ -57,12 +96,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also break results down by this labels column (region and hardware are used when present)",
     )
     p.add_argument(
-        "--threshold", action="append", type=float, default=[], help="also evaluate at this threshold"
+        "--threshold",
+        action="append",
+        type=a_number(0, 1),
+        default=[],
+        help="also evaluate at this threshold (0-1)",
     )
-    p.add_argument("--prevalence", type=float, help="also give PPV and NPV at this prevalence (0-1)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    p.add_argument(
+        "--prevalence",
+        type=a_number(0, 1, open_low=True, open_high=True),
+        help="also give PPV and NPV at this prevalence (0-1)",
+    )
+    p.add_argument(
+        "--bootstrap", type=a_whole_number(100), default=2000, help="bootstrap resamples (default 2000)"
+    )
+    p.add_argument("--seed", type=a_whole_number(0), default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--bins", type=a_whole_number(2), default=10, help="calibration bins (default 10)")
     p.add_argument(
         "--gallery-point", help="operating point whose TP/FN/FP fill the gallery (default: 'fracture')"
     )
@@ -70,21 +119,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fracsight.evaluation.evaluate import (
-        EvaluationSettings,
-        evaluate_cases,
-        operating_points_from_card,
-        user_operating_points,
-    )
+    from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_cases, operating_points
     from fracsight.evaluation.expert_boxes import box_results
     from fracsight.evaluation.model_run import FindingPictures
-    from fracsight.evaluation.operating_points import OperatingPoint
     from fracsight.evaluation.report import write_report
     from fracsight.evaluation.sources import load_cases
+    from fracsight.model_card import ModelCard
 
     settings = EvaluationSettings(
         n_resamples=args.bootstrap, seed=args.seed, n_bins=args.bins, prevalence=args.prevalence
     )
+    card = ModelCard.for_model(args.model) if args.model or args.dataset else None  # the model that runs
+    points, notes = operating_points(card, args.threshold)
+    names = [op.name for op in points]
+    if args.gallery_point is not None and args.gallery_point not in names:
+        raise ValueError(
+            f"argument --gallery-point: {args.gallery_point!r} is not an operating point of this "
+            f"evaluation; choose from {', '.join(map(repr, names))}"
+        )
     loaded = load_cases(
         dataset=args.dataset,
         predictions=args.predictions,
@@ -95,15 +147,12 @@ def run(args: argparse.Namespace) -> int:
         group_columns=args.by,
         allow_missing=args.allow_missing,
         progress=not args.no_progress,
+        include_training_images=args.include_training_images,
     )
-    points = operating_points_from_card(loaded.card, loaded.model_path) if loaded.card is not None else []
-    points += user_operating_points(args.threshold)
-    notes = []
-    if not points:
-        points = [OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")]
-        notes.append("No model (--model) or --threshold was given: operating-point results use 0.5.")
+    say_training_images("evaluate", loaded)
     evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
+    evaluation.training = loaded.training
     if loaded.boxes is not None and loaded.findings:
         evaluation.localisation = box_results(loaded.cases, loaded.findings, loaded.boxes)
     picture = FindingPictures(loaded.cases, loaded.findings) if loaded.findings else None
@@ -112,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     data = cases.labels_source  # names the split too when one was chosen (restrict_labels)
     print(
         f"fracsight evaluate: {cases.n} cases ({cases.n_positive} fractured) of {data}, "
-        f"{len(cases.excluded)} not analysed; ROC AUC {auc_text(evaluation.auc.delong)}; "
-        f"report: {files.html}",
+        f"{len(cases.excluded)} not analysed; ROC AUC {auc_text(evaluation.auc.delong)}"
+        + (f" [{evaluation.caution.upper()}]" if evaluation.caution else "")
+        + f"; report: {files.html}",
         file=sys.stderr,
     )
     return 0

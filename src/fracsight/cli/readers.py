@@ -8,9 +8,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fracsight.cli.options import a_folder_to_write, a_model_card, a_number, an_existing_file, one_of
+
 if TYPE_CHECKING:
-    from fracsight.readers.data import ReadStudy
-    from fracsight.readers.fom import FigureOfMerit
+    from fracsight.reader_study.data import ReadStudy
+    from fracsight.reader_study.fom import FigureOfMerit
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +29,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "reads",
         nargs="?",
+        type=an_existing_file("reads CSV"),
         help="reads CSV: case_id, truth, reader, modality, rating and/or call "
         "[, region]; with --plan, an optional pilot study",
     )
-    p.add_argument("--report", help="folder for readers.json and report.html (required unless --plan)")
-    p.add_argument("--ai", help="fracsight predictions CSV (case_id or path, probability): the AI-alone arm")
+    p.add_argument(
+        "--report",
+        type=a_folder_to_write,
+        help="folder for readers.json and report.html (required unless --plan)",
+    )
+    p.add_argument(
+        "--ai",
+        type=an_existing_file("AI predictions"),
+        help="fracsight predictions CSV (case_id or path, probability): the AI-alone arm",
+    )
     p.add_argument(
         "--ai-threshold",
-        type=float,
+        type=a_number(0, 1),
         help="AI operating point: call fracture when probability >= this (default: the model card's)",
     )
     p.add_argument(
-        "--ai-card", help="model card JSON giving the AI's thresholds (default: the shipped model's)"
+        "--ai-card",
+        type=a_model_card,
+        help="model card JSON giving the AI's thresholds (default: the shipped model's)",
     )
-    p.add_argument("--cutoff", type=float, help="binary call = rating >= CUTOFF (instead of a call column)")
+    p.add_argument(
+        "--cutoff", type=a_number(), help="binary call = rating >= CUTOFF (instead of a call column)"
+    )
     p.add_argument(
         "--fom",
+        type=_foms,
         help="comma-separated figures of merit: auc, sensitivity, specificity "
         "(default: all the data supports)",
     )
@@ -55,16 +71,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare",
         action="append",
+        type=_pair,
         metavar="A:B",
         help="test modality A minus modality B (repeatable; default: every pair, first-seen order)",
     )
     p.add_argument(
         "--non-inferiority",
         action="append",
+        type=_margin,
         metavar="FOM=MARGIN",
         help="non-inferiority margin, e.g. specificity=0.03 (repeatable)",
     )
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    p.add_argument(
+        "--alpha",
+        type=a_number(0, 1, open_low=True, open_high=True),
+        default=0.05,
+        help="significance level, in (0, 1) (default: 0.05)",
+    )
     p.add_argument(
         "--incomplete",
         choices=["error", "drop-readers", "drop-cases"],
@@ -78,13 +101,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     plan.add_argument(
         "--effect",
-        type=float,
+        type=a_number(0, 1, open_low=True, open_high=True),
         default=0.05,
         help="difference in the figure of merit to detect (AUC unless --fom; default: 0.05)",
     )
-    plan.add_argument("--power", type=float, default=0.8, help="target power (default: 0.8)")
     plan.add_argument(
-        "--readers", default="3-15", help="reader counts to consider, e.g. 4-12 (default: 3-15)"
+        "--power",
+        type=a_number(0, 1, open_low=True, open_high=True),
+        default=0.8,
+        help="target power, in (0, 1) (default: 0.8)",
+    )
+    plan.add_argument(
+        "--readers",
+        type=_reader_range,
+        default="3-15",
+        help="reader counts to consider, e.g. 4-12 (default: 3-15)",
     )
     plan.add_argument(
         "--analysis",
@@ -95,73 +126,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _foms(text: str | None) -> list | None:
-    from fracsight.readers.fom import FigureOfMerit
+def _foms(text: str) -> list:
+    """An argparse type: figures of merit, comma-separated."""
+    from fracsight.reader_study.fom import FigureOfMerit
 
-    if not text:
-        return None
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
     valid = {f.value: f for f in FigureOfMerit}
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise ValueError(
-            f"--fom: unknown figure(s) of merit {', '.join(unknown)} (choose from {', '.join(valid)})"
-        )
-    return [valid[n] for n in names]
+    return [valid[name] for name in one_of(valid, "figure(s) of merit", separator=",")(text)]
 
 
-def _pairs(items: list[str] | None) -> list[tuple[str, str]] | None:
-    if not items:
-        return None
-    pairs = []
-    for item in items:
-        a, sep, b = item.partition(":")
-        if not sep or not a or not b:
-            raise ValueError(f"--compare {item!r}: expected A:B (modality A minus modality B)")
-        pairs.append((a, b))
-    return pairs
+def _pair(text: str) -> tuple[str, str]:
+    """An argparse type: A:B, modality A minus modality B."""
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"{text!r} is not A:B (modality A minus modality B)")
+    return a, b
 
 
-def _margins(items: list[str] | None) -> dict:
-    from fracsight.readers.fom import FigureOfMerit
+def _margin(text: str) -> tuple:
+    """An argparse type: FOM=MARGIN, the margin in (0, 1)."""
+    from fracsight.reader_study.fom import FigureOfMerit
 
-    margins = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            fom = FigureOfMerit(name.strip().lower())
-            margin = float(value)
-        except ValueError:
-            raise ValueError(
-                f"--non-inferiority {item!r}: expected FOM=MARGIN, e.g. specificity=0.03"
-            ) from None
-        if not sep or not 0 < margin < 1:
-            raise ValueError(f"--non-inferiority {item!r}: the margin must be a number in (0, 1)")
-        margins[fom] = margin
-    return margins
+    name, sep, value = text.partition("=")
+    try:
+        fom, margin = FigureOfMerit(name.strip().lower()), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FOM=MARGIN, e.g. specificity=0.03") from None
+    if not sep or not 0 < margin < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the margin must be a number in (0, 1)")
+    return fom, margin
 
 
 def _reader_range(text: str) -> range:
+    """An argparse type: a reader count or a range such as 4-12, at least 2."""
     low, sep, high = text.partition("-")
     try:
         first, last = int(low), int(high if sep else low)
     except ValueError:
-        raise ValueError(f"--readers {text!r}: expected a count or a range such as 4-12") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count or a range such as 4-12") from None
     if first < 2 or last < first:
-        raise ValueError(f"--readers {text!r}: need 2 <= first <= last")
+        raise argparse.ArgumentTypeError(f"{text!r}: need 2 <= first <= last")
     return range(first, last + 1)
-
-
-def _check_probability(option: str, value: float) -> None:
-    """Refuse a level or power outside (0, 1): scipy would silently give NaN or a meaningless plan."""
-    if not 0 < value < 1:
-        raise ValueError(f"{option} {value:g}: must be a number in (0, 1), e.g. 0.05 (not 5)")
 
 
 def _check_pilot_fom(study: ReadStudy, fom: FigureOfMerit) -> None:
     """The pilot must hold what the figure of merit is computed from (ratings for AUC, else calls)."""
-    from fracsight.readers.analysis import available_foms
-    from fracsight.readers.errors import NotEstimable
+    from fracsight.reader_study.analysis import available_foms
+    from fracsight.reader_study.errors import NotEstimable
 
     if fom not in available_foms(study):
         need = "ratings" if fom.value == "auc" else "binary calls (a call column, or --cutoff on ratings)"
@@ -169,23 +179,20 @@ def _check_pilot_fom(study: ReadStudy, fom: FigureOfMerit) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_probability("--alpha", args.alpha)
-    if args.plan:
-        _check_probability("--power", args.power)
     return _plan(args) if args.plan else _analyse(args)
 
 
 def _load(args: argparse.Namespace):
-    from fracsight.readers.data import IncompletePolicy, load_reads
+    from fracsight.reader_study.data import IncompletePolicy, load_reads
 
     return load_reads(args.reads, cutoff=args.cutoff, incomplete=IncompletePolicy(args.incomplete))
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from fracsight.readers import analyse, load_ai_predictions
-    from fracsight.readers.fom import CovarianceMethod
-    from fracsight.readers.html_report import write_html
-    from fracsight.readers.report import write_json
+    from fracsight.reader_study import analyse_study, load_ai_predictions
+    from fracsight.reader_study.fom import CovarianceMethod
+    from fracsight.reader_study.html_report import write_html
+    from fracsight.reader_study.report import write_json
 
     if not args.reads:
         raise ValueError("give the reads CSV (or --plan to plan a study)")
@@ -195,14 +202,14 @@ def _analyse(args: argparse.Namespace) -> int:
     ai = None
     if args.ai:
         ai = load_ai_predictions(args.ai, study.case_ids, threshold=args.ai_threshold, card=args.ai_card)
-    analysis = analyse(
+    analysis = analyse_study(
         study,
         ai=ai,
-        foms=_foms(args.fom),
+        foms=args.fom,
         covariance=CovarianceMethod(args.covariance),
-        comparisons=_pairs(args.compare),
+        comparisons=args.compare,
         alpha=args.alpha,
-        margins=_margins(args.non_inferiority),
+        margins=dict(args.non_inferiority or []),
         by_region=not args.no_regions,
     )
     out = Path(args.report)
@@ -216,18 +223,17 @@ def _analyse(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from fracsight.readers.analysis import available_foms
-    from fracsight.readers.fom import CovarianceMethod, FigureOfMerit, estimate
-    from fracsight.readers.or_analysis import Generalisation, components
-    from fracsight.readers.power import VAN_DYKE_PILOT, pilot_from_components, plan_study
-    from fracsight.readers.report import to_jsonable
+    from fracsight.reader_study.analysis import available_foms
+    from fracsight.reader_study.fom import CovarianceMethod, FigureOfMerit, estimate
+    from fracsight.reader_study.or_analysis import Generalisation, components
+    from fracsight.reader_study.power import VAN_DYKE_PILOT, pilot_from_components, plan_study
+    from fracsight.reader_study.report import to_jsonable
 
     if args.reads:
         study = _load(args)
-        pairs = _pairs(args.compare)
-        if pairs:
-            study = study.select_modalities(pairs[0])
-        foms = _foms(args.fom) or [
+        if args.compare:
+            study = study.select_modalities(args.compare[0])
+        foms = args.fom or [
             FigureOfMerit.AUC if FigureOfMerit.AUC in available_foms(study) else FigureOfMerit.SENSITIVITY
         ]
         fom = foms[0]
@@ -249,7 +255,7 @@ def _plan(args: argparse.Namespace) -> int:
         args.effect,
         target=args.power,
         alpha=args.alpha,
-        readers=_reader_range(args.readers),
+        readers=args.readers,
         generalisation=generalisation,
     )
     print(f"Pilot: {pilot.source}")

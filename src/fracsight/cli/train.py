@@ -6,6 +6,15 @@ import argparse
 import functools
 import shlex
 
+from fracsight.cli.options import (
+    a_folder_to_write,
+    a_name,
+    a_number,
+    a_whole_number,
+    an_existing_file,
+    an_existing_path,
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,28 +23,50 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train on a FracAtlas-layout folder or a CSV manifest "
         "(path,label[,region,hardware,boxes,group]).",
     )
-    p.add_argument("data", help="FracAtlas folder (with dataset.csv) or manifest .csv")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, predictions, model)")
-    p.add_argument("--name", default="model", help="model file name stem (default: model)")
-    p.add_argument("--size", type=int, default=384, help="square input size in px (multiple of 32)")
+    p.add_argument(
+        "data",
+        type=an_existing_path("training data"),
+        help="FracAtlas folder (with dataset.csv) or manifest .csv",
+    )
+    p.add_argument(
+        "--out", required=True, type=a_folder_to_write, help="output folder (checkpoints, predictions, model)"
+    )
+    p.add_argument("--name", type=a_name, default="model", help="model file name stem (default: model)")
+    p.add_argument(
+        "--size",
+        type=a_whole_number(32, multiple_of=32),
+        default=384,
+        help="square input size in px (multiple of 32)",
+    )
     p.add_argument("--backbone", default="lite0", choices=["lite0", "lite1", "lite2"])
     p.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet weights")
-    p.add_argument("--epochs", type=int, default=25, help="maximum epochs per fold")
+    p.add_argument("--epochs", type=a_whole_number(1), default=25, help="maximum epochs per fold")
     p.add_argument(
-        "--final-epochs", type=int, help="epochs of the final model (default: median best fold epoch + 1)"
+        "--final-epochs",
+        type=a_whole_number(1),
+        help="epochs of the final model (default: median best fold epoch + 1)",
     )
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--test-fraction", type=float, default=0.15)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (backbone: 0.3x)")
-    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    p.add_argument("--folds", type=a_whole_number(2), default=5, help="grouped CV folds (default 5)")
+    p.add_argument(
+        "--test-fraction",
+        type=a_number(0, 0.5, open_low=True, open_high=True),
+        default=0.15,
+        help="share held out for the test split, in (0, 0.5) (default 0.15)",
+    )
+    p.add_argument("--batch-size", type=a_whole_number(1), default=64)
+    p.add_argument(
+        "--lr", type=a_number(0, open_low=True), default=1e-3, help="head learning rate (backbone: 0.3x)"
+    )
+    p.add_argument("--patience", type=a_whole_number(1), default=8, help="early-stopping patience in epochs")
     p.add_argument("--no-distill", action="store_true", help="final model on hard labels only")
     p.add_argument(
         "--no-cross-fit",
         action="store_true",
         help="skip the cross-fitted students; thresholds from the fold models' OOF scores instead",
     )
-    p.add_argument("--box-weight", type=float, default=1.0, help="weight of the box-supervised map loss")
+    p.add_argument(
+        "--box-weight", type=a_number(0), default=1.0, help="weight of the box-supervised map loss (>= 0)"
+    )
     p.add_argument(
         "--heatmap-stride",
         type=int,
@@ -50,31 +81,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sensitivity",
-        type=float,
+        type=a_number(0, 1, open_low=True),
         default=0.88,
         help="OOF sensitivity target of 'doubt' (0.88 on about 475 fractures: 95%% lower bound near 0.85)",
     )
-    p.add_argument("--specificity", type=float, default=0.95, help="OOF specificity target of 'fracture'")
+    p.add_argument(
+        "--specificity",
+        type=a_number(0, 1, open_low=True),
+        default=0.95,
+        help="OOF specificity target of 'fracture', in (0, 1]",
+    )
     p.add_argument(
         "--test-split",
+        type=an_existing_file("split"),
         metavar="SPLIT_CSV",
         help="hold out the 'test' rows of an earlier run's split.csv instead of drawing a new test split "
         "(to compare two models on the same cases)",
     )
-    p.add_argument("--limit", type=int, help="train on a class-balanced subset of N images (smoke test)")
-    p.add_argument("--max-steps", type=int, help="stop each run after N optimiser steps (smoke test)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--workers", type=int, default=2, help="processes for decoding")
+    p.add_argument(
+        "--limit",
+        type=a_whole_number(2),
+        help="train on a class-balanced subset of N images, N >= 2 (smoke test)",
+    )
+    p.add_argument(
+        "--max-steps", type=a_whole_number(1), help="stop each run after N optimiser steps (smoke test)"
+    )
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=a_whole_number(1), default=2, help="processes for decoding")
     p.add_argument(
         "--parallel",
-        type=int,
+        type=a_whole_number(1),
         default=1,
         help="runs of a stage (folds; students and final) trained at once, each in its own process "
         "on the same device (for a large GPU; keep 1 on a CPU)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=a_whole_number(0), default=0)
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     p.set_defaults(func=functools.partial(run, parser=p))
+
+
+def _device(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (whether CUDA is there is checked when training starts)."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, cuda or cuda:N")
 
 
 def _command(args: argparse.Namespace, parser: argparse.ArgumentParser | None) -> str:
@@ -96,15 +146,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     from pathlib import Path
 
     try:
-        from fracsight.model.augment import Augmentation
-        from fracsight.model.loop import RunConfig
-        from fracsight.model.train import TrainConfig, run_training
+        from fracsight.training.augment import Augmentation
+        from fracsight.training.loop import RunConfig
+        from fracsight.training.train import TrainConfig, run_training
     except ImportError as exc:
         raise RuntimeError(
             f"training needs the 'train' extra: pip install 'fracsight[train]' ({exc})"
         ) from exc
-    if args.size % 32:
-        raise ValueError(f"--size {args.size} must be a multiple of 32")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
@@ -123,8 +171,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         seed=args.seed,
         augmentation=Augmentation(quarter_turns=not args.no_quarter_turns),
     )
-    if args.parallel < 1:
-        raise ValueError(f"--parallel {args.parallel}: must be at least 1")
     cfg = TrainConfig(
         data=args.data,
         out=args.out,

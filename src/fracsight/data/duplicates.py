@@ -19,6 +19,10 @@ correlation is >= ``min_correlation``. Pixels a truncated JPEG never decoded (8 
 the uniform grey 128 that the decoder fills in) are masked out of both comparisons, so a
 truncated copy still matches its complete original.
 
+Images are read by :func:`fracsight.io.read_radiograph`, as every command reads them: DICOM
+included, truncation detected there, and a JPEG with under 90% of its rows refused (such a file
+is flagged as truncated but not fingerprinted: no fracsight command trains or evaluates on it).
+
 A 64-bit DCT pHash was tried and dropped: on FracAtlas it put 596 pairs of *different*
 radiographs within 6 bits (similar limb silhouettes on black), while true copies with a
 truncated tail sat up to 14 bits apart.
@@ -32,7 +36,6 @@ weak spot (no alignment search is done): 98 % of 0.5 %-per-side crops, 84 % of 1
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -41,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
-from fracsight.io.pillow_reader import orient_as_displayed
+from fracsight.data.image_hashes import pixel_sha256
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,6 @@ _DHASH_BITS = _DHASH_ROWS * _DHASH_ROWS
 _THUMB = 32
 _MIN_COMMON_FRACTION = 0.5  # compare masked images only when half the bits/pixels are valid in both
 _TRUNCATION_FILL = 128  # what libjpeg decodes missing MCUs to (DC 0 after level shift)
-_EXIF_ORIENTATION = 0x0112
 
 
 class DuplicateKind(str, enum.Enum):
@@ -157,8 +159,6 @@ def image_fingerprint(pixels: np.ndarray, valid: np.ndarray | None = None) -> Fi
     """
     raw = np.ascontiguousarray(pixels)
     gray = _as_gray(raw)
-    digest = hashlib.sha256(f"{raw.shape}|{raw.dtype.str}|".encode())
-    digest.update(raw.tobytes())
     if valid is None:
         valid_f = np.ones(gray.shape)
     else:
@@ -181,7 +181,7 @@ def image_fingerprint(pixels: np.ndarray, valid: np.ndarray | None = None) -> Fi
     scaled = np.clip((thumb - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0) * 255.0
     scaled[~thumb_ok] = 0.0
     return Fingerprint(
-        sha256=digest.hexdigest(),
+        sha256=pixel_sha256(raw),
         dhash=_bits_to_int(dhash_bits & dhash_ok),
         dhash_valid=_bits_to_int(dhash_ok),
         thumb=np.round(scaled).astype(np.uint8).tobytes(),
@@ -360,8 +360,9 @@ def duplicate_groups(
 class ImageScan:
     """What reading one file told us: its fingerprint, or why it could not be read.
 
-    ``truncated`` means the strict decoder refused the file ("image file is truncated") or a
-    JPEG lacks its end-of-image marker; the fingerprint then comes from the part that decodes.
+    ``truncated`` means the file's image data ends early (:mod:`fracsight.io` says so); the
+    fingerprint then comes from the part that decodes, or is None when io refused the file for
+    having too little of it (``decoded_fraction`` is then unknown: None).
     """
 
     path: str
@@ -369,47 +370,15 @@ class ImageScan:
     truncated: bool
     error: str | None  # why the image could not be decoded at all, else None
     file_bytes: int
-    decoded_fraction: float = 1.0  # share of a truncated JPEG's pixels really decoded (not grey fill)
-
-
-def jpeg_missing_eoi(data: bytes) -> bool:
-    """A JPEG whose scan data is not followed by an end-of-image marker (FF D9).
-
-    Byte stuffing keeps FF D9 out of entropy-coded data, so any FF D9 after the first
-    start-of-scan is the real end marker; padding or junk after it (seen in FracAtlas) is harmless.
-    """
-    if not data.startswith(b"\xff\xd8"):
-        return False
-    sos = data.find(b"\xff\xda")
-    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
-
-
-def _decode(path: Path, tolerate_truncation: bool) -> tuple[np.ndarray, int]:
-    """Pixels as stored and the EXIF orientation: a truncated JPEG's 8 x 8 blocks align in that frame."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = tolerate_truncation
-    try:
-        with Image.open(path) as img:
-            img.load()
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-            # A malformed tag is ignored, as exif_transpose ignores it.
-            return _pixels_of(img), orientation if isinstance(orientation, int) else 1
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def _pixels_of(img: Image.Image) -> np.ndarray:
-    """Grayscale pixels, keeping 16-bit depth (mode I;16 / I) instead of clipping to 8 bits."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
-        return np.asarray(img)
-    return np.asarray(img.convert("L"))
+    decoded_fraction: float | None = 1.0  # share of a truncated JPEG's pixels really decoded (not grey fill)
 
 
 def truncation_fill_mask(pixels: np.ndarray) -> np.ndarray:
     """True where a truncated JPEG was never decoded: 8 x 8 blocks entirely equal to the fill grey 128.
 
-    Only meaningful for images known to be truncated: real radiographs essentially never hold
-    64 identical pixels of exactly that value.
+    ``pixels`` are 8-bit values in the file's stored frame (where the blocks align). Only
+    meaningful for images known to be truncated: real radiographs essentially never hold 64
+    identical pixels of exactly that value.
     """
     h, w = pixels.shape
     hb, wb = -(-h // 8) * 8, -(-w // 8) * 8
@@ -419,43 +388,52 @@ def truncation_fill_mask(pixels: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(blocks, 8, axis=0), 8, axis=1)[:h, :w]
 
 
-def scan_image(path: str | os.PathLike[str]) -> ImageScan:
-    """Read one image strictly, then tolerantly if it is truncated, and fingerprint it.
+# EXIF orientation -> the orientation that turns the displayed frame back to the stored one.
+_UNDO_ORIENTATION = {6: 8, 8: 6}
 
-    Intended to run in a worker process: the Pillow truncation switch is a process-wide
-    global, so it is set only around the one load here and restored, and never shared with
-    threads decoding other files.
+
+def _decoded_mask(radiograph) -> tuple[np.ndarray | None, float]:
+    """(valid-pixel mask as displayed, decoded share) of a truncated 8-bit JPEG; (None, 1.0) otherwise."""
+    from fracsight.io.pillow_reader import orient_as_displayed
+
+    meta = radiograph.metadata
+    if not meta.get("truncated") or meta.get("bits_stored") != 8:
+        return None, 1.0
+    orientation = int(meta.get("exif_orientation", 1))
+    stored = orient_as_displayed(radiograph.pixels, _UNDO_ORIENTATION.get(orientation, orientation))
+    levels = np.rint(stored * np.float32(255.0)).astype(np.uint8)
+    valid = orient_as_displayed(~truncation_fill_mask(levels), orientation)
+    return valid, float(valid.mean())
+
+
+def scan_image(path: str | os.PathLike[str]) -> ImageScan:
+    """Read one image with :func:`fracsight.io.read_radiograph` and fingerprint it (as displayed).
+
+    Runs in worker processes (:func:`scan_images`); never raises for a bad file.
     """
+    from fracsight.io import RefusedInput, TruncatedImage, read_radiograph
+
     p = Path(path)
+    size = 0
     try:
-        data = p.read_bytes()
+        size = p.stat().st_size
+        radiograph = read_radiograph(p)
+    except TruncatedImage as exc:
+        return ImageScan(str(p), None, True, exc.reason, size, None)
+    except RefusedInput as exc:
+        return ImageScan(str(p), None, False, f"cannot decode image: {exc.reason}", size)
     except OSError as exc:
-        return ImageScan(str(p), None, False, f"cannot read file: {exc.strerror or exc}", 0)
-    truncated = jpeg_missing_eoi(data)
+        return ImageScan(str(p), None, False, f"cannot read file: {exc.strerror or exc}", size)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a scan of thousands
+        return ImageScan(str(p), None, False, f"cannot decode image: {type(exc).__name__}: {exc}", size)
+    truncated = bool(radiograph.metadata.get("truncated"))
+    # The truncation mask is found in the stored frame, where the 8 x 8 blocks align.
+    valid, fraction = _decoded_mask(radiograph)
     try:
-        pixels, orientation = _decode(p, tolerate_truncation=False)
-    except OSError as exc:
-        if "truncated" not in str(exc):
-            return ImageScan(str(p), None, False, f"cannot decode image: {exc}", len(data))
-        truncated = True
-        try:
-            pixels, orientation = _decode(p, tolerate_truncation=True)
-        except (OSError, ValueError) as exc2:
-            return ImageScan(str(p), None, True, f"truncated and not decodable: {exc2}", len(data))
-    except (ValueError, Image.DecompressionBombError) as exc:
-        return ImageScan(str(p), None, False, f"cannot decode image: {exc}", len(data))
-    # The truncation mask is found in the stored frame (where the 8 x 8 blocks align), then both
-    # are turned upright: fingerprints use the displayed frame, as FracAtlas' boxes do.
-    valid, fraction = None, 1.0
-    if truncated and pixels.dtype == np.uint8 and pixels.ndim == 2:
-        valid = orient_as_displayed(~truncation_fill_mask(pixels), orientation)
-        fraction = float(valid.mean())
-    pixels = orient_as_displayed(pixels, orientation)
-    try:
-        fingerprint = image_fingerprint(pixels, valid)
+        fingerprint = image_fingerprint(radiograph.pixels, valid)
     except FingerprintError as exc:
-        return ImageScan(str(p), None, truncated, str(exc), len(data), fraction)
-    return ImageScan(str(p), fingerprint, truncated, None, len(data), fraction)
+        return ImageScan(str(p), None, truncated, str(exc), size, fraction)
+    return ImageScan(str(p), fingerprint, truncated, None, size, fraction)
 
 
 def scan_images(paths: Iterable[str | os.PathLike[str]], workers: int | None = None) -> list[ImageScan]:
@@ -477,8 +455,9 @@ def group_images(
 ) -> list[int]:
     """Duplicate-group id per image file (see :func:`duplicate_groups`), 0..k-1 by first appearance.
 
-    A file that cannot be decoded at all gets a group of its own and a logged warning (file
-    name only); truncated files are fingerprinted from the part that decodes.
+    A file that cannot be decoded (or that io refuses as mostly missing) gets a group of its own and
+    a logged warning (file name only); truncated files io reads are fingerprinted from the part
+    that decodes.
     """
     scans = scan_images(paths, workers=workers)
     readable = [i for i, s in enumerate(scans) if s.fingerprint is not None]

@@ -7,8 +7,8 @@ normalised; used when an image is missing from the COCO file or the COCO file is
 
 Boxes are returned as (x0, y0, x1, y1) in pixels of the image *as displayed*, i.e. after its
 EXIF orientation is applied: the FracAtlas annotators drew on the displayed image (checked on
-IMG0002628, stored 373 x 454 with orientation 8, annotated as 454 x 373). Whoever crops or
-overlays boxes must read pixels with ``PIL.ImageOps.exif_transpose`` too.
+IMG0002628, stored 373 x 454 with orientation 8, annotated as 454 x 373), which is the frame
+:func:`fracsight.io.read_radiograph` returns; sizes come from :func:`fracsight.io.image_size`.
 """
 
 from __future__ import annotations
@@ -21,17 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from fracsight.data.boxes import Box, read_yolo_boxes
 from fracsight.data.labels import REGIONS
+from fracsight.io import image_size
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
-
 _LABEL_FOLDERS = {"Fractured": True, "Non_fractured": False}
-_EXIF_ORIENTATION = 0x0112
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
 
 class FracAtlasLayoutError(ValueError):
@@ -93,16 +89,6 @@ def _flag(row: dict[str, str], name: str) -> bool:
     return value == "1"
 
 
-def _displayed_size(path: Path) -> tuple[int, int, int]:
-    """(width, height, EXIF orientation) as displayed; reads the header only."""
-    with Image.open(path) as img:
-        orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-        width, height = img.size
-    if orientation in _SWAPS_AXES:
-        width, height = height, width
-    return width, height, orientation
-
-
 def _coco_boxes(root: Path) -> dict[str, tuple[int, int, list[Box]]] | None:
     """file name -> (COCO width, COCO height, [x0, y0, x1, y1]); None when the file is absent."""
     path = root / "annotations" / "coco_fracture_masks.json"
@@ -121,24 +107,6 @@ def _coco_boxes(root: Path) -> dict[str, tuple[int, int, list[Box]]] | None:
         x, y, w, h = (float(v) for v in ann["bbox"])
         out[by_id[ann["image_id"]][0]][2].append((x, y, x + w, y + h))
     return out
-
-
-def read_yolo_boxes(path: Path, width: int, height: int) -> list[Box]:
-    """Boxes of a YOLO label file (class cx cy w h, normalised) in pixels of a width x height image."""
-    boxes: list[Box] = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 5:
-            raise FracAtlasLayoutError(
-                f"{path}: line {line_no} has {len(parts)} fields, expected 5 (class cx cy w h)"
-            )
-        cx, cy, w, h = (float(v) for v in parts[1:])
-        boxes.append(
-            ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
-        )
-    return boxes
 
 
 def _scaled(boxes: Iterable[Box], sx: float, sy: float) -> list[Box]:
@@ -190,7 +158,7 @@ def load_fracatlas(root: str | Path) -> list[FracAtlasImage]:
     for name in sorted(files):
         path, fractured = files[name]
         row = rows.get(name)
-        width, height, orientation = _displayed_size(path)
+        width, height, orientation = image_size(path)
         boxes, source = _boxes_for(name, width, height, coco, yolo_dir)
         images.append(
             FracAtlasImage(

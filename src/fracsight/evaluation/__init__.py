@@ -11,6 +11,10 @@ The functions a user calls::
 
 Statistics live in :mod:`~fracsight.evaluation.metrics` (ROC, DeLong, bootstrap, Wilson),
 :mod:`~fracsight.evaluation.calibration` and :mod:`~fracsight.evaluation.operating_points`.
+Owns: measuring a model on labelled cases (``sources``, ``inputs``, ``evaluate``), localisation
+against expert boxes, the training-data guard, site-adapted model copies (``adapt``) and the HTML
+report. Imports the inference core (it runs the model and scores its peak), :mod:`fracsight.data`,
+:mod:`fracsight.io` and :mod:`fracsight.reporting`; never training, reader studies or the command line.
 """
 
 from fracsight.evaluation.calibration import calibration_summary, fit_temperature, logits_from_probabilities

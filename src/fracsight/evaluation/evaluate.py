@@ -20,14 +20,7 @@ import numpy as np
 from fracsight import __version__
 from fracsight.evaluation.calibration import CalibrationSummary, calibration_summary
 from fracsight.evaluation.groups import MIN_POSITIVES, SMALL_CELL_RULE, GroupTable, group_table
-from fracsight.evaluation.inputs import (
-    CaseTable,
-    match_cases,
-    read_labels,
-    read_predictions,
-    read_split,
-    restrict_labels,
-)
+from fracsight.evaluation.inputs import CaseTable
 from fracsight.evaluation.metrics import (
     CONFIDENCE,
     AucResult,
@@ -39,12 +32,15 @@ from fracsight.evaluation.metrics import (
     roc_curve,
 )
 from fracsight.evaluation.operating_points import OperatingPoint, OperatingPointName
+from fracsight.evaluation.sources import ModelIdentity, load_cases
+from fracsight.evaluation.training_guard import TrainingOverlap
+from fracsight.model_card import ModelCard
 
 __all__ = [
     "EvaluationSettings",
-    "ModelIdentity",
     "RocBand",
     "Evaluation",
+    "operating_points",
     "operating_points_from_card",
     "evaluate_cases",
     "evaluate_predictions",
@@ -75,41 +71,6 @@ class EvaluationSettings:
 
 
 @dataclass(frozen=True)
-class ModelIdentity:
-    """Which model produced the probabilities: its card when known, else just the predictions file."""
-
-    description: str
-    model_id: str | None = None
-    path: str | None = None
-    card: dict[str, Any] | None = None
-
-    @classmethod
-    def from_card(cls, card: dict[str, Any], path: str | None) -> ModelIdentity:
-        model_id = str(card.get("model_id", "unknown model"))
-        return cls(
-            description=f"model {model_id}" + (f" ({path})" if path else ""),
-            model_id=model_id,
-            path=path,
-            card=card,
-        )
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {"description": self.description, "model_id": self.model_id, "path": self.path}
-        if self.card is not None:
-            keys = (
-                "model_id",
-                "input_size",
-                "thresholds",
-                "temperature",
-                "threshold_source",
-                "data",
-                "adaptations",
-            )
-            out["card"] = {k: self.card[k] for k in keys if k in self.card}
-        return out
-
-
-@dataclass(frozen=True)
 class RocBand:
     """Pointwise bootstrap band of the ROC curve: TPR percentiles at fixed FPRs (vertical averaging)."""
 
@@ -135,6 +96,13 @@ class Evaluation:
     calibration: CalibrationSummary
     localisation: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    training: TrainingOverlap | None = None  # which cases the model was trained on, when its card says
+
+    @property
+    def caution(self) -> str | None:
+        """The label every figure carries when the cases include the model's training images."""
+        return self.training.caution() if self.training is not None and self.training.n else None
+
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
@@ -152,6 +120,7 @@ class Evaluation:
             "not_analysed": [{"id": e.id, "reason": e.reason} for e in c.excluded],
             "n_not_analysed": len(c.excluded),
             "predictions_without_label": c.unmatched_predictions,
+            "training_images": None if self.training is None else self.training.to_dict(),
         }
 
     def to_dict(self) -> dict:
@@ -160,6 +129,7 @@ class Evaluation:
         return {
             "fracsight_version": __version__,
             "created": self.created,
+            "caution": self.caution,
             "model": self.model.to_dict(),
             "data": self.data_dict(),
             "settings": {
@@ -198,27 +168,13 @@ class Evaluation:
         }
 
 
-def operating_points_from_card(card: dict[str, Any], card_path: str | None = None) -> list[OperatingPoint]:
-    """The model's named operating points, "fracture" then "doubt", as its card states them."""
-    thresholds = card.get("thresholds")
-    where = card_path or "the model card"
-    if not isinstance(thresholds, dict):
-        raise ValueError(
-            f"{where}: 'thresholds' must be an object with 'fracture' and 'doubt', got {thresholds!r}"
-        )
-    source = str(card.get("threshold_source", "model card"))
-    points = []
-    for name in (OperatingPointName.FRACTURE, OperatingPointName.DOUBT):
-        if name.value not in thresholds:
-            raise ValueError(f"{where}: 'thresholds' has no {name.value!r} entry")
-        try:
-            value = float(thresholds[name.value])
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{where}: threshold {name.value!r} is {thresholds[name.value]!r}, not a number"
-            ) from None
-        points.append(OperatingPoint(name.value, value, source))
-    return points
+def operating_points_from_card(card: ModelCard) -> list[OperatingPoint]:
+    """The model's named operating points, "fracture" then "doubt", as its (checked) card states them."""
+    thresholds = card.thresholds
+    return [
+        OperatingPoint(name.value, thresholds[name.value], card.threshold_source)
+        for name in (OperatingPointName.FRACTURE, OperatingPointName.DOUBT)
+    ]
 
 
 def _check_both_classes(cases: CaseTable) -> None:
@@ -285,44 +241,50 @@ def evaluate_predictions(
     predictions: str | Path,
     labels: str | Path,
     thresholds: Sequence[float] = (),
-    model_card: dict[str, Any] | None = None,
-    model_path: str | None = None,
-    group_columns: Sequence[str] | None = None,
+    model: str | Path | None = None,
+    group_columns: Sequence[str] = (),
     split_file: str | Path | None = None,
     split: str | None = None,
     allow_missing: bool = False,
     settings: EvaluationSettings | None = None,
+    include_training_images: bool = False,
 ) -> Evaluation:
-    """Evaluate any model's predictions CSV against a labels CSV.
+    """Evaluate any model's predictions CSV against a labels CSV, as ``fracsight evaluate
+    --predictions --labels`` does (:func:`fracsight.evaluation.sources.load_cases`).
 
-    Operating points are the card's named ones (when ``model_card`` is given) plus each
-    of ``thresholds``. ``group_columns`` defaults to ``region`` and ``hardware`` where the
-    labels have them. ``split_file``/``split`` restrict the labels to one split.
+    ``model`` (the ONNX file whose card sits beside it) names the model that made the predictions:
+    its operating points are evaluated, plus each of ``thresholds``. Results are broken down by
+    ``region`` and ``hardware`` where the labels have them, and by ``group_columns``.
+    ``split_file``/``split`` restrict the labels to one split.
     """
-    table = read_labels(labels)
-    split_name = None
-    if split_file is not None:
-        if not split:
-            raise ValueError("a split file needs --split NAME (e.g. test) to say which split to evaluate")
-        table = restrict_labels(table, read_split(split_file, split), f"split {split!r} of {split_file}")
-        split_name = f"{split} (from {split_file})"
-    if group_columns is None:
-        group_columns = [name for name in ("region", "hardware") if name in table.columns]
-    cases = match_cases(read_predictions(predictions), table, list(group_columns), allow_missing, split_name)
-    if model_card is not None:
-        model = ModelIdentity.from_card(model_card, model_path)
-        points = operating_points_from_card(model_card, model_path)
-    else:
-        model = ModelIdentity(description=f"predictions file {predictions} (model not identified)")
-        points = []
-    points += user_operating_points(thresholds)
-    notes = []
-    if not points:
-        points = [OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")]
-        notes.append("No model card or threshold was given: results at an operating point use 0.5.")
-    evaluation = evaluate_cases(cases, model, points, group_columns, settings)
+    loaded = load_cases(
+        predictions=str(predictions),
+        labels=str(labels),
+        model=str(model) if model is not None else None,
+        split_file=str(split_file) if split_file is not None else None,
+        split=split,
+        group_columns=list(group_columns),
+        allow_missing=allow_missing,
+        include_training_images=include_training_images,
+    )
+    points, notes = operating_points(loaded.card, thresholds)
+    evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
+    evaluation.training = loaded.training
     return evaluation
+
+
+def operating_points(
+    card: ModelCard | None, thresholds: Sequence[float]
+) -> tuple[list[OperatingPoint], list[str]]:
+    """The operating points of an evaluation, with the notes they need: the card's named ones, then
+    one per threshold given; 0.5 when there are none (and a note saying so)."""
+    points = operating_points_from_card(card) if card is not None else []
+    points += user_operating_points(thresholds)
+    if points:
+        return points, []
+    default = OperatingPoint("threshold 0.5", 0.5, "default: no model card or threshold was given")
+    return [default], ["No model card (--model) or --threshold was given: operating-point results use 0.5."]
 
 
 def user_operating_points(thresholds: Sequence[float]) -> list[OperatingPoint]:

@@ -14,7 +14,7 @@ import logging
 import math
 from typing import Any
 
-from fracsight.evaluation.datasets import Box
+from fracsight.data.boxes import Box
 from fracsight.evaluation.inputs import CaseTable
 from fracsight.finding import Finding
 
@@ -68,6 +68,7 @@ def box_results(
         cell_px=cells,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        peaks=[f.peak() for _, f in analysed],  # the peak the product shows, not one of the resampled map
     )
     pointing, froc = result.pointing, result.froc
     p_lo, p_hi = _ci(pointing.ci)

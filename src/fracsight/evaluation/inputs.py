@@ -10,22 +10,23 @@ fractured/non_fractured... (the spellings of :mod:`fracsight.data.labels`); any 
 column (``region``, ``hardware``, ``view``...) can be used to break results down. A
 FracAtlas ``dataset.csv`` works as is: its one-hot region flags become ``region``.
 
-Ids match on the file stem when a value looks like a file (``.../IMG0000001.jpg`` and
-``IMG0000001.jpg`` are both ``IMG0000001``), so a predictions file with paths matches a
-label file with names.
+Ids follow the one rule of :mod:`fracsight.data.ids` (the file stem when a value looks like a
+file), so a predictions file with paths matches a label file with names; split files are read by
+:mod:`fracsight.data.split_file`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 
+from fracsight.data.ids import ID_COLUMNS, case_id
 from fracsight.data.labels import ACCEPTED_LABELS, parse_label
+from fracsight.data.table import read_table
 from fracsight.evaluation.errors import (
     LabelsError,
     PredictionsError,
@@ -39,10 +40,8 @@ __all__ = [
     "PredictionTable",
     "LabelTable",
     "CaseTable",
-    "case_id",
     "read_predictions",
     "read_labels",
-    "read_split",
     "restrict_labels",
     "match_cases",
     "MISSING_VALUE",
@@ -50,22 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ("id", "image_id", "case_id", "path")
 LABEL_COLUMNS = ("fractured", "label")
 REGION_FLAGS = ("hand", "leg", "hip", "shoulder", "mixed")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 MISSING_VALUE = "(missing)"
-
-
-def case_id(value: str, from_path: bool = False) -> str:
-    """The matching key of a case: the file stem for paths and image file names, else the value."""
-    value = value.strip()
-    if not value:
-        return ""
-    pure = PurePath(value.replace("\\", "/"))
-    if from_path or "/" in value or "\\" in value or pure.suffix.lower() in IMAGE_SUFFIXES:
-        return pure.stem if pure.suffix.lower() in IMAGE_SUFFIXES else pure.name
-    return value
 
 
 @dataclass(frozen=True)
@@ -144,14 +130,7 @@ class CaseTable:
 
 
 def _open_rows(path: Path, kind: str, error: type[ValueError]) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{kind} file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        rows = [
-            {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader
-        ]
+    header, rows = read_table(path, f"{kind} file")
     if not header:
         raise error(f"{kind} file {path} is empty (no header row)")
     if not rows:
@@ -339,23 +318,6 @@ def read_labels(path: str | Path) -> LabelTable:
         columns=columns,
         images=images if id_col == "path" else None,
     )
-
-
-def read_split(path: str | Path, split: str) -> set[str]:
-    """Ids assigned to ``split`` in a CSV with an id column and a ``split`` column."""
-    path = Path(path)
-    header, rows = _open_rows(path, "split", LabelsError)
-    id_col = _id_column(header, path, "split", LabelsError)
-    if "split" not in header:
-        raise LabelsError(f"split file {path} has no 'split' column; found {header}")
-    names = sorted({row.get("split", "") for row in rows})
-    chosen = {
-        case_id(row.get(id_col, ""), from_path=id_col == "path") for row in rows if row.get("split") == split
-    }
-    chosen.discard("")
-    if not chosen:
-        raise LabelsError(f"split file {path} has no case in split {split!r}; its splits are {names}")
-    return chosen
 
 
 def restrict_labels(labels: LabelTable, keep: set[str], description: str) -> LabelTable:

@@ -5,7 +5,9 @@ Coordinates: heat maps are H x W arrays on the *image* (one value per image pixe
 column c) covering [c, c + 1) x [r, r + 1), so its centre is (c + 0.5, r + 0.5).
 
 * Pointing game (Zhang et al., "Top-down neural attention by excitation backprop", 2016): a
-  hit when the map's peak falls inside any expert box of the image; scored on images that
+  hit when the map's peak (:func:`fracsight.explain.map_peak`, the peak the product shows; or the
+  finding's own peak, given as ``peaks``) falls inside any expert box of the image; a constant
+  map points nowhere and counts as a miss; scored on images that
   have boxes. Reported strictly and with a tolerance of half a heat-map cell (the map is
   only known to within a cell: a peak half a cell off the box is as close as the model can
   say), with Wilson 95 % intervals.
@@ -29,9 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fracsight.evaluation.metrics import wilson_interval
+from fracsight.explain import map_peak
 
 Box = tuple[float, float, float, float]
 HeatmapSource = np.ndarray | Callable[[], np.ndarray]
+Point = tuple[float, float]
 
 HIT_MIN_IOU = 0.1
 DEFAULT_LEVEL = 0.5
@@ -127,23 +131,6 @@ def _check_boxes(boxes: Sequence[Box], index: int) -> list[Box]:
     return out
 
 
-def heatmap_peak(heat: np.ndarray) -> tuple[float, float] | None:
-    """(x, y) of the maximum, in image px (pixel centres); None for a constant map.
-
-    A plateau of equal maxima (a nearest-upsampled cell) gives the centroid of the plateau
-    region that holds the first maximum, not its corner.
-    """
-    from scipy import ndimage
-
-    top = heat.max()
-    if top == heat.min():
-        return None
-    labels, _ = ndimage.label(heat == top, structure=np.ones((3, 3)))
-    first = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    rows, cols = np.nonzero(labels == labels[first])
-    return float(cols.mean() + 0.5), float(rows.mean() + 0.5)
-
-
 def _distance_to_box(x: float, y: float, box: Box) -> float:
     x0, y0, x1, y1 = box
     dx = max(x0 - x, 0.0, x - x1)
@@ -177,12 +164,13 @@ def heatmap_cell_px(letterbox_size: int, grid_rows: int, scale: float) -> float:
 # Pointing game
 
 
-def _peak_distance(heat: np.ndarray, boxes: Sequence[Box]) -> float | None:
-    """Distance (image px) from the map's peak to the nearest box; 0 inside; None for a flat map."""
-    peak = heatmap_peak(heat)
-    if peak is None:
+def _peak_distance(heat: np.ndarray, boxes: Sequence[Box], peak: Point | None = None) -> float | None:
+    """Distance (image px) from the peak (``peak``, else the map's own) to the nearest box; 0 inside;
+    None for a constant map, which points nowhere."""
+    if heat.max() == heat.min():
         return None
-    return min(_distance_to_box(peak[0], peak[1], b) for b in boxes)
+    x, y = peak if peak is not None else map_peak(heat)
+    return min(_distance_to_box(x, y, b) for b in boxes)
 
 
 def _pointing_result(
@@ -463,16 +451,23 @@ def evaluate_localisation(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    peaks: Sequence[Point] | None = None,
 ) -> LocalisationResult:
-    """Pointing game and FROC together, reading each (possibly lazy) heat map once and not keeping it."""
+    """Pointing game and FROC together, reading each (possibly lazy) heat map once and not keeping it.
+
+    ``peaks`` (image px, one per image) are the points the pointing game scores, e.g. each
+    finding's ``peak()``; without them, each map's own peak.
+    """
     _check_lengths(heatmaps, probabilities, boxes)
+    if peaks is not None and len(peaks) != len(heatmaps):
+        raise LocalisationInputError(f"{len(peaks)} peaks for {len(heatmaps)} heat maps")
     cells = _per_image(cell_px, len(heatmaps), "cell_px")
     distances, used_cells, marks = [], [], []
     for i, (source, p, image_boxes) in enumerate(zip(heatmaps, probabilities, boxes, strict=True)):
         checked = _check_boxes(image_boxes, i)
         heat = _heatmap(source, i)
         if checked:
-            distances.append(_peak_distance(heat, checked))
+            distances.append(_peak_distance(heat, checked, peaks[i] if peaks is not None else None))
             used_cells.append(cells[i] if cells else 0.0)
         marks.append(heatmap_boxes(heat, float(p), level))
     return LocalisationResult(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from fracsight.evaluation.inputs import CaseTable, ExcludedCase, LabelTable, PredictionTable
 from fracsight.finding import Finding
+from fracsight.model_card import ModelCard
 
 __all__ = ["ModelRun", "run_model", "FindingPictures"]
 
@@ -24,7 +24,7 @@ class ModelRun:
 
     predictions: PredictionTable
     findings: dict[str, Finding]  # case id -> finding (analysed cases only)
-    card: dict[str, Any]
+    card: ModelCard
     model_path: str
 
 
@@ -65,7 +65,7 @@ def run_model(labels: LabelTable, model_path: str | None = None, progress: bool 
         images=[None] * len(ids),
         excluded=excluded,
     )
-    return ModelRun(predictions, findings, dict(analyser.card), str(analyser.model_path))
+    return ModelRun(predictions, findings, analyser.card, str(analyser.model_path))
 
 
 class FindingPictures:

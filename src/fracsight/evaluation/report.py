@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fracsight import __version__
 from fracsight.evaluation.evaluate import Evaluation
@@ -38,6 +38,7 @@ from fracsight.reporting import (
     gallery,
     line_chart,
     note,
+    open_picture,
     page,
     paragraph,
     png_data_uri,
@@ -52,7 +53,8 @@ __all__ = ["PictureSource", "ReportFiles", "GalleryGroup", "write_report", "rend
 log = logging.getLogger(__name__)
 
 # case index -> the picture to show for it (heat-map overlay preferred), or None
-PictureSource = Callable[[int], Image.Image | None]
+Picture = Image.Image | np.ndarray  # a picture, or a radiograph's pixels
+PictureSource = Callable[[int], Picture | None]
 
 GALLERY_MAX = 12
 FRACATLAS_CITATION = (
@@ -134,15 +136,18 @@ def select_gallery(evaluation: Evaluation, point_name: str, limit: int = GALLERY
 
 
 def file_pictures(evaluation: Evaluation) -> PictureSource:
-    """Pictures from files: the heat-map overlay PNG of each case if given, else the image itself."""
-    cases = evaluation.cases
+    """Pictures from files: the heat-map overlay PNG of each case if given, else the radiograph itself
+    (read by :mod:`fracsight.io`, as every command reads it)."""
+    from fracsight.io import read_radiograph
 
-    def picture(index: int) -> Image.Image | None:
-        for candidate in (cases.heatmaps[index], cases.images[index]):
+    cases = evaluation.cases
+    readers: tuple[Callable[[str], Picture], ...] = (open_picture, lambda path: read_radiograph(path).pixels)
+
+    def picture(index: int) -> Picture | None:
+        for candidate, read in zip((cases.heatmaps[index], cases.images[index]), readers, strict=True):
             if candidate and Path(candidate).is_file():
                 try:
-                    with Image.open(candidate) as image:
-                        return ImageOps.exif_transpose(image).copy()
+                    return read(candidate)
                 except (OSError, ValueError) as exc:  # unreadable picture: leave it out, say so in the log
                     log.warning("gallery: cannot read %s: %s", Path(candidate).name, exc)
         return None
@@ -169,6 +174,11 @@ def _gallery_items(evaluation: Evaluation, group: GalleryGroup, picture: Picture
 
 
 # ---------------------------------------------------------------- sections
+
+
+def _figures(caution: str | None, title: str, *args: Any, **kwargs: Any) -> Markup:
+    """A section of figures; when the cases include training images, its title says so."""
+    return section(title + (" (includes training images: not a test)" if caution else ""), *args, **kwargs)
 
 
 def _header(evaluation: Evaluation) -> Markup:
@@ -202,7 +212,11 @@ def _header(evaluation: Evaluation) -> Markup:
         items.insert(1, ("Thresholds chosen on", str(m.card["threshold_source"])))
     if c.unmatched_predictions:
         items.append(("Predictions without a label", f"{c.unmatched_predictions} (not evaluated)"))
+    if evaluation.training is not None:
+        items.append(("Training images", evaluation.training.summary()))
     parts = [facts(items, element_id="provenance")]
+    if evaluation.caution:
+        parts.append(note(f"Every figure in this report {evaluation.caution}.", NoteKind.WARNING))
     parts.append(
         note(
             f"Every number below was measured on these {c.n} cases and holds for data like them. Intervals "
@@ -217,6 +231,7 @@ def _header(evaluation: Evaluation) -> Markup:
 
 
 def _roc_section(evaluation: Evaluation) -> Markup:
+    caution = evaluation.caution
     roc, band, auc = evaluation.roc, evaluation.roc_band, evaluation.auc
     points = []
     for op in evaluation.operating_points:
@@ -272,7 +287,8 @@ def _roc_section(evaluation: Evaluation) -> Markup:
         "(1 \u2212 specificity). The shaded band is a pointwise 95% bootstrap interval; the marked "
         "points are the operating points, with 95% CI whiskers."
     )
-    return section(
+    return _figures(
+        caution,
         "Discrimination: ROC curve",
         [text, figure(chart, "Operating points with 95% CI whiskers (Wilson)."), auc_table],
         element_id="roc",
@@ -294,6 +310,7 @@ def _confusion(op_name: str, r: BinaryRates) -> Markup:
 
 
 def _operating_points_section(evaluation: Evaluation) -> Markup:
+    caution = evaluation.caution
     rows = []
     for op in evaluation.operating_points:
         r = evaluation.rates[op.name]
@@ -350,7 +367,7 @@ def _operating_points_section(evaluation: Evaluation) -> Markup:
         )
     confusion = [_confusion(op.name, evaluation.rates[op.name]) for op in evaluation.operating_points]
     parts.append(Markup('<div class="charts" id="confusion-tables">' + "".join(confusion) + "</div>"))
-    return section("Operating points", parts, element_id="operating-points")
+    return _figures(caution, "Operating points", parts, element_id="operating-points")
 
 
 def _cell_auc(cell: GroupCell) -> Markup | str:
@@ -369,6 +386,7 @@ def _cell_rate(cell: GroupCell, op_name: str, which: str) -> Markup | str:
 
 
 def _group_section(evaluation: Evaluation, group: GroupTable) -> Markup:
+    caution = evaluation.caution
     column = group.column
     ops = evaluation.operating_points
     headers = [column, "n", "Fractured", "Not fractured", "ROC AUC (DeLong)"]
@@ -437,10 +455,11 @@ def _group_section(evaluation: Evaluation, group: GroupTable) -> Markup:
             )
         )
     parts.append(paragraph(f"Rule: {SMALL_CELL_RULE}. CIs: DeLong for AUC, Wilson for proportions."))
-    return section(f"Results by {column}", parts, element_id=f"by-{column}")
+    return _figures(caution, f"Results by {column}", parts, element_id=f"by-{column}")
 
 
 def _calibration_section(evaluation: Evaluation) -> Markup:
+    caution = evaluation.caution
     cal = evaluation.calibration
     used = [b for b in cal.bins if b.n > 0]
     chart = line_chart(
@@ -489,7 +508,8 @@ def _calibration_section(evaluation: Evaluation) -> Markup:
         "fractured. Calibration does not change the ranking of cases or the ROC curve; "
         "`fracsight calibrate` can fit a temperature on a site's own validation data."
     )
-    return section(
+    return _figures(
+        caution,
         "Calibration",
         [text, row_of([figure(chart)]), scores, bins],
         element_id="calibration",
@@ -508,9 +528,10 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
         out.append((prefix, value))
 
 
-def _localisation_section(localisation: dict[str, Any]) -> Markup:
+def _localisation_section(localisation: dict[str, Any], caution: str | None = None) -> Markup:
     if localisation.get("computed") is False:
-        return section(
+        return _figures(
+            caution,
             "Localisation against expert boxes",
             note(f"Not computed: {localisation.get('reason', 'no reason given')}.", NoteKind.INFO),
             element_id="localisation",
@@ -530,7 +551,8 @@ def _localisation_section(localisation: dict[str, Any]) -> Markup:
             rows.append([key, f"{value:.4g}"])
         else:
             rows.append([key, "" if value is None else str(value)])
-    return section(
+    return _figures(
+        caution,
         "Localisation against expert boxes",
         [
             paragraph("Where the heat map points, compared with the fracture boxes drawn by experts."),
@@ -692,17 +714,18 @@ def render_html(
     body += [_group_section(evaluation, g) for g in evaluation.groups]
     body.append(_calibration_section(evaluation))
     if evaluation.localisation:
-        body.append(_localisation_section(evaluation.localisation))
+        body.append(_localisation_section(evaluation.localisation, evaluation.caution))
     body.append(_gallery_section(evaluation, picture, point))
     if evaluation.cases.excluded:
         body.append(_excluded_section(evaluation))
     c = evaluation.cases
+    caution = f" \u00b7 {evaluation.caution.upper()}" if evaluation.caution else ""
     return page(
-        "Fracture detection: evaluation report",
+        "Fracture detection: evaluation report" + (" (includes training images)" if caution else ""),
         body,
         subtitle=(
             f"{evaluation.model.description} \u00b7 {c.n} cases ({c.n_positive} fractured) "
-            f"from {c.labels_source}"
+            f"from {c.labels_source}{caution}"
         ),
         footer=_methods(evaluation),
     )

@@ -10,22 +10,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fracsight.evaluation.datasets import Box, load_dataset
-from fracsight.evaluation.evaluate import ModelIdentity
+from fracsight.data.boxes import Box
+from fracsight.data.split_file import split_ids
+from fracsight.evaluation.datasets import load_dataset
+from fracsight.evaluation.errors import LabelsError
 from fracsight.evaluation.inputs import (
     CaseTable,
     LabelTable,
     match_cases,
     read_labels,
     read_predictions,
-    read_split,
     restrict_labels,
 )
+from fracsight.evaluation.training_guard import TrainingOverlap, check_training_overlap, find_training_images
 from fracsight.finding import Finding
+from fracsight.model_card import ModelCard
 
-__all__ = ["LoadedCases", "load_cases", "default_group_columns"]
+__all__ = ["LoadedCases", "ModelIdentity", "load_cases", "default_group_columns"]
 
 DEFAULT_GROUPS = ("region", "hardware")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model produced the probabilities: its card when known, else just the predictions file."""
+
+    description: str
+    model_id: str | None = None
+    path: str | None = None
+    card: ModelCard | None = None
+
+    @classmethod
+    def from_card(cls, card: ModelCard, path: str | None) -> ModelIdentity:
+        model_id = card.model_id
+        return cls(
+            description=f"model {model_id}" + (f" ({path})" if path else ""),
+            model_id=model_id,
+            path=path,
+            card=card,
+        )
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"description": self.description, "model_id": self.model_id, "path": self.path}
+        if self.card is not None:
+            keys = (
+                "model_id",
+                "input_size",
+                "thresholds",
+                "temperature",
+                "threshold_source",
+                "data",
+                "adaptations",
+            )
+            out["card"] = {k: self.card[k] for k in keys if k in self.card}
+        return out
 
 
 @dataclass
@@ -34,14 +72,21 @@ class LoadedCases:
 
     cases: CaseTable
     model: ModelIdentity
-    card: dict[str, Any] | None
+    card: ModelCard | None
     model_path: str | None
     findings: dict[str, Finding] = field(default_factory=dict)
     boxes: dict[str, list[Box]] | None = None
+    training: TrainingOverlap | None = None  # None: the card does not record its training images
 
 
 def default_group_columns(labels: LabelTable, extra: list[str] | None = None) -> list[str]:
-    """``region`` and ``hardware`` where present, then the user's columns, without repeats."""
+    """``region`` and ``hardware`` where present, then the user's columns (``--by``), without repeats."""
+    unknown = [name for name in extra or [] if name not in labels.columns]
+    if unknown:
+        raise LabelsError(
+            f"--by {unknown[0]}: labels {labels.source} have no such column; "
+            f"available: {', '.join(labels.column_names()) or 'none'}"
+        )
     columns = [name for name in DEFAULT_GROUPS if name in labels.columns]
     for name in extra or []:
         if name not in columns:
@@ -56,7 +101,7 @@ def _split(labels: LabelTable, split_file: str | None, split: str | None) -> tup
         return labels, None
     if not split:
         raise ValueError("--split-file needs --split NAME (e.g. test) to say which split to use")
-    restricted = restrict_labels(labels, read_split(split_file, split), f"split {split!r} of {split_file}")
+    restricted = restrict_labels(labels, split_ids(split_file, split), f"split {split!r} of {split_file}")
     return restricted, f"{split} (from {split_file})"
 
 
@@ -70,13 +115,14 @@ def load_cases(
     group_columns: list[str] | None = None,
     allow_missing: bool = False,
     progress: bool = True,
-    need_model_card: bool = False,
+    include_training_images: bool = False,
 ) -> LoadedCases:
     """Cases from ``dataset`` (the model is run on it) or from ``predictions`` + ``labels`` files.
 
     With prediction files, ``model`` (if given) identifies the model that made them and
-    supplies its card (operating points, temperature); with ``need_model_card`` a
-    missing ``model`` is an error.
+    supplies its card (operating points, temperature). Every check comes before the model
+    runs: the grouping columns exist, and no case is an image the model was trained on
+    (:mod:`fracsight.evaluation.training_guard`) unless ``include_training_images``.
     """
     if dataset is not None and (predictions is not None or labels is not None):
         raise ValueError("give a DATASET to run the model on, or --predictions with --labels, not both")
@@ -86,25 +132,23 @@ def load_cases(
         table, split_name = _split(read_labels(labels), split_file, split)
         columns = default_group_columns(table, group_columns)
         cases = match_cases(read_predictions(predictions), table, columns, allow_missing, split_name)
-        card = None
-        if model is not None:
-            from fracsight.evaluation.model_copy import read_card
-
-            card = read_card(model)
-        elif need_model_card:
-            raise ValueError("--model is needed: the model whose predictions these are")
+        card = ModelCard.for_model(model) if model is not None else None
+        training = find_training_images(card, cases.ids, cases.images) if card is not None else None
+        check_training_overlap(training, include_training_images)
         identity = (
             ModelIdentity.from_card(card, model)
             if card is not None
             else ModelIdentity(description=f"predictions file {predictions} (model not identified)")
         )
-        return LoadedCases(cases, identity, card, model)
+        return LoadedCases(cases, identity, card, model, training=training)
 
     from fracsight.evaluation.model_run import run_model
 
     data = load_dataset(Path(dataset))
     table, split_name = _split(data.labels, split_file, split)
     columns = default_group_columns(table, group_columns)
+    training = find_training_images(ModelCard.for_model(model), table.ids, table.images)
+    check_training_overlap(training, include_training_images)
     run = run_model(table, model, progress=progress)
     cases = match_cases(run.predictions, table, columns, allow_missing=False, split=split_name)
     identity = ModelIdentity.from_card(run.card, run.model_path)
@@ -112,4 +156,4 @@ def load_cases(
     if data.boxes is not None:
         keep = set(table.ids)
         boxes = {case: b for case, b in data.boxes.items() if case in keep}
-    return LoadedCases(cases, identity, run.card, run.model_path, run.findings, boxes)
+    return LoadedCases(cases, identity, run.card, run.model_path, run.findings, boxes, training)

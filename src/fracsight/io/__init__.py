@@ -14,6 +14,7 @@ from fracsight.io.formats import ImageFormat
 from fracsight.io.limits import MAX_PIXELS
 from fracsight.io.radiograph import NotARadiograph, Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.read import is_truncated, read_radiograph
+from fracsight.io.size import image_size as image_size  # re-exported: header-only size
 from fracsight.io.truncation import MIN_DECODED_FRACTION, TruncatedImage
 
 __all__ = [

@@ -1,6 +1,8 @@
 """Self-contained HTML reports with inline-SVG charts: shared by evaluation and reader studies.
 
 A report is one HTML file with no outside references (see :mod:`fracsight.reporting.html`).
+Imports nothing else of fracsight: it draws what it is given (radiographs arrive as pixels read by
+:mod:`fracsight.io`), so every part may use it.
 """
 
 from fracsight.reporting.html import (
@@ -20,7 +22,7 @@ from fracsight.reporting.html import (
     table,
     withheld,
 )
-from fracsight.reporting.images import heat_overlay, png_data_uri, thumbnail_data_uri
+from fracsight.reporting.images import open_picture, png_data_uri
 from fracsight.reporting.svg import BarSeries, IntervalStyle, LineSeries, MarkedPoint, bar_chart, line_chart
 
 __all__ = [
@@ -39,9 +41,8 @@ __all__ = [
     "section",
     "table",
     "withheld",
-    "heat_overlay",
+    "open_picture",
     "png_data_uri",
-    "thumbnail_data_uri",
     "BarSeries",
     "IntervalStyle",
     "LineSeries",

@@ -1,7 +1,9 @@
-"""Images embedded in reports: downscaled PNG thumbnails as ``data:`` URIs, and heat-map overlays.
+"""Images embedded in reports: downscaled PNG thumbnails as ``data:`` URIs.
 
 Thumbnails keep a report small enough to e-mail (a few tens of kB per image) while
-still showing where the model looked.
+still showing where the model looked. Radiographs come in as pixels read by
+:mod:`fracsight.io`; :func:`open_picture` opens only pictures made for display (the heat-map
+overlay PNGs ``fracsight predict`` writes), which are colour by design and no radiograph.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["png_data_uri", "thumbnail_data_uri", "heat_overlay"]
+__all__ = ["open_picture", "png_data_uri"]
 
 
 def _to_display(image: Image.Image) -> Image.Image:
@@ -42,32 +44,7 @@ def png_data_uri(image: Image.Image | np.ndarray, max_side: int = 240) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def thumbnail_data_uri(path: str | Path, max_side: int = 240) -> str:
-    """Read an image file and return it as a downscaled PNG ``data:`` URI."""
+def open_picture(path: str | Path) -> Image.Image:
+    """A display picture (a heat-map overlay PNG) as it is shown, EXIF orientation applied."""
     with Image.open(path) as image:
-        image.load()
-        return png_data_uri(image, max_side=max_side)
-
-
-def _heat_colours(heat: np.ndarray) -> np.ndarray:
-    """A perceptually ordered dark-blue -> yellow ramp (viridis-like, from four anchor colours)."""
-    anchors = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)
-    position = np.clip(heat, 0.0, 1.0) * (len(anchors) - 1)
-    low = np.floor(position).astype(int).clip(0, len(anchors) - 2)
-    frac = (position - low)[..., None]
-    return anchors[low] * (1 - frac) + anchors[low + 1] * frac
-
-
-def heat_overlay(gray: np.ndarray, heat: np.ndarray, max_alpha: float = 0.55) -> np.ndarray:
-    """Blend a heat map (same H x W, values in [0, 1]) over a grayscale image in [0, 1]; uint8 RGB.
-
-    Opacity follows the heat value, so cold regions leave the radiograph untouched.
-    """
-    if gray.shape != heat.shape:
-        raise ValueError(f"heat map shape {heat.shape} differs from image shape {gray.shape}")
-    if gray.ndim != 2:
-        raise ValueError(f"image must be 2-D grayscale, got shape {gray.shape}")
-    base = np.repeat(np.clip(gray, 0.0, 1.0)[..., None] * 255.0, 3, axis=2)
-    alpha = (np.clip(heat, 0.0, 1.0) * max_alpha)[..., None]
-    blended = base * (1 - alpha) + _heat_colours(heat) * alpha
-    return blended.round().clip(0, 255).astype(np.uint8)
+        return ImageOps.exif_transpose(image).copy()

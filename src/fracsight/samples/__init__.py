@@ -1,0 +1,1 @@
+"""Bundled sample radiographs, with their attribution in README.md: data, no code."""

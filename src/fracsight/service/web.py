@@ -24,8 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from fracsight.explain import heatmap_layer
-from fracsight.finding import Letterbox
-from fracsight.preprocess import stretch_contrast
+from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import token_matches
 from fracsight.service.intake import UploadRefused, receive_stream
 from fracsight.service.store import Feedback, Store, now

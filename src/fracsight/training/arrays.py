@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fracsight.model.examples import Example
 from fracsight.preprocess import prepare
+from fracsight.training.examples import Example
 
 log = logging.getLogger(__name__)
 

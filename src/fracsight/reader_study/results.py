@@ -1,12 +1,12 @@
-"""Result records of a reader-study analysis (what ``analyse`` returns and the reports read)."""
+"""Result records of a reader-study analysis (what ``analyse_study`` returns and the reports read)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fracsight.readers.data import ReadStudy
-from fracsight.readers.fom import CovarianceMethod, FigureOfMerit
-from fracsight.readers.or_analysis import MarginTest, TestResult
+from fracsight.reader_study.data import ReadStudy
+from fracsight.reader_study.fom import CovarianceMethod, FigureOfMerit
+from fracsight.reader_study.or_analysis import MarginTest, TestResult
 
 
 @dataclass(frozen=True)

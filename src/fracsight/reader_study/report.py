@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fracsight.readers.analysis import AI_METHOD, MODALITY_METHOD
-from fracsight.readers.or_analysis import MarginTest, TestResult
-from fracsight.readers.results import Comparison, GroupResult, StudyAnalysis
-from fracsight.readers.summary import plain_summary
+from fracsight.reader_study.analysis import AI_METHOD, MODALITY_METHOD
+from fracsight.reader_study.or_analysis import MarginTest, TestResult
+from fracsight.reader_study.results import Comparison, GroupResult, StudyAnalysis
+from fracsight.reader_study.summary import plain_summary
 
 FORMAT_VERSION = 1
 REFERENCES = (

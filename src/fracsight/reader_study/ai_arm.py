@@ -8,18 +8,17 @@ operating point and 'doubt' a second, more sensitive one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from fracsight.readers.data import CASE_COLUMNS
-from fracsight.readers.errors import BadValue, MissingAIPrediction, MissingColumn, ReaderStudyError
-from fracsight.readers.table import find_column, line_list, read_rows
+from fracsight.model_card import ModelCard, default_card_path
+from fracsight.reader_study.data import CASE_COLUMNS
+from fracsight.reader_study.errors import BadValue, MissingAIPrediction, MissingColumn, ReaderStudyError
+from fracsight.reader_study.table import find_column, line_list, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +57,6 @@ class AIPredictions:
                 "to compare sensitivity or specificity with the AI"
             )
         return (self.probability >= point.threshold).astype(float)
-
-
-def default_card_path() -> Path:
-    """Where the shipped model's card lives (it may not exist in a development checkout)."""
-    return Path(str(resources.files("fracsight.models"))) / "default.card.json"
 
 
 def load_ai_predictions(
@@ -156,15 +150,13 @@ def _operating_points(
             card_path,
         )
         return (), f"none: no --ai-threshold given and {card_path} is absent", None
-    data = json.loads(card_path.read_text())
-    thresholds = data.get("thresholds") or {}
-    names = [n for n in (PRIMARY_OPERATING_POINT, "doubt") if n in thresholds] + sorted(
+    model_card = ModelCard.read(card_path)
+    thresholds = model_card.thresholds
+    names = [PRIMARY_OPERATING_POINT, "doubt"] + sorted(
         n for n in thresholds if n not in (PRIMARY_OPERATING_POINT, "doubt")
     )
-    if not names:
-        raise ReaderStudyError(f"{card_path}: the model card has no 'thresholds'; give --ai-threshold")
-    points = tuple(OperatingPoint(n, float(thresholds[n])) for n in names)
+    points = tuple(OperatingPoint(n, thresholds[n]) for n in names)
     source = f"model card {card_path}" + (
-        f": {data['threshold_source']}" if data.get("threshold_source") else ""
+        f": {model_card['threshold_source']}" if model_card.get("threshold_source") else ""
     )
-    return points, source, data.get("model_id")
+    return points, source, model_card.model_id

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fracsight.readers.analysis import AI_LABEL, AI_METHOD, MODALITY_METHOD
-from fracsight.readers.fom import FigureOfMerit, roc_points
-from fracsight.readers.report import REFERENCES
-from fracsight.readers.results import GroupResult, StudyAnalysis
-from fracsight.readers.summary import fmt, fmt_df, fmt_p, plain_summary
+from fracsight.reader_study.analysis import AI_LABEL, AI_METHOD, MODALITY_METHOD
+from fracsight.reader_study.fom import FigureOfMerit, roc_points
+from fracsight.reader_study.report import REFERENCES
+from fracsight.reader_study.results import GroupResult, StudyAnalysis
+from fracsight.reader_study.summary import fmt, fmt_df, fmt_p, plain_summary
 from fracsight.reporting import (
     BarSeries,
     LineSeries,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fracsight.readers.errors import NotEstimable
+from fracsight.reader_study.errors import NotEstimable
 
 
 class FigureOfMerit(str, enum.Enum):

@@ -20,11 +20,11 @@ import numpy as np
 from scipy import stats
 
 from fracsight.evaluation.metrics import wilson_interval
-from fracsight.readers.ai_arm import AIPredictions
-from fracsight.readers.data import UNSPECIFIED_REGION, ReadStudy
-from fracsight.readers.errors import NotEstimable, ReaderStudyError
-from fracsight.readers.fom import CovarianceMethod, FigureOfMerit, estimate, roc_points
-from fracsight.readers.or_analysis import (
+from fracsight.reader_study.ai_arm import AIPredictions
+from fracsight.reader_study.data import UNSPECIFIED_REGION, ReadStudy
+from fracsight.reader_study.errors import NotEstimable, ReaderStudyError
+from fracsight.reader_study.fom import CovarianceMethod, FigureOfMerit, estimate, roc_points
+from fracsight.reader_study.or_analysis import (
     Generalisation,
     TestResult,
     compare_modalities,
@@ -33,7 +33,7 @@ from fracsight.readers.or_analysis import (
     one_modality,
     one_modality_components,
 )
-from fracsight.readers.results import (
+from fracsight.reader_study.results import (
     AIOperatingResult,
     AISummary,
     Comparison,
@@ -64,7 +64,7 @@ def available_foms(study: ReadStudy) -> tuple[FigureOfMerit, ...]:
     return tuple(foms)
 
 
-def analyse(
+def analyse_study(
     study: ReadStudy,
     *,
     ai: AIPredictions | None = None,

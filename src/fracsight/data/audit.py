@@ -2,8 +2,8 @@
 
 Checks, each a :class:`DefectKind`:
 
-* unreadable and truncated images (a truncated JPEG is one Pillow refuses with "image file is
-  truncated" unless told to tolerate it, or one without its end-of-image marker);
+* unreadable and truncated images, as :func:`fracsight.io.read_radiograph` finds them (a truncated
+  JPEG with under 90% of its rows is refused there, so it is flagged but not compared with others);
 * exact and near duplicates (see :mod:`fracsight.data.duplicates`): a group counts once as
   evidence, so duplicates inflate n; across splits they leak test images into training; with
   different labels, one of the labels is wrong;
@@ -14,16 +14,13 @@ Checks, each a :class:`DefectKind`:
 
 The class balance per region (and per split) is reported, not judged.
 
-Inputs: a FracAtlas folder, or a manifest CSV with columns ``path, label`` and optionally
-``region`` and ``boxes`` (a JSON list of [x0, y0, x1, y1] in image pixels); paths are relative
-to the manifest's folder.
+Inputs: a FracAtlas folder, or a manifest CSV read by :mod:`fracsight.data.manifest` (an empty
+label is reported here, not refused); a split file read by :mod:`fracsight.data.split_file`.
 """
 
 from __future__ import annotations
 
-import csv
 import enum
-import json
 import logging
 import math
 from collections import Counter, defaultdict
@@ -31,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from fracsight.data.boxes import BOX_TOLERANCE_PX, Box, box_problem, describe_box
 from fracsight.data.duplicates import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MIN_CORRELATION,
@@ -40,15 +38,11 @@ from fracsight.data.duplicates import (
     groups_from_pairs,
     scan_images,
 )
-from fracsight.data.labels import ACCEPTED_LABELS, parse_label
+from fracsight.data.ids import case_id
+from fracsight.data.manifest import read_manifest
+from fracsight.data.split_file import read_split_file
 
 log = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
-
-# Boxes may overhang the image by this much (px) before they count as outside: annotation tools
-# round, and FracAtlas' rescaled COCO coordinates carry float noise.
-BOX_TOLERANCE_PX = 1.0
 
 
 class AuditInputError(ValueError):
@@ -90,7 +84,7 @@ _WHY = {
 class AuditRecord:
     """One image as the audit sees it; ``boxes`` is None when the dataset has no box annotations."""
 
-    id: str
+    id: str  # as the dataset names the image (manifest path as written, FracAtlas file name)
     path: Path
     label: bool | None
     region: str = "unknown"
@@ -209,7 +203,7 @@ class AuditReport:
                     "n_boxes": None if r.boxes is None else len(r.boxes),
                     "duplicate_group": self.groups[by_id[r.id]],
                     "truncated": s.truncated,
-                    "decoded_fraction": round(s.decoded_fraction, 4),
+                    "decoded_fraction": None if s.decoded_fraction is None else round(s.decoded_fraction, 4),
                     "error": s.error,
                     "width": s.fingerprint.width if s.fingerprint else None,
                     "height": s.fingerprint.height if s.fingerprint else None,
@@ -231,68 +225,19 @@ def _finite(value: float, digits: int | None = None) -> float | None:
 # Reading datasets
 
 
-def _parse_label(value: str, where: str) -> bool | None:
-    """True/False, or None for an empty cell: an unlabelled image is a defect to report, not an error."""
-    if not value.strip():
-        return None
-    label = parse_label(value)
-    if label is None:
-        raise AuditInputError(
-            f"{where}: label {value!r} in column 'label' is not a fracture label; accepted: {ACCEPTED_LABELS}"
+def records_from_manifest(path: Path) -> list[AuditRecord]:
+    """Records from a manifest CSV (:mod:`fracsight.data.manifest`; empty labels kept as None)."""
+    return [
+        AuditRecord(
+            id=row.text,
+            path=row.path,
+            label=None if row.label is None else bool(row.label),
+            region=row.region,
+            boxes=row.boxes,
+            hardware=row.hardware if "hardware" in row.columns else None,
         )
-    return bool(label)
-
-
-def _parse_boxes(value: str, where: str) -> tuple[Box, ...]:
-    text = value.strip()
-    if not text:
-        return ()
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AuditInputError(f"{where}: boxes {text[:60]!r} are not JSON ({exc.msg})") from exc
-    if not isinstance(raw, list) or not all(
-        isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b) for b in raw
-    ):
-        raise AuditInputError(
-            f"{where}: boxes must be a JSON list of [x0, y0, x1, y1] numbers, got {text[:60]!r}"
-        )
-    return tuple((float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in raw)
-
-
-def read_manifest(path: Path) -> list[AuditRecord]:
-    """Records from a manifest CSV (path,label[,region][,boxes]); relative paths are from its folder."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        missing = {"path", "label"} - columns
-        if missing:
-            raise AuditInputError(
-                f"manifest {path}: missing column(s) {sorted(missing)}; have {sorted(columns)}"
-            )
-        has_boxes = "boxes" in columns
-        records, seen = [], set()
-        for line, row in enumerate(reader, start=2):
-            where = f"manifest {path.name} line {line}"
-            ident = (row.get("path") or "").strip()
-            if not ident:
-                raise AuditInputError(f"{where}: empty path")
-            if ident in seen:
-                raise AuditInputError(f"{where}: path {ident!r} listed twice")
-            seen.add(ident)
-            file = Path(ident) if Path(ident).is_absolute() else path.parent / ident
-            records.append(
-                AuditRecord(
-                    id=ident,
-                    path=file,
-                    label=_parse_label(row.get("label") or "", where),
-                    region=(row.get("region") or "").strip().lower() or "unknown",
-                    boxes=_parse_boxes(row.get("boxes") or "", where) if has_boxes else None,
-                )
-            )
-    if not records:
-        raise AuditInputError(f"manifest {path} lists no images")
-    return records
+        for row in read_manifest(path, unlabelled_ok=True, check_boxes=False)
+    ]
 
 
 def read_fracatlas(root: Path) -> list[AuditRecord]:
@@ -312,39 +257,15 @@ def read_fracatlas(root: Path) -> list[AuditRecord]:
     ]
 
 
-def read_split_file(path: Path) -> dict[str, str]:
-    """id -> split from a CSV with columns ``id`` (or ``image_id`` / ``path``) and ``split``."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        key = next((c for c in ("id", "image_id", "path") if c in columns), None)
-        if key is None or "split" not in columns:
-            raise AuditInputError(f"split file {path}: needs columns 'id' and 'split', has {columns}")
-        out: dict[str, str] = {}
-        for line, row in enumerate(reader, start=2):
-            ident, split = (row.get(key) or "").strip(), (row.get("split") or "").strip()
-            if not ident or not split:
-                raise AuditInputError(f"split file {path.name} line {line}: empty {key!r} or 'split'")
-            if ident in out and out[ident] != split:
-                raise AuditInputError(
-                    f"split file {path.name} line {line}: {ident!r} is in both {out[ident]!r} and {split!r}"
-                )
-            out[ident] = split
-    return out
-
-
 def _attach_splits(
     records: list[AuditRecord], splits: dict[str, str]
 ) -> tuple[list[AuditRecord], list[Defect]]:
-    """Match split ids to records by id, file name or stem; report what does not match."""
-    keys: dict[str, int] = {}
-    for i, r in enumerate(records):
-        for key in (r.id, r.path.name, r.path.stem, str(r.path)):
-            keys.setdefault(key, i)
+    """Match split ids to records by the one id rule (:mod:`fracsight.data.ids`); report what does not."""
+    keys = {case_id(r.path.name, from_path=True): i for i, r in enumerate(records)}
     placed: dict[int, str] = {}
     unknown = []
     for ident, split in splits.items():
-        i = keys.get(ident, keys.get(Path(ident).name, keys.get(Path(ident).stem)))
+        i = keys.get(ident)
         if i is None:
             unknown.append(ident)
         else:
@@ -377,7 +298,7 @@ def load_records(dataset: Path) -> tuple[str, list[AuditRecord]]:
             "pass a FracAtlas folder or a manifest CSV (path,label[,region][,boxes])"
         )
     if dataset.is_file():
-        return "manifest", read_manifest(dataset)
+        return "manifest", records_from_manifest(dataset)
     raise FileNotFoundError(f"dataset {dataset} does not exist")
 
 
@@ -400,21 +321,10 @@ def _box_defects(record: AuditRecord, scan: ImageScan) -> list[Defect]:
             )
         )
     fp = scan.fingerprint
-    for k, (x0, y0, x1, y1) in enumerate(record.boxes):
-        box = f"box {k} ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f})"
-        if not (x1 > x0 and y1 > y0):
-            out.append(
-                Defect(DefectKind.BAD_BOX, (record.id,), f"{box} has no area (needs x1 > x0 and y1 > y0)")
-            )
-        elif fp is not None and (
-            x0 < -BOX_TOLERANCE_PX
-            or y0 < -BOX_TOLERANCE_PX
-            or x1 > fp.width + BOX_TOLERANCE_PX
-            or y1 > fp.height + BOX_TOLERANCE_PX
-        ):
-            out.append(
-                Defect(DefectKind.BAD_BOX, (record.id,), f"{box} outside the {fp.width}x{fp.height} image")
-            )
+    for k, box in enumerate(record.boxes):
+        problem = box_problem(box, (fp.width, fp.height) if fp is not None else None)
+        if problem is not None:
+            out.append(Defect(DefectKind.BAD_BOX, (record.id,), f"{describe_box(k, box)} {problem[1]}"))
     return out
 
 
@@ -479,7 +389,7 @@ def audit(
     source, records = load_records(dataset)
     defects: list[Defect] = []
     if split_file is not None:
-        records, split_defects = _attach_splits(records, read_split_file(Path(split_file)))
+        records, split_defects = _attach_splits(records, read_split_file(split_file))
         defects += split_defects
     log.info("auditing %d images from %s", len(records), dataset)
     scans = scan_images([r.path for r in records], workers=workers)
@@ -487,9 +397,12 @@ def audit(
         if s.fingerprint is None and not s.truncated:
             defects.append(Defect(DefectKind.UNREADABLE, (r.id,), s.error or "cannot be decoded"))
         if s.truncated:
-            # Floor, so a file missing a few blocks never reads as "100.0% decoded".
-            share = math.floor(s.decoded_fraction * 1000) / 10
-            detail = f"truncated; {share:.1f}% of pixels decoded" if s.fingerprint else (s.error or "")
+            if s.fingerprint is not None and s.decoded_fraction is not None:
+                # Floor, so a file missing a few blocks never reads as "100.0% decoded".
+                share = math.floor(s.decoded_fraction * 1000) / 10
+                detail = f"truncated; {share:.1f}% of pixels decoded"
+            else:
+                detail = f"truncated; refused by fracsight: {s.error}"
             defects.append(Defect(DefectKind.TRUNCATED, (r.id,), detail))
         if r.label is None:
             defects.append(Defect(DefectKind.MISSING_LABEL, (r.id,), "no label"))
@@ -626,21 +539,14 @@ def summary_text(report: AuditReport, max_list: int = 200) -> str:
 
 
 def _thumbnail_uri(path: Path) -> str | None:
-    """A small PNG of the image (truncated files decoded tolerantly), or None if it cannot be read."""
-    from PIL import Image, ImageFile, ImageOps
-
+    """A small PNG of the image as fracsight reads it, or None if it cannot be read."""
+    from fracsight.io import RefusedInput, read_radiograph
     from fracsight.reporting.images import png_data_uri
 
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = True
     try:
-        with Image.open(path) as img:
-            img.load()
-            return png_data_uri(ImageOps.exif_transpose(img), max_side=160)
-    except (OSError, ValueError):
+        return png_data_uri(read_radiograph(path).pixels, max_side=160)
+    except (RefusedInput, OSError):
         return None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def render_html(report: AuditReport, max_gallery_groups: int = 40) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fracsight.model.network import FractureNet, Outputs
+from fracsight.training.network import FractureNet, Outputs
 
 OPSET = 17
 OUTPUT_NAMES = ("logit", "heatmap", "region", "features")

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fracsight.model.augment import Augmentation, augment
-from fracsight.model.network import FractureNet, Outputs
+from fracsight.training.augment import Augmentation, augment
+from fracsight.training.network import FractureNet, Outputs
 
 log = logging.getLogger(__name__)
 

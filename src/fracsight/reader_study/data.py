@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fracsight.data.labels import ACCEPTED_LABELS, parse_label
-from fracsight.readers.errors import (
+from fracsight.reader_study.errors import (
     BadValue,
     DuplicateRead,
     IncompleteDesign,
@@ -25,7 +25,7 @@ from fracsight.readers.errors import (
     ReaderStudyError,
     SingleClass,
 )
-from fracsight.readers.table import (
+from fracsight.reader_study.table import (
     cell_list,
     find_column,
     line_list,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from fracsight.readers.data import ReadStudy, make_study
+from fracsight.reader_study.data import ReadStudy, make_study
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from fracsight.readers.errors import BadValue, MissingColumn, ReaderStudyError
+from fracsight.reader_study.errors import BadValue, MissingColumn, ReaderStudyError
 
 # How many offending rows an error message lists before summarising the rest.
 EXAMPLES_SHOWN = 5

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from fracsight.readers.results import Comparison, StudyAnalysis
+from fracsight.reader_study.results import Comparison, StudyAnalysis
 
 
 def fmt(value: float, digits: int = 3) -> str:

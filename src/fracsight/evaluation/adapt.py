@@ -12,30 +12,25 @@ import copy
 import json
 import math
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fracsight import __version__
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.operating_points import ThresholdChoice
+from fracsight.model_card import ModelCard, card_path
 
-__all__ = ["card_path_for", "read_card", "write_model_copy", "card_with_thresholds", "card_with_temperature"]
-
-
-def card_path_for(model_path: str | Path) -> Path:
-    """``NAME.onnx`` -> ``NAME.card.json``."""
-    return Path(model_path).with_suffix(".card.json")
+__all__ = ["write_model_copy", "card_with_thresholds", "card_with_temperature"]
 
 
-def read_card(model_path: str | Path) -> dict[str, Any]:
-    """The model card beside ``model_path``, checked as inference checks it."""
-    from fracsight.decide import load_card
+def write_model_copy(
+    model_path: str | Path, out_path: str | Path, card: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Copy ``NAME.onnx`` to ``OUT.onnx``, write ``card`` as ``OUT.card.json``; never overwrite the source.
 
-    return load_card(model_path)
-
-
-def write_model_copy(model_path: str | Path, out_path: str | Path, card: dict[str, Any]) -> tuple[Path, Path]:
-    """Copy ``NAME.onnx`` to ``OUT.onnx``, write ``card`` as ``OUT.card.json``; never overwrite the source."""
+    The card is checked as every command checks it before anything is written.
+    """
     source, target = Path(model_path), Path(out_path)
     if target.suffix.lower() != ".onnx":
         raise ValueError(f"output model {target} must end in .onnx (its card is written beside it)")
@@ -43,10 +38,11 @@ def write_model_copy(model_path: str | Path, out_path: str | Path, card: dict[st
         raise FileNotFoundError(f"model {source} does not exist")
     if target.exists() and target.resolve() == source.resolve():
         raise ValueError(f"output model {target} is the input model: write the adapted copy to a new path")
+    target_card = card_path(target)
+    checked = ModelCard(card, target_card)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    target_card = card_path_for(target)
-    target_card.write_text(json.dumps(card, indent=2) + "\n")
+    target_card.write_text(json.dumps(checked.to_dict(), indent=2) + "\n")
     return target, target_card
 
 
@@ -55,10 +51,14 @@ def _estimate(e) -> dict:
 
 
 def card_with_thresholds(
-    card: dict[str, Any], choice: ThresholdChoice, data: str, date: str, data_description: str | None = None
+    card: Mapping[str, Any],
+    choice: ThresholdChoice,
+    data: str,
+    date: str,
+    data_description: str | None = None,
 ) -> dict[str, Any]:
     """A new card with the chosen thresholds and a record of where they came from."""
-    new = copy.deepcopy(card)
+    new = copy.deepcopy(dict(card))
     previous = dict(card.get("thresholds", {}))
     new["thresholds"] = choice.thresholds()
     doubt, fracture = choice.doubt, choice.fracture
@@ -102,7 +102,11 @@ def _moved_threshold(value: float, previous_t: float, temperature: float) -> flo
 
 
 def card_with_temperature(
-    card: dict[str, Any], fit: TemperatureFit, data: str, date: str, calibration: dict[str, Any] | None = None
+    card: Mapping[str, Any],
+    fit: TemperatureFit,
+    data: str,
+    date: str,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A new card with the fitted temperature; thresholds are moved so that every category stays the same.
 
@@ -110,7 +114,7 @@ def card_with_temperature(
     temperature T the same logit gives probability sigmoid(T0 * logit(t) / T). Without this,
     recalibrating would silently move both operating points.
     """
-    new = copy.deepcopy(card)
+    new = copy.deepcopy(dict(card))
     previous_t = float(card.get("temperature", 1.0))
     previous_thresholds = dict(card.get("thresholds", {}))
     moved = {

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from fracsight.data.labels import REGIONS
-from fracsight.model.arrays import PreparedSet, prepare_examples
-from fracsight.model.examples import load_examples
-from fracsight.model.export import check_onnx, export_onnx
-from fracsight.model.loop import (
+from fracsight.data.split_file import split_ids
+from fracsight.training.arrays import PreparedSet, prepare_examples
+from fracsight.training.examples import load_examples
+from fracsight.training.export import check_onnx, export_onnx
+from fracsight.training.loop import (
     RunConfig,
     TrainingSet,
     load_trained,
@@ -45,7 +46,7 @@ from fracsight.model.loop import (
     save_atomically,
     train_run,
 )
-from fracsight.model.splits import grouped_holdout, grouped_stratified_folds
+from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +183,6 @@ def _groups(data: PreparedSet, workers: int) -> np.ndarray:
     return np.asarray(group_images([e.path for e in data.examples], workers=workers))
 
 
-def _read_test_ids(path: str) -> set[str]:
-    """Image ids on the 'test' rows of a split.csv written by an earlier run."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"image_id", "split"} <= set(rows[0]):
-        raise ValueError(f"{path}: a split file needs columns image_id and split (as train's split.csv)")
-    ids = {r["image_id"] for r in rows if r["split"] == "test"}
-    if not ids:
-        raise ValueError(f"{path}: no row has split 'test'")
-    return ids
-
-
 def _given_test_split(
     path: str, test_ids: set[str], data: PreparedSet, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +253,7 @@ def run_training(cfg: TrainConfig) -> Path:
     examples = load_examples(cfg.data)
     if cfg.limit:
         examples = _subset(examples, cfg.limit, rc.seed)
-    test_ids = _read_test_ids(cfg.test_split) if cfg.test_split else None
+    test_ids = split_ids(cfg.test_split, "test") if cfg.test_split else None
     identity = _run_identity(cfg, examples, test_ids)
     _check_resume(out, identity)
     _write_run(out, cfg, identity)
@@ -382,9 +371,12 @@ def run_training(cfg: TrainConfig) -> Path:
     _say(f"ONNX written to {onnx_path} (max |torch - onnx| = {diff:.1e})")
     _remove_arrays(out)
 
-    from fracsight.model.card import write_card
+    from fracsight.training.card import training_images, write_card
 
-    write_card(cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device))
+    trained_on = training_images([data.examples[i] for i in dev], str(cfg.data))
+    write_card(
+        cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device), trained_on
+    )
     return onnx_path
 
 

@@ -12,15 +12,20 @@ import datetime as dt
 import hashlib
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from fracsight import model_card
+from fracsight.data.image_hashes import DIGEST_CHARS, image_digests
 from fracsight.data.labels import REGIONS
 from fracsight.evaluation.metrics import auc_with_ci, binary_rates, wilson_interval
 from fracsight.evaluation.operating_points import choose_thresholds
+from fracsight.model_card import TrainingImages
 from fracsight.preprocess import PREPROCESSING
+from fracsight.training.examples import Example
 
 INTENDED_USE = (
     "An aid for clinicians reading musculoskeletal radiographs (hand, leg, hip, shoulder): it flags "
@@ -126,8 +131,12 @@ def write_card(
     final_epochs: int,
     onnx_diff: float,
     device: str | None = None,
+    trained_on: TrainingImages | None = None,
 ) -> dict:
-    """Compute the card's metrics from the run's prediction files and write JSON + Markdown."""
+    """Compute the card's metrics from the run's prediction files and write JSON + Markdown.
+
+    ``trained_on`` (:func:`training_images`) is recorded as the card's ``training_images``.
+    """
     rc = cfg.run
     oof = _read(out / "predictions_oof.csv")
     oof_labels = np.array([int(r["label"]) for r in oof])
@@ -242,10 +251,9 @@ def write_card(
     regions_file = out / "regions_test.csv"
     if regions_file.exists():
         card["metrics"]["region_head"] = region_accuracy(_read(regions_file))
-    json_path = onnx_path.with_suffix(".card.json")
-    json_path.write_text(json.dumps(card, indent=2))
-    onnx_path.with_suffix(".card.md").write_text(render_markdown(card))
-    return card
+    if trained_on is not None:
+        card["training_images"] = trained_on.record()
+    return _save(model_card.card_path(onnx_path), card)
 
 
 def region_accuracy(rows: list[dict[str, str]]) -> dict:
@@ -362,6 +370,7 @@ def render_markdown(card: dict) -> str:
         f"- Held-out test split: {card['data']['test_split']['n']} images "
         f"({card['data']['test_split']['n_fractured']} fractured), never used for training, model or "
         "threshold selection.",
+        *_training_images_markdown(card.get("training_images")),
         "",
         "## Recipe",
         f"- {card['recipe']['backbone']} (ImageNet init: {card['recipe']['imagenet_init']}) with a CAM head "
@@ -469,6 +478,39 @@ def record_orientation(card_path: Path, orientation_path: Path) -> dict:
     card = json.loads(Path(card_path).read_text())
     card["metrics"]["shipped_model_orientation"] = json.loads(Path(orientation_path).read_text())
     return _save(card_path, card)
+
+
+def training_images(examples: Sequence[Example], data: str) -> TrainingImages:
+    """The card's record of the images a model was trained on: each original file's hashes, from the
+    manifest when the files listed are copies (``scripts/compact_dataset.py`` writes them there),
+    else from the files themselves (one more decode each)."""
+    files, pixels = [], []
+    for ex in examples:
+        if ex.original_sha256:
+            files.append(ex.original_sha256)
+            pixels.append(ex.original_pixel_sha256 or None)
+        else:
+            digests = image_digests(ex.path)
+            files.append(digests.file[:DIGEST_CHARS])
+            pixels.append(digests.pixels[:DIGEST_CHARS] if digests.pixels else None)
+    return TrainingImages.of(f"the {len(files)} development images of {data}", files, pixels)
+
+
+def record_training_images(card_path: Path, images: TrainingImages) -> dict:
+    """Set the card's record of the images the model was trained on (``training_images``)."""
+    card = json.loads(Path(card_path).read_text())
+    card["training_images"] = images.record()
+    return _save(card_path, card)
+
+
+def _training_images_markdown(record: dict | None) -> list[str]:
+    if not record:
+        return []
+    return [
+        f"- Trained on {record['description']}: their content hashes are in the card (`training_images`), "
+        "so `fracsight evaluate`, `thresholds` and `calibrate` can say when they are given them, and "
+        "refuse to report them as a test."
+    ]
 
 
 def record_known_issues(card_path: Path, issues: list[str]) -> dict:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from fracsight.readers.errors import ReaderStudyError
-from fracsight.readers.or_analysis import Generalisation, ORComponents
+from fracsight.reader_study.errors import ReaderStudyError
+from fracsight.reader_study.or_analysis import Generalisation, ORComponents
 
 
 @dataclass(frozen=True)

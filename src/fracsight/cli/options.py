@@ -1,0 +1,191 @@
+"""Option types that check a value when the command line is parsed, before any work starts.
+
+Each is an argparse ``type``: it returns the parsed value or raises ``ArgumentTypeError`` with the
+accepted range, and argparse adds the option's name ("argument --bins: 0 is not a whole number
+of at least 2"). :class:`Parser` prints that as one line and exits with code 2, so a typo costs
+a second, not a model run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NoReturn
+
+__all__ = [
+    "Parser",
+    "a_date",
+    "an_existing_file",
+    "an_existing_path",
+    "a_folder_to_write",
+    "a_file_to_write",
+    "a_model",
+    "a_model_card",
+    "a_name",
+    "a_new_model",
+    "a_number",
+    "a_whole_number",
+    "one_of",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the command, the option, the rule."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _rule(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
+    """'a number in (0, 1]', 'a number > 0', 'a number': the words for a range."""
+    if low is not None and high is not None:
+        return f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if low is not None:
+        return f"a number {'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        return f"a number {'<' if open_high else '<='} {high:g}"
+    return "a number"
+
+
+def a_number(
+    low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False
+) -> Callable[[str], float]:
+    """A finite number in [low, high]; ``open_low`` / ``open_high`` leave an end out."""
+    rule = _rule(low, high, open_low, open_high)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        too_low = low is not None and (value <= low if open_low else value < low)
+        too_high = high is not None and (value >= high if open_high else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return value
+
+    return parse
+
+
+def a_whole_number(low: int, high: int | None = None, multiple_of: int = 1) -> Callable[[str], int]:
+    """A whole number of at least ``low`` (at most ``high``), a multiple of ``multiple_of``."""
+    rule = f"a whole number of at least {low}" + (f" and at most {high}" if high is not None else "")
+    if multiple_of > 1:
+        rule = f"a multiple of {multiple_of} of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}") from None
+        if value < low or (high is not None and value > high) or value % multiple_of:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return value
+
+    return parse
+
+
+def an_existing_file(what: str) -> Callable[[str], str]:
+    """The path of an existing file (a folder is refused: this option names one file)."""
+
+    def parse(text: str) -> str:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder; give the {what} file")
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{what} {text!r} does not exist")
+        return text
+
+    return parse
+
+
+def an_existing_path(what: str) -> Callable[[str], str]:
+    """The path of an existing file or folder."""
+
+    def parse(text: str) -> str:
+        if not Path(text).exists():
+            raise argparse.ArgumentTypeError(f"{what} {text!r} does not exist")
+        return text
+
+    return parse
+
+
+def a_folder_to_write(text: str) -> str:
+    """A folder to write into: new, or an existing folder (not a file)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder to write into")
+    return text
+
+
+def a_file_to_write(text: str) -> str:
+    """A file to write: '-' (standard output), or a path that is not a folder."""
+    if text != "-" and Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name")
+    return text
+
+
+def a_model(text: str) -> str:
+    """An ONNX model with a readable, valid card beside it (checked now: a broken card names itself)."""
+    from fracsight.model_card import card_path
+
+    path = Path(text)
+    if path.suffix.lower() != ".onnx":
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ONNX model file (NAME.onnx)")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"model {text!r} does not exist")
+    a_model_card(str(card_path(path)))
+    return text
+
+
+def a_model_card(text: str) -> str:
+    """A model card file (NAME.card.json), read and checked now."""
+    from fracsight.model_card import ModelCard
+
+    try:
+        ModelCard.read(text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def a_new_model(text: str) -> str:
+    """The path of a model copy to write: NAME.onnx, not a folder."""
+    if Path(text).suffix.lower() != ".onnx" or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a new model file ending in .onnx (its card goes beside it)"
+        )
+    return text
+
+
+def a_date(text: str) -> str:
+    """A date written YYYY-MM-DD."""
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in the form YYYY-MM-DD") from None
+
+
+def a_name(text: str) -> str:
+    """A file name stem: letters, digits, '.', '-' and '_' only."""
+    if not text or not all(c.isalnum() or c in "._-" for c in text) or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file name (letters, digits, '.', '-', '_')")
+    return text
+
+
+def one_of(values: Iterable[str], what: str, *, separator: str | None = None) -> Callable[[str], object]:
+    """One of ``values`` (any case), or with ``separator`` a list of them ('any' is not special)."""
+    allowed = list(values)
+
+    def parse(text: str) -> object:
+        names = [t.strip().lower() for t in text.split(separator)] if separator else [text.strip().lower()]
+        names = [n for n in names if n]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            given = ", ".join(map(repr, unknown)) or repr(text)
+            raise argparse.ArgumentTypeError(f"unknown {what} {given}; choose from {', '.join(allowed)}")
+        return names if separator else names[0]
+
+    return parse
