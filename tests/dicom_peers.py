@@ -98,6 +98,15 @@ def renamed(path: Path, study: str | None = None, **changes) -> pydicom.Dataset:
     return ds
 
 
+def rle_copy(path: Path) -> pydicom.Dataset:
+    """A renamed copy of an uncompressed file, RLE Lossless (none of the shared files is RLE)."""
+    from pydicom.uid import RLELossless
+
+    ds = renamed(path)
+    ds.compress(RLELossless, encoding_plugin="pydicom")  # gdcm's RLE encoder aborts on odd widths
+    return ds
+
+
 def send(
     port: int, items: list, aet: str = "MODALITY", called: str = "FRACSIGHT", **kwargs
 ) -> list[int | None]:

@@ -27,6 +27,7 @@ from dicom_peers import (  # noqa: E402
     associate,
     referencing,
     renamed,
+    rle_copy,
     send,
     wait_until,
 )
@@ -127,7 +128,7 @@ def _dciodvfy_errors(ds: pydicom.Dataset, folder: Path) -> list[str]:
 
 
 def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakePacs, tmp_path: Path) -> None:
-    sources = [pydicom.dcmread(DICOM / name) for name in RADIOGRAPHS]
+    sources = [pydicom.dcmread(DICOM / name) for name in RADIOGRAPHS] + [rle_copy(DICOM / "hd_dx_image.dcm")]
     assert send(node.port, sources) == [0x0000] * len(sources)
     records = node.wait_finished([s.SOPInstanceUID for s in sources])
     assert [r.status for r in records] == ["done"] * len(sources), [r.error for r in records]
@@ -137,7 +138,7 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
     scs, srs, states = pacs.of_class(SC_CLASS), pacs.of_class(SR_CLASS), pacs.of_class(GSPS_CLASS)
     validator = shutil.which("dciodvfy")
     for source, record in zip(sources, records, strict=True):
-        name = Path(source.filename).name
+        name = Path(source.filename).name if source.filename else "RLE copy"
         (sc,) = referencing(scs, source.SOPInstanceUID)
         (sr,) = referencing(srs, source.SOPInstanceUID)
         gsps = referencing(states, source.SOPInstanceUID)

@@ -27,7 +27,7 @@ pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
 import pydicom  # noqa: E402
-from dicom_peers import DICOM, RADIOGRAPHS, referencing, renamed, wait_until  # noqa: E402
+from dicom_peers import DICOM, RADIOGRAPHS, referencing, renamed, rle_copy, wait_until  # noqa: E402
 
 from fracsight.service.dicom_results import GSPS_CLASS, SC_CLASS, SR_CLASS  # noqa: E402
 
@@ -209,7 +209,9 @@ def _study_objects(site: Site, study_uid: str, folder: Path) -> list[pydicom.Dat
 
 
 def test_radiographs_from_storescu_get_their_results_in_their_study(site: Site, tmp_path: Path) -> None:
-    sources = [DICOM / name for name in RADIOGRAPHS]
+    rle = rle_copy(DICOM / "hd_dx_image.dcm")
+    rle.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    sources = [DICOM / name for name in RADIOGRAPHS] + [tmp_path / "rle.dcm"]
     refused = [DICOM / name for name in REFUSED]
     for done in site.storescu(sources, called="ORTHANC", port=4242):  # the PACS has the study
         assert done.returncode == 0, done.stderr

@@ -233,6 +233,7 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_status ON images (status, received_at);
 CREATE INDEX IF NOT EXISTS images_study ON images (study_key);
 CREATE INDEX IF NOT EXISTS images_results ON images (results, study_key, batch);
+CREATE INDEX IF NOT EXISTS images_instance ON images (sop_instance_uid);
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     calling_aet TEXT NOT NULL,
