@@ -402,6 +402,8 @@ def test_cli_without_allowed_peers_says_what_to_give(tmp_path: Path, capsys: pyt
     assert "--allow" in capsys.readouterr().err
     assert main(["dicom-node", "--data", str(tmp_path), "--forward", "nonsense"]) == 2
     assert "AET@HOST:PORT" in capsys.readouterr().err
+    assert main(["serve", "--data", str(tmp_path), "--forward", "PACS@127.0.0.1:4242"]) == 2
+    assert "--dicom-port" in capsys.readouterr().err
 
 
 def test_an_older_store_gets_the_new_columns(tmp_path: Path) -> None:
@@ -454,3 +456,44 @@ def test_serve_with_a_dicom_port_puts_received_images_in_its_worklist(
         assert httpx.get(f"{service.url}/api/health").json()["sends"]["sent"] >= 2
     finally:
         service.stop()
+
+
+def test_results_not_written_for_a_full_disk_are_made_later(
+    node: Node, pacs: FakePacs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fracsight.service import results_stage
+
+    failures = []
+    write = results_stage._write
+
+    def full_once(dataset, target) -> None:
+        if not failures:
+            failures.append(target)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(dataset, target)
+
+    monkeypatch.setattr(results_stage, "RETRY_S", 0.2)
+    monkeypatch.setattr(results_stage, "_write", full_once)
+    ds = renamed(DICOM / "hd_dx_image.dcm")
+    assert send(node.port, [ds]) == [0x0000]
+    (record,) = node.wait_finished([ds.SOPInstanceUID])
+    assert failures and record.results == "made"
+    wait_until(lambda: referencing(pacs.of_class(SR_CLASS), ds.SOPInstanceUID), 30, "the SR")
+
+
+def test_an_image_still_queued_keeps_waiting_for_its_results(tmp_path: Path, default_analyser) -> None:
+    from fracsight.service.store import StudyInfo
+
+    store = SqliteStore(tmp_path)
+    settings = DicomSettings(allow=(Peer("MODALITY"),), forward=Destination("PACS", "127.0.0.1", 1))
+    store.open_batch("b1", "MODALITY")
+    info = StudyInfo(study_key="s1", study_instance_uid="s1")
+    for image_id in ("a1", "a2"):
+        store.add_image(
+            image_id, "dicom", f"images/{image_id}.dcm", "dicom", 1, info, batch="b1", wants_results=True
+        )
+    store.claim_next()
+    store.refuse("a1", "not a radiograph")
+    ResultsStage(store, default_analyser, settings).make("s1", "b1")
+    assert store.get_image("a1").results == "none"
+    assert store.get_image("a2").results == "pending", "queued: its results come once it is analysed"

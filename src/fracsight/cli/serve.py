@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise RuntimeError(f"serve needs the 'serve' extra: pip install 'fracsight[serve]' ({exc})") from exc
     dicom = None
+    if not args.dicom_port and (args.forward or args.dicom_allow):
+        raise ValueError("--forward and --dicom-allow configure the DICOM node: give --dicom-port too")
     if args.dicom_port:
         from fracsight.cli.dicom_node import check_dicom_extra, dicom_settings
 

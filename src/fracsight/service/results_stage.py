@@ -36,6 +36,7 @@ from fracsight.service.store import CATEGORY_RANK, ImageRecord, Store
 from fracsight.service.worker import display_path, read_display
 
 log = logging.getLogger(__name__)
+RETRY_S = 10.0  # after the disk or the store failed
 
 
 def utc_now() -> dt.datetime:
@@ -85,9 +86,14 @@ class ResultsStage:
         while not self._stop.is_set():
             try:
                 made = self.run_once()
+            except OSError as exc:
+                log.error("results could not be written (%s); trying again in %.0f s", exc.strerror, RETRY_S)
+                self._stop.wait(RETRY_S)
+                continue
             except Exception:  # noqa: BLE001 - the store failing must not end the stage for good
-                log.exception("results stage: unexpected error; retrying in %.0f s", self.poll_s)
-                made = 0
+                log.exception("results stage: unexpected error; retrying in %.0f s", RETRY_S)
+                self._stop.wait(RETRY_S)
+                continue
             if not made:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
@@ -106,7 +112,7 @@ class ResultsStage:
         waiting = [i for i in images if i.results == "pending"]
         study = study_answer(self.store.images_of_study(study_key))
         made: list[str] = []
-        none = [i.id for i in waiting if i.status != "done"]
+        none = [i.id for i in waiting if i.status in ("refused", "failed")]
         failed: list[str] = []
         sends: list[NewSend] = []
         folders: set[Path] = set()
@@ -116,6 +122,8 @@ class ResultsStage:
                 continue
             try:
                 files = self._build(record, number, study, f"{study_key}/{batch}", when)
+            except OSError:
+                raise  # the disk, not the image: the group stays pending and is made again later
             except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the group
                 log.error("results of image %s could not be made (%s)", record.id, type(exc).__name__)
                 failed.append(record.id)
@@ -139,10 +147,13 @@ class ResultsStage:
         if record.model_id != self.model.name:
             raise ValueError(f"analysed by model {record.model_id}, the node runs {self.model.name}")
         path = self.store.data_dir / record.file
-        source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        try:
+            source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            shown = display_path(self.store, record.id)
+            pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
+        except OSError as exc:  # the image's own files, gone or unreadable: not worth retrying
+            raise ValueError(f"the image could not be read again ({type(exc).__name__})") from exc
         finding = _finding(self.store, record)
-        shown = display_path(self.store, record.id)
-        pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
         objects = build_results(
             source,
             pixels,

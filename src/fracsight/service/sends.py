@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,12 +99,18 @@ def insert_sends(db: sqlite3.Connection, sends: Iterable[NewSend], created_at: s
 
 
 class SendQueue:
-    """The send queue's methods; needs the store's ``_connection`` and ``_transaction``."""
+    """The send queue's methods, over the connection and transactions of the store they are mixed into."""
+
+    def _connection(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
 
     def claim_sends(self, limit: int = 16, now: float | None = None) -> list[Send]:
         """Up to ``limit`` due sends, oldest first, now ``sending``; [] when none is due."""
         now = time.time() if now is None else now
-        with self._transaction() as db:  # type: ignore[attr-defined]
+        with self._transaction() as db:
             ids = [
                 r["id"]
                 for r in db.execute(
@@ -118,7 +125,7 @@ class SendQueue:
         return [s for s in (self.get_send(i) for i in ids) if s is not None]
 
     def send_succeeded(self, send_id: int, sent_at: str) -> None:
-        with self._transaction() as db:  # type: ignore[attr-defined]
+        with self._transaction() as db:
             db.execute(
                 "UPDATE sends SET status = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL, "
                 "claimed_at = NULL WHERE id = ?",
@@ -127,7 +134,7 @@ class SendQueue:
 
     def send_failed(self, send_id: int, error: str, next_try: float) -> None:
         """Not delivered this time (destination unreachable, busy, out of resources): due again later."""
-        with self._transaction() as db:  # type: ignore[attr-defined]
+        with self._transaction() as db:
             db.execute(
                 "UPDATE sends SET status = 'pending', attempts = attempts + 1, next_try = ?, last_error = ?, "
                 "claimed_at = NULL WHERE id = ?",
@@ -136,7 +143,7 @@ class SendQueue:
 
     def send_rejected(self, send_id: int, error: str) -> None:
         """The destination refused the object: kept, not retried until a resend."""
-        with self._transaction() as db:  # type: ignore[attr-defined]
+        with self._transaction() as db:
             db.execute(
                 "UPDATE sends SET status = 'rejected', attempts = attempts + 1, last_error = ?, "
                 "claimed_at = NULL WHERE id = ?",
@@ -146,7 +153,7 @@ class SendQueue:
     def requeue_sending(self, older_than_s: float = 0.0) -> int:
         """Sends claimed by a sender that stopped go back to ``pending``; at start, all of them."""
         cutoff = time.time() - older_than_s
-        with self._transaction() as db:  # type: ignore[attr-defined]
+        with self._transaction() as db:
             return db.execute(
                 "UPDATE sends SET status = 'pending', claimed_at = NULL WHERE status = 'sending' "
                 "AND (claimed_at IS NULL OR claimed_at <= ?)",
@@ -156,7 +163,7 @@ class SendQueue:
     def resend_undelivered(self, now: float | None = None) -> int:
         """Every send not yet delivered (pending or rejected) is due now; returns how many."""
         now = time.time() if now is None else now
-        with self._transaction() as db:  # type: ignore[attr-defined]
+        with self._transaction() as db:
             return db.execute(
                 "UPDATE sends SET status = 'pending', next_try = ? WHERE status IN ('pending', 'rejected')",
                 (now,),
@@ -165,14 +172,14 @@ class SendQueue:
     def next_send_due(self) -> float | None:
         """When the earliest pending send is due (epoch seconds), None when none is pending."""
         row = (
-            self._connection()  # type: ignore[attr-defined]
+            self._connection()
             .execute("SELECT MIN(next_try) AS t FROM sends WHERE status = 'pending'")
             .fetchone()
         )
         return row["t"]
 
     def get_send(self, send_id: int) -> Send | None:
-        row = self._connection().execute("SELECT * FROM sends WHERE id = ?", (send_id,)).fetchone()  # type: ignore[attr-defined]
+        row = self._connection().execute("SELECT * FROM sends WHERE id = ?", (send_id,)).fetchone()
         return _send(row) if row else None
 
     def sends(self, image_id: str | None = None, status: str | None = None) -> list[Send]:
@@ -181,18 +188,18 @@ class SendQueue:
             query, args = query + " AND image_id = ?", [*args, image_id]
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
-        rows = self._connection().execute(query + " ORDER BY id", args).fetchall()  # type: ignore[attr-defined]
+        rows = self._connection().execute(query + " ORDER BY id", args).fetchall()
         return [_send(r) for r in rows]
 
     def undelivered_by_image(self) -> dict[str, int]:
         """Image id -> how many of its results are not yet delivered (pending, sending or rejected)."""
-        rows = self._connection().execute(  # type: ignore[attr-defined]
+        rows = self._connection().execute(
             "SELECT image_id, COUNT(*) AS n FROM sends WHERE status != 'sent' GROUP BY image_id"
         )
         return {r["image_id"]: r["n"] for r in rows}
 
     def send_counts(self) -> dict[str, int]:
-        rows = self._connection().execute("SELECT status, COUNT(*) AS n FROM sends GROUP BY status")  # type: ignore[attr-defined]
+        rows = self._connection().execute("SELECT status, COUNT(*) AS n FROM sends GROUP BY status")
         found = {r["status"]: r["n"] for r in rows}
         return {status: found.get(status, 0) for status in SEND_STATUSES}
 
