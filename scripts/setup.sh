@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install fracsight. Usage: scripts/setup.sh [run|serve|test]
 #   run   : inference only (no torch): enough for `fracsight predict`
-#   serve : inference and the web service (`fracsight serve`)
+#   serve : inference, the web service and the DICOM node (`fracsight serve`, `fracsight dicom-node`)
 #   test  : everything the test suite needs (training extra with the local CPU torch wheel)
 # Safe to run again: an existing .venv is reused and brought up to date.
 set -euo pipefail
@@ -23,9 +23,9 @@ if [ "$mode" = "test" ]; then
   # torch first and pinned: this version is the CPU wheel available on our machines; an
   # unpinned 'torch' would pull a multi-GB CUDA build.
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[train,eval,serve,test]"
+  python -m pip install -q -e ".[train,eval,serve,dicom,test]"
 elif [ "$mode" = "serve" ]; then
-  python -m pip install -q -e ".[eval,serve]"
+  python -m pip install -q -e ".[eval,serve,dicom]"
 else
   python -m pip install -q -e ".[eval]"
 fi

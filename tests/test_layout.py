@@ -37,7 +37,19 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"io", "reporting", "data", *CORE},
     "reader_study": {"reporting", "data", "evaluation", "model_card"},
     "training": {"io", "data", "evaluation", "preprocess", "model_card"},
-    "cli": {"io", "reporting", "data", "evaluation", "reader_study", "training", *CORE, "fracsight"},
+    # Delivery: the services wrap the core; the command line wraps everything.
+    "service": {"io", "data", *CORE},
+    "cli": {
+        "io",
+        "reporting",
+        "data",
+        "evaluation",
+        "reader_study",
+        "training",
+        "service",
+        *CORE,
+        "fracsight",
+    },
     "__main__": {"cli"},
 }
 

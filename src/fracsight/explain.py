@@ -26,6 +26,8 @@ OVERLAY_FLOOR = 0.2
 # longer side stays within ``max_side``): below it the caption cannot fit across the image.
 MIN_DISPLAY_SIDE = 128
 CAPTION_SPACING = 4  # px between caption lines
+# Written on every overlay (the PNG of `predict`, the Secondary Capture sent to a PACS).
+CAPTION = "AI result, an aid, not a diagnosis"
 _CATEGORY_COLOUR = {
     Category.FRACTURE: (230, 40, 40),
     Category.DOUBT: (245, 170, 20),
@@ -161,7 +163,7 @@ def _caption(image: Image.Image, finding: Finding) -> None:
     parts = [
         finding.category.value.replace("_", " "),
         f"p={finding.probability:.2f}",
-        "(AI aid, not a diagnosis)",
+        CAPTION,
     ]
     font_size = max(12, image.width // 40)
     try:

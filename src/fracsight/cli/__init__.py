@@ -25,8 +25,10 @@ import sys
 from fracsight import __version__
 from fracsight.cli.options import Parser
 
-# Sub-command modules, in the order they appear in --help.
-_COMMANDS = ("predict", "serve", "train", "evaluate", "thresholds", "calibrate", "audit", "readers")
+# Sub-commands, in the order they appear in --help; each is the module of that name ("-" -> "_").
+_COMMANDS = (
+    "predict", "serve", "dicom-node", "train", "evaluate", "thresholds", "calibrate", "audit", "readers",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
+        module_name = f"fracsight.cli.{name.replace('-', '_')}"
         try:
-            module = importlib.import_module(f"fracsight.cli.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != f"fracsight.cli.{name}":
+            if exc.name != module_name:
                 raise
             continue
         module.register(sub)

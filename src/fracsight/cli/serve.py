@@ -37,6 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-upload-mb", type=_positive, default=200, help="largest upload accepted, in MB (default 200)"
     )
     p.add_argument(
+        "--dicom-port",
+        type=_port,
+        metavar="PORT",
+        help="also run the DICOM node on this port (the options below; see `fracsight dicom-node`)",
+    )
+    from fracsight.cli.dicom_node import add_dicom_options
+
+    add_dicom_options(p, prefix="dicom-")
+    p.add_argument(
         "--analysis-threads",
         type=_positive,
         default=1,
@@ -51,6 +60,14 @@ def run(args: argparse.Namespace) -> int:
         from fracsight.service.settings import ServiceSettings
     except ImportError as exc:
         raise RuntimeError(f"serve needs the 'serve' extra: pip install 'fracsight[serve]' ({exc})") from exc
+    dicom = None
+    if not args.dicom_port and (args.forward or args.dicom_allow):
+        raise ValueError("--forward and --dicom-allow configure the DICOM node: give --dicom-port too")
+    if args.dicom_port:
+        from fracsight.cli.dicom_node import check_dicom_extra, dicom_settings
+
+        check_dicom_extra()
+        dicom = dicom_settings(args, args.dicom_port)
     settings = ServiceSettings(
         data_dir=args.data,
         host=args.host,
@@ -58,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         analysis_threads=args.analysis_threads,
+        dicom=dicom,
     )
     service = Service(settings)
     if service.token_created:
@@ -68,5 +86,9 @@ def run(args: argparse.Namespace) -> int:
         f"fracsight serve: http://{args.host}:{args.port}/ (data in {args.data}); Ctrl-C stops",
         file=sys.stderr,
     )
+    if dicom is not None:
+        from fracsight.cli.dicom_node import describe
+
+        print(describe(dicom), file=sys.stderr)
     service.run()
     return 0

@@ -5,18 +5,23 @@ names, flushed to disk with its folder, and only then recorded in the store (its
 commit); only after both does the caller acknowledge the sender. An upload that is too large or
 not an image type we read is refused before anything is stored. Nothing here decodes pixels:
 that happens in the analysis worker, in a decoder process.
+
+The DICOM node keeps what it receives through :func:`receive_dicom`, under the same rule: its
+C-STORE success is sent only after this returns.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracsight.service.store import ImageRecord, Store, StudyInfo
+from fracsight.service.store import DuplicateInstance, ImageRecord, Store, StudyInfo
 
 # File type by its first bytes (an upload's name and declared type are not trusted).
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,9 +40,17 @@ class UploadRefused(ValueError):
         self.reason = reason
 
 
+class OutOfSpace(OSError):
+    """The data folder's disk cannot take an instance and still keep its reserve free."""
+
+    def __init__(self, needed: int, free: int) -> None:
+        super().__init__(errno.ENOSPC, f"{needed} bytes needed with the reserve, {free} free")
+
+
 @dataclass(frozen=True)
 class Received:
     record: ImageRecord
+    duplicate: bool = False  # the same DICOM instance was kept already: nothing new stored
 
     @property
     def id(self) -> str:
@@ -89,19 +102,86 @@ def receive_stream(store: Store, chunks: Iterable[bytes], max_bytes: int, source
 
 
 def receive_file(store: Store, path: Path, kind: str, source: str) -> Received:
-    """Keep a file already written under the data folder (the DICOM node writes its own)."""
+    """Keep a file already written under the data folder."""
     return _keep(store, path, kind, path.stat().st_size, source)
 
 
-def _keep(store: Store, temp: Path, kind: str, size: int, source: str) -> Received:
+def receive_dicom(
+    store: Store,
+    data: bytes,
+    header,
+    *,
+    batch: str,
+    wants_results: bool,
+    min_free_bytes: int = 0,
+) -> Received:
+    """Keep one instance received by the DICOM node: ``data`` is the Part 10 file as received
+    (preamble, file meta, data set in the transfer syntax it came in), ``header`` its data set
+    parsed without pixels. On disk and recorded when this returns.
+
+    An instance kept already (same SOP Instance UID, not failed) is not kept again:
+    ``Received.duplicate``. Raises :class:`OutOfSpace` when the disk would keep less than
+    ``min_free_bytes`` free, and OSError when writing fails; nothing is recorded then.
+    """
     image_id = new_image_id()
+    info = study_info(None, image_id, dataset=header)
+    existing = store.find_instance(info.sop_instance_uid)
+    if existing is not None:
+        return Received(existing, duplicate=True)
+    incoming = store.data_dir / "incoming"
+    incoming.mkdir(exist_ok=True)
+    free = shutil.disk_usage(incoming).free
+    if free < len(data) + min_free_bytes:
+        raise OutOfSpace(len(data) + min_free_bytes, free)
+    fd, temp = tempfile.mkstemp(dir=incoming, prefix="dicom-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return _keep(
+            store,
+            Path(temp),
+            "dicom",
+            len(data),
+            "dicom",
+            info=info,
+            image_id=image_id,
+            batch=batch,
+            wants_results=wants_results,
+            unique_instance=True,
+        )
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _keep(
+    store: Store,
+    temp: Path,
+    kind: str,
+    size: int,
+    source: str,
+    info: StudyInfo | None = None,
+    image_id: str | None = None,
+    **options,
+) -> Received:
+    image_id = image_id or new_image_id()
     relative = Path("images") / image_id[:2] / f"{image_id}{_EXTENSIONS[kind]}"
     target = store.data_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, target)
     _fsync_folder(target.parent)
-    info = study_info(target, image_id) if kind == "dicom" else StudyInfo(study_key=f"upload-{image_id}")
-    record = store.add_image(image_id, source, relative.as_posix(), kind, size, info)
+    if info is None:
+        info = study_info(target, image_id) if kind == "dicom" else StudyInfo(study_key=f"upload-{image_id}")
+    try:
+        record = store.add_image(image_id, source, relative.as_posix(), kind, size, info, **options)
+    except DuplicateInstance as exc:  # the same instance arrived twice at once: the first one is kept
+        target.unlink(missing_ok=True)
+        return Received(exc.existing, duplicate=True)
+    except BaseException:
+        target.unlink(missing_ok=True)  # not recorded: not kept (the sender is told it failed)
+        raise
     return Received(record)
 
 
@@ -131,7 +211,7 @@ _TAGS = {
 }
 
 
-def study_info(path: Path, image_id: str, dataset=None) -> StudyInfo:
+def study_info(path: Path | None, image_id: str, dataset=None) -> StudyInfo:
     """The worklist facts of a DICOM file (or of ``dataset``, already parsed); a header that cannot
     be read gives an upload-like study of its own (the analysis then says what is wrong)."""
     try:

@@ -1,7 +1,9 @@
 """One running service: store, analysis worker and HTTP server, started and stopped together.
 
 ``fracsight serve`` runs :meth:`Service.run` in the foreground; tests and other programs use
-:meth:`Service.start` / :meth:`Service.stop`, which run the same server in a thread.
+:meth:`Service.start` / :meth:`Service.stop`, which run the same server in a thread. With
+``settings.dicom`` the DICOM node runs beside it over the same store and worker, so what it
+receives appears in the same worklist.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class Service:
         self.token, self.token_created = load_token(settings.data_dir, settings.token)
         self.analyser = Analyser(settings.model, threads=settings.analysis_threads, batch_size=1)
         self.worker = AnalysisWorker(self.store, self.analyser)
+        self.dicom = None
+        if settings.dicom is not None:
+            from fracsight.service.dicom_node import DicomNode
+
+            self.dicom = DicomNode(self.store, self.worker, self.analyser, settings.dicom)
         self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
         self._server = None
         self._thread: threading.Thread | None = None
@@ -57,18 +64,26 @@ class Service:
         )
         return uvicorn.Server(config)
 
+    def _start_dicom(self) -> None:
+        if self.dicom is not None:
+            self.dicom.start()
+
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C, SIGTERM); the image in analysis is finished first."""
         self.worker.start()
+        self._start_dicom()
         self._server = self._uvicorn()
         try:
             self._server.run()
         finally:
+            if self.dicom is not None:
+                self.dicom.stop()
             self.worker.stop()
 
     def start(self, timeout: float = 30.0) -> None:
         """Serve in a background thread; returns once the server accepts connections."""
         self.worker.start()
+        self._start_dicom()
         self._server = self._uvicorn()
         self._server.config.install_signal_handlers = False  # not the main thread's to take
         self._thread = threading.Thread(target=self._server.run, name="fracsight-http", daemon=True)
@@ -86,5 +101,7 @@ class Service:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(15)
+        if self.dicom is not None:
+            self.dicom.stop()
         self.worker.stop()
         self.analyser.close() if hasattr(self.analyser, "close") else None

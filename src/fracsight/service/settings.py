@@ -1,4 +1,9 @@
-"""What a running service is configured with: one object, built by the CLI or by a test."""
+"""What a running service is configured with: one object, built by the CLI or by a test.
+
+:class:`ServiceSettings` for the web service, :class:`DicomSettings` for the DICOM node (alone, or
+inside the web service); :class:`Peer` and :class:`Destination` are the AE titles it accepts and
+sends to.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ class ServiceSettings:
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     analysis_threads: int = 1  # ONNX Runtime threads: the rest of the CPU serves HTTP
+    dicom: DicomSettings | None = None  # also run the DICOM node (``--dicom-port``)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -40,9 +46,143 @@ class ServiceSettings:
     @property
     def binds_beyond_loopback(self) -> bool:
         """True when the service is reachable from other machines (worth a warning)."""
-        if self.host == "localhost":
-            return False
-        try:
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # a host name: assume it resolves beyond this machine
-            return True
+        return _beyond_loopback(self.host)
+
+
+# DICOM Application Entity titles: 1 to 16 characters of the default repertoire, no backslash,
+# not all spaces (PS3.5 6.2, AE value representation).
+_AET_MAX = 16
+
+
+def check_aet(text: str, what: str = "AE title") -> str:
+    """``text`` stripped, or ValueError naming the rule it breaks."""
+    value = text.strip()
+    if not value:
+        raise ValueError(f"{what} {text!r} is empty; it must have 1 to {_AET_MAX} characters")
+    if len(value) > _AET_MAX:
+        raise ValueError(f"{what} {value!r} has {len(value)} characters; at most {_AET_MAX} are allowed")
+    if "\\" in value or not value.isascii() or not value.isprintable():
+        raise ValueError(f"{what} {value!r} must be printable ASCII without a backslash")
+    return value
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A calling AE title the DICOM node accepts, optionally only from one host (an IP address)."""
+
+    aet: str
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """``AET`` or ``AET@HOST``."""
+        aet, _, host = text.partition("@")
+        host = host.strip() or None
+        if host is not None:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"allowed peer {text!r}: host {host!r} must be an IP address") from None
+        return cls(check_aet(aet, "allowed AE title"), host)
+
+    def admits(self, aet: str, address: str) -> bool:
+        return aet.strip() == self.aet and (self.host is None or _same_address(self.host, address))
+
+    def __str__(self) -> str:
+        return self.aet if self.host is None else f"{self.aet}@{self.host}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results are sent by C-STORE: ``AET@HOST:PORT``."""
+
+    aet: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        aet, at, address = text.partition("@")
+        host, colon, port = address.rpartition(":")
+        if not (at and colon and host and port.isdigit()):
+            raise ValueError(f"destination {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"destination {text!r}: port {port} is not in 1..65535")
+        return cls(check_aet(aet, "destination AE title"), host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    """The DICOM node: what it listens on, whom it accepts, where it sends results and how it retries.
+
+    ``allow`` lists the calling AE titles (optionally with a host) whose associations are
+    accepted; every other association is rejected. With no ``allow`` given, the node accepts
+    only the ``forward`` destination's AE title (from its host): the PACS that receives the
+    results is usually the one that sends the images. ``forward`` None keeps results in the
+    store only (the worklist shows them; nothing is sent).
+    """
+
+    port: int = 11112
+    host: str = "127.0.0.1"
+    aet: str = "FRACSIGHT"
+    allow: tuple[Peer, ...] = ()
+    forward: Destination | None = None
+    # An instance is refused with "out of resources" rather than stored when the data folder's
+    # disk would keep less than this free: the store's own database must still be able to commit.
+    min_free_bytes: int = 256 * 1024 * 1024
+    # Results are sent again after a failure after retry_base_s, doubling up to retry_max_s.
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
+    # A study's results wait for the association that brought its images to end, or for this
+    # long without a new image in it (a modality that keeps its association open).
+    batch_idle_s: float = 10.0
+    sc_max_side: int = 1024  # the burned-in Secondary Capture's longer side, px
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"DICOM port {self.port} is not in 0..65535")
+        object.__setattr__(self, "aet", check_aet(self.aet, "the node's AE title"))
+        if not self.allow and self.forward is not None:
+            object.__setattr__(self, "allow", (Peer(self.forward.aet, _ip_or_none(self.forward.host)),))
+        if not self.allow:
+            raise ValueError(
+                "no calling AE title is allowed to send: give --allow AET[,AET@HOST...] (or --forward, "
+                "whose AE title is then allowed)"
+            )
+        if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
+            raise ValueError(f"retry times {self.retry_base_s} / {self.retry_max_s} s: need 0 < base <= max")
+        if self.min_free_bytes < 0 or self.batch_idle_s <= 0 or self.sc_max_side < 64:
+            raise ValueError("min_free_bytes >= 0, batch_idle_s > 0 and sc_max_side >= 64 are required")
+
+    @property
+    def binds_beyond_loopback(self) -> bool:
+        return _beyond_loopback(self.host)
+
+    def admits(self, aet: str, address: str) -> bool:
+        return any(peer.admits(aet, address) for peer in self.allow)
+
+
+def _ip_or_none(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:  # a host name: the AE title alone is checked
+        return None
+
+
+def _beyond_loopback(host: str) -> bool:
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it resolves beyond this machine
+        return True

@@ -11,6 +11,13 @@ two workers never take the same image; :meth:`Store.requeue_interrupted`, called
 puts back what a stopped service was analysing (its result was never written, so analysing it
 again is its first analysis), and gives up after :data:`MAX_ATTEMPTS` on an image that keeps
 stopping the service.
+
+Images received over DICOM also carry the ``batch`` (the association) they arrived in, and a
+``results`` stage: ``pending`` until the result objects for the PACS are made and queued for
+sending (``made``; ``none`` for an image refused analysis). Results are made once every image of
+a study that arrived in the same batch is finished and the batch is over (the association ended,
+or no image came for a while), so each structured report can carry the study's answer. The
+outgoing sends live in :mod:`fracsight.service.sends`.
 """
 
 from __future__ import annotations
@@ -19,13 +26,16 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
 MAX_ATTEMPTS = 3
 STATUSES = ("queued", "analysing", "done", "refused", "failed")
@@ -86,6 +96,9 @@ class ImageRecord:
     model_id: str | None
     result: dict[str, Any] | None
     analysed_at: str | None
+    batch: str = ""  # the DICOM association the image arrived in; "" for uploads
+    # result objects for the PACS: pending, made, none (refused), failed; None: not wanted
+    results: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The image as ``GET /api/images/{id}`` returns it."""
@@ -111,6 +124,8 @@ class ImageRecord:
             )
         elif self.status in ("refused", "failed"):
             out["error"] = self.error
+        if self.results is not None:
+            out["results"] = self.results
         return out
 
 
@@ -130,8 +145,19 @@ class Store(Protocol):
     data_dir: Path
 
     def add_image(
-        self, image_id: str, source: str, file: str, kind: str, size_bytes: int, info: StudyInfo
+        self,
+        image_id: str,
+        source: str,
+        file: str,
+        kind: str,
+        size_bytes: int,
+        info: StudyInfo,
+        *,
+        batch: str = "",
+        wants_results: bool = False,
+        unique_instance: bool = False,
     ) -> ImageRecord: ...
+    def find_instance(self, sop_instance_uid: str) -> ImageRecord | None: ...
     def claim_next(self) -> ImageRecord | None: ...
     def finish(self, image_id: str, analysis: Analysis) -> None: ...
     def refuse(self, image_id: str, reason: str, status: str = "refused") -> None: ...
@@ -146,6 +172,34 @@ class Store(Protocol):
     def add_feedback(self, feedback: Feedback) -> None: ...
     def feedback(self, image_id: str | None = None) -> list[Feedback]: ...
     def counts(self) -> dict[str, int]: ...
+    # DICOM batches and results
+    def open_batch(self, batch: str, calling_aet: str) -> None: ...
+    def close_batch(self, batch: str) -> None: ...
+    def close_open_batches(self) -> int: ...
+    def results_ready(self, idle_s: float) -> list[tuple[str, str]]: ...
+    def images_of_batch(self, study_key: str, batch: str) -> list[ImageRecord]: ...
+    def record_results(
+        self, made: list[str], none: list[str], sends: list[NewSend], failed: Sequence[str] = ()
+    ) -> int: ...
+    # the send queue (fracsight.service.sends.SendQueue)
+    def claim_sends(self, limit: int = 16, now: float | None = None) -> list: ...
+    def send_succeeded(self, send_id: int, sent_at: str) -> None: ...
+    def send_failed(self, send_id: int, error: str, next_try: float) -> None: ...
+    def send_rejected(self, send_id: int, error: str) -> None: ...
+    def requeue_sending(self, older_than_s: float = 0.0) -> int: ...
+    def resend_undelivered(self, now: float | None = None) -> int: ...
+    def next_send_due(self) -> float | None: ...
+    def sends(self, image_id: str | None = None, status: str | None = None) -> list: ...
+    def undelivered_by_image(self) -> dict[str, int]: ...
+    def send_counts(self) -> dict[str, int]: ...
+
+
+class DuplicateInstance(Exception):
+    """A DICOM instance (by SOP Instance UID) that the store already keeps."""
+
+    def __init__(self, existing: ImageRecord) -> None:
+        super().__init__("instance already kept")
+        self.existing = existing
 
 
 def now() -> str:
@@ -171,10 +225,22 @@ CREATE TABLE IF NOT EXISTS images (
     result TEXT,
     heatmap BLOB,
     heatmap_shape TEXT,
-    analysed_at TEXT
+    analysed_at TEXT,
+    batch TEXT NOT NULL DEFAULT '',
+    results TEXT,
+    results_at TEXT
 );
 CREATE INDEX IF NOT EXISTS images_status ON images (status, received_at);
 CREATE INDEX IF NOT EXISTS images_study ON images (study_key);
+CREATE INDEX IF NOT EXISTS images_results ON images (results, study_key, batch);
+CREATE INDEX IF NOT EXISTS images_instance ON images (sop_instance_uid);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    calling_aet TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    last_at REAL NOT NULL,
+    closed_at TEXT
+);
 CREATE TABLE IF NOT EXISTS study_reads (
     study_key TEXT PRIMARY KEY,
     read_by TEXT NOT NULL,
@@ -193,11 +259,13 @@ CREATE TABLE IF NOT EXISTS feedback (
 _INFO = [f.name for f in fields(StudyInfo)]
 _COLUMNS = [
     "id", "received_at", "source", "file", "kind", "size_bytes", *_INFO, "status", "attempts",
-    "analyses", "error", "probability", "category", "model_id", "result", "analysed_at",
+    "analyses", "error", "probability", "category", "model_id", "result", "analysed_at", "batch", "results",
 ]  # fmt: skip
+# Columns added after the first release of the store: an older database gets them at open.
+_ADDED_COLUMNS = {"batch": "TEXT NOT NULL DEFAULT ''", "results": "TEXT", "results_at": "TEXT"}
 
 
-class SqliteStore:
+class SqliteStore(SendQueue):
     """The embedded store: ``DIR/fracsight.db`` (SQLite, WAL) and the files under ``DIR``."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -206,7 +274,18 @@ class SqliteStore:
         self.path = self.data_dir / "fracsight.db"
         self._local = threading.local()
         info_columns = ",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _INFO)
-        self._connection().executescript(_SCHEMA.format(info_columns=info_columns))  # commits itself
+        db = self._connection()
+        self._add_missing_columns(db)
+        db.executescript(_SCHEMA.format(info_columns=info_columns) + SENDS_SCHEMA)  # commits itself
+
+    def _add_missing_columns(self, db: sqlite3.Connection) -> None:
+        """A database made by an older fracsight gets the columns added since (empty)."""
+        present = {r["name"] for r in db.execute("PRAGMA table_info(images)")}
+        if not present:  # a new database: the schema makes the table whole
+            return
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
 
     # -- connections -----------------------------------------------------------------------
 
@@ -241,19 +320,55 @@ class SqliteStore:
     # -- the queue -----------------------------------------------------------------------
 
     def add_image(
-        self, image_id: str, source: str, file: str, kind: str, size_bytes: int, info: StudyInfo
+        self,
+        image_id: str,
+        source: str,
+        file: str,
+        kind: str,
+        size_bytes: int,
+        info: StudyInfo,
+        *,
+        batch: str = "",
+        wants_results: bool = False,
+        unique_instance: bool = False,
     ) -> ImageRecord:
-        """Record a received image (its file already on disk) as queued; on disk when this returns."""
+        """Record a received image (its file already on disk) as queued; on disk when this returns.
+
+        ``batch``: the DICOM association it came in (opened by :meth:`open_batch`);
+        ``wants_results``: result objects are to be made for it once analysed;
+        ``unique_instance``: raise :class:`DuplicateInstance` instead when an image with the same
+        SOP Instance UID is kept already (and did not fail), so a PACS that sends an instance again
+        (its acknowledgement was lost) does not get it analysed twice.
+        """
         values = {"id": image_id, "received_at": now(), "source": source, "file": file, "kind": kind,
-                  "size_bytes": size_bytes, **asdict(info)}  # fmt: skip
+                  "size_bytes": size_bytes, **asdict(info), "batch": batch,
+                  "results": "pending" if wants_results else None}  # fmt: skip
         with self._transaction() as db:
+            if unique_instance and info.sop_instance_uid:
+                existing = self._instance(db, info.sop_instance_uid)
+                if existing is not None:
+                    raise DuplicateInstance(existing)
             db.execute(
                 f"INSERT INTO images ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                 list(values.values()),
             )
+            if batch:
+                db.execute("UPDATE batches SET last_at = ? WHERE id = ?", (time.time(), batch))
         record = self.get_image(image_id)
         assert record is not None
         return record
+
+    def _instance(self, db: sqlite3.Connection, sop_instance_uid: str) -> ImageRecord | None:
+        row = db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM images WHERE sop_instance_uid = ? AND source = 'dicom' "
+            "AND status != 'failed' ORDER BY received_at LIMIT 1",
+            (sop_instance_uid,),
+        ).fetchone()
+        return self._record(row) if row else None
+
+    def find_instance(self, sop_instance_uid: str) -> ImageRecord | None:
+        """The kept DICOM image with this SOP Instance UID (one that did not fail), if any."""
+        return self._instance(self._connection(), sop_instance_uid) if sop_instance_uid else None
 
     def claim_next(self) -> ImageRecord | None:
         """The oldest queued image, now marked ``analysing``; None when the queue is empty."""
@@ -337,6 +452,8 @@ class SqliteStore:
             model_id=row["model_id"],
             result=json.loads(row["result"]) if row["result"] else None,
             analysed_at=row["analysed_at"],
+            batch=row["batch"],
+            results=row["results"],
         )
 
     def get_image(self, image_id: str) -> ImageRecord | None:
@@ -390,7 +507,8 @@ class SqliteStore:
         for row in rows:
             record = self._record(row)
             grouped.setdefault(record.info.study_key, []).append(record)
-        out = [_study_entry(key, images, reads.get(key)) for key, images in grouped.items()]
+        undelivered = self.undelivered_by_image()
+        out = [_study_entry(key, images, reads.get(key), undelivered) for key, images in grouped.items()]
         if category:
             out = [s for s in out if s["category"] == category]
         if region:
@@ -454,8 +572,81 @@ class SqliteStore:
         found = {r["status"]: r["n"] for r in rows}
         return {status: found.get(status, 0) for status in STATUSES}
 
+    # -- DICOM batches and results -------------------------------------------------------
 
-def _study_entry(key: str, images: list[ImageRecord], read: dict | None) -> dict[str, Any]:
+    def open_batch(self, batch: str, calling_aet: str) -> None:
+        """A DICOM association began sending images (the calling AE title is kept, nothing else)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO batches (id, calling_aet, opened_at, last_at) VALUES (?, ?, ?, ?)",
+                (batch, calling_aet, now(), time.time()),
+            )
+
+    def close_batch(self, batch: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE batches SET closed_at = ? WHERE id = ? AND closed_at IS NULL", (now(), batch))
+
+    def close_open_batches(self) -> int:
+        """At start: the associations of a stopped node are gone, so their batches are over."""
+        with self._transaction() as db:
+            return db.execute("UPDATE batches SET closed_at = ? WHERE closed_at IS NULL", (now(),)).rowcount
+
+    def results_ready(self, idle_s: float) -> list[tuple[str, str]]:
+        """(study key, batch) of every group whose results can be made now, oldest first: some image
+        in it waits for its results, none is still queued or being analysed, and the batch is over
+        (closed, or no image arrived in it for ``idle_s`` seconds)."""
+        rows = self._connection().execute(
+            "SELECT i.study_key, i.batch, MIN(i.received_at) AS first FROM images i "
+            "LEFT JOIN batches b ON b.id = i.batch "
+            "WHERE i.results = 'pending' AND i.status IN ('done', 'refused', 'failed') "
+            "AND (b.id IS NULL OR b.closed_at IS NOT NULL OR b.last_at <= ?) "
+            "AND NOT EXISTS (SELECT 1 FROM images j WHERE j.study_key = i.study_key AND j.batch = i.batch "
+            "AND j.status IN ('queued', 'analysing')) GROUP BY i.study_key, i.batch ORDER BY first",
+            (time.time() - idle_s,),
+        )
+        return [(r["study_key"], r["batch"]) for r in rows]
+
+    def images_of_batch(self, study_key: str, batch: str) -> list[ImageRecord]:
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM images WHERE study_key = ? AND batch = ? "
+                "ORDER BY received_at, rowid",
+                (study_key, batch),
+            )
+            .fetchall()
+        )
+        return [self._record(r) for r in rows]
+
+    def record_results(
+        self,
+        made: list[str],
+        none: list[str],
+        sends: list[NewSend],
+        failed: Sequence[str] = (),
+    ) -> int:
+        """In one transaction: the images in ``made`` have their result objects (queued as ``sends``),
+        those in ``none`` get none (refused analysis), those in ``failed`` could not have them made.
+        Only images still ``pending`` change, so a group made twice (a restart between writing the
+        files and this commit) is queued once. Returns how many images changed."""
+        stamp = now()
+        ids = [*made, *none, *failed]
+        marks = ", ".join("?" * len(ids))
+        with self._transaction() as db:
+            query = f"SELECT id FROM images WHERE results = 'pending' AND id IN ({marks})"
+            pending = {r["id"] for r in db.execute(query, ids)}
+            for chosen, state in ((made, "made"), (none, "none"), (failed, "failed")):
+                db.executemany(
+                    "UPDATE images SET results = ?, results_at = ? WHERE id = ?",
+                    [(state, stamp, i) for i in chosen if i in pending],
+                )
+            insert_sends(db, [s for s in sends if s.image_id in pending], stamp)
+        return len(pending)
+
+
+def _study_entry(
+    key: str, images: list[ImageRecord], read: dict | None, undelivered: dict[str, int]
+) -> dict[str, Any]:
     done = [i for i in images if i.status == "done"]
     worst = min(
         done, key=lambda i: (CATEGORY_RANK.get(i.category or "", 9), -(i.probability or 0.0)), default=None
@@ -483,6 +674,8 @@ def _study_entry(key: str, images: list[ImageRecord], read: dict | None) -> dict
         "n_images": len(images),
         "n_pending": sum(i.status in ("queued", "analysing") for i in images),
         "n_refused": sum(i.status in ("refused", "failed") for i in images),
+        # result objects made for the PACS and not delivered yet (retrying, or refused by it)
+        "n_undelivered": sum(undelivered.get(i.id, 0) for i in images),
         "category": worst.category if worst else None,
         "probability": worst.probability if worst else None,
         "read": read is not None,

@@ -117,6 +117,7 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
             "status": "ok",
             "worker": "running" if worker is None or worker.alive else "stopped",
             "queue": store.counts(),
+            "sends": store.send_counts(),  # results for a PACS: pending, sending, sent, rejected
         }
 
     @app.post("/api/images", status_code=202)
@@ -170,6 +171,11 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
         entry = Feedback(image_id, body.reader, label, agrees, body.note, now())
         store.add_feedback(entry)
         return {"image": image_id, "fracture": bool(label), "agrees": agrees, "recorded_at": entry.created_at}
+
+    @app.post("/api/sends/resend")
+    def resend() -> dict[str, Any]:
+        """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now."""
+        return {"due_now": store.resend_undelivered(), "sends": store.send_counts()}
 
     @app.get("/api/studies")
     def studies(
@@ -278,7 +284,10 @@ def _detail(store: Store, record) -> dict[str, Any]:
          "recorded_at": f.created_at}
         for f in store.feedback(record.id)
     ]  # fmt: skip
-    return {**record.to_api(), "feedback": verdicts}
+    out = {**record.to_api(), "feedback": verdicts}
+    if record.results is not None:  # received over DICOM: what was sent back to the PACS
+        out["deliveries"] = [s.to_api() for s in store.sends(image_id=record.id)]
+    return out
 
 
 def _verdict(category: str, body: FeedbackIn) -> tuple[int, bool | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,11 @@ def display_path(store: Store, image_id: str) -> Path:
 
 
 class AnalysisWorker:
-    """Works off the store's queue in a thread until :meth:`stop`; :meth:`wake` after each intake."""
+    """Works off the store's queue in a thread until :meth:`stop`; :meth:`wake` after each intake.
+
+    ``listeners`` are called with each image's id once it is finished (analysed or refused): the
+    DICOM node's results stage listens there, so analysis itself is never repeated for it.
+    """
 
     def __init__(self, store: Store, analyser: Analyser, poll_s: float = 2.0) -> None:
         self.store = store
@@ -43,6 +48,7 @@ class AnalysisWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.listeners: list[Callable[[str], None]] = []
 
     def start(self) -> None:
         requeued, failed = self.store.requeue_interrupted()
@@ -84,6 +90,11 @@ class AnalysisWorker:
         started = time.perf_counter()
         self._analyse(record)
         log.info("image %s analysed in %.0f ms", record.id, (time.perf_counter() - started) * 1e3)
+        for listener in self.listeners:
+            try:
+                listener(record.id)
+            except Exception:  # noqa: BLE001 - a listener's failure is its own; analysis goes on
+                log.exception("listener after image %s failed", record.id)
         return True
 
     def _analyse(self, record: ImageRecord) -> None:

@@ -108,7 +108,8 @@ async function showWorklist() {
       s.study_description || s.modality || "",
       formatDate(s.study_date),
       (s.regions || []).join(", "),
-      `${s.n_images}` + (s.n_pending ? ` (${s.n_pending} pending)` : "") + (s.n_refused ? ` (${s.n_refused} refused)` : ""),
+      `${s.n_images}` + (s.n_pending ? ` (${s.n_pending} pending)` : "") + (s.n_refused ? ` (${s.n_refused} refused)` : "") +
+        (s.n_undelivered ? ` (${s.n_undelivered} results not yet delivered to the PACS)` : ""),
       new Date(s.received_at).toLocaleString(),
     ];
     for (const value of cells) {

@@ -1,0 +1,152 @@
+"""``fracsight dicom-node``: a DICOM node that receives radiographs and sends its results back."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fracsight.cli.serve import _port, _positive
+
+
+def _peers(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The options the node takes, shared by ``dicom-node`` and ``serve`` (there with ``prefix``
+    "dicom-" where the web side has an option of the same name)."""
+    p.add_argument(
+        f"--{prefix}aet",
+        dest="dicom_aet",
+        default="FRACSIGHT",
+        metavar="AET",
+        help="the DICOM node's AE title (default FRACSIGHT)",
+    )
+    p.add_argument(
+        f"--{prefix}host",
+        dest="dicom_host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the DICOM node binds (default: loopback only)",
+    )
+    p.add_argument(
+        f"--{prefix}allow",
+        dest="dicom_allow",
+        type=_peers,
+        default=[],
+        metavar="AET[@HOST][,...]",
+        help="calling AE titles allowed to send, each optionally only from one IP address "
+        "(default: the --forward destination's AE title and host)",
+    )
+    p.add_argument(
+        "--forward",
+        metavar="AET@HOST:PORT",
+        help="where results (Secondary Capture, SR, presentation state) are sent by C-STORE",
+    )
+    p.add_argument(
+        "--retry-max-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="longest wait between two tries of an undelivered result (default 300 s)",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="refuse instances (Out of Resources) when the disk would keep less free (default 256)",
+    )
+
+
+def dicom_settings(args: argparse.Namespace, port: int):
+    from fracsight.service.settings import Destination, DicomSettings, Peer
+
+    return DicomSettings(
+        port=port,
+        host=args.dicom_host,
+        aet=args.dicom_aet,
+        allow=tuple(Peer.parse(p) for p in args.dicom_allow),
+        forward=Destination.parse(args.forward) if args.forward else None,
+        retry_base_s=min(2.0, args.retry_max_s),
+        retry_max_s=args.retry_max_s,
+        min_free_bytes=args.min_free_mb * 1024 * 1024,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dicom-node",
+        help="run a DICOM node: receive radiographs (C-STORE), send results back to the PACS",
+        description="Receive radiographs over DICOM (Storage SCP) from the allowed AE titles, keep them in "
+        "DIR, analyse each once, and send to --forward a Secondary Capture with the heat map, a structured "
+        "report (TID 1500) and, for fracture and doubt, a presentation state. Results that cannot be "
+        "delivered are kept and sent again; --resend sends them now and exits.",
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="folder for the store and files")
+    p.add_argument("--port", type=_port, default=11112, help="DICOM port to listen on (default 11112)")
+    add_dicom_options(p)
+    p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
+    p.add_argument(
+        "--analysis-threads",
+        type=_positive,
+        default=1,
+        help="CPU threads for the model (default 1: the rest receive and send)",
+    )
+    p.add_argument(
+        "--resend",
+        action="store_true",
+        help="send every undelivered result now (also those the destination refused), then exit",
+    )
+    p.set_defaults(func=run)
+
+
+def check_dicom_extra() -> None:
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the DICOM node needs the 'dicom' extra: pip install 'fracsight[dicom]' ({exc})"
+        ) from exc
+
+
+def describe(settings) -> str:
+    """One line on what the node listens on, whom it accepts and where results go."""
+    allowed = ", ".join(str(p) for p in settings.allow)
+    target = settings.forward or "nowhere (no --forward: results stay in the store)"
+    warning = (
+        f"warning: the DICOM node listens on {settings.host}: reachable from other machines\n"
+        if settings.binds_beyond_loopback
+        else ""
+    )
+    return (
+        f"{warning}DICOM node {settings.aet} on {settings.host}:{settings.port}, accepting {allowed}; "
+        f"results to {target}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    check_dicom_extra()
+    settings = dicom_settings(args, args.port)
+    if args.resend:
+        return _resend(args, settings)
+    from fracsight.service.dicom_service import DicomService
+
+    service = DicomService(args.data, settings, args.model, args.analysis_threads)
+    print(f"fracsight dicom-node: {describe(settings)} (data in {args.data}); Ctrl-C stops", file=sys.stderr)
+    service.run()
+    return 0
+
+
+def _resend(args: argparse.Namespace, settings) -> int:
+    from fracsight.service.sender import resend
+    from fracsight.service.store import SqliteStore
+
+    if not (args.data / "fracsight.db").exists():
+        raise FileNotFoundError(f"{args.data}: no fracsight store here")
+    counts = resend(SqliteStore(args.data), settings)
+    undelivered = counts["pending"] + counts["rejected"] + counts["sending"]
+    print(f"sent {counts['sent']} results in all; {undelivered} not delivered", file=sys.stderr)
+    return 0 if undelivered == 0 else 1

@@ -1,0 +1,321 @@
+"""The DICOM node: a Storage SCP (pynetdicom) that feeds the store, plus the stages that send
+results back.
+
+**Who may send.** Only calling AE titles in :attr:`DicomSettings.allow` (each optionally bound
+to one host address) get an association; any other is rejected at association time (A-ASSOCIATE-RJ
+"calling AE title not recognised"), and every C-STORE checks the peer again. The node binds to
+loopback unless told otherwise.
+
+**What it takes.** C-ECHO, and C-STORE of radiographs: Computed Radiography, Digital X-Ray (for
+presentation and for processing, and intra-oral; not mammography) and Secondary Capture, in the
+common transfer syntaxes (uncompressed, deflated, RLE, JPEG baseline, extended and lossless,
+JPEG-LS, JPEG 2000). CT, MR, ultrasound, nuclear medicine, PET, angiography and fluoroscopy images
+are taken too, so a PACS that routes a whole study does not see failures: they are kept and
+refused analysis with the reason, as are multi-frame objects and files that cannot be decoded.
+Objects of other classes (mammography, reports, presentation states) are not accepted.
+
+**Durability.** A C-STORE is answered Success only after the instance is on disk and recorded
+(:func:`fracsight.service.intake.receive_dicom`); a disk that cannot take it (with the reserve
+the database needs) gets 0xA700 Out of Resources; any other failure 0x0110 Processing Failure.
+An instance received again (same SOP Instance UID) is acknowledged and not kept twice, and
+fracsight's own results, routed back by a PACS, are acknowledged and dropped. Nothing a handler
+meets escapes into the server: every exception becomes a status and a log line without patient
+data.
+
+:class:`DicomNode` runs the SCP with the results stage and the sender over a store and an
+analysis worker; the web service runs the same node when given a DICOM port.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import uuid
+
+import pydicom
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from fracsight.service.dicom_results import MANUFACTURER
+from fracsight.service.intake import OutOfSpace, receive_dicom
+from fracsight.service.results_stage import ResultsStage
+from fracsight.service.sender import Sender
+from fracsight.service.settings import DicomSettings
+from fracsight.service.store import Store
+from fracsight.service.worker import AnalysisWorker
+
+log = logging.getLogger(__name__)
+
+RADIOGRAPH_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray, for presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray, for processing",
+    "1.2.840.10008.5.1.4.1.1.1.3": "Digital Intra-Oral X-Ray, for presentation",
+    "1.2.840.10008.5.1.4.1.1.1.3.1": "Digital Intra-Oral X-Ray, for processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture",
+}
+# Taken and kept, then refused analysis with the reason (not radiographs fracsight reads).
+OTHER_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.4": "MR",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame",
+    "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine",
+    "1.2.840.10008.5.1.4.1.1.128": "PET",
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic",
+    "1.2.840.10008.5.1.4.1.1.12.2": "X-Ray Radiofluoroscopic",
+}
+# In this order of preference: when a sender offers several in one presentation context, the node
+# takes the first here that it offers, so a compressed file travels as it is (a sender often
+# cannot convert it) and an uncompressed one is never compressed with loss on the way.
+TRANSFER_SYNTAXES = [
+    JPEGLSLossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEG2000Lossless,
+    RLELossless,
+    JPEGLSNearLossless,
+    JPEG2000,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+_VERIFICATION = "1.2.840.10008.1.1"
+_OWN_RESULT_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.11.1",
+}
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+NOT_AUTHORISED = 0x0124
+PROCESSING_FAILURE = 0x0110
+
+
+class StorageSCP:
+    """The listening side: associations, C-ECHO and C-STORE into the store.
+
+    ``on_received`` is called after each new instance is kept (wakes the analysis worker),
+    ``on_batch_over`` when an association that brought images ends (wakes the results stage).
+    """
+
+    def __init__(self, store: Store, settings: DicomSettings, on_received=None, on_batch_over=None) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_received = on_received
+        self.on_batch_over = on_batch_over
+        self._batches: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._server = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.settings.aet)
+        ae.require_calling_aet = sorted({peer.aet for peer in self.settings.allow})
+        ae.maximum_associations = 16
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.network_timeout = 120
+        ae.add_supported_context(_VERIFICATION)
+        for sop_class in [*RADIOGRAPH_CLASSES, *OTHER_IMAGE_CLASSES]:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose when the settings said 0)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self.settings.port
+
+    def start(self) -> None:
+        from pynetdicom import evt
+
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- handlers: each turns every exception into a status and a log line ------------------
+
+    def _on_requested(self, event) -> None:
+        """Reject an association whose calling AE title (and host) is not allowed."""
+        try:
+            aet = _aet(event.assoc.requestor.primitive.calling_ae_title)
+            address = str(event.assoc.requestor.address)
+            if self.settings.admits(aet, address):
+                return
+            log.warning("association from %r at %s rejected: calling AE title not allowed", aet, address)
+        except Exception as exc:  # noqa: BLE001 - when in doubt, reject
+            log.error("association rejected: the request could not be checked (%s)", type(exc).__name__)
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanent, calling AE not recognised
+        event.assoc.kill()  # waits until the rejection has gone out, then ends the association
+
+    def _on_echo(self, event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event) -> int:
+        try:
+            aet, address = _aet(event.assoc.requestor.ae_title), str(event.assoc.requestor.address)
+            if not self.settings.admits(aet, address):
+                log.warning("C-STORE from %r at %s refused: not allowed", aet, address)
+                return NOT_AUTHORISED
+            data = event.encoded_dataset()
+            header = _header(data)
+            if header is not None and _is_own_result(header):
+                log.info("an object fracsight made came back from %r: acknowledged, not kept", aet)
+                return SUCCESS
+            received = receive_dicom(
+                self.store,
+                data,
+                header,
+                batch=self._batch(event.assoc, aet),
+                wants_results=self.settings.forward is not None,
+                min_free_bytes=self.settings.min_free_bytes,
+            )
+            if received.duplicate:
+                log.info("instance received again from %r: already kept as image %s", aet, received.id)
+            else:
+                log.info("image %s received from %r", received.id, aet)
+                if self.on_received is not None:
+                    self.on_received()
+            return SUCCESS
+        except OutOfSpace:
+            log.error("instance refused with Out of Resources: the data folder's disk is full")
+            return OUT_OF_RESOURCES
+        except OSError as exc:
+            log.error("instance refused with Out of Resources: it could not be written (%s)", exc.strerror)
+            return OUT_OF_RESOURCES
+        except Exception as exc:  # noqa: BLE001 - one bad instance must never stop the node
+            log.error("instance refused with Processing Failure (%s)", type(exc).__name__)
+            return PROCESSING_FAILURE
+
+    def _batch(self, assoc, aet: str) -> str:
+        with self._lock:
+            batch = self._batches.get(id(assoc))
+            if batch is None:
+                batch = uuid.uuid4().hex
+                self.store.open_batch(batch, aet)
+                self._batches[id(assoc)] = batch
+        return batch
+
+    def _on_closed(self, event) -> None:
+        try:
+            with self._lock:
+                batch = self._batches.pop(id(event.assoc), None)
+            if batch is not None:
+                self.store.close_batch(batch)
+                if self.on_batch_over is not None:
+                    self.on_batch_over()
+        except Exception as exc:  # noqa: BLE001 - the batch then closes at the idle timeout
+            log.error("end of an association could not be recorded (%s)", type(exc).__name__)
+
+
+def _aet(value) -> str:
+    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
+
+
+def _header(data: bytes):
+    """The data set without pixels, or None when even that cannot be parsed (analysis then refuses it)."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - a damaged header is kept and refused by analysis
+        return None
+
+
+def _is_own_result(header) -> bool:
+    return str(header.get("Manufacturer", "")) == MANUFACTURER and str(header.get("SOPClassUID", "")) in (
+        _OWN_RESULT_CLASSES
+    )
+
+
+def quiet_network_logs() -> None:
+    """pynetdicom logs data sets (patient data) at debug level and every message at info, highdicom
+    the UIDs it copies: the node logs what matters itself, without patient data."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+class DicomNode:
+    """The DICOM node over a store and an analysis worker: SCP, results stage and sender.
+
+    The results stage and the sender run only with a destination (``settings.forward``); without
+    one the node receives, and the images are analysed and shown in the worklist.
+    """
+
+    def __init__(self, store: Store, worker: AnalysisWorker, analyser, settings: DicomSettings) -> None:
+        self.store = store
+        self.worker = worker
+        self.settings = settings
+        self.sender = Sender(store, settings) if settings.forward is not None else None
+        self.results = (
+            ResultsStage(store, analyser, settings, on_queued=self.sender.wake if self.sender else None)
+            if settings.forward is not None
+            else None
+        )
+        self.scp = StorageSCP(
+            store,
+            settings,
+            on_received=worker.wake,
+            on_batch_over=self.results.wake if self.results else None,
+        )
+        if self.results is not None:
+            worker.listeners.append(self.results.wake)
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def start(self) -> None:
+        """Close the batches of a stopped node, resume unsent work, then listen."""
+        quiet_network_logs()
+        closed = self.store.close_open_batches()
+        if closed:
+            log.info("resuming: %d associations of the previous run closed", closed)
+        if self.results is not None:
+            self.results.start()
+        if self.sender is not None:
+            self.sender.start()
+        self.scp.start()
+
+    def stop(self) -> None:
+        self.scp.stop()
+        if self.results is not None:
+            self.results.stop()
+        if self.sender is not None:
+            self.sender.stop()

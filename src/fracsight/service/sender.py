@@ -1,0 +1,203 @@
+"""The sender: delivers queued result objects to their destination by C-STORE, with retries.
+
+A thread claims due sends from the store, opens one association per destination and sends
+each file. Delivered: ``sent``. Not delivered because the destination could not be reached,
+rejected the association, went away mid-way or was out of resources: due again after a wait
+that doubles from :attr:`DicomSettings.retry_base_s` to :attr:`DicomSettings.retry_max_s`, for
+as long as it takes (a PACS down for the night gets its results in the morning). Refused by
+the destination with a failure status: ``rejected``, kept until a resend
+(:func:`resend`, ``fracsight dicom-node --resend``, or the worklist's resend action), since
+the same object would be refused again. Every outcome is logged with the image id, the object
+kind and the destination; never patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from itertools import groupby
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from fracsight.service.sends import Send
+from fracsight.service.settings import Destination, DicomSettings
+from fracsight.service.store import Store, now
+
+log = logging.getLogger(__name__)
+
+BATCH = 32  # sends claimed (and sent over one association per destination) at a time
+_WARNING_STATUSES = {0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
+
+
+class Sender:
+    """Works off the send queue in a thread until :meth:`stop`; :meth:`wake` when something is queued."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: DicomSettings,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.poll_s = poll_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        requeued = self.store.requeue_sending()
+        if requeued:
+            log.info("resuming: %d interrupted sends queued again", requeued)
+        self._thread = threading.Thread(target=self._loop, name="fracsight-sender", daemon=True)
+        self._thread.start()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # noqa: BLE001 - the store failing must not end the sender for good
+                log.exception("sender: unexpected error; retrying in %.0f s", self.poll_s)
+                worked = 0
+            if not worked:
+                self._wake.wait(self._idle_wait())
+                self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        due = self.store.next_send_due()
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.05, due - self.clock()))
+
+    def run_once(self) -> int:
+        """Send everything due now (one association per destination); returns how many were tried."""
+        claimed = self.store.claim_sends(BATCH, now=self.clock())
+        for destination, sends in groupby(
+            sorted(claimed, key=lambda s: (s.destination, s.id)), key=lambda s: s.destination
+        ):
+            self._deliver(destination, list(sends))
+        return len(claimed)
+
+    # -- one destination -----------------------------------------------------------------
+
+    def _deliver(self, destination: str, sends: list[Send]) -> None:
+        try:
+            target = Destination.parse(destination)
+        except ValueError as exc:
+            for send in sends:
+                self._rejected(send, str(exc))
+            return
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title=self.settings.aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.connection_timeout = 10
+        for sop_class in sorted({s.sop_class_uid for s in sends}):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        connected: list[bool] = []
+        try:
+            assoc = ae.associate(
+                target.host,
+                target.port,
+                ae_title=target.aet,
+                evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+            )
+        except Exception as exc:  # noqa: BLE001 - a bad address is a failed attempt, retried later
+            for send in sends:
+                self._failed(send, f"could not connect ({type(exc).__name__})")
+            return
+        if not assoc.is_established:
+            reason = _association_failure(assoc, bool(connected))
+            for send in sends:
+                self._failed(send, reason)
+            return
+        try:
+            for index, send in enumerate(sends):
+                if not assoc.is_established:
+                    for rest in sends[index:]:
+                        self._failed(rest, "the association ended before this object was sent")
+                    break
+                self._send_one(assoc, send)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _send_one(self, assoc, send: Send) -> None:
+        path = self.store.data_dir / send.file
+        try:
+            dataset = pydicom.dcmread(path)
+        except FileNotFoundError:
+            self._rejected(send, "the result file is missing from the data folder")
+            return
+        except Exception as exc:  # noqa: BLE001 - a damaged result file cannot be sent, ever
+            self._rejected(send, f"the result file could not be read ({type(exc).__name__})")
+            return
+        try:
+            status = assoc.send_c_store(dataset)
+        except Exception as exc:  # noqa: BLE001 - e.g. no accepted presentation context
+            self._rejected(send, f"not sent: {type(exc).__name__}: {_first_line(exc)}")
+            return
+        code = int(status.Status) if status and "Status" in status else None
+        if code is None:
+            self._failed(send, "no answer from the destination (connection lost or timed out)")
+        elif code == 0x0000 or code in _WARNING_STATUSES:
+            self.store.send_succeeded(send.id, now())
+            log.info("result %s of image %s delivered to %s", send.kind, send.image_id, send.destination)
+        elif 0xA700 <= code <= 0xA7FF:
+            self._failed(send, f"destination out of resources (status 0x{code:04X})")
+        else:
+            self._rejected(send, f"refused by the destination (status 0x{code:04X})")
+
+    def _failed(self, send: Send, reason: str) -> None:
+        wait = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** min(send.attempts, 30))
+        self.store.send_failed(send.id, reason, self.clock() + wait)
+        log.warning(
+            "result %s of image %s not delivered to %s (attempt %d): %s; next try in %.1f s",
+            send.kind, send.image_id, send.destination, send.attempts + 1, reason, wait,
+        )  # fmt: skip
+
+    def _rejected(self, send: Send, reason: str) -> None:
+        self.store.send_rejected(send.id, reason)
+        log.error(
+            "result %s of image %s not delivered to %s: %s; kept, sent again on --resend",
+            send.kind, send.image_id, send.destination, reason,
+        )  # fmt: skip
+
+
+def _association_failure(assoc, connected: bool) -> str:
+    if not connected:
+        return "destination not reachable (connection refused or timed out)"
+    if assoc.is_rejected:
+        return "association rejected by the destination (is fracsight's AE title configured there?)"
+    return "association aborted by the destination, or no answer to the request"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else ""
+
+
+def resend(store: Store, settings: DicomSettings, deadline_s: float = 120.0) -> dict[str, int]:
+    """Send every undelivered result now (also those the destination refused); one pass, then the
+    counts of the send queue. A running node's sender may take some of them: each is sent once."""
+    store.requeue_sending(older_than_s=600.0)
+    due = store.resend_undelivered()
+    log.info("resending %d undelivered results", due)
+    sender = Sender(store, settings)
+    stop_at = time.monotonic() + deadline_s
+    while time.monotonic() < stop_at and sender.run_once():
+        pass
+    return store.send_counts()
