@@ -91,3 +91,22 @@ def default_analyser():
     from fracsight.inference import Analyser
 
     return Analyser(batch_size=4)
+
+
+def gdcm_encode(source: Path, target: Path, syntax: int) -> Path:
+    """``source`` re-encoded by python-gdcm in ``syntax`` (a ``gdcm.TransferSyntax`` constant)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read(), source
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write(), target
+    return target

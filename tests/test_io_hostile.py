@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import assert_refused
+from conftest import assert_refused, gdcm_encode
 from PIL import Image
 
 from fracsight.io import DecoderPool, NotARadiograph, UnreadableImage, read_radiograph
@@ -29,23 +29,6 @@ SAMPLE_PATIENT = ("Dog^AVeryGood", "AVeryGood", "123456")
 @pytest.fixture(scope="module")
 def sample(samples_dir: Path) -> Path:
     return samples_dir / "hd_dx_image.dcm"
-
-
-def _encode(source: Path, target: Path, syntax: int) -> Path:
-    """``source`` re-encoded by python-gdcm in ``syntax`` (a gdcm.TransferSyntax constant)."""
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(source))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
-    change.SetInput(reader.GetImage())
-    assert change.Change()
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(target))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
-    return target
 
 
 def _with_header(source: Path, target: Path, **changes: object) -> Path:
@@ -65,7 +48,7 @@ ENCODINGS = {
 
 @pytest.mark.parametrize("kind", sorted(ENCODINGS))
 def test_encoded_samples_still_read(sample: Path, tmp_path: Path, kind: str) -> None:
-    encoded = _encode(sample, tmp_path / "encoded.dcm", ENCODINGS[kind])
+    encoded = gdcm_encode(sample, tmp_path / "encoded.dcm", ENCODINGS[kind])
     np.testing.assert_allclose(read_radiograph(encoded).pixels, read_radiograph(sample).pixels, atol=1e-6)
 
 
@@ -74,7 +57,7 @@ def test_gray_codestream_under_an_rgb_header_is_refused_before_gdcm_sees_it(
     sample: Path, tmp_path: Path, kind: str
 ) -> None:
     """GDCM aborted the whole process on these (exit 134, the batch's CSV empty)."""
-    encoded = _encode(sample, tmp_path / "gray.dcm", ENCODINGS[kind])
+    encoded = gdcm_encode(sample, tmp_path / "gray.dcm", ENCODINGS[kind])
     path = _with_header(
         encoded,
         tmp_path / "rgb.dcm",
@@ -89,7 +72,7 @@ def test_gray_codestream_under_an_rgb_header_is_refused_before_gdcm_sees_it(
 
 
 def test_codestream_of_another_size_is_refused(sample: Path, tmp_path: Path) -> None:
-    encoded = _encode(sample, tmp_path / "ls.dcm", ENCODINGS["JPEG-LS"])
+    encoded = gdcm_encode(sample, tmp_path / "ls.dcm", ENCODINGS["JPEG-LS"])
     path = _with_header(encoded, tmp_path / "rows.dcm", Rows=170)
     assert_refused(path, UnreadableImage, "the codestream declares 211 x 169 pixels but (0028,0011) Columns")
 
@@ -107,7 +90,9 @@ def test_bits_stored_below_the_codestream_precision_is_refused_not_clipped(
     sample: Path, tmp_path: Path
 ) -> None:
     """Lowered Bits Stored clipped the pixels with only a log warning, and the answer could change."""
-    encoded = _encode(_twelve_bit(sample, tmp_path / "12.dcm"), tmp_path / "j2k.dcm", ENCODINGS["JPEG 2000"])
+    encoded = gdcm_encode(
+        _twelve_bit(sample, tmp_path / "12.dcm"), tmp_path / "j2k.dcm", ENCODINGS["JPEG 2000"]
+    )
     assert read_radiograph(encoded).shape == (169, 211)
     path = _with_header(encoded, tmp_path / "bits10.dcm", BitsStored=10, HighBit=9)
     refusal = assert_refused(path, UnreadableImage, "outside the (0028,0101) Bits Stored range 0..1023")
@@ -115,7 +100,7 @@ def test_bits_stored_below_the_codestream_precision_is_refused_not_clipped(
 
 
 def test_bits_stored_above_the_codestream_precision_is_refused(sample: Path, tmp_path: Path) -> None:
-    encoded = _encode(sample, tmp_path / "ls.dcm", ENCODINGS["JPEG-LS"])
+    encoded = gdcm_encode(sample, tmp_path / "ls.dcm", ENCODINGS["JPEG-LS"])
     path = _with_header(encoded, tmp_path / "bits12.dcm", BitsAllocated=16, BitsStored=12, HighBit=11)
     assert_refused(
         path, UnreadableImage, "the codestream holds 8-bit samples but (0028,0101) Bits Stored is 12"
@@ -123,7 +108,7 @@ def test_bits_stored_above_the_codestream_precision_is_refused(sample: Path, tmp
 
 
 def test_wider_codestream_than_bits_allocated_is_refused(sample: Path, tmp_path: Path) -> None:
-    encoded = _encode(
+    encoded = gdcm_encode(
         _twelve_bit(sample, tmp_path / "12.dcm"), tmp_path / "wide_ls.dcm", ENCODINGS["JPEG-LS"]
     )
     path = _with_header(encoded, tmp_path / "narrow.dcm", BitsAllocated=8, BitsStored=8, HighBit=7)
@@ -133,7 +118,7 @@ def test_wider_codestream_than_bits_allocated_is_refused(sample: Path, tmp_path:
 def test_codestream_of_another_family_than_the_transfer_syntax_is_refused(
     sample: Path, tmp_path: Path
 ) -> None:
-    encoded = _encode(sample, tmp_path / "j2k.dcm", ENCODINGS["JPEG 2000"])
+    encoded = gdcm_encode(sample, tmp_path / "j2k.dcm", ENCODINGS["JPEG 2000"])
     ds = pydicom.dcmread(encoded)
     ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLSLossless
     ds.save_as(tmp_path / "mislabelled.dcm")
@@ -141,7 +126,7 @@ def test_codestream_of_another_family_than_the_transfer_syntax_is_refused(
 
 
 def test_rle_segments_must_match_the_samples(sample: Path, tmp_path: Path) -> None:
-    encoded = _encode(sample, tmp_path / "rle.dcm", gdcm.TransferSyntax.RLELossless)
+    encoded = gdcm_encode(sample, tmp_path / "rle.dcm", gdcm.TransferSyntax.RLELossless)
     assert read_radiograph(encoded).shape == (169, 211)
     path = _with_header(encoded, tmp_path / "rle16.dcm", BitsAllocated=16, BitsStored=12, HighBit=11)
     assert_refused(

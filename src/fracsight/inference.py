@@ -186,8 +186,8 @@ class Analyser:
                 pending = upcoming
             if pending is not None:
                 yield from self._run_batch([f.result() for f in pending])
-        finally:  # a caller that stops early (Ctrl-C) does not wait for the files not yet started
-            pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # a caller that stops early (Ctrl-C) waits for no file, started or not
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def analyse_paths(self, paths: Iterable[str | Path], workers: int | None = None) -> Iterator[Result]:
         """(path, finding, error) for every input, in order; refused files carry their reason."""
