@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_refused, gdcm_encode
 from PIL import Image
 
-from fracsight.io import DecoderPool, NotARadiograph, UnreadableImage, read_radiograph
+from fracsight.io import DecoderFailed, DecoderPool, NotARadiograph, UnreadableImage, read_radiograph
 
 gdcm = pytest.importorskip("gdcm")
 
@@ -154,6 +154,15 @@ def test_deflate_bomb_is_refused_while_inflating(sample: Path, tmp_path: Path) -
     started = time.perf_counter()
     assert_refused(path, UnreadableImage, "the data set inflates to more than 500,000,000 bytes")
     assert time.perf_counter() - started < 10
+
+
+def test_deflated_data_set_followed_by_other_bytes_ends(sample: Path, tmp_path: Path) -> None:
+    """Found by fuzzing: bytes after the end of the deflated stream made the size check loop forever."""
+    path = _deflate_bomb(sample, tmp_path / "trailing.dcm", 2)
+    path.write_bytes(path.read_bytes() + b"bytes after the deflated stream")
+    with DecoderPool(workers=1, timeout_s=10) as pool, pytest.raises(UnreadableImage) as refused:
+        pool.read(path)
+    assert not isinstance(refused.value, DecoderFailed), refused.value.reason
 
 
 def test_deflated_data_set_within_the_limit_is_read(sample: Path, tmp_path: Path) -> None:

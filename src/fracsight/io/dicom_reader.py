@@ -190,8 +190,8 @@ def _check_inflated_size(name: str, stream: BinaryIO, max_pixels: int) -> None:
     stream.seek(meta_end)
     inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
     try:
-        while chunk := stream.read(_INFLATE_CHUNK):
-            while chunk and inflated <= limit:
+        while not inflater.eof and (chunk := stream.read(_INFLATE_CHUNK)):
+            while chunk and not inflater.eof and inflated <= limit:  # past the end: trailing bytes
                 inflated += len(inflater.decompress(chunk, _INFLATE_CHUNK))
                 chunk = inflater.unconsumed_tail
             if inflated > limit:

@@ -56,6 +56,9 @@ def uid_name(value: object) -> str:
 
 def failure(error: BaseException) -> str:
     """A library exception as a message may show it: the type, never the text (it may quote data)."""
+    kind = type(error).__name__
+    if kind == "error":  # struct.error, zlib.error: the module says which
+        kind = f"{type(error).__module__}.error"
     if isinstance(error, OSError) and error.strerror:
-        return f"{type(error).__name__}: {error.strerror}"
-    return type(error).__name__
+        return f"{kind}: {error.strerror}"
+    return kind
