@@ -164,6 +164,7 @@ class Analyser:
             item.image, item.letterbox = prepare(item.radiograph.pixels, self.size)
         except ValueError as exc:
             item.error = str(exc)
+            item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
         item.decode_ms, item.preprocess_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
         return item
 

@@ -60,8 +60,8 @@ OVERLAY_SUFFIX = ".heatmap.png"
 # (``--output results.dat``) is skipped inside folders too. Image suffixes are not opened to check.
 _OWN_RESULTS_STARTS = (",".join(COLUMNS).encode(), b'{"path": ')
 _IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".jpg", ".jpeg", ".png", ".tif", ".tiff"})
-# Longest heat-map file stem kept whole: file systems allow 255 bytes per name, and the suffix,
-# a collision number and a hash of the full name must fit beside it.
+# Longest heat-map file stem kept whole, in UTF-8 bytes: file systems allow 255 bytes per name,
+# and the suffix, a collision number and a hash of the full name must fit beside it.
 _MAX_OVERLAY_STEM = 120
 # Model batch: ONNX Runtime holds the activations of the whole batch, about 110 MB per image at
 # 384 px (measured peak of the process on 128 typical JPEGs: batch 1 0.25 GB, 8 1.0 GB, 16 1.8 GB,
@@ -202,11 +202,12 @@ def _refuse_output_among_inputs(output: str | None, files: list[Path]) -> None:
 def _overlay_name(path: Path, used: set[str]) -> str:
     """A heat-map file name from the input's name, unique within the run even where the file
     system ignores case (Windows, macOS), so one overlay never replaces another. Long names keep
-    their start and a hash of the whole name, so the file system accepts them."""
-    stem = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in path.name)
-    if len(stem) > _MAX_OVERLAY_STEM:
+    their start and a hash of the whole name, so the file system accepts them (255 bytes)."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)
+    if len(stem.encode()) > _MAX_OVERLAY_STEM:
         digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]
-        stem = f"{stem[: _MAX_OVERLAY_STEM - 13]}~{digest}"
+        kept = stem.encode()[: _MAX_OVERLAY_STEM - 13].decode(errors="ignore")
+        stem = f"{kept}~{digest}"
     name, n = f"{stem}{OVERLAY_SUFFIX}", 1
     while name.casefold() in used:
         n += 1
