@@ -13,8 +13,8 @@ refused with :class:`DecoderFailed` and not retried; the next file gets a new wo
 It returns what :func:`read_radiograph` returns and raises what it raises. A worker is a
 fresh interpreter (``python -c``, not :mod:`multiprocessing`, so the caller's main module is
 never re-run and its threads never forked) that starts in about 0.3 s, on first use and
-after a crash; the pixels come back as raw bytes over a socket (about 1 ms for a typical
-radiograph). Thread-safe: up to ``workers`` reads run at once, the others wait.
+after a crash; the pixels come back in shared memory (:mod:`shared_pixels`). Thread-safe:
+up to ``workers`` reads run at once, the others wait.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import fracsight
-from fracsight.io import limits
+from fracsight.io import limits, shared_pixels
 from fracsight.io.radiograph import NotARadiograph, Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.truncation import TruncatedImage
 from fracsight.io.worker import READY, Job, Reply
@@ -109,9 +109,8 @@ class _Worker:
             reply = self.conn.recv()
             pixels = None
             if reply[0] == "ok":
-                pixels = np.empty(reply[1], dtype=np.dtype(reply[2]))
                 self._wait(deadline, timeout_s)
-                self.conn.recv_bytes_into(memoryview(pixels).cast("B"))
+                pixels = shared_pixels.receive(self.conn, reply[1], np.dtype(reply[2]))
             else:
                 self.healthy = reply[0] in ("refused", "missing")
         except (EOFError, OSError) as error:

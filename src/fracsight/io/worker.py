@@ -10,8 +10,8 @@ here as ``MemoryError`` instead of taking the machine's memory. Python warnings 
 records are caught per file: fracsight's own messages (which never quote the file) go
 back to the parent, the libraries' are only counted, as they may quote header values.
 
-The reply is a small tuple, then for a decoded image the pixels as raw bytes (no pickling
-of the array).
+The reply is a small tuple, then for a decoded image the pixels (:mod:`shared_pixels`: in
+shared memory, not pickled).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fracsight.io import shared_pixels
 from fracsight.io.radiograph import RefusedInput
 from fracsight.io.read import read_radiograph, read_radiograph_bytes
 
@@ -82,7 +83,7 @@ def serve(conn: Connection, log_level: int) -> None:
         except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
             conn.send((*reply[:5], None, reply[6]))  # a DICOM header that will not pickle stays here
         if pixels is not None:
-            conn.send_bytes(pixels)
+            shared_pixels.send(conn, pixels)
         if not healthy:
             return  # after a MemoryError or an unexpected error, the next file gets a fresh process
 
