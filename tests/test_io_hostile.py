@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import assert_refused, gdcm_encode
+from conftest import SAMPLE_PATIENT, assert_refused, gdcm_encode, stretched_sop_class_uid
 from PIL import Image
 
 from fracsight.io import DecoderFailed, DecoderPool, NotARadiograph, UnreadableImage, read_radiograph
 
 gdcm = pytest.importorskip("gdcm")
-
-# Identifying values of the bundled sample (a veterinary image), searched for in every message.
-SAMPLE_PATIENT = ("Dog^AVeryGood", "AVeryGood", "123456")
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +215,8 @@ def test_stretched_sop_class_uid_does_not_quote_the_patient(
     sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A SOP Class UID whose length runs over the next elements once quoted the name and ID."""
-    data = bytearray(sample.read_bytes())
-    at = _offset_of(data, (0x0008, 0x0016), b"UI")
-    patient_id = _offset_of(data, (0x0010, 0x0020), b"LO")
-    end = patient_id + 8 + struct.unpack_from("<H", data, patient_id + 6)[0]
-    struct.pack_into("<H", data, at + 6, end - (at + 8))
     path = tmp_path / "stretched.dcm"
-    path.write_bytes(bytes(data))
+    path.write_bytes(stretched_sop_class_uid(sample.read_bytes()))
     refusal = assert_refused(path, NotARadiograph, "(0008,0016) SOP Class is a malformed value")
     caplog.clear()  # pydicom, in this process, warned with the raw value: predict reads in workers
     with DecoderPool(workers=1) as pool, pytest.raises(NotARadiograph) as in_worker:

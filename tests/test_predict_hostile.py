@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import gdcm_encode
+from conftest import SAMPLE_PATIENT, gdcm_encode, stretched_sop_class_uid
 
 from fracsight.cli import main
 from fracsight.cli.predict import COLUMNS, MAX_BATCH_SIZE
 from fracsight.io import pool as pool_module
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SAMPLE_PATIENT = ("Dog^AVeryGood", "AVeryGood", "123456")
 
 
 def _predict_process(
@@ -285,14 +284,11 @@ def test_an_internal_error_is_exit_code_3_not_1(
 
 def test_no_patient_data_in_any_output(tmp_path: Path, samples_dir: Path) -> None:
     """A stretched SOP Class UID quoted the raw header (name and ID) in the error cell and on stderr."""
-    data = bytearray((samples_dir / "hd_dx_image.dcm").read_bytes())
-    at = data.find(b"\x08\x00\x16\x00UI")
-    patient_id = data.find(b"\x10\x00\x20\x00LO")
-    end = patient_id + 8 + int.from_bytes(data[patient_id + 6 : patient_id + 8], "little")
-    data[at + 6 : at + 8] = (end - (at + 8)).to_bytes(2, "little")
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "stretched.dcm").write_bytes(bytes(data))
+    (folder / "stretched.dcm").write_bytes(
+        stretched_sop_class_uid((samples_dir / "hd_dx_image.dcm").read_bytes())
+    )
     shutil.copyfile(samples_dir / "hd_dx_image.dcm", folder / "fine.dcm")
     for extra, verbose in (((), False), (("--json",), True)):
         out = tmp_path / "out.txt"
