@@ -2,9 +2,11 @@
 
     python benchmarks/predict_speed.py [--model M.onnx] [--repeats 5]
 
-Stages: decode (read_radiograph), preprocess (prepare), model (ONNX Runtime, batch 1 and
-batch 8), heat-map overlay PNG; then end to end through the same pipeline as the CLI
-(Analyser.iter_analyses + overlay written), for typical FracAtlas-sized images and for a
+Stages: decode (in a decoder worker process, as predict reads: Analyser.read), the same decode
+in this process (read_radiograph: the difference is what the crash isolation costs), preprocess
+(prepare), model (ONNX Runtime, batch 1 and batch 8), heat-map overlay PNG; then end to end
+through the same pipeline as the CLI (Analyser.iter_analyses + overlay written), for typical
+FracAtlas-sized images and for a
 3000 x 3000 16-bit DICOM made from a real radiograph, uncompressed and as lossless JPEG 2000
 (which predict decodes at half resolution, see fracsight.io.dicom_j2k). Optional: training
 images/s on CPU.
@@ -45,6 +47,29 @@ def batched_ms(analyser, paths: list[Path], repeats: int, png: Path) -> float:
             overlay_image(r.pixels, f).save(png, compress_level=1)
 
     return median_ms(run, max(1, repeats // 2)) / len(paths)
+
+
+def cli_ms(source: Path, n: int, repeats: int, folder: Path) -> float:
+    """Per-image ms of the `fracsight predict --heatmaps` command on ``n`` copies of ``source``, start-up
+    (model load, decoder processes) included: what a user waits for, rows flushed one by one."""
+    import shutil
+    import subprocess
+    import sys
+
+    inputs = folder / "inputs"
+    inputs.mkdir()
+    for i in range(n):
+        shutil.copyfile(source, inputs / f"{i:04d}{source.suffix}")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, "-m", "fracsight", "predict", str(inputs), "--heatmaps", str(folder / "heat")]
+
+    def run() -> None:
+        subprocess.run([*command, "--output", str(folder / "out.csv"), "--no-progress"], check=True, env=env)
+
+    return median_ms(run, max(1, repeats // 2)) / n
 
 
 def _make_big_dicom(folder: Path) -> Path:
@@ -101,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--n-typical", type=int, default=64, help="images for the end-to-end batch run")
+    parser.add_argument("--n-typical", type=int, default=500, help="images for the end-to-end batch runs")
     parser.add_argument("--train", action="store_true", help="also measure CPU training images/s")
     args = parser.parse_args()
 
@@ -126,6 +151,10 @@ def main() -> None:
                 full = median_ms(lambda p=path: read_radiograph(p), args.repeats)
                 rows.append((label, "decode, full resolution", full))
             rows.append((label, "decode", median_ms(lambda p=path: analyser.read(p), args.repeats)))
+            in_process = median_ms(
+                lambda p=path: read_radiograph(p, needed_side=analyser.decode_side), args.repeats
+            )
+            rows.append((label, "decode in this process (no isolation)", in_process))
             rows.append(
                 (label, "preprocess", median_ms(lambda r=rg: prepare(r.pixels, analyser.size), args.repeats))
             )
@@ -163,6 +192,10 @@ def main() -> None:
             rows.append((label, "end to end, one image", median_ms(end_to_end, args.repeats)))
         per_image = batched_ms(analyser, [typical] * args.n_typical, args.repeats, tmp_path / "b.png")
         rows.append(("typical JPEG", f"end to end, batched ({args.n_typical} images, per image)", per_image))
+        command = cli_ms(typical, args.n_typical, args.repeats, tmp_path)
+        rows.append(
+            ("typical JPEG", f"`predict --heatmaps` command, {args.n_typical} images (per image)", command)
+        )
 
     print(
         f"# fracsight predict speed: {platform.processor() or platform.machine()}, "

@@ -77,6 +77,23 @@ def fracatlas_dir(shared_data: Path) -> Path:
     return _shared_folder(shared_data, "fracatlas/images", "FracAtlas images")
 
 
+# Identifying values of the bundled DX sample (a veterinary image), searched for in messages.
+SAMPLE_PATIENT = ("Dog^AVeryGood", "AVeryGood", "123456")
+
+
+def stretched_sop_class_uid(dicom: bytes) -> bytes:
+    """The bundled DX sample with its (0008,0016) SOP Class UID's length run over the following
+    elements up to the end of (0010,0020) Patient ID, so that its value holds the patient's name and
+    ID and the data set still parses after it (issue 11: the refusal quoted them)."""
+    data = bytearray(dicom)
+    at = data.find(b"\x08\x00\x16\x00UI")
+    patient_id = data.find(b"\x10\x00\x20\x00LO")
+    assert 0 < at < patient_id
+    end = patient_id + 8 + int.from_bytes(data[patient_id + 6 : patient_id + 8], "little")
+    data[at + 6 : at + 8] = (end - (at + 8)).to_bytes(2, "little")
+    return bytes(data)
+
+
 def assert_refused(path: Path, error: type[RefusedInput], reason: str, **kwargs: int) -> RefusedInput:
     """``read_radiograph(path)`` refuses with ``error``; the message names the file and the reason."""
     with pytest.raises(error) as caught:
@@ -121,3 +138,22 @@ def chrome_driver(tmp_path: Path, width: int = 1280, height: int = 1000):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def gdcm_encode(source: Path, target: Path, syntax: int) -> Path:
+    """``source`` re-encoded by python-gdcm in ``syntax`` (a ``gdcm.TransferSyntax`` constant)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read(), source
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write(), target
+    return target

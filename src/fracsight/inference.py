@@ -1,8 +1,9 @@
 """Analyse radiographs with an ONNX model: probability, category and heat map, no torch needed.
 
-Decoding and preprocessing run in a thread pool (Pillow, numpy and the DICOM decoders
-release the GIL) one batch ahead of the model, so a folder of thousands of images keeps
-both cores busy. ONNX Runtime uses all cores for the model itself.
+Files are decoded in worker processes (:class:`fracsight.io.DecoderPool`), so a file that
+crashes or hangs a native decoder costs only its own row. Threads feed the workers and
+preprocess one batch ahead of the model, so a folder of thousands of images keeps both
+cores busy. ONNX Runtime uses all cores for the model itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fracsight.finding import Finding
-from fracsight.io import Radiograph, RefusedInput, read_radiograph
+from fracsight.io import DecoderPool, Radiograph, RefusedInput
 from fracsight.model_card import DEFAULT_MODEL, ModelCard, categorise
 from fracsight.preprocess import Letterbox, prepare
 
@@ -60,6 +61,7 @@ class Analyser:
         threads: int | None = None,
         batch_size: int = 8,
         decode_side: int | None = DECODE_SIDE,
+        decoders: DecoderPool | None = None,
     ):
         import onnxruntime as ort
 
@@ -77,6 +79,9 @@ class Analyser:
         # coordinates in the file's own pixels (expert boxes in `fracsight evaluate`).
         self.decode_side = max(decode_side, self.size) if decode_side else None
         self.threads = threads or os.cpu_count() or 1
+        # Decoder processes start on the first read; a service may share one pool between analysers.
+        self._own_decoders = decoders is None
+        self.decoders = decoders or DecoderPool(workers=self.threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -109,8 +114,14 @@ class Analyser:
         return _sigmoid(logit / self.temperature), _sigmoid(cells)
 
     def read(self, path: str | Path) -> Radiograph:
-        """Read an input as this model needs it (JPEG 2000 may stop at ``decode_side``)."""
-        return read_radiograph(path, needed_side=self.decode_side)
+        """Read an input as this model needs it (JPEG 2000 may stop at ``decode_side``), in a
+        decoder process; raises what :func:`fracsight.io.read_radiograph` raises."""
+        return self.decoders.read(path, needed_side=self.decode_side)
+
+    def close(self) -> None:
+        """Stop the decoder processes this analyser started (they also stop when it is collected)."""
+        if self._own_decoders:
+            self.decoders.close()
 
     def analyse(self, radiograph: Radiograph) -> Finding:
         """One radiograph already in memory -> its Finding."""
@@ -152,6 +163,7 @@ class Analyser:
             item.image, item.letterbox = prepare(item.radiograph.pixels, self.size)
         except ValueError as exc:
             item.error = str(exc)
+            item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
         item.decode_ms, item.preprocess_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
         return item
 
@@ -164,7 +176,8 @@ class Analyser:
         draw overlays; most callers want :meth:`analyse_paths`.
         """
         batches = _chunks([str(p) for p in paths], self.batch_size)
-        with ThreadPoolExecutor(max_workers=workers or self.threads) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers or self.decoders.workers)
+        try:
             pending: list[Future] | None = None
             for batch in batches:
                 upcoming = [pool.submit(self._load, p) for p in batch]
@@ -173,6 +186,8 @@ class Analyser:
                 pending = upcoming
             if pending is not None:
                 yield from self._run_batch([f.result() for f in pending])
+        finally:  # a caller that stops early (Ctrl-C) waits for no file, started or not
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def analyse_paths(self, paths: Iterable[str | Path], workers: int | None = None) -> Iterator[Result]:
         """(path, finding, error) for every input, in order; refused files carry their reason."""

@@ -1,28 +1,73 @@
-"""``fracsight predict``: probability, category and heat map for radiograph files and folders."""
+"""``fracsight predict``: probability, category and heat map for radiograph files and folders.
+
+Nothing a file can do stops the batch: files are decoded in worker processes (a crash or
+hang costs that file's row), every input gets exactly one row, each row is flushed as it is
+done, and the run ends with a closing line on standard error whatever stops it.
+Exit codes: 0 every input analysed (heat map written); 1 some refused or a heat map not
+written; 2 usage or output error (the results could not be written); 3 fracsight itself
+failed (a bug: ``-v`` shows the traceback); 130 / 143 interrupted by SIGINT / SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import hashlib
+import logging
+import os
+import signal
+import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
+
+from fracsight.cli.predict_output import COLUMNS, Interrupted, OutputError, RowWriter, SignalGuard
 
 if TYPE_CHECKING:
     from fracsight.inference import Analyser
 
-COLUMNS = ["path", "probability", "category", "heatmap", "error"]
+__all__ = ["COLUMNS", "expand_paths", "register", "rows", "run"]
+
+logger = logging.getLogger(__name__)
+
 # Inside folders, files with these suffixes are never radiographs and are skipped; DICOM files
 # often have no suffix or an odd one, so everything else is tried (and refused with a reason).
 _NOT_IMAGES = frozenset(
-    {".md", ".txt", ".csv", ".json", ".py", ".pyc", ".html", ".xml", ".pdf", ".zip", ".gz", ".tgz", ".log"}
+    {
+        ".md",
+        ".txt",
+        ".csv",
+        ".json",
+        ".jsonl",
+        ".py",
+        ".pyc",
+        ".html",
+        ".xml",
+        ".pdf",
+        ".zip",
+        ".gz",
+        ".tgz",
+        ".log",
+    }
 )
 # Files that sit beside radiographs but never are one: the index of a DICOM CD/DVD export (an
 # image-less DICOM file in every such export) and Windows' thumbnail cache and folder settings.
 _NOT_IMAGE_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
+# fracsight's own heat-map overlays: skipped inside folders, so a second run does not analyse them.
+OVERLAY_SUFFIX = ".heatmap.png"
+# How fracsight's own results files start (CSV header, JSON line); one under another name
+# (``--output results.dat``) is skipped inside folders too. Image suffixes are not opened to check.
+_OWN_RESULTS_STARTS = (",".join(COLUMNS).encode(), b'{"path": ')
+_IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+# Longest heat-map file stem kept whole, in UTF-8 bytes: file systems allow 255 bytes per name,
+# and the suffix, a collision number and a hash of the full name must fit beside it.
+_MAX_OVERLAY_STEM = 120
+# Model batch: ONNX Runtime holds the activations of the whole batch, about 110 MB per image at
+# 384 px (measured peak of the process on 128 typical JPEGs: batch 1 0.25 GB, 8 1.0 GB, 16 1.8 GB,
+# 32 3.6 GB, 64 7.0 GB); beyond 8 a CPU gets no faster, so 32 is the ceiling.
+MAX_BATCH_SIZE = 32
+_BATCH_MEMORY = "about 110 MB of memory per image in the batch"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,14 +75,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="analyse radiographs (files or folders, DICOM and images mixed)",
         description="Fracture probability, category and heat map per radiograph. An aid to the "
-        "clinician, not a diagnosis. Exit code 0 when every input was analysed (heat map written), else 1.",
+        "clinician, not a diagnosis. Exit code 0 when every input was analysed (heat map written), "
+        "1 when some were refused, 2 for a usage or output error, 3 for an internal error, "
+        "130/143 when interrupted (the rows written so far are complete).",
     )
     p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--model", help="ONNX model with its .card.json beside it (default: the shipped model)")
     p.add_argument("--output", help="write the results CSV here ('-' or default: standard output)")
     p.add_argument("--heatmaps", help="write heat-map overlay PNGs into this folder")
     p.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=8,
+        help=f"images per model run, 1 to {MAX_BATCH_SIZE} (default 8); {_BATCH_MEMORY}",
+    )
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -54,35 +106,112 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given; folders walked recursively in sorted order, skipping hidden files and
-    files that are plainly not images (README.md, CSVs...). A broken link is kept, so that
-    its row says so instead of the file silently going missing."""
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than {MAX_BATCH_SIZE}: the model holds a whole batch in memory "
+            f"({_BATCH_MEMORY}), and batches over 8 are not faster on a CPU"
+        )
+    return value
+
+
+def expand_paths(paths: list[str], skip_folders: Iterable[Path | None] = ()) -> list[Path]:
+    """Files as given; folders walked recursively in sorted order.
+
+    Skipped inside folders: hidden entries, files that are plainly not images (README.md,
+    CSVs...), fracsight's own results files and overlays (``*.heatmap.png``), and
+    ``skip_folders`` (this run's heat-map folder). Kept, so that their rows say what they are: broken links,
+    pipes and other special files, and folders that cannot be read.
+    """
+    skip = {_identity(Path(p)) for p in skip_folders if p is not None} - {None}
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            out += sorted(
-                p
-                for p in path.rglob("*")
-                if (p.is_file() or (p.is_symlink() and not p.exists()))
-                and p.suffix.lower() not in _NOT_IMAGES
-                and p.name.lower() not in _NOT_IMAGE_NAMES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+        if _is_dir(path):
+            out += sorted(_walk(path, skip, {_identity(path)}))
         else:
             out.append(path)  # a missing file is reported in its row, not fatal
     return out
 
 
+def _walk(folder: Path, skip: set, seen: set) -> Iterator[Path]:
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:
+        yield folder  # its row says why it cannot be read
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        if _is_dir(path):
+            identity = _identity(path)
+            if identity not in skip and identity not in seen:  # the heat maps; a link loop
+                seen.add(identity)
+                yield from _walk(path, skip, seen)
+        elif (
+            path.suffix.lower() not in _NOT_IMAGES
+            and entry.name.lower() not in _NOT_IMAGE_NAMES
+            and not entry.name.lower().endswith(OVERLAY_SUFFIX)
+            and not (path.suffix.lower() not in _IMAGE_SUFFIXES and is_own_results(path))
+        ):
+            yield path
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False  # missing, unreadable: the reader says so in its row
+
+
+def is_own_results(path: Path) -> bool:
+    """True for a regular file that starts like fracsight's results (never opens a pipe or device)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except (OSError, ValueError):
+        return False
+    return head.startswith(_OWN_RESULTS_STARTS)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _refuse_output_among_inputs(output: str | None, files: list[Path]) -> None:
+    """An --output that is one of the inputs would overwrite a radiograph with the results (a
+    results file of an earlier run is not among the inputs: folders skip it)."""
+    if output in (None, "-"):
+        return
+    target = _identity(Path(output))
+    if target is not None and any(_identity(f) == target for f in files):
+        raise ValueError(
+            f"--output {output}: is one of the inputs; refusing to overwrite it with the results"
+        )
+
+
 def _overlay_name(path: Path, used: set[str]) -> str:
     """A heat-map file name from the input's name, unique within the run even where the file
-    system ignores case (Windows, macOS), so one overlay never replaces another."""
+    system ignores case (Windows, macOS), so one overlay never replaces another. Long names keep
+    their start and a hash of the whole name, so the file system accepts them (255 bytes)."""
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.name)
-    name, n = f"{stem}.heatmap.png", 1
+    if len(stem.encode()) > _MAX_OVERLAY_STEM:
+        digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]
+        kept = stem.encode()[: _MAX_OVERLAY_STEM - 13].decode(errors="ignore")
+        stem = f"{kept}~{digest}"
+    name, n = f"{stem}{OVERLAY_SUFFIX}", 1
     while name.casefold() in used:
         n += 1
-        name = f"{stem}.{n}.heatmap.png"
+        name = f"{stem}.{n}{OVERLAY_SUFFIX}"
     used.add(name.casefold())
     return name
 
@@ -101,15 +230,18 @@ def _heat_dir(raw: str | None) -> Path | None:
     return folder
 
 
-def _open_output(raw: str | None) -> IO[str]:
-    """The results file (its folder created if needed), or standard output for none or '-'."""
-    if raw in (None, "-"):
-        return sys.stdout
+def _save_overlay(image, target: Path) -> None:
+    """Write under a hidden temporary name, then rename: a full disk or a signal leaves no half PNG."""
+    part = target.with_name(f".{target.name}.part")
     try:
-        Path(raw).parent.mkdir(parents=True, exist_ok=True)
-        return open(raw, "w", newline="")
-    except OSError as exc:
-        raise ValueError(f"--output {raw}: cannot write the results: {exc.strerror or exc}") from exc
+        image.save(part, format="PNG", compress_level=1)
+        os.replace(part, target)
+    except BaseException:
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterator[dict]:
@@ -124,69 +256,106 @@ def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterat
             if heat_dir is not None and radiograph is not None:
                 target = heat_dir / _overlay_name(Path(path), used)
                 try:
-                    overlay_image(radiograph.pixels, finding).save(target, compress_level=1)
+                    _save_overlay(overlay_image(radiograph.pixels, finding), target)
                     row["heatmap"] = str(target)
                 except OSError as exc:  # disk full, permissions: this row says so, the batch goes on
-                    target.unlink(missing_ok=True)
                     row["error"] = f"analysed, but its heat map could not be written: {exc.strerror or exc}"
+                except Exception as exc:  # noqa: BLE001 - one odd image must not stop the batch
+                    row["error"] = f"analysed, but its heat map could not be drawn ({type(exc).__name__})"
         yield row
 
 
-def _typed(row: dict[str, str]) -> dict[str, object]:
-    """A row for JSON: the probability as a number, empty fields as null."""
-    record: dict[str, object] = {key: (value or None) for key, value in row.items()}
-    if row["probability"]:
-        record["probability"] = float(row["probability"])
-    return record
-
-
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from fracsight.inference import Analyser
-
-    files = expand_paths(args.paths)
-    if not files:
-        raise ValueError("no input files found in " + ", ".join(args.paths))
-    # Model and heat-map folder first: a bad --model must not leave an earlier results file empty.
-    analyser = Analyser(args.model, threads=args.threads, batch_size=args.batch_size)
-    heat_dir = _heat_dir(args.heatmaps)
-    out = _open_output(args.output)
-    refused = unwritten = done = 0
-    started = time.perf_counter()
-    bar = tqdm(total=len(files), unit="img", disable=args.no_progress or len(files) < 2, file=sys.stderr)
+    """The command; every way it can end is an exit code and one closing line, never a traceback."""
     try:
-        writer = None if args.json else csv.DictWriter(out, fieldnames=COLUMNS)
-        if writer:
-            writer.writeheader()
-        for row in rows(analyser, files, heat_dir):
-            refused += bool(row["error"]) and not row["probability"]
-            unwritten += bool(row["error"]) and bool(row["probability"])  # analysed, heat map not saved
-            if writer:
-                writer.writerow(row)
-            else:
-                out.write(json.dumps(_typed(row)) + "\n")
-            done += 1
-            bar.update(1)
-    except KeyboardInterrupt:
-        bar.close()
-        where = "the output" if out is sys.stdout else args.output
+        with SignalGuard() as guard:
+            return _run(args, guard)
+    except Interrupted as stop:  # while the model loaded; the batch loop says how far it got
+        _closing_line(f"interrupted ({stop}) before any input was analysed")
+        return 128 + stop.signum
+    except (ValueError, FileNotFoundError, RuntimeError, BrokenPipeError):
+        raise  # usage and output errors (2), closed pipe (141): cli.main says so in one line
+    except Exception as exc:  # noqa: BLE001 - a bug must not look like "some inputs refused" (1)
+        logger.debug("internal error", exc_info=True)
         print(
-            f"fracsight predict: interrupted after {done} of {len(files)} inputs; "
-            f"{where} holds only those rows",
+            f"fracsight predict: internal error ({type(exc).__name__}); run with -v for the traceback",
             file=sys.stderr,
         )
-        raise
+        return 3
+
+
+def _run(args: argparse.Namespace, guard: SignalGuard) -> int:
+    from fracsight.inference import Analyser
+
+    files = expand_paths(args.paths, skip_folders=(Path(args.heatmaps) if args.heatmaps else None,))
+    if not files:
+        raise ValueError("no input files found in " + ", ".join(args.paths))
+    _refuse_output_among_inputs(args.output, files)
+    # Model and heat-map folder first: a bad --model must not leave an earlier results file empty.
+    analyser = Analyser(args.model, threads=args.threads, batch_size=args.batch_size)
+    try:
+        heat_dir = _heat_dir(args.heatmaps)
+        writer = RowWriter(args.output, args.json)
+        return _write_rows(analyser, files, heat_dir, writer, guard, args.no_progress)
+    finally:
+        analyser.close()  # stops the decoder processes at once, even mid-file
+
+
+def _write_rows(
+    analyser: Analyser,
+    files: list[Path],
+    heat_dir: Path | None,
+    writer: RowWriter,
+    guard: SignalGuard,
+    quiet: bool,
+) -> int:
+    from tqdm import tqdm
+
+    refused = unwritten = done = 0
+    started = time.perf_counter()
+    bar = tqdm(total=len(files), unit="img", disable=quiet or len(files) < 2, file=sys.stderr)
+    produced = rows(analyser, files, heat_dir)
+    try:
+        for row in produced:
+            refused += bool(row["error"]) and not row["probability"]
+            unwritten += bool(row["error"]) and bool(row["probability"])  # analysed, heat map not saved
+            with guard.hold():
+                writer.write(row)
+            done += 1
+            bar.update(1)
+            guard.raise_pending()
+        writer.close()
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        bar.close()
+        _close_quietly(writer)
+        _closing_line(
+            f"interrupted after {done} of {len(files)} inputs ({signal.Signals(signum).name}); "
+            f"{writer.name} holds only those rows"
+        )
+        return 128 + signum
+    except OutputError as error:
+        bar.close()
+        _closing_line(f"stopped after {done} of {len(files)} inputs: {error}")
+        return 2
     finally:
         bar.close()
-        if out is not sys.stdout:
-            out.close()
+        produced.close()
     seconds = time.perf_counter() - started
-    print(
-        f"fracsight predict: {len(files) - refused} analysed, {refused} refused, "
+    _closing_line(
+        f"{len(files) - refused} analysed, {refused} refused, "
         + (f"{unwritten} heat maps not written, " if unwritten else "")
-        + f"{seconds:.1f} s "
-        f"({len(files) / max(seconds, 1e-9):.1f} images/s)",
-        file=sys.stderr,
+        + f"{seconds:.1f} s ({len(files) / max(seconds, 1e-9):.1f} images/s)"
     )
     return 1 if refused or unwritten else 0
+
+
+def _close_quietly(writer: RowWriter) -> None:
+    try:
+        writer.close()
+    except OutputError:
+        pass
+
+
+def _closing_line(text: str) -> None:
+    print(f"fracsight predict: {text}", file=sys.stderr)

@@ -4,6 +4,10 @@
 the format from the file's bytes and returns float32 gray pixels in [0, 1]
 (bone bright), or raises ``UnreadableImage`` (``TruncatedImage`` when the data
 ends early) or ``NotARadiograph`` with a reason that names the file.
+``read_radiograph_bytes(data, name)`` reads a file received in memory (upload, network).
+``DecoderPool`` runs the same readers in worker processes, so that a file that crashes or
+hangs a native decoder costs only itself (``DecoderFailed``): every reader of untrusted
+files (``predict``, services) goes through it.
 ``is_truncated(path)`` tells the audit which files were cut short.
 Conventions and policies live with their code: ``intensity`` (PNG/JPEG/TIFF
 scaling, colour), ``dicom_policy`` (accepted modalities), ``dicom_display``
@@ -12,8 +16,9 @@ scaling, colour), ``dicom_policy`` (accepted modalities), ``dicom_display``
 
 from fracsight.io.formats import ImageFormat
 from fracsight.io.limits import MAX_PIXELS
+from fracsight.io.pool import DecoderFailed, DecoderPool
 from fracsight.io.radiograph import NotARadiograph, Radiograph, RefusedInput, UnreadableImage
-from fracsight.io.read import is_truncated, read_radiograph
+from fracsight.io.read import is_truncated, read_radiograph, read_radiograph_bytes
 from fracsight.io.size import image_size as image_size  # re-exported: header-only size
 from fracsight.io.truncation import MIN_DECODED_FRACTION, TruncatedImage
 
@@ -23,9 +28,12 @@ __all__ = [
     "UnreadableImage",
     "NotARadiograph",
     "TruncatedImage",
+    "DecoderFailed",
+    "DecoderPool",
     "ImageFormat",
     "MAX_PIXELS",
     "MIN_DECODED_FRACTION",
     "read_radiograph",
+    "read_radiograph_bytes",
     "is_truncated",
 ]

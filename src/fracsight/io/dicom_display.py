@@ -43,6 +43,7 @@ from pydicom.uid import UID
 
 from fracsight.io.intensity import gray_from_rgb
 from fracsight.io.radiograph import NotARadiograph, UnreadableImage
+from fracsight.io.safe_text import failure, shown
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def display_transform(path: str, ds: Dataset) -> DisplayTransform:
         modality_values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
         raise UnreadableImage(
-            path, f"(0028,3000) Modality LUT / (0028,1053) Rescale could not be applied: {error}"
+            path, f"(0028,3000) Modality LUT / (0028,1053) Rescale could not be applied ({failure(error)})"
         ) from error
     _check_modality_values(path, ds, modality_values)
     window: tuple[float, float] | None = None
@@ -135,7 +136,7 @@ def gray_from_colour(path: str, ds: Dataset, rgb: np.ndarray) -> np.ndarray:
     except NotARadiograph as error:
         photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
         raise NotARadiograph(
-            path, f"(0028,0004) Photometric Interpretation '{photometric}': {error.reason}"
+            path, f"(0028,0004) Photometric Interpretation {shown(photometric, 'CS')}: {error.reason}"
         ) from error
 
 
@@ -145,7 +146,10 @@ def _check_modality_values(path: str, ds: Dataset, values: np.ndarray) -> None:
     NaN would pass every later clip and reach the model; slope 0 would give a blank image.
     """
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    rescale = f"(0028,1053) Rescale Slope {slope}, (0028,1052) Rescale Intercept {intercept}"
+    rescale = (
+        f"(0028,1053) Rescale Slope {shown(slope, 'DS')}, "
+        f"(0028,1052) Rescale Intercept {shown(intercept, 'DS')}"
+    )
     step = "(0028,3000) Modality LUT" if ds.get("ModalityLUTSequence") else rescale
     if not np.all(np.isfinite(values)):
         raise UnreadableImage(path, f"{step} gives NaN or infinite values: the pixel values are undefined")
@@ -164,13 +168,23 @@ def _through_voi_lut(path: str, ds: Dataset, modality_values: np.ndarray) -> np.
     try:
         table, first = _voi_lut_table(ds)
     except (ValueError, KeyError, IndexError, AttributeError, TypeError, NotImplementedError) as error:
-        raise UnreadableImage(path, f"(0028,3010) VOI LUT Sequence could not be applied: {error}") from error
+        raise UnreadableImage(
+            path, f"(0028,3010) VOI LUT Sequence could not be applied ({_lut_problem(error)})"
+        ) from error
     index = np.rint(modality_values).astype(np.int64) - first
     mapped = table[np.clip(index, 0, table.size - 1)]
     low, high = float(table.min()), float(table.max())
     if high <= low:
         return np.zeros(mapped.shape, dtype=np.float64)
     return (mapped.astype(np.float64) - low) / (high - low)
+
+
+class _LutProblem(ValueError):
+    """A VOI LUT that contradicts itself; its message is ours and quotes only numbers."""
+
+
+def _lut_problem(error: Exception) -> str:
+    return str(error) if isinstance(error, _LutProblem) else failure(error)
 
 
 def _voi_lut_table(ds: Dataset) -> tuple[np.ndarray, int]:
@@ -183,9 +197,7 @@ def _voi_lut_table(ds: Dataset) -> tuple[np.ndarray, int]:
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
     entries = entries or 65536
     if bits != 8 and not 10 <= bits <= 16:
-        raise NotImplementedError(
-            f"(0028,3002) LUT Descriptor gives {bits} bits per entry; must be 8 or 10-16"
-        )
+        raise _LutProblem(f"(0028,3002) LUT Descriptor gives {bits} bits per entry; must be 8 or 10-16")
     value = item["LUTData"].value
     if isinstance(value, (bytes, bytearray)) and bits == 8 and len(value) in (entries, entries + 1):
         # 8-bit entries stored one per byte (PS3.3 C.11.2.1.1: "as if 8 bits allocated"; the
@@ -198,7 +210,7 @@ def _voi_lut_table(ds: Dataset) -> tuple[np.ndarray, int]:
     else:
         table = np.atleast_1d(np.asarray(value, dtype=np.int64))
     if table.size < entries:
-        raise ValueError(
+        raise _LutProblem(
             f"(0028,3006) LUT Data holds {table.size} entries; the descriptor declares {entries}"
         )
     return table[:entries], first
@@ -216,7 +228,9 @@ def _first_window(path: str, ds: Dataset) -> tuple[tuple[float, float] | None, s
         return None, None
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-        logger.warning("%s: (0028,1056) VOI LUT Function %r is unknown; using LINEAR", path, function)
+        logger.warning(
+            "%s: (0028,1056) VOI LUT Function %s is unknown; using LINEAR", path, shown(function, "CS")
+        )
         function = "LINEAR"
     usable = (
         np.isfinite(center) and np.isfinite(width) and (width >= 1.0 if function == "LINEAR" else width > 0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -30,10 +29,12 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
+from fracsight.io.dicom_codestream import j2k_siz
+from fracsight.io.safe_text import failure
+
 logger = logging.getLogger(__name__)
 
 JPEG2000_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K})
-_SOC_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the image and tile size marker
 _MAX_LEVELS = 5
 
 
@@ -58,29 +59,16 @@ def decode_reduced(
     try:
         return _decode_codestream(frame, level), level
     except Exception as error:  # noqa: BLE001 - any doubt means the full decode decides
-        logger.debug("reduced JPEG 2000 decode not used: %s: %s", type(error).__name__, error)
+        logger.debug("reduced JPEG 2000 decode not used: %s", failure(error))
         return None
 
 
 def codestream_precision(frame: bytes) -> int | None:
-    """Bits per sample of a one-component, unsigned J2K codestream (SIZ marker), else None."""
-    if not frame.startswith(_SOC_SIZ) or len(frame) < 44:
+    """Bits per sample of a raw one-component, unsigned J2K codestream (SIZ marker), else None."""
+    found = j2k_siz(frame)
+    if found is None or found.components != 1 or found.signed:
         return None
-    (components,) = struct.unpack(">H", frame[40:42])
-    if components != 1:
-        return None
-    ssiz = frame[42]
-    if ssiz & 0x80:  # signed samples
-        return None
-    return (ssiz & 0x7F) + 1
-
-
-def codestream_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) a raw J2K codestream declares in its SIZ marker, else None."""
-    if not frame.startswith(_SOC_SIZ) or len(frame) < 24:
-        return None
-    width, height, x_offset, y_offset = struct.unpack(">IIII", frame[8:24])
-    return height - y_offset, width - x_offset
+    return found.precisions[0]
 
 
 def _decode_codestream(frame: bytes, level: int) -> np.ndarray:

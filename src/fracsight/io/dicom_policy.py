@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from fracsight.io.radiograph import NotARadiograph, UnreadableImage
+from fracsight.io.safe_text import shown, uid_name
 
 ACCEPTED_MODALITIES = frozenset({"CR", "DX"})
 
@@ -85,8 +86,8 @@ def header_int(path: str, header: Dataset, keyword: str, tag: str, default: int 
     try:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as error:
-        shown = "missing" if value in (None, "") else f"{value!r}, not an integer"
-        raise UnreadableImage(path, f"{tag} {keyword} is {shown}") from error
+        what = "missing" if value in (None, "") else f"{shown(value, 'IS')}, not an integer"
+        raise UnreadableImage(path, f"{tag} {keyword} is {what}") from error
 
 
 def number_of_frames(header: Dataset) -> int:
@@ -109,7 +110,7 @@ def _check_kind(path: str, header: Dataset) -> None:
     if sop_class in _FOR_PROCESSING_SOP_CLASSES:
         raise NotARadiograph(
             path,
-            f"(0008,0016) SOP Class '{UID(sop_class).name}' holds raw detector data not meant for "
+            f"(0008,0016) SOP Class {uid_name(sop_class)} holds raw detector data not meant for "
             "display; send the 'For Presentation' image instead",
         )
     intent = str(header.get("PresentationIntentType", "") or "").strip().upper()
@@ -126,14 +127,16 @@ def _check_kind(path: str, header: Dataset) -> None:
     if modality == "" and sop_class in _RADIOGRAPH_SOP_CLASSES:
         return
     if modality == "":
-        sop_text = f"'{UID(sop_class).name}'" if sop_class else "missing"
+        sop_text = uid_name(sop_class) if sop_class else "missing"
         raise NotARadiograph(
             path, f"(0008,0060) Modality is missing and (0008,0016) SOP Class is {sop_text}; {_WHAT_WE_READ}"
         )
     explanation = _MODALITY_REASONS.get(modality, "not a modality fracsight reads")
     if modality == "OT":
         explanation = "'other', and the object is not a Secondary Capture image"
-    raise NotARadiograph(path, f"(0008,0060) Modality '{modality}' is {explanation}; {_WHAT_WE_READ}")
+    raise NotARadiograph(
+        path, f"(0008,0060) Modality {shown(modality, 'CS')} is {explanation}; {_WHAT_WE_READ}"
+    )
 
 
 def is_colour(header: Dataset) -> bool:
@@ -182,7 +185,7 @@ def _photometric(path: str, header: Dataset) -> str:
 
 
 def _not_grayscale(photometric: str) -> str:
-    reason = f"(0028,0004) Photometric Interpretation '{photometric}' is not grayscale"
+    reason = f"(0028,0004) Photometric Interpretation {shown(photometric, 'CS')} is not grayscale"
     if photometric == "PALETTE COLOR":
         return f"{reason}: pseudo-colour through a lookup table, used for colour maps, not radiographs"
     if photometric in COLOUR_PHOTOMETRICS:
@@ -217,14 +220,14 @@ def _check_colour(path: str, header: Dataset, photometric: str) -> None:
     if photometric in _GRAYSCALE or photometric == "PALETTE COLOR":
         raise UnreadableImage(
             path,
-            f"(0028,0004) Photometric Interpretation '{photometric}' contradicts (0028,0002) "
+            f"(0028,0004) Photometric Interpretation {shown(photometric, 'CS')} contradicts (0028,0002) "
             "Samples per Pixel 3: cannot tell how the samples make a pixel",
         )
     if photometric not in COLOUR_PHOTOMETRICS:
         raise UnreadableImage(
             path,
-            f"(0028,0004) Photometric Interpretation '{photometric}' with 3 samples per pixel is not a "
-            "colour model fracsight reads (RGB, YBR_FULL, YBR_FULL_422, YBR_ICT, YBR_RCT)",
+            f"(0028,0004) Photometric Interpretation {shown(photometric, 'CS')} with 3 samples per pixel "
+            "is not a colour model fracsight reads (RGB, YBR_FULL, YBR_FULL_422, YBR_ICT, YBR_RCT)",
         )
     rule = "fracsight reads colour images at 8 bits per sample only, as for RGB PNG and JPEG"
     allocated = header_int(path, header, "BitsAllocated", "(0028,0100)")

@@ -10,24 +10,30 @@ or refused as colourful, by the rule RGB PNG and JPEG files follow.
 Files without preamble or File Meta (ACR-NEMA style) are read with
 ``force=True``; their transfer syntax is taken from the encoding pydicom
 detected (implicit VR little endian when unknown) and reported as assumed.
+
+Nothing here quotes the file: refusals show a header value only in the form its VR
+allows and a library failure only by its type (:mod:`safe_text`). A deflated data set is
+inflated once, bounded, before pydicom inflates it; compressed pixel data must agree with
+the header before a decoder sees it (:mod:`dicom_codestream`).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+import zlib
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -35,8 +41,15 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
+from fracsight.io.dicom_codestream import (
+    JPEG_SOF_MARKERS,
+    check_codestream,
+    check_decoded_range,
+    family,
+    jpeg_header_segments,
+)
 from fracsight.io.dicom_display import DisplayTransform, display_transform, gray_from_colour
-from fracsight.io.dicom_j2k import codestream_size, decode_reduced
+from fracsight.io.dicom_j2k import decode_reduced
 from fracsight.io.dicom_policy import (
     check_radiograph_header,
     header_int,
@@ -46,8 +59,9 @@ from fracsight.io.dicom_policy import (
 )
 from fracsight.io.formats import ImageFormat
 from fracsight.io.intensity import IntensityMapping
-from fracsight.io.limits import check_pixel_count
+from fracsight.io.limits import check_pixel_count, max_file_bytes
 from fracsight.io.radiograph import Radiograph, RefusedInput, UnreadableImage
+from fracsight.io.safe_text import failure, is_code, is_uid, shown, uid_name
 from fracsight.io.truncation import TruncatedImage
 
 logger = logging.getLogger(__name__)
@@ -76,14 +90,23 @@ _DECODE_ERRORS = (
     EOFError,
 )
 # Raised by pydicom while it interprets a damaged header (values are parsed on first access).
-_MALFORMED_ERRORS = (*_DECODE_ERRORS, BytesLengthException, OverflowError, UnicodeError, LookupError)
-_MAX_REASON_CHARS = 400
+_MALFORMED_ERRORS = (
+    *_DECODE_ERRORS,
+    BytesLengthException,
+    OverflowError,
+    UnicodeError,
+    LookupError,
+    zlib.error,
+)
 # DCT JPEG processes, whose colour codestreams are usually YCbCr whatever the header says.
 _JPEG_DCT = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
-# Start-of-frame markers: JPEG processes (not DHT C4, JPG C8, DAC CC) and JPEG-LS (F7).
-_JPEG_SOF_MARKERS = frozenset(
-    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
-)
+# The File Meta group is read from this many first bytes to find a deflated data set.
+_META_BYTES = 65536
+_INFLATE_CHUNK = 1 << 20
+# Explicit VRs with a 4-byte length field (PS3.5 7.1.2).
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+# pydicom's decoder plug-ins, named in a refusal when they all failed (their messages are not).
+_DECODER_PLUGINS = frozenset({"gdcm", "pylibjpeg", "pillow", "pyjpegls", "pydicom"})
 _OPTIONAL_DECODER_HINT = {
     JPEGExtended12Bit: (
         "12-bit JPEG Extended needs the optional decoder pylibjpeg with pylibjpeg-libjpeg "
@@ -92,43 +115,60 @@ _OPTIONAL_DECODER_HINT = {
 }
 
 
-def read_dicom(path: Path, max_pixels: int, needed_side: int | None = None) -> Radiograph:
+def read_dicom(name: str, stream: BinaryIO, max_pixels: int, needed_side: int | None = None) -> Radiograph:
     """Read a single-frame DICOM radiograph (grayscale, or gray stored as colour), or refuse it.
 
+    ``stream`` is the seekable file that ``name`` stands for in messages.
     With ``needed_side``, JPEG 2000 pixel data may be decoded at a lower resolution
     level whose longer side is still at least that long (:mod:`dicom_j2k`).
     """
-    name = str(path)
     try:
-        return _read_dicom(name, path, max_pixels, needed_side)
+        return _read_dicom(name, stream, max_pixels, needed_side)
     except RefusedInput:
         raise
     except _MALFORMED_ERRORS as error:
         # pydicom parses element values lazily, so a corrupt header can surface at any step.
-        detail = f"{type(error).__name__}: {error}"[:_MAX_REASON_CHARS]
-        raise UnreadableImage(name, f"DICOM data element is malformed ({detail})") from error
+        raise UnreadableImage(name, f"DICOM data element is malformed ({failure(error)})") from error
 
 
-def _read_dicom(name: str, path: Path, max_pixels: int, needed_side: int | None) -> Radiograph:
-    header, pixel_tag_follows = _read_header(name, path)
+def _read_dicom(name: str, stream: BinaryIO, max_pixels: int, needed_side: int | None) -> Radiograph:
+    _check_inflated_size(name, stream, max_pixels)
+    header, pixel_tag_follows = _read_header(name, stream)
+    kept = _as_read(header)
     check_radiograph_header(name, header)
     rows = header_int(name, header, "Rows", "(0028,0010)")
     columns = header_int(name, header, "Columns", "(0028,0011)")
     check_pixel_count(name, rows, columns, number_of_frames(header), max_pixels)
-    ds = _read_full(name, path)
-    transfer_syntax, assumed = _transfer_syntax(ds)
+    ds = _read_full(name, stream)
+    transfer_syntax, assumed = _transfer_syntax(name, ds)
     _check_pixel_data_present(name, ds, pixel_tag_follows)
     frame = _first_frame(ds, transfer_syntax)
-    _check_codestream_size(name, ds, frame)
+    checkable = frame is not None and family(transfer_syntax) is not None
+    found = check_codestream(name, ds, frame, transfer_syntax) if checkable else None
     # Reduced JPEG 2000 decoding vouches for one-component codestreams only: colour decodes in full.
     wanted = needed_side and frame is not None and not is_colour(ds)
     reduced = decode_reduced(ds, frame, transfer_syntax, needed_side) if wanted else None
     stored, halvings = reduced if reduced else (_decode(name, ds, transfer_syntax, frame), 0)
+    if check_decoded_range(name, ds, stored, found):
+        logger.warning("%s: pixel values exceed the (0028,0101) Bits Stored range; clipped", name)
     pixels, transform = _display(name, ds, stored)
     del stored
-    del ds.PixelData  # keep the header for building DICOM results, not the pixels
+    kept.file_meta = _as_read(ds.file_meta, FileMetaDataset)
+    kept.file_meta.TransferSyntaxUID = transfer_syntax
     metadata = _metadata(ds, transfer_syntax, assumed, transform, halvings)
-    return Radiograph(pixels=pixels, source=name, format=ImageFormat.DICOM.value, metadata=metadata, dicom=ds)
+    return Radiograph(
+        pixels=pixels, source=name, format=ImageFormat.DICOM.value, metadata=metadata, dicom=kept
+    )
+
+
+def _as_read(header: Dataset, kind: type[Dataset] = Dataset) -> Dataset:
+    """The header's elements as they were read, for building DICOM results.
+
+    The checks convert the values they look at, and pydicom warns (quoting the value)
+    whenever a converted value is invalid, even when a copy is unpickled in another
+    process: elements kept unconverted are converted only by whoever uses them.
+    """
+    return kind({tag: header.get_item(tag) for tag in header.keys()})
 
 
 def _display(name: str, ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, DisplayTransform | None]:
@@ -139,30 +179,101 @@ def _display(name: str, ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, Di
     return transform.apply(stored), transform
 
 
-def _read_header(name: str, path: Path) -> tuple[Dataset, bool]:
+def _check_inflated_size(name: str, stream: BinaryIO, max_pixels: int) -> None:
+    """Refuse a deflated data set that inflates past what one radiograph can take, before pydicom
+    inflates it in one piece (1.6 MB of deflated zeros inflate to gigabytes)."""
+    meta_end = _deflated_data_start(stream.read(_META_BYTES))
+    if meta_end is None:
+        stream.seek(0)
+        return
+    limit = max_file_bytes(max_pixels)
+    stream.seek(meta_end)
+    inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while not inflater.eof and (chunk := stream.read(_INFLATE_CHUNK)):
+            while chunk and not inflater.eof and inflated <= limit:  # past the end: trailing bytes
+                inflated += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+                chunk = inflater.unconsumed_tail
+            if inflated > limit:
+                raise UnreadableImage(
+                    name,
+                    f"(0002,0010) Deflated Explicit VR Little Endian: the data set inflates to more than "
+                    f"{limit:,} bytes, more than one radiograph can take; refused while inflating",
+                )
+    except zlib.error as error:
+        raise UnreadableImage(
+            name,
+            "(0002,0010) Deflated Explicit VR Little Endian: the data set cannot be inflated "
+            f"({failure(error)})",
+        ) from error
+    stream.seek(0)
+
+
+def _deflated_data_start(head: bytes) -> int | None:
+    """Where the data set starts when the File Meta names the deflated transfer syntax, else None.
+
+    Walks the File Meta group (explicit VR little endian after the 128-byte preamble and
+    "DICM"), as pydicom reads it to choose the transfer syntax.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    pos, syntax = 132, None
+    while pos + 8 <= len(head) and struct.unpack_from("<H", head, pos)[0] == 0x0002:
+        element = struct.unpack_from("<H", head, pos + 2)[0]
+        if head[pos + 4 : pos + 6] in _LONG_VRS:
+            if pos + 12 > len(head):
+                return None
+            length, start = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+        else:
+            length, start = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+        if element == 0x0010:
+            syntax = head[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    return pos if syntax == DeflatedExplicitVRLittleEndian else None
+
+
+def _read_header(name: str, stream: BinaryIO) -> tuple[Dataset, bool]:
     """The data set up to (not including) Pixel Data, and whether a Pixel Data element follows."""
     try:
-        with path.open("rb") as stream:
-            header = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
-            pixel_tag_follows = stream.read(4) in _PIXEL_DATA_TAGS
+        header = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
+        pixel_tag_follows = stream.read(4) in _PIXEL_DATA_TAGS
     except _READ_ERRORS as error:
-        raise UnreadableImage(name, f"not a readable DICOM file: {error}") from error
+        raise UnreadableImage(name, f"not a readable DICOM file ({failure(error)})") from error
+    finally:
+        stream.seek(0)
     if not any(keyword in header for keyword in ("Rows", "Modality", "SOPClassUID")):
         raise UnreadableImage(
             name,
             "not a readable DICOM file: no (0008,0016) SOP Class, (0008,0060) Modality or (0028,0010) Rows",
         )
+    _check_element_lengths(name, header)
     return header, pixel_tag_follows
 
 
-def _read_full(name: str, path: Path) -> Dataset:
+def _check_element_lengths(name: str, header: Dataset) -> None:
+    """An element whose declared length runs past the end of the file was cut short: the file is
+    damaged, and whatever follows it was swallowed into its value."""
+    for element in header.elements():
+        if not isinstance(element, RawDataElement) or element.value is None:
+            continue
+        if element.length != 0xFFFFFFFF and len(element.value) < element.length:
+            raise UnreadableImage(
+                name,
+                f"DICOM element {element.tag} declares a value of {element.length:,} bytes but the file "
+                f"ends {len(element.value):,} bytes into it: the file is damaged or truncated",
+            )
+
+
+def _read_full(name: str, stream: BinaryIO) -> Dataset:
     try:
-        return pydicom.dcmread(path, force=True)
+        return pydicom.dcmread(stream, force=True)
     except _READ_ERRORS as error:
-        raise UnreadableImage(name, f"DICOM data after the header could not be read: {error}") from error
+        raise UnreadableImage(
+            name, f"DICOM data after the header could not be read ({failure(error)})"
+        ) from error
 
 
-def _transfer_syntax(ds: Dataset) -> tuple[UID, bool]:
+def _transfer_syntax(name: str, ds: Dataset) -> tuple[UID, bool]:
     """(0002,0010) Transfer Syntax UID, set from the detected encoding when the file has none."""
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is None:
@@ -170,7 +281,10 @@ def _transfer_syntax(ds: Dataset) -> tuple[UID, bool]:
         ds.file_meta = file_meta
     uid = file_meta.get("TransferSyntaxUID")
     if uid:
-        return UID(str(uid)), False
+        text = str(uid).strip().rstrip("\0")
+        if not is_uid(text):
+            raise UnreadableImage(name, f"(0002,0010) Transfer Syntax UID is {shown(uid, 'UI')}")
+        return UID(text), False
     implicit, little = getattr(ds, "original_encoding", (None, None))
     if implicit is False:
         uid = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
@@ -205,60 +319,9 @@ def _first_frame(ds: Dataset, transfer_syntax: UID) -> bytes | None:
         return None  # damaged encapsulation: the decoder reports it
 
 
-def _check_codestream_size(name: str, ds: Dataset, frame: bytes | None) -> None:
-    """Compressed pixel data must declare the header's size: the decoder allocates what it declares.
-
-    Rows and Columns were checked against the pixel limit, but a JPEG or JPEG 2000 codestream
-    carries its own dimensions; a small file can declare a huge one (a decompression bomb),
-    and any other mismatch cannot be decoded into Rows x Columns either.
-    """
-    if frame is None:
-        return
-    declared = codestream_size(frame) or _jpeg_frame_size(frame)
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    if declared is None or declared == (rows, columns) or 0 in declared:
-        return
-    raise UnreadableImage(
-        name,
-        f"(7FE0,0010) Pixel Data codestream declares {declared[1]} x {declared[0]} pixels but "
-        f"(0028,0011) Columns x (0028,0010) Rows are {columns} x {rows}; refused before decoding",
-    )
-
-
-def _jpeg_header_segments(frame: bytes) -> Iterator[tuple[int, bytes]]:
-    """(marker, segment data) of a JPEG or JPEG-LS codestream's header, up to its first scan.
-
-    The segment is cut short where the codestream ends; callers check the bytes they read.
-    """
-    if not frame.startswith(b"\xff\xd8"):
-        return
-    pos = 2
-    while pos + 4 <= len(frame) and frame[pos] == 0xFF:
-        marker = frame[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
-        if marker == 0xDA:  # start of scan: the header is over
-            return
-        length = int.from_bytes(frame[pos + 2 : pos + 4], "big")
-        yield marker, frame[pos + 4 : pos + 2 + length]
-        pos += 2 + length
-
-
-def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from the start-of-frame marker of a JPEG or JPEG-LS codestream, else None."""
-    for marker, segment in _jpeg_header_segments(frame):
-        if marker in _JPEG_SOF_MARKERS:
-            if len(segment) < 5:
-                return None
-            rows, columns = struct.unpack(">HH", segment[1:5])
-            return rows, columns
-    return None
-
-
 def _decode(name: str, ds: Dataset, transfer_syntax: UID, frame: bytes | None) -> np.ndarray:
     """Decoded stored values (rows x columns), before any LUT; colour as rows x columns x RGB."""
-    label = f"'{transfer_syntax.name}' ({transfer_syntax})"
+    label = f"{uid_name(transfer_syntax)} ({transfer_syntax})"
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError as error:
@@ -274,7 +337,6 @@ def _decode(name: str, ds: Dataset, transfer_syntax: UID, frame: bytes | None) -
         _check_decoded_colour(name, stored, str(properties.get("photometric_interpretation", "")))
     elif stored.ndim != 2:
         raise UnreadableImage(name, f"decoded pixel data has shape {stored.shape}, expected rows x columns")
-    _warn_if_outside_stored_range(name, ds, stored)
     return stored
 
 
@@ -305,12 +367,12 @@ def _jpeg_holds_ycbcr(frame: bytes) -> bool:
     flag, else a JFIF marker (YCbCr), else component IDs 'R', 'G', 'B' (RGB), else YCbCr.
     """
     jfif, adobe_transform, ids = False, None, None
-    for marker, segment in _jpeg_header_segments(frame):
+    for marker, segment in jpeg_header_segments(frame):
         if marker == 0xE0 and segment.startswith(b"JFIF\0"):
             jfif = True
         elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
             adobe_transform = segment[11]
-        elif marker in _JPEG_SOF_MARKERS and len(segment) >= 6 + 3 * 3:
+        elif marker in JPEG_SOF_MARKERS and len(segment) >= 6 + 3 * 3:
             ids = bytes(segment[6 + 3 * i] for i in range(3))
             break
     if adobe_transform is not None:
@@ -329,7 +391,8 @@ def _check_decoded_colour(name: str, stored: np.ndarray, photometric: str) -> No
     if photometric.strip().upper() != "RGB":
         raise UnreadableImage(
             name,
-            f"(0028,0004) colour pixel data decoded as '{photometric}', not RGB: cannot judge its colour",
+            f"(0028,0004) colour pixel data decoded as {shown(photometric, 'CS')}, not RGB: "
+            "cannot judge its colour",
         )
 
 
@@ -356,30 +419,18 @@ def _native_samples_per_pixel(ds: Dataset) -> int:
 
 
 def _decode_failure(ds: Dataset, transfer_syntax: UID, label: str, error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Unable to decode"):
-        lines = lines[1:]  # pydicom's preamble; the per-plugin reasons follow, one a line
-    detail = "; ".join(lines) or type(error).__name__
-    if len(detail) > _MAX_REASON_CHARS:
-        detail = detail[: _MAX_REASON_CHARS - 3] + "..."
+    """Which decoders failed, never what they said: their messages may quote the data."""
+    tried = [
+        line.split(":", 1)[0].strip()
+        for line in str(error).splitlines()[1:]
+        if line.split(":", 1)[0].strip() in _DECODER_PLUGINS
+    ]
+    detail = f"every decoder failed ({', '.join(tried)})" if tried else f"decoding failed ({failure(error)})"
     reason = f"(7FE0,0010) Pixel Data could not be decoded from {label}: {detail}"
     hint = _OPTIONAL_DECODER_HINT.get(transfer_syntax)
     if hint and int(ds.get("BitsStored", 8)) > 8:
         reason += f"; {hint}"
     return reason
-
-
-def _warn_if_outside_stored_range(name: str, ds: Dataset, stored: np.ndarray) -> None:
-    """Values beyond Bits Stored are clipped by the display table; say so once."""
-    bits = int(ds.get("BitsStored", ds.BitsAllocated))
-    if bits >= stored.dtype.itemsize * 8:
-        return
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    if int(stored.max()) > high or int(stored.min()) < low:
-        logger.warning(
-            "%s: pixel values exceed the (0028,0101) Bits Stored range %d..%d; clipped", name, low, high
-        )
 
 
 def _metadata(
@@ -389,7 +440,8 @@ def _metadata(
 
     ``transform`` is None for a colour image: divided by 255 like RGB PNG, no VOI, not inverted.
     """
-    sop_class = str(ds.get("SOPClassUID", "") or "")
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip().rstrip("\0")
+    sop_class = sop_class if is_uid(sop_class) else ""
     mapping = IntensityMapping.TYPE_MAX if transform is None else IntensityMapping.DICOM_VOI
     return {
         "format": ImageFormat.DICOM.value,
@@ -420,9 +472,10 @@ def _metadata(
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
+    """A code-string attribute for metadata, None when missing or malformed (it may hold other data)."""
     value = ds.get(keyword)
-    text = str(value).strip() if value is not None else ""
-    return text or None
+    text = str(value) if value is not None else ""
+    return text.strip() or None if is_code(text) else None
 
 
 def _pixel_spacing(ds: Dataset) -> list[float] | None:

@@ -5,6 +5,8 @@ the file's content), so no process-wide Pillow setting is read or changed: the
 size limit is ours (checked from the header before decoding) and a truncated
 JPEG is completed locally by appending an end-of-image marker, which is what
 Pillow's global ``LOAD_TRUNCATED_IMAGES`` switch would do for every caller.
+Pillow's messages are never passed on (a broken chunk's name or a tag's value is the
+file's own data): a refusal names the step that failed and the exception type.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from fracsight.io.intensity import (
 )
 from fracsight.io.limits import check_pixel_count
 from fracsight.io.radiograph import NotARadiograph, Radiograph, UnreadableImage
+from fracsight.io.safe_text import failure
 from fracsight.io.truncation import (
     MIN_DECODED_FRACTION,
     TruncatedImage,
@@ -47,26 +49,30 @@ _EXIF_ORIENTATION = 0x0112
 # Pillow reports corrupt data through many exception types, depending on the plugin.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError)
 _RGB_LIKE_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"})
+_TIFF_BYTE_ORDERS = {b"II": "<", b"MM": ">"}
+# Page directories counted before a multi-page TIFF is refused as "more than" this many.
+_TIFF_PAGES_COUNTED = 1000
 
 
-def read_pillow_image(path: Path, data: bytes, image_format: ImageFormat, max_pixels: int) -> Radiograph:
-    """Decode a PNG, JPEG or TIFF file's bytes into a gray :class:`Radiograph`."""
-    name = str(path)
+def read_pillow_image(name: str, data: bytes, image_format: ImageFormat, max_pixels: int) -> Radiograph:
+    """Decode a PNG, JPEG or TIFF file's bytes into a gray :class:`Radiograph`; ``name`` stands for it."""
     label = image_format.value.upper()
     try:
         image = _OPENERS[image_format](io.BytesIO(data))
     except _DECODE_ERRORS as error:
-        raise UnreadableImage(name, f"not a valid {label} file: {error}") from error
+        raise UnreadableImage(name, f"not a valid {label} file ({failure(error)})") from error
     with image:
         width, height = image.size
         check_pixel_count(name, height, width, 1, max_pixels)
         try:
-            frames = int(getattr(image, "n_frames", 1))  # TIFF: walks every directory of the file
+            tiff = image_format is ImageFormat.TIFF
+            frames = _tiff_pages(data) if tiff else int(getattr(image, "n_frames", 1))
         except _DECODE_ERRORS as error:
-            raise UnreadableImage(name, f"not a valid {label} file: {error}") from error
+            raise UnreadableImage(name, f"not a valid {label} file ({failure(error)})") from error
         if frames > 1:
+            shown = f"more than {_TIFF_PAGES_COUNTED:,}" if frames > _TIFF_PAGES_COUNTED else str(frames)
             raise NotARadiograph(
-                name, f"{label} holds {frames} images (pages or frames): fracsight reads one image per file"
+                name, f"{label} holds {shown} images (pages or frames): fracsight reads one image per file"
             )
         if image.mode == "1":
             raise NotARadiograph(name, "1-bit black-and-white image: a radiograph needs gray levels")
@@ -99,6 +105,22 @@ def read_pillow_image(path: Path, data: bytes, image_format: ImageFormat, max_pi
     if truncated:
         metadata["decoded_fraction"] = round(decoded_fraction, 4)
     return Radiograph(pixels=pixels, source=name, format=image_format.value, metadata=metadata)
+
+
+def _tiff_pages(data: bytes, enough: int = _TIFF_PAGES_COUNTED + 1) -> int:
+    """Page directories of a TIFF, counted up to ``enough``: a second page is reason to refuse, and
+    Pillow's ``n_frames`` walks them all (minutes for 200,000 of them, or a loop)."""
+    order = _TIFF_BYTE_ORDERS[data[:2]]
+    big = data[2:4] in (b"\x2b\x00", b"\x00\x2b")  # BigTIFF: 8-byte offsets and counts
+    offset_format, count_format, entry_size = ("Q", "Q", 20) if big else ("I", "H", 12)
+    pos = struct.unpack_from(order + offset_format, data, 8 if big else 4)[0]
+    pages = 0
+    while pos and pages < enough:
+        pages += 1
+        count = struct.unpack_from(order + count_format, data, pos)[0]
+        next_at = pos + struct.calcsize(count_format) + count * entry_size
+        pos = struct.unpack_from(order + offset_format, data, next_at)[0]
+    return pages
 
 
 def _exif_orientation(image: ImageFile.ImageFile) -> int:
@@ -141,10 +163,10 @@ def _load(
         image.load()
     except _DECODE_ERRORS as error:
         if not _is_truncation(error):
-            raise UnreadableImage(name, f"{label} data could not be decoded: {error}") from error
+            raise UnreadableImage(name, f"{label} data could not be decoded ({failure(error)})") from error
         if image_format is not ImageFormat.JPEG:
             raise TruncatedImage(
-                name, f"{label} file is truncated (image data ends early): {error}"
+                name, f"{label} file is truncated (image data ends early; {failure(error)})"
             ) from error
         return _complete_truncated_jpeg(name, data)
     return image
@@ -163,7 +185,9 @@ def _complete_truncated_jpeg(name: str, data: bytes) -> ImageFile.ImageFile:
         image = JpegImagePlugin.JpegImageFile(io.BytesIO(data + _JPEG_END_OF_IMAGE))
         image.load()
     except _DECODE_ERRORS as error:
-        raise TruncatedImage(name, f"JPEG is truncated and nothing could be decoded: {error}") from error
+        raise TruncatedImage(
+            name, f"JPEG is truncated and nothing could be decoded ({failure(error)})"
+        ) from error
     return image
 
 

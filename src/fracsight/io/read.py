@@ -1,10 +1,16 @@
-"""The one front door for input images: detect the format by content, hand to its reader."""
+"""The one front door for input images: detect the format by content, hand to its reader.
+
+A file on disk and bytes received over a network (upload, DICOM association) take the same
+path: the size limit, format detection and readers see a seekable stream of known size.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from fracsight.io import limits
 from fracsight.io.dicom_reader import read_dicom
@@ -33,40 +39,88 @@ def read_radiograph(
     """
     file = Path(path)
     name = str(file)
-    if not file.exists():
-        raise FileNotFoundError(f"{name}: no such file")
-    if file.is_dir():
-        raise UnreadableImage(name, "is a directory, not an image file")
     limit = limits.MAX_PIXELS if max_pixels is None else max_pixels
-    try:
-        status = file.stat()
-        _check_regular_file(name, status.st_mode)
-        size = status.st_size
-        with file.open("rb") as stream:
-            head = stream.read(HEAD_BYTES)
-    except OSError as error:
-        raise UnreadableImage(name, f"cannot be read: {error.strerror or error}") from error
-    if size == 0:
-        raise UnreadableImage(name, "the file is empty (0 bytes)")
+    size = _regular_file_size(file, name)
     limits.check_file_size(name, size, limit)
+    try:
+        with file.open("rb", buffering=0) as raw, _CappedReader(raw, size) as stream:
+            return _read_stream(name, stream, size, limit, needed_side)
+    except OSError as error:
+        raise UnreadableImage(name, f"cannot be read: {error.strerror or type(error).__name__}") from error
+
+
+def read_radiograph_bytes(
+    data: bytes, name: str, max_pixels: int | None = None, needed_side: int | None = None
+) -> Radiograph:
+    """:func:`read_radiograph` for a file's bytes already in memory; ``name`` stands for it in messages."""
+    limit = limits.MAX_PIXELS if max_pixels is None else max_pixels
+    if not data:
+        raise UnreadableImage(name, "the file is empty (0 bytes)")
+    limits.check_file_size(name, len(data), limit)
+    return _read_stream(name, io.BytesIO(data), len(data), limit, needed_side)
+
+
+def _read_stream(name: str, stream: BinaryIO, size: int, limit: int, needed_side: int | None) -> Radiograph:
+    head = stream.read(HEAD_BYTES)
     image_format = detect_format(head, size)
     if image_format is None:
         raise UnreadableImage(name, describe_unknown(head))
+    stream.seek(0)
     if image_format is ImageFormat.DICOM:
-        return read_dicom(file, limit, needed_side)
+        return read_dicom(name, stream, limit, needed_side)
+    return read_pillow_image(name, stream.read(), image_format, limit)
+
+
+def _regular_file_size(file: Path, name: str) -> int:
+    """The size of a regular, non-empty file; a refusal naming what ``file`` is otherwise.
+
+    Pipes, devices and sockets are refused before opening: opening a FIFO blocks until a
+    writer appears (a hang). A folder is refused with whether it can be listed, so that a
+    folder the walk could not enter says why its files are missing.
+    """
     try:
-        data = file.read_bytes()
+        status = file.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: no such file") from None
     except OSError as error:
-        raise UnreadableImage(name, f"cannot be read: {error.strerror or error}") from error
-    return read_pillow_image(file, data, image_format, limit)
+        raise UnreadableImage(name, f"cannot be read: {error.strerror or type(error).__name__}") from error
+    if stat.S_ISDIR(status.st_mode):
+        raise UnreadableImage(name, _folder_reason(file))
+    if not stat.S_ISREG(status.st_mode):
+        fifo = stat.S_ISFIFO(status.st_mode)
+        kind = "a named pipe (FIFO)" if fifo else "a device, socket or other special file"
+        raise UnreadableImage(name, f"is {kind}, not a regular image file")
+    if status.st_size == 0:
+        raise UnreadableImage(name, "the file is empty (0 bytes)")
+    return status.st_size
 
 
-def _check_regular_file(name: str, mode: int) -> None:
-    """Refuse pipes, devices and sockets: opening a FIFO blocks until a writer appears (a hang)."""
-    if stat.S_ISREG(mode):
-        return
-    kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device, socket or other special file"
-    raise UnreadableImage(name, f"is {kind}, not a regular image file")
+def _folder_reason(folder: Path) -> str:
+    try:
+        with os.scandir(folder):
+            return "is a directory, not an image file"
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        return f"is a folder that cannot be read ({reason}): the files in it were not analysed"
+
+
+class _CappedReader(io.BufferedReader):
+    """A file whose reads never ask for more than is left in it.
+
+    ``BufferedReader.read(n)`` allocates ``n`` bytes before reading, so a damaged DICOM
+    element length of 4 GB would cost 4 GB of memory for a file of a few kilobytes.
+    """
+
+    def __init__(self, raw: io.RawIOBase, size: int) -> None:
+        super().__init__(raw)
+        self._size = size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+            if size == 0:
+                return b""
+        return super().read(size)
 
 
 def is_truncated(path: str | os.PathLike[str]) -> bool:

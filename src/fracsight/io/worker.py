@@ -1,0 +1,204 @@
+"""Inside a decoder worker process: read one file per job with :func:`read_radiograph`, reply, repeat.
+
+Started by :mod:`fracsight.io.pool` as ``python -c`` with the socket's descriptor, the memory
+cap and the log level as arguments (a fresh interpreter: nothing of the caller's state, its
+main module or its threads comes along). Before it reads anything the process is made safe
+to lose: whatever native code prints goes to /dev/null (GDCM and OpenJPEG print megabytes
+about a damaged codestream, and libstdc++ prints the exception that aborts), it dies with
+its parent, and its address space is capped so that an allocation a file asks for fails
+here as ``MemoryError`` instead of taking the machine's memory. Python warnings and log
+records are caught per file: fracsight's own messages (which never quote the file) go
+back to the parent, the libraries' are only counted, as they may quote header values.
+
+The reply is a small tuple, then for a decoded image the pixels (:mod:`shared_pixels`: in
+shared memory, not pickled).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from fracsight.io import shared_pixels
+from fracsight.io.radiograph import RefusedInput
+from fracsight.io.read import read_radiograph, read_radiograph_bytes
+
+_OWN_LOGGER = "fracsight"
+READY = "ready"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to read: ``path`` (absolute), or the bytes of a file; ``name`` stands for it in messages."""
+
+    name: str
+    path: str | None
+    data: bytes | None
+    max_pixels: int | None
+    needed_side: int | None
+
+
+# Replies: ("ok", shape, dtype, format, metadata, dicom header, notes), then the pixel bytes;
+# ("refused", error class name, reason, notes); ("missing", notes); ("failed", error type, notes).
+Reply = tuple[Any, ...]
+Note = tuple[str, int, str]  # logger name, level, message
+
+
+def main() -> None:
+    """Entry point; ``argv``: the socket's file descriptor, the memory cap (0: none), the log level."""
+    descriptor, memory_bytes, log_level = (int(arg) for arg in sys.argv[1:4])
+    _warm_up()
+    conn = Connection(socket.socket(fileno=descriptor).detach())
+    _quiet()
+    _cap_memory(memory_bytes)
+    conn.send(READY)
+    serve(conn, log_level)
+
+
+def serve(conn: Connection, log_level: int) -> None:
+    """A worker's life: read jobs from ``conn`` until the parent closes it or a file breaks us."""
+    capture = _Capture(log_level)
+    root = logging.getLogger()
+    root.handlers[:] = [capture]
+    root.setLevel(log_level)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        reply, pixels, healthy = _read(job, capture)
+        try:
+            conn.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
+            conn.send((*reply[:5], None, reply[6]))  # a DICOM header that will not pickle stays here
+        if pixels is not None:
+            shared_pixels.send(conn, pixels)
+        if not healthy:
+            return  # after a MemoryError or an unexpected error, the next file gets a fresh process
+
+
+def _read(job: Job, capture: _Capture) -> tuple[Reply, np.ndarray | None, bool]:
+    capture.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if job.data is None:
+                radiograph = read_radiograph(job.path or job.name, job.max_pixels, job.needed_side)
+            else:
+                radiograph = read_radiograph_bytes(job.data, job.name, job.max_pixels, job.needed_side)
+        except RefusedInput as refusal:
+            return (
+                ("refused", type(refusal).__name__, refusal.reason, capture.notes(job.name, caught)),
+                None,
+                True,
+            )
+        except FileNotFoundError:
+            return ("missing", capture.notes(job.name, caught)), None, True
+        except MemoryError:
+            return ("memory", capture.notes(job.name, caught)), None, False
+        except Exception as error:  # noqa: BLE001 - reported by type; the process is replaced
+            return ("failed", type(error).__name__, capture.notes(job.name, caught)), None, False
+    pixels = np.ascontiguousarray(radiograph.pixels)
+    notes = capture.notes(job.name, caught)
+    reply = (
+        "ok",
+        pixels.shape,
+        pixels.dtype.str,
+        radiograph.format,
+        radiograph.metadata,
+        radiograph.dicom,
+        notes,
+    )
+    return reply, pixels, True
+
+
+def _warm_up() -> None:
+    """Load the decoders now, so that the first file does not pay for it (Pillow's plug-ins, GDCM)."""
+    from PIL import Image
+
+    Image.init()
+    try:
+        import pydicom.pixels.decoders.gdcm  # noqa: F401 - imports python-gdcm when installed
+    except ImportError:
+        pass
+
+
+class _Capture(logging.Handler):
+    """Keeps fracsight's log records of the current file and counts everyone else's."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.own: list[Note] = []
+        self.withheld: Counter[str] = Counter()
+
+    def start(self) -> None:
+        self.own, self.withheld = [], Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == _OWN_LOGGER or record.name.startswith(_OWN_LOGGER + "."):
+            self.own.append((record.name, record.levelno, record.getMessage()))
+        else:
+            self.withheld[record.name.split(".")[0]] += 1
+
+    def notes(self, name: str, caught: list[warnings.WarningMessage]) -> list[Note]:
+        """Our own records as they were, and one neutral line for what the libraries said."""
+        withheld = self.withheld + Counter(
+            (w.filename.rsplit("site-packages/", 1)[-1].split("/")[0] or "python") for w in caught
+        )
+        notes = list(self.own)
+        if withheld:
+            sources = ", ".join(f"{count} from {source}" for source, count in sorted(withheld.items()))
+            notes.append(
+                (
+                    "fracsight.io.worker",
+                    logging.DEBUG,
+                    f"{name}: library warnings withheld ({sources}): they may quote the file's contents",
+                )
+            )
+        return notes
+
+
+def _quiet() -> None:
+    """Leave Ctrl-C to the parent and send anything native code prints to /dev/null."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        import gdcm
+
+        gdcm.Trace.WarningOff()
+        gdcm.Trace.ErrorOff()
+        gdcm.Trace.DebugOff()
+    except ImportError:
+        pass
+
+
+def _cap_memory(extra_bytes: int | None) -> None:
+    """Cap the address space at what the process holds now plus ``extra_bytes`` (Linux)."""
+    if not extra_bytes:
+        return
+    try:
+        import resource
+
+        with open("/proc/self/statm") as statm:
+            current = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = current + extra_bytes
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, OSError, ValueError):
+        pass  # no /proc or no RLIMIT_AS: the time limit still stops a runaway file
