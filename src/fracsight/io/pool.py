@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-import fracsight
 from fracsight.io import limits, shared_pixels
 from fracsight.io.radiograph import NotARadiograph, Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.truncation import TruncatedImage
@@ -50,11 +49,13 @@ _START_TIMEOUT_S = 60.0
 # ``-c`` puts the working directory first on sys.path: dropped, so that a folder named like a
 # module where fracsight is run cannot replace it in the worker.
 _WORKER_CODE = "import sys; sys.path.pop(0); from fracsight.io.worker import main; main()"
-_PACKAGE_ROOT = str(Path(fracsight.__file__).resolve().parents[1])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds fracsight/
 
 
 class DecoderFailed(UnreadableImage):
     """The decoder process died or ran past its time on this file; the batch goes on without it."""
+
+    code = "decoder_failed"
 
 
 class _Lost(Exception):
