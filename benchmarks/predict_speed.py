@@ -5,7 +5,7 @@
 Stages: decode (in a decoder worker process, as predict reads: Analyser.read), the same decode
 in this process (read_radiograph: the difference is what the crash isolation costs), preprocess
 (prepare), model (ONNX Runtime, batch 1 and batch 8), heat-map overlay PNG; then end to end
-through the same pipeline as the CLI (Analyser.iter_analyses + overlay written), for typical
+through the same pipeline as the CLI (Analyser.iter_outcomes + overlay written), for typical
 FracAtlas-sized images and for a
 3000 x 3000 16-bit DICOM made from a real radiograph, uncompressed and as lossless JPEG 2000
 (which predict decodes at half resolution, see fracsight.io.dicom_j2k). Optional: training
@@ -43,7 +43,7 @@ def batched_ms(analyser, paths: list[Path], repeats: int, png: Path) -> float:
     from fracsight.explain import overlay_image
 
     def run() -> None:
-        for (_, f, _), r in analyser.iter_analyses(paths):
+        for f, r in analyser.iter_outcomes(paths):
             overlay_image(r.pixels, f).save(png, compress_level=1)
 
     return median_ms(run, max(1, repeats // 2)) / len(paths)
@@ -186,7 +186,7 @@ def main() -> None:
             )
 
             def end_to_end(p=path, n=1, o=out):
-                for (_, f, _), r in analyser.iter_analyses([p] * n):
+                for f, r in analyser.iter_outcomes([p] * n):
                     overlay_image(r.pixels, f).save(o, compress_level=1)
 
             rows.append((label, "end to end, one image", median_ms(end_to_end, args.repeats)))

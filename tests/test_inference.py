@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from PIL import Image
 
+import fracsight
 from fracsight.explain import heatmap_peak, overlay_image
-from fracsight.finding import Category
+from fracsight.finding import Finding, Refusal
 from fracsight.inference import DEFAULT_MODEL, Analyser
-from fracsight.io import Radiograph, read_radiograph
-from fracsight.model_card import categorise
+from fracsight.io import Radiograph, RefusedInput, read_radiograph
+from fracsight.model_card import Category, categorise
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +68,13 @@ def test_analyse_one_sample(default_analyser: Analyser, sample_images: list[Path
 def test_every_sample_gets_a_consistent_category(
     default_analyser: Analyser, sample_images: list[Path]
 ) -> None:
-    results = list(default_analyser.analyse_paths(sample_images))
-    assert [r.path for r in results] == [str(p) for p in sample_images]
+    results = list(default_analyser.outcomes(sample_images))
+    assert [r.source for r in results] == [str(p) for p in sample_images]
     for r in results:
-        assert r.error is None, f"{r.path}: {r.error}"
-        assert r.finding.category == categorise(r.finding.probability, default_analyser.thresholds)
+        assert isinstance(r, Finding), r
+        assert r.category == categorise(r.probability, default_analyser.thresholds)
     # The samples were chosen to show all three answers (see samples/README.md).
-    assert {r.finding.category for r in results} == set(Category)
+    assert {r.category for r in results} == set(Category)
 
 
 def test_heatmap_peak_maps_a_hot_cell_back_to_the_image(
@@ -96,25 +100,28 @@ def test_same_image_twice_gives_identical_probability(
     np.testing.assert_array_equal(first.heatmap, second.heatmap)
 
 
-def test_batching_does_not_change_results_and_keeps_order(sample_images: list[Path]) -> None:
-    # A deliberately unsorted order with a repeat: results must come back in exactly this order.
+def test_neighbours_do_not_change_results_and_order_is_kept(sample_images: list[Path]) -> None:
+    # A deliberately unsorted order with a repeat: results must come back in exactly this order,
+    # and an image's answer must not depend on which images are decoded beside it (bit for bit).
     paths = [sample_images[i] for i in (4, 0, 5, 2, 0, 3, 1)]
-    one = list(Analyser(batch_size=1).analyse_paths(paths))
-    four = list(Analyser(batch_size=4).analyse_paths(paths))
-    assert [r.path for r in one] == [str(p) for p in paths]
-    assert [r.path for r in four] == [str(p) for p in paths]
+    one = list(Analyser(batch_size=1).outcomes(paths))
+    four = list(Analyser(batch_size=4).outcomes(paths))
+    assert [r.source for r in one] == [str(p) for p in paths]
+    assert [r.source for r in four] == [str(p) for p in paths]
     for a, b in zip(one, four, strict=True):
-        assert abs(a.finding.probability - b.finding.probability) < 1e-4
-        np.testing.assert_allclose(a.finding.heatmap, b.finding.heatmap, atol=1e-4)
-    assert one[1].finding.probability == one[4].finding.probability  # the repeated file
+        assert a.probability == b.probability
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+    assert one[1].probability == one[4].probability  # the repeated file
 
 
 def test_in_memory_and_file_paths_agree(default_analyser: Analyser, sample_images: list[Path]) -> None:
     path = sample_images[2]
-    from_file = next(iter(default_analyser.analyse_paths([path]))).finding
+    from_file = default_analyser.outcome(path)
     in_memory = default_analyser.analyse(read_radiograph(path))
-    assert from_file.probability == pytest.approx(in_memory.probability, abs=1e-5)
+    from_bytes = default_analyser.outcome(path.read_bytes(), name="upload.jpg")
+    assert from_file.probability == in_memory.probability == from_bytes.probability
     assert from_file.letterbox == in_memory.letterbox
+    assert from_bytes.source == "upload.jpg" and from_file.source == str(path)
 
 
 @pytest.mark.parametrize("index", [0, 3])
@@ -147,10 +154,11 @@ def test_refused_file_in_a_batch(
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     missing = tmp_path / "missing.jpg"
-    results = list(default_analyser.analyse_paths([sample_images[0], empty, missing, sample_images[1]]))
-    assert [r.finding is not None for r in results] == [True, False, False, True]
-    assert "empty" in results[1].error
-    assert "no such file" in results[2].error
+    results = list(default_analyser.outcomes([sample_images[0], empty, missing, sample_images[1]]))
+    assert [type(r) for r in results] == [Finding, Refusal, Refusal, Finding]
+    assert results[1].code == "unreadable" and "empty" in results[1].reason
+    assert results[2].code == "missing" and "no such file" in results[2].reason
+    assert results[2].to_dict() == {"path": str(missing), "error_code": "missing", "error": results[2].reason}
 
 
 def test_missing_model_raises(tmp_path: Path) -> None:
@@ -222,3 +230,50 @@ def test_front_door_analyse_matches_the_analyser(sample_images, default_analyser
     assert finding.category == expected.category
     with pytest.raises(RefusedInput):
         fracsight.analyse(Path(fracsight.__file__).parent / "samples" / "README.md")
+
+
+def test_outcome_of_a_pydicom_dataset_equals_the_file_s(default_analyser: Analyser, dicom_dir: Path) -> None:
+    """The DICOM node holds received data sets in memory: they go through the same decoder
+    processes and give the same answer, with the data set's UIDs."""
+    path = dicom_dir / "hd_dx_image.dcm"
+    dataset = pydicom.dcmread(path)
+    from_dataset = default_analyser.outcome(dataset, name="received")
+    from_file = default_analyser.outcome(path)
+    assert isinstance(from_dataset, Finding) and from_dataset.source == "received"
+    assert from_dataset.probability == from_file.probability
+    assert from_dataset.ids == from_file.ids
+    assert from_dataset.ids.sop_uid == dataset.SOPInstanceUID
+    assert from_dataset.ids.study_uid == dataset.StudyInstanceUID
+    refused = default_analyser.outcome(pydicom.dcmread(dicom_dir / "pyd_CT_small.dcm"))
+    assert isinstance(refused, Refusal) and refused.code == "not_a_radiograph" and "CT" in refused.reason
+
+
+def test_refusals_carry_a_code_a_program_can_act_on(
+    default_analyser: Analyser, sample_images: list[Path], tmp_path: Path
+) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("L", (400, 300), 128).save(blank)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(sample_images[0].read_bytes()[:400])
+    codes = {Path(r.source).name: r.code for r in default_analyser.outcomes([blank, text, cut])}
+    assert codes == {"blank.png": "not_analysable", "notes.jpg": "unreadable", "cut.jpg": "truncated"}
+    # The front door raises the same refusal, code and all.
+    with pytest.raises(RefusedInput, match="blank") as refused:
+        fracsight.analyse(blank)
+    assert refused.value.code == "not_analysable"
+
+
+def test_finding_stands_alone(default_analyser: Analyser, sample_images: list[Path]) -> None:
+    """A Finding names its model (id, version, ONNX sha256, thresholds) and its peak: everything a
+    surface shows comes from to_dict(), which survives JSON."""
+    finding = default_analyser.outcome(sample_images[0])
+    record = json.loads(json.dumps(finding.to_dict()))
+    assert record["probability"] == finding.probability
+    assert record["category"] == finding.category.value
+    assert record["model"]["onnx_sha256"] == hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert record["model"]["thresholds"] == default_analyser.thresholds
+    x, y = finding.peak()
+    assert record["peak"] == {"x": round(x, 1), "y": round(y, 1)}
+    assert record["image"] == {"width": finding.letterbox.width, "height": finding.letterbox.height}

@@ -27,10 +27,10 @@ CORE = {"preprocess", "model_card", "explain", "finding", "inference"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "reporting": set(),
-    "preprocess": set(),
+    "preprocess": {"io"},  # its refusal (NotAnalysable) is a kind of io.RefusedInput
     "model_card": set(),
-    "explain": {"preprocess", "model_card"},
-    "finding": {"preprocess", "model_card", "explain"},
+    "explain": {"io", "preprocess", "model_card"},
+    "finding": {"io", "preprocess", "model_card", "explain"},
     "inference": {"io", "preprocess", "model_card", "finding"},
     "fracsight": {"io", "preprocess", "finding", "inference"},
     "data": {"io", "reporting"},

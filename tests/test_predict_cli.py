@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from PIL import Image
 
 from fracsight.cli import main
 from fracsight.cli.predict import COLUMNS
-from fracsight.inference import DEFAULT_MODEL
+from fracsight.inference import DEFAULT_MODEL, Analyser
 from fracsight.io import read_radiograph
 from fracsight.model_card import ModelCard, categorise
 from fracsight.preprocess import MIN_SIDE
@@ -77,19 +78,69 @@ def test_heatmap_names_do_not_collide(tmp_path: Path, sample_images: list[Path])
 
 
 def test_json_lines(tmp_path: Path, samples_dir: Path, sample_images: list[Path]) -> None:
+    """JSON lines are the Finding's own to_dict() (the form the web API and the store use), with
+    the heat map's file; a refusal gives its code and reason."""
     out = tmp_path / "out.jsonl"
     code = main(["predict", str(samples_dir), "--json", "--output", str(out), "--no-progress"])
     assert code == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == len(sample_images)
-    for rec in records:
-        assert list(rec) == COLUMNS
+    card = ModelCard.for_model()
+    analyser = Analyser()
+    for rec, path in zip(records, sorted(sample_images), strict=True):
+        expected = analyser.outcome(path).to_dict()
+        assert rec == {**expected, "timings_ms": rec["timings_ms"], "heatmap": None}
         assert isinstance(rec["probability"], float) and 0.0 <= rec["probability"] <= 1.0
-        assert rec["error"] is None and rec["heatmap"] is None  # empty fields are null
+        assert rec["model"] == {
+            "id": card.model_id,
+            "version": card.version,
+            "onnx_sha256": hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest(),
+            "thresholds": card.thresholds,
+        }
+        if path.suffix.lower() != ".dcm":  # JPEG and PNG name no study
+            assert rec["study_uid"] is None and rec["sop_uid"] is None
+        else:
+            assert rec["sop_uid"] == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
     missing = tmp_path / "gone.dcm"
     assert main(["predict", str(missing), "--json", "--output", str(out), "--no-progress"]) == 1
     refused = json.loads(out.read_text())
-    assert refused["probability"] is None and "no such file" in refused["error"]
+    assert (
+        refused
+        == {
+            "path": str(missing),
+            "error_code": "missing",
+            "error": refused["error"],
+            "heatmap": None,
+        }
+        and "no such file" in refused["error"]
+    )
+
+
+def test_dicom_rows_and_heat_maps_name_their_study_and_model(tmp_path: Path, dicom_dir: Path) -> None:
+    """Once results.csv or a heat-map PNG leaves its folder, it still names the model that made it
+    and, for DICOM, the study, series and image it belongs to."""
+    source = dicom_dir / "hd_dx_image.dcm"  # a DX image the model analyses
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    out, heat = tmp_path / "out.csv", tmp_path / "heat"
+    assert main(["predict", str(source), "--output", str(out), "--heatmaps", str(heat), "--no-progress"]) == 0
+    (row,) = list(csv.DictReader(out.open()))
+    assert list(row) == COLUMNS
+    card = ModelCard.for_model()
+    sha = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert (row["model_id"], row["onnx_sha256"]) == (card.model_id, sha)
+    assert row["model_version"] == (card.version or "")
+    assert (row["study_uid"], row["series_uid"], row["sop_uid"]) == (
+        header.StudyInstanceUID,
+        header.SeriesInstanceUID,
+        header.SOPInstanceUID,
+    )
+    text = Image.open(row["heatmap"]).text
+    assert text["fracsight:sop_uid"] == header.SOPInstanceUID
+    assert text["fracsight:study_uid"] == header.StudyInstanceUID
+    assert text["fracsight:onnx_sha256"] == sha and text["fracsight:model_id"] == card.model_id
+    assert text["fracsight:category"] == row["category"]
+    assert float(text["fracsight:probability"]) == pytest.approx(float(row["probability"]), abs=5e-5)
+    assert not any(source.stem in value for value in text.values())  # never the file's name
 
 
 def _broken_folder(tmp_path: Path, sample_images: list[Path]) -> tuple[Path, Path]:

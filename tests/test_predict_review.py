@@ -183,7 +183,7 @@ def test_interrupted_run_says_its_results_are_partial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_images: list[Path], capsys
 ) -> None:
     def one_then_ctrl_c(*args, **kwargs):
-        yield {"path": "a.jpg", "probability": "0.5000", "category": "doubt", "heatmap": "", "error": ""}
+        yield {"path": "a.jpg", "probability": 0.5, "category": "doubt", "heatmap": None}
         raise KeyboardInterrupt
 
     monkeypatch.setattr(predict_cli, "rows", one_then_ctrl_c)

@@ -100,9 +100,9 @@ def test_jpeg_upload_is_analysed_as_predict_analyses_it(
     assert ack["study"] == f"upload-{ack['id']}"
     done = _wait(client, ack["id"])
     assert done["status"] == "done" and done["category"] in ("fracture", "doubt", "no_fracture")
-    (expected,) = list(default_analyser.analyse_paths([jpeg]))
-    assert done["probability"] == pytest.approx(expected.finding.probability, abs=1e-6)
-    assert done["model"]["id"] == default_analyser.model_id
+    expected = default_analyser.outcome(jpeg)
+    assert done["probability"] == expected.probability
+    assert done["model"] == default_analyser.identity.to_dict()
     # The file is kept under a name the service chose, never the upload's.
     record = store.get_image(ack["id"])
     assert "any name" not in record.file and (store.data_dir / record.file).read_bytes() == jpeg.read_bytes()

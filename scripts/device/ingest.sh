@@ -3,9 +3,12 @@
 # split and predictions into training/default-run/, then measure on this CPU, on the original
 # files of the held-out split: the new ONNX model, the model it replaces (same cases) and the new
 # model with every image turned. All three are recorded in the card.
-# Usage: scripts/device/ingest.sh FILES_AT   (the folder the device tool put $OUT's files in)
+# Usage: scripts/device/ingest.sh FILES_AT VERSION   (the folder the device tool put $OUT's files
+# in; the shipped model's version, e.g. 3.0, written into its card: every result names it)
 set -euo pipefail
+[ $# -eq 2 ] || { echo "usage: scripts/device/ingest.sh FILES_AT VERSION" >&2; exit 2; }
 from="$(cd "$1" && pwd)"
+version="$2"
 cd "$(dirname "$0")/../.."
 for f in default.onnx default.card.json default.card.md meta.tgz train.log; do
   [ -s "$from/$f" ] || { echo "missing $from/$f: the run did not finish" >&2; exit 1; }
@@ -16,6 +19,13 @@ mkdir "$work/previous"
 cp "$models"/default.onnx "$models"/default.card.json "$work/previous/"
 chmod u+w "$models"/default.* 2>/dev/null || true
 cp "$from"/default.onnx "$from"/default.card.json "$from"/default.card.md "$models"/
+python3 - "$models/default.card.json" "$version" <<'PY'
+import json, sys
+path, version = sys.argv[1], sys.argv[2]
+card = json.load(open(path))
+card = {"model_id": card.pop("model_id"), "version": version, **card}
+open(path, "w").write(json.dumps(card, indent=2) + "\n")
+PY
 rm -rf training/default-run && mkdir -p training/default-run
 tar xzf "$from"/meta.tgz -C training/default-run
 for d in training/default-run/*/; do  # fold0/summary.json -> fold0-summary.json

@@ -47,18 +47,18 @@ def _analyser(model: str | None) -> Analyser:
     return Analyser(model)
 
 
-def analyse(source: str | Path | Radiograph, model: str | Path | None = None) -> Finding:
-    """Probability, category and heat map for one radiograph file (or one already read).
+def analyse(source: str | Path | bytes | Radiograph, model: str | Path | None = None) -> Finding:
+    """Probability, category and heat map for one radiograph (a file, its bytes, a pydicom
+    Dataset, or one already read).
 
-    Raises :class:`fracsight.io.RefusedInput` with the reason when the file cannot be analysed.
+    Raises :class:`fracsight.io.RefusedInput` with the reason (and its ``code``) when it cannot be
+    analysed; :meth:`fracsight.inference.Analyser.outcome` returns the refusal instead.
     The model (default: the one shipped in the package) is loaded once and reused.
     """
-    from fracsight.io import Radiograph, RefusedInput
-    from fracsight.preprocess import NotAnalysable
+    from fracsight.finding import Refusal
+    from fracsight.io import RefusedInput
 
-    analyser = _analyser(str(model) if model else None)
-    radiograph = source if isinstance(source, Radiograph) else analyser.read(source)
-    try:
-        return analyser.analyse(radiograph)
-    except NotAnalysable as exc:  # blank, tiny or strip-shaped: refused like an unreadable file
-        raise RefusedInput(radiograph.source, str(exc)) from exc
+    result = _analyser(str(model) if model else None).outcome(source)
+    if isinstance(result, Refusal):
+        raise RefusedInput(result.source, result.reason, code=result.code)
+    return result

@@ -1,19 +1,55 @@
-"""The result of analysing one radiograph: what travels from inference to every surface.
+"""What analysing one input gives every surface: a :class:`Finding`, or a :class:`Refusal` with its
+reason. ``predict`` (CSV and JSON), the web API, its store and the DICOM node all write the same
+:meth:`~Finding.to_dict`, so a result means the same wherever it is read.
 
-Built by :mod:`fracsight.inference` from the model card's category (:mod:`fracsight.model_card`) and
-the heat map's geometry (:mod:`fracsight.explain`, :mod:`fracsight.preprocess`); nothing below it
-imports it, so it can carry methods that use them.
+Built by :mod:`fracsight.inference` from the model card's category and identity
+(:mod:`fracsight.model_card`) and the heat map's geometry (:mod:`fracsight.explain`,
+:mod:`fracsight.preprocess`); nothing below it imports it, so it can carry methods that use them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from fracsight.explain import heatmap_peak, heatmap_to_image
-from fracsight.model_card import Category
+from fracsight.explain import CAPTION, heatmap_peak, heatmap_to_image
+from fracsight.io.radiograph import Radiograph, RefusedInput
+from fracsight.io.safe_text import is_uid
+from fracsight.model_card import Category, ModelIdentity
 from fracsight.preprocess import Letterbox
+
+__all__ = ["Finding", "Outcome", "Refusal", "SourceIds"]
+
+# Reason codes beyond the RefusedInput kinds (``RefusedInput.code`` and its subclasses'):
+MISSING = "missing"  # no such file, or a link to one that is gone
+READ_ERROR = "read_error"  # the reader failed in a way it does not name (a bug, or a new format)
+
+
+@dataclass(frozen=True)
+class SourceIds:
+    """The DICOM identifiers of the analysed image, so a result can be matched to its study once
+    it leaves its folder; None for files without them (PNG, JPEG) or with malformed ones."""
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+
+    @classmethod
+    def of(cls, radiograph: Radiograph) -> SourceIds:
+        header = radiograph.dicom
+        if header is None:
+            return cls()
+
+        def uid(keyword: str) -> str | None:
+            value = str(header.get(keyword, "") or "").strip().rstrip("\0")
+            return value if is_uid(value) else None  # a damaged value may hold other data
+
+        return cls(uid("StudyInstanceUID"), uid("SeriesInstanceUID"), uid("SOPInstanceUID"))
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"study_uid": self.study_uid, "series_uid": self.series_uid, "sop_uid": self.sop_uid}
 
 
 @dataclass(frozen=True)
@@ -28,7 +64,9 @@ class Finding:
     category: Category
     heatmap: np.ndarray
     letterbox: Letterbox
-    model_id: str
+    model: ModelIdentity
+    source: str = ""
+    ids: SourceIds = field(default_factory=SourceIds)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -36,6 +74,10 @@ class Finding:
             raise ValueError(f"probability {self.probability!r} is outside [0, 1]")
         if self.heatmap.ndim != 2:
             raise ValueError(f"heatmap must be 2-D, got shape {self.heatmap.shape}")
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
 
     def heatmap_on_image(self) -> np.ndarray:
         """The heat map resampled to the original image (H x W, float32 in [0, 1])."""
@@ -45,3 +87,59 @@ class Finding:
         """(x, y) of the heat map's peak in original image pixels (:func:`fracsight.explain.heatmap_peak`),
         the point ``fracsight evaluate`` scores against expert boxes."""
         return heatmap_peak(self.heatmap, self.letterbox)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding as JSON-ready values (the heat map itself travels as a picture, not here).
+
+        ``probability`` is the full float: every surface that shows fewer digits rounds it itself.
+        """
+        x, y = self.peak()
+        return {
+            "path": self.source,
+            "probability": self.probability,
+            "category": self.category.value,
+            "peak": {"x": round(x, 1), "y": round(y, 1)},
+            "image": {"width": self.letterbox.width, "height": self.letterbox.height},
+            "model": self.model.to_dict(),
+            **self.ids.to_dict(),
+            "timings_ms": {name: round(ms, 1) for name, ms in self.timings_ms.items()},
+        }
+
+    def png_text(self) -> dict[str, str]:
+        """PNG text chunks for this finding's heat-map picture: the answer, the model (id, version,
+        ONNX sha256) and the DICOM UIDs, so the picture stays traceable once it leaves its folder.
+        Never the file's name, which may be a patient's."""
+        from fracsight import __version__
+
+        text = {
+            "Software": f"fracsight {__version__}",
+            "Description": CAPTION,
+            "fracsight:probability": f"{self.probability:.6f}",
+            "fracsight:category": self.category.value,
+            "fracsight:model_id": self.model.model_id,
+            "fracsight:model_version": self.model.version,
+            "fracsight:onnx_sha256": self.model.onnx_sha256,
+            **{f"fracsight:{key}": value for key, value in self.ids.to_dict().items()},
+        }
+        return {key: value for key, value in text.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An input that was not analysed: ``code`` one stable word (``RefusedInput.code``, or
+    ``missing`` / ``read_error``), ``reason`` what a user can act on (never patient data)."""
+
+    source: str
+    code: str
+    reason: str
+
+    @classmethod
+    def of(cls, error: RefusedInput, source: str | None = None) -> Refusal:
+        return cls(source if source is not None else error.path, error.code, error.reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.source, "error_code": self.code, "error": self.reason}
+
+
+# What analysing one input gives: never an exception for a bad input.
+Outcome = Finding | Refusal

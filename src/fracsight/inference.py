@@ -1,27 +1,40 @@
 """Analyse radiographs with an ONNX model: probability, category and heat map, no torch needed.
 
-Files are decoded in worker processes (:class:`fracsight.io.DecoderPool`), so a file that
-crashes or hangs a native decoder costs only its own row. Threads feed the workers and
-preprocess one batch ahead of the model, so a folder of thousands of images keeps both
-cores busy. ONNX Runtime uses all cores for the model itself.
+One outcome per input, never an exception for a bad one: :meth:`Analyser.outcome` takes a path,
+bytes, a pydicom ``Dataset`` or a :class:`~fracsight.io.Radiograph` and returns a
+:class:`~fracsight.finding.Finding` or a :class:`~fracsight.finding.Refusal` with its reason code.
+Every surface (``predict``, the web service, the DICOM node, the Ray engine) goes through it.
+
+Two halves, so a cluster can run them in different processes with the same result:
+:class:`Preparer` decodes (in worker processes, :class:`fracsight.io.DecoderPool`, so a file
+that crashes or hangs a native decoder costs only itself) and preprocesses; :meth:`Analyser.finish`
+runs the model. The model sees one image at a time: an image's answer never depends on which
+other images share its batch (batching changes the last bits, and on a CPU it is not faster).
+Threads decode ahead of the model, so a folder of thousands of images keeps every core busy.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
 
-from fracsight.finding import Finding
-from fracsight.io import DecoderPool, Radiograph, RefusedInput
+from fracsight.finding import MISSING, READ_ERROR, Finding, Outcome, Refusal, SourceIds
+from fracsight.io import DecoderPool, Radiograph, RefusedInput, UnreadableImage
+from fracsight.io.safe_text import failure
 from fracsight.model_card import DEFAULT_MODEL, ModelCard, categorise
-from fracsight.preprocess import Letterbox, prepare
+from fracsight.preprocess import Letterbox, NotAnalysable, prepare
+
+# What an Analyser takes as one input: a file, a file's bytes, a pydicom Dataset, or pixels
+# already read.
+Source = str | os.PathLike | bytes | Radiograph | Any
 
 # Formats that can decode a smaller image cheaply (JPEG 2000 resolution levels) stop at this
 # longer side: ample for the 384 px model and a readable heat-map overlay, and it keeps a
@@ -29,31 +42,131 @@ from fracsight.preprocess import Letterbox, prepare
 DECODE_SIDE = 1024
 
 
-class Result(NamedTuple):
-    """One input's outcome: a finding, or the reason it could not be analysed."""
-
-    path: str
-    finding: Finding | None
-    error: str | None
-
-
 @dataclass
-class _Prepared:
-    path: str
-    radiograph: Radiograph | None = None
+class Prepared:
+    """One input decoded and made model input, or refused on the way (``refusal``).
+
+    ``radiograph`` keeps the decoded pixels for callers that draw overlays; a caller that does
+    not (a cluster task sending this to the model's process) sets it to None.
+    """
+
+    source: str
     image: np.ndarray | None = None
     letterbox: Letterbox | None = None
-    error: str | None = None
-    decode_ms: float = 0.0
-    preprocess_ms: float = 0.0
+    ids: SourceIds = field(default_factory=SourceIds)
+    radiograph: Radiograph | None = None
+    refusal: Refusal | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+class Preparer:
+    """Decoding and preprocessing for a model of input side ``size``, without the model itself.
+
+    ``decode_side`` lets formats that can (JPEG 2000) decode a smaller image cheaply; None
+    decodes every file in full, for callers that compare the heat map with coordinates in the
+    file's own pixels (expert boxes in ``fracsight evaluate``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        decode_side: int | None = DECODE_SIDE,
+        decoders: DecoderPool | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.size = size
+        self.decode_side = max(decode_side, size) if decode_side else None
+        # Decoder processes start on the first read; a service may share one pool between analysers.
+        self._own_decoders = decoders is None
+        self.decoders = decoders or DecoderPool(workers=workers)
+
+    def read(self, source: Source, name: str | None = None) -> Radiograph:
+        """An input's pixels, decoded in a worker process; raises what
+        :func:`fracsight.io.read_radiograph` raises. ``name`` names bytes and data sets in messages."""
+        if isinstance(source, Radiograph):
+            return source
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return self.decoders.read_bytes(bytes(source), name or "upload", needed_side=self.decode_side)
+        if isinstance(source, (str, os.PathLike)):
+            return self.decoders.read(source, needed_side=self.decode_side)
+        if hasattr(source, "dataset_encoding") or hasattr(source, "file_meta"):  # a pydicom Dataset
+            return self.decoders.read_bytes(
+                _dataset_bytes(source, name), name or "dataset", needed_side=self.decode_side
+            )
+        raise TypeError(
+            f"cannot analyse a {type(source).__name__}: give a path, bytes, a pydicom Dataset or a Radiograph"
+        )
+
+    def prepare(self, source: Source, name: str | None = None) -> Prepared:
+        """Decode and preprocess one input; a bad input gives a Prepared with its refusal, never an error."""
+        label = _label(source, name)
+        item = Prepared(label)
+        t0 = time.perf_counter()
+        try:
+            item.radiograph = self.read(source, name)
+        except RefusedInput as exc:
+            item.refusal = Refusal.of(exc, label)
+            return item
+        except FileNotFoundError:
+            item.refusal = Refusal(label, MISSING, "no such file (or a link to a file that is gone)")
+            return item
+        except Exception as exc:  # noqa: BLE001 - one bad input must never stop a batch
+            item.refusal = Refusal(label, READ_ERROR, f"could not be read ({failure(exc)})")
+            return item
+        t1 = time.perf_counter()
+        try:
+            item.image, item.letterbox = prepare(item.radiograph.pixels, self.size)
+        except RefusedInput as exc:  # blank, tiny, strip-shaped
+            item.refusal = Refusal.of(exc, label)
+            item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
+            return item
+        except ValueError as exc:  # pixels not 2-D: only a Radiograph made by hand can have them
+            item.refusal = Refusal(label, NotAnalysable.code, str(exc))
+            item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
+            return item
+        item.ids = SourceIds.of(item.radiograph)
+        item.timings_ms = {"decode": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}
+        return item
+
+    def close(self) -> None:
+        """Stop the decoder processes this preparer started (they also stop when it is collected)."""
+        if self._own_decoders:
+            self.decoders.close()
+
+
+def _label(source: Source, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, Radiograph):
+        return source.source
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return "upload" if isinstance(source, (bytes, bytearray, memoryview)) else "dataset"
+
+
+def _dataset_bytes(dataset: Any, name: str | None) -> bytes:
+    """A pydicom Dataset as a DICOM file's bytes, so it is decoded in a worker like any file."""
+    import pydicom
+
+    buffer = io.BytesIO()
+    try:
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    except Exception as exc:  # noqa: BLE001 - a data set pydicom cannot write is this input's refusal
+        raise UnreadableImage(
+            name or "dataset", f"the DICOM data set cannot be encoded ({failure(exc)})"
+        ) from None
+    return buffer.getvalue()
+
+
 class Analyser:
-    """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package."""
+    """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package.
+
+    ``batch_size`` is how many inputs are decoded ahead of the model (each holds its pixels).
+    """
 
     def __init__(
         self,
@@ -70,18 +183,16 @@ class Analyser:
             raise FileNotFoundError(f"{path}: model not found")
         self.model_path = path
         self.card = ModelCard.for_model(path)
+        self.identity = self.card.identity
         self.model_id: str = self.card.model_id
         self.size: int = self.card.input_size
         self.thresholds: dict[str, float] = self.card.thresholds
         self.temperature: float = self.card.temperature
         self.batch_size = max(1, batch_size)
-        # None decodes every file in full: for callers that compare the heat map with
-        # coordinates in the file's own pixels (expert boxes in `fracsight evaluate`).
-        self.decode_side = max(decode_side, self.size) if decode_side else None
         self.threads = threads or os.cpu_count() or 1
-        # Decoder processes start on the first read; a service may share one pool between analysers.
-        self._own_decoders = decoders is None
-        self.decoders = decoders or DecoderPool(workers=self.threads)
+        self.preparer = Preparer(self.size, decode_side, decoders, workers=self.threads)
+        self.decode_side = self.preparer.decode_side
+        self.decoders = self.preparer.decoders
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -113,112 +224,78 @@ class Analyser:
         logit, cells = self.session.run(["logit", "heatmap"], {"image": images[:, None].astype(np.float32)})
         return _sigmoid(logit / self.temperature), _sigmoid(cells)
 
-    def read(self, path: str | Path) -> Radiograph:
-        """Read an input as this model needs it (JPEG 2000 may stop at ``decode_side``), in a
-        decoder process; raises what :func:`fracsight.io.read_radiograph` raises."""
-        return self.decoders.read(path, needed_side=self.decode_side)
+    def read(self, source: Source, name: str | None = None) -> Radiograph:
+        """An input as this model needs it, decoded in a worker process (:meth:`Preparer.read`)."""
+        return self.preparer.read(source, name)
 
     def close(self) -> None:
         """Stop the decoder processes this analyser started (they also stop when it is collected)."""
-        if self._own_decoders:
-            self.decoders.close()
+        self.preparer.close()
+
+    def outcome(self, source: Source, name: str | None = None) -> Outcome:
+        """One input -> its Finding, or its Refusal with the reason; never raises for a bad input."""
+        return self.finish(self.preparer.prepare(source, name))
 
     def analyse(self, radiograph: Radiograph) -> Finding:
-        """One radiograph already in memory -> its Finding."""
-        t0 = time.perf_counter()
-        image, box = prepare(radiograph.pixels, self.size)
-        t1 = time.perf_counter()
-        prob, maps = self.run_model(image[None])
-        t2 = time.perf_counter()
-        return self._finding(
-            float(prob[0]), maps[0], box, {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3}
-        )
+        """One radiograph already in memory -> its Finding; raises
+        :class:`~fracsight.preprocess.NotAnalysable` for a blank, tiny or strip-shaped image."""
+        result = self.outcome(radiograph)
+        if isinstance(result, Refusal):
+            raise NotAnalysable(result.reason, radiograph.source)
+        return result
 
-    def _finding(self, probability: float, heatmap: np.ndarray, box: Letterbox, timings: dict) -> Finding:
+    def finish(self, item: Prepared) -> Outcome:
+        """The model's answer for one prepared input (its refusal when it was refused)."""
+        if item.refusal is not None:
+            return item.refusal
+        t0 = time.perf_counter()
+        prob, maps = self.run_model(item.image[None])
+        timings = {**item.timings_ms, "model": (time.perf_counter() - t0) * 1e3}
+        probability = float(prob[0])
         return Finding(
             probability=probability,
             category=categorise(probability, self.thresholds),
-            heatmap=heatmap.astype(np.float32),
-            letterbox=box,
-            model_id=self.model_id,
+            heatmap=maps[0].astype(np.float32),
+            letterbox=item.letterbox,
+            model=self.identity,
+            source=item.source,
+            ids=item.ids,
             timings_ms=timings,
         )
 
-    def _load(self, path: str) -> _Prepared:
-        item = _Prepared(path)
-        t0 = time.perf_counter()
-        try:
-            item.radiograph = self.read(path)
-        except RefusedInput as exc:
-            item.error = exc.reason
-            return item
-        except FileNotFoundError:
-            item.error = "no such file (or a link to a file that is gone)"
-            return item
-        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
-            item.error = f"could not be read: {type(exc).__name__}: {exc}"
-            return item
-        t1 = time.perf_counter()
-        try:
-            item.image, item.letterbox = prepare(item.radiograph.pixels, self.size)
-        except ValueError as exc:
-            item.error = str(exc)
-            item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
-        item.decode_ms, item.preprocess_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-        return item
-
-    def iter_analyses(
-        self, paths: Iterable[str | Path], workers: int | None = None
-    ) -> Iterator[tuple[Result, Radiograph | None]]:
-        """Analyse files in batches, decoding the next batch while the model runs; keeps input order.
-
-        Yields each Result with its decoded Radiograph (None when refused), for callers that
-        draw overlays; most callers want :meth:`analyse_paths`.
+    def iter_outcomes(
+        self, sources: Iterable[Source], workers: int | None = None
+    ) -> Iterator[tuple[Outcome, Radiograph | None]]:
+        """Every input's outcome in input order, decoding up to ``batch_size`` inputs ahead of the
+        model, each with its decoded Radiograph (None when refused) for callers that draw overlays.
         """
-        batches = _chunks([str(p) for p in paths], self.batch_size)
         pool = ThreadPoolExecutor(max_workers=workers or self.decoders.workers)
         try:
             pending: list[Future] | None = None
-            for batch in batches:
-                upcoming = [pool.submit(self._load, p) for p in batch]
+            for chunk in _chunks(list(sources), self.batch_size):
+                upcoming = [pool.submit(self.preparer.prepare, s) for s in chunk]
                 if pending is not None:
-                    yield from self._run_batch([f.result() for f in pending])
+                    yield from self._finish_all(pending)
                 pending = upcoming
             if pending is not None:
-                yield from self._run_batch([f.result() for f in pending])
+                yield from self._finish_all(pending)
         finally:  # a caller that stops early (Ctrl-C) waits for no file, started or not
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def analyse_paths(self, paths: Iterable[str | Path], workers: int | None = None) -> Iterator[Result]:
-        """(path, finding, error) for every input, in order; refused files carry their reason."""
-        for result, _ in self.iter_analyses(paths, workers):
+    def outcomes(self, sources: Iterable[Source], workers: int | None = None) -> Iterator[Outcome]:
+        """Every input's Finding or Refusal, in input order (:meth:`iter_outcomes` without pixels)."""
+        for result, _ in self.iter_outcomes(sources, workers):
             yield result
 
-    def _run_batch(self, items: list[_Prepared]) -> Iterator[tuple[Result, Radiograph | None]]:
-        ok = [it for it in items if it.error is None]
-        probs: dict[int, tuple[float, np.ndarray]] = {}
-        model_ms = 0.0
-        if ok:
-            t0 = time.perf_counter()
-            p, maps = self.run_model(np.stack([it.image for it in ok]))
-            model_ms = (time.perf_counter() - t0) * 1e3 / len(ok)
-            probs = {id(it): (float(p[i]), maps[i]) for i, it in enumerate(ok)}
-        for it in items:
-            if it.error is not None:
-                yield Result(it.path, None, it.error), None
-                continue
-            prob, heat = probs[id(it)]
-            finding = self._finding(
-                prob,
-                heat,
-                it.letterbox,
-                {"decode": it.decode_ms, "preprocess": it.preprocess_ms, "model": model_ms},
-            )
-            radiograph = it.radiograph
-            it.radiograph = it.image = None  # free memory early on long runs
-            yield Result(it.path, finding, None), radiograph
+    def _finish_all(self, futures: list[Future]) -> Iterator[tuple[Outcome, Radiograph | None]]:
+        for future in futures:
+            item: Prepared = future.result()
+            result = self.finish(item)
+            radiograph = item.radiograph
+            item.radiograph = item.image = None  # free memory early on long runs
+            yield result, (radiograph if isinstance(result, Finding) else None)
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

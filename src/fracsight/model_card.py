@@ -29,6 +29,7 @@ __all__ = [
     "Category",
     "ModelCard",
     "ModelCardError",
+    "ModelIdentity",
     "TrainingImages",
     "card_path",
     "categorise",
@@ -46,6 +47,25 @@ class Category(str, enum.Enum):
     FRACTURE = "fracture"  # probability >= the high-specificity threshold
     DOUBT = "doubt"  # between the two thresholds: look again
     NO_FRACTURE = "no_fracture"  # below the high-sensitivity threshold
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model gave an answer, as every output records it: a result that leaves its folder
+    can still be traced to the exact ONNX file (``onnx_sha256``) and its operating points."""
+
+    model_id: str
+    version: str | None
+    onnx_sha256: str | None
+    thresholds: Mapping[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "version": self.version,
+            "onnx_sha256": self.onnx_sha256,
+            "thresholds": dict(self.thresholds),
+        }
 
 
 class ModelCardError(ValueError):
@@ -241,6 +261,10 @@ class ModelCard(Mapping[str, Any]):
             return None
         model = self.path.with_name(self.path.name[: -len(CARD_SUFFIX)] + ".onnx")
         return hashlib.sha256(model.read_bytes()).hexdigest() if model.is_file() else None
+
+    @cached_property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.model_id, self.version, self.onnx_sha256, self.thresholds)
 
     def categorise(self, probability: float) -> Category:
         """The answer this model's operating points give ``probability``."""

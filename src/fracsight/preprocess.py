@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from fracsight.io.radiograph import RefusedInput
+
 # Percentiles of the image intensity mapped to black and white before resizing.
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -88,8 +90,14 @@ def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
     )
 
 
-class NotAnalysable(ValueError):
-    """The image was read, but the model has nothing meaningful to say about it."""
+class NotAnalysable(RefusedInput):
+    """The image was read, but the model has nothing meaningful to say about it (blank, tiny,
+    strip-shaped): refused like an unreadable file, with its own code."""
+
+    code = "not_analysable"
+
+    def __init__(self, reason: str, path: str = "image") -> None:
+        super().__init__(path, reason)
 
 
 def check_analysable(pixels: np.ndarray) -> tuple[float, float]:
@@ -136,7 +144,8 @@ def resize_gray(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1]).
 
-    Raises :class:`NotAnalysable` (a ``ValueError``) for images :func:`check_analysable` refuses.
+    Raises :class:`NotAnalysable` (a :class:`~fracsight.io.RefusedInput`) for images
+    :func:`check_analysable` refuses.
     """
     lo, hi = check_analysable(pixels)
     box = letterbox_geometry(pixels.shape[0], pixels.shape[1], size)

@@ -22,7 +22,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fracsight.cli.predict_output import COLUMNS, Interrupted, OutputError, RowWriter, SignalGuard
+from fracsight.cli.predict_output import (
+    COLUMNS,
+    HEATMAP_NOT_WRITTEN,
+    Interrupted,
+    OutputError,
+    RowWriter,
+    SignalGuard,
+)
 
 if TYPE_CHECKING:
     from fracsight.inference import Analyser
@@ -58,7 +65,7 @@ _NOT_IMAGE_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
 OVERLAY_SUFFIX = ".heatmap.png"
 # How fracsight's own results files start (CSV header, JSON line); one under another name
 # (``--output results.dat``) is skipped inside folders too. Image suffixes are not opened to check.
-_OWN_RESULTS_STARTS = (",".join(COLUMNS).encode(), b'{"path": ')
+_OWN_RESULTS_STARTS = (",".join(COLUMNS[:5]).encode(), b'{"path": ')  # CSV of any version
 _IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 # Longest heat-map file stem kept whole, in UTF-8 bytes: file systems allow 255 bytes per name,
 # and the suffix, a collision number and a hash of the full name must fit beside it.
@@ -230,11 +237,17 @@ def _heat_dir(raw: str | None) -> Path | None:
     return folder
 
 
-def _save_overlay(image, target: Path) -> None:
-    """Write under a hidden temporary name, then rename: a full disk or a signal leaves no half PNG."""
+def _save_overlay(image, target: Path, text: dict[str, str]) -> None:
+    """Write under a hidden temporary name, then rename: a full disk or a signal leaves no half PNG.
+    ``text`` goes into PNG text chunks, so the picture names its study and model wherever it goes."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
     part = target.with_name(f".{target.name}.part")
     try:
-        image.save(part, format="PNG", compress_level=1)
+        image.save(part, format="PNG", compress_level=1, pnginfo=info)
         os.replace(part, target)
     except BaseException:
         try:
@@ -245,24 +258,25 @@ def _save_overlay(image, target: Path) -> None:
 
 
 def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterator[dict]:
+    """One record per input: its Finding's or Refusal's ``to_dict()``, plus where its heat map went."""
     from fracsight.explain import overlay_image
+    from fracsight.finding import Finding
 
     used: set[str] = set()
-    for (path, finding, error), radiograph in analyser.iter_analyses(files):
-        row = {"path": path, "probability": "", "category": "", "heatmap": "", "error": error or ""}
-        if finding is not None:
-            row["probability"] = f"{finding.probability:.4f}"
-            row["category"] = finding.category.value
-            if heat_dir is not None and radiograph is not None:
-                target = heat_dir / _overlay_name(Path(path), used)
-                try:
-                    _save_overlay(overlay_image(radiograph.pixels, finding), target)
-                    row["heatmap"] = str(target)
-                except OSError as exc:  # disk full, permissions: this row says so, the batch goes on
-                    row["error"] = f"analysed, but its heat map could not be written: {exc.strerror or exc}"
-                except Exception as exc:  # noqa: BLE001 - one odd image must not stop the batch
-                    row["error"] = f"analysed, but its heat map could not be drawn ({type(exc).__name__})"
-        yield row
+    for outcome, radiograph in analyser.iter_outcomes(files):
+        record = {**outcome.to_dict(), "heatmap": None}
+        if isinstance(outcome, Finding) and heat_dir is not None and radiograph is not None:
+            target = heat_dir / _overlay_name(Path(outcome.source), used)
+            try:
+                _save_overlay(overlay_image(radiograph.pixels, outcome), target, outcome.png_text())
+                record["heatmap"] = str(target)
+            except OSError as exc:  # disk full, permissions: this row says so, the batch goes on
+                record["error_code"] = HEATMAP_NOT_WRITTEN
+                record["error"] = f"analysed, but its heat map could not be written: {exc.strerror or exc}"
+            except Exception as exc:  # noqa: BLE001 - one odd image must not stop the batch
+                record["error_code"] = HEATMAP_NOT_WRITTEN
+                record["error"] = f"analysed, but its heat map could not be drawn ({type(exc).__name__})"
+        yield record
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,8 +331,8 @@ def _write_rows(
     produced = rows(analyser, files, heat_dir)
     try:
         for row in produced:
-            refused += bool(row["error"]) and not row["probability"]
-            unwritten += bool(row["error"]) and bool(row["probability"])  # analysed, heat map not saved
+            refused += "probability" not in row
+            unwritten += row.get("error_code") == HEATMAP_NOT_WRITTEN
             with guard.hold():
                 writer.write(row)
             done += 1

@@ -16,9 +16,26 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-COLUMNS = ["path", "probability", "category", "heatmap", "error"]
+# The CSV's columns: the first five as they always were, then what ties a row to its model and,
+# for DICOM, to its study and image once the file leaves its folder.
+COLUMNS = [
+    "path",
+    "probability",
+    "category",
+    "heatmap",
+    "error",
+    "error_code",
+    "model_id",
+    "model_version",
+    "onnx_sha256",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+]
+# error_code of an analysed input whose heat-map picture could not be written (exit code 1).
+HEATMAP_NOT_WRITTEN = "heatmap_not_written"
 
 
 class OutputError(ValueError):
@@ -45,11 +62,13 @@ class RowWriter:
         if self._csv is not None:
             self._write(lambda: self._csv.writeheader())
 
-    def write(self, row: dict[str, str]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
+        """One input's record (a Finding's or Refusal's ``to_dict()`` and its heat map): JSON lines
+        as it is, CSV flattened to :data:`COLUMNS`."""
         if self._csv is not None:
-            self._write(lambda: self._csv.writerow(row))
+            self._write(lambda: self._csv.writerow(csv_row(record)))
         else:
-            self._write(lambda: self._out.write(json.dumps(_typed(row)) + "\n"))
+            self._write(lambda: self._out.write(json.dumps(record) + "\n"))
 
     def close(self) -> None:
         """Close a results file (standard output stays open); a failure here is an OutputError too."""
@@ -103,12 +122,21 @@ class RowWriter:
         return f"{shown}: cannot write the results: {error.strerror or type(error).__name__}"
 
 
-def _typed(row: dict[str, str]) -> dict[str, object]:
-    """A row for JSON: the probability as a number, empty fields as null."""
-    record: dict[str, object] = {key: (value or None) for key, value in row.items()}
-    if row["probability"]:
-        record["probability"] = float(row["probability"])
-    return record
+def csv_row(record: dict[str, Any]) -> dict[str, str]:
+    """A record as a CSV row: probability with four decimals, the model's identity spelled out,
+    empty cells for what does not apply."""
+    model = record.get("model") or {}
+    probability = record.get("probability")
+    row = {
+        "probability": "" if probability is None else f"{probability:.4f}",
+        "model_id": model.get("id"),
+        "model_version": model.get("version"),
+        "onnx_sha256": model.get("onnx_sha256"),
+    }
+    for column in COLUMNS:
+        if column not in row:
+            row[column] = record.get(column)
+    return {column: "" if row[column] is None else str(row[column]) for column in COLUMNS}
 
 
 class SignalGuard:

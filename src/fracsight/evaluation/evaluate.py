@@ -32,7 +32,7 @@ from fracsight.evaluation.metrics import (
     roc_curve,
 )
 from fracsight.evaluation.operating_points import OperatingPoint, OperatingPointName
-from fracsight.evaluation.sources import ModelIdentity, load_cases
+from fracsight.evaluation.sources import ScoredBy, load_cases
 from fracsight.evaluation.training_guard import TrainingOverlap
 from fracsight.model_card import ModelCard
 
@@ -85,7 +85,7 @@ class Evaluation:
     """All results of one evaluation, with the data and model they came from."""
 
     cases: CaseTable
-    model: ModelIdentity
+    model: ScoredBy
     settings: EvaluationSettings
     auc: AucResult
     roc: RocCurve
@@ -190,7 +190,7 @@ def _check_both_classes(cases: CaseTable) -> None:
 
 def evaluate_cases(
     cases: CaseTable,
-    model: ModelIdentity,
+    model: ScoredBy,
     operating_points: Sequence[OperatingPoint],
     group_columns: Sequence[str] = (),
     settings: EvaluationSettings | None = None,

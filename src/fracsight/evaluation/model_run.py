@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from fracsight.evaluation.inputs import CaseTable, ExcludedCase, LabelTable, PredictionTable
-from fracsight.finding import Finding
+from fracsight.finding import Finding, Refusal
 from fracsight.model_card import ModelCard
 
 __all__ = ["ModelRun", "run_model", "FindingPictures"]
@@ -44,9 +44,9 @@ def run_model(labels: LabelTable, model_path: str | None = None, progress: bool 
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), unit="img", desc="evaluate")
-    for case, (_, finding, error) in zip(labels.ids, analyser.analyse_paths(paths), strict=True):
-        if finding is None:
-            excluded.append(ExcludedCase(case, error or "refused by the model"))
+    for case, finding in zip(labels.ids, analyser.outcomes(paths), strict=True):
+        if isinstance(finding, Refusal):
+            excluded.append(ExcludedCase(case, finding.reason))
         else:
             ids.append(case)
             probs.append(finding.probability)

@@ -26,14 +26,15 @@ from fracsight.evaluation.training_guard import TrainingOverlap, check_training_
 from fracsight.finding import Finding
 from fracsight.model_card import ModelCard
 
-__all__ = ["LoadedCases", "ModelIdentity", "load_cases", "default_group_columns"]
+__all__ = ["LoadedCases", "ScoredBy", "load_cases", "default_group_columns"]
 
 DEFAULT_GROUPS = ("region", "hardware")
 
 
 @dataclass(frozen=True)
-class ModelIdentity:
-    """Which model produced the probabilities: its card when known, else just the predictions file."""
+class ScoredBy:
+    """Who produced the probabilities being evaluated: a model (its card) when known, else just the
+    predictions file. (A model's own identity is :class:`fracsight.model_card.ModelIdentity`.)"""
 
     description: str
     model_id: str | None = None
@@ -41,7 +42,7 @@ class ModelIdentity:
     card: ModelCard | None = None
 
     @classmethod
-    def from_card(cls, card: ModelCard, path: str | None) -> ModelIdentity:
+    def from_card(cls, card: ModelCard, path: str | None) -> ScoredBy:
         model_id = card.model_id
         return cls(
             description=f"model {model_id}" + (f" ({path})" if path else ""),
@@ -71,7 +72,7 @@ class LoadedCases:
     """Matched cases, the model they came from, and (for model runs) findings and expert boxes."""
 
     cases: CaseTable
-    model: ModelIdentity
+    model: ScoredBy
     card: ModelCard | None
     model_path: str | None
     findings: dict[str, Finding] = field(default_factory=dict)
@@ -136,9 +137,9 @@ def load_cases(
         training = find_training_images(card, cases.ids, cases.images) if card is not None else None
         check_training_overlap(training, include_training_images)
         identity = (
-            ModelIdentity.from_card(card, model)
+            ScoredBy.from_card(card, model)
             if card is not None
-            else ModelIdentity(description=f"predictions file {predictions} (model not identified)")
+            else ScoredBy(description=f"predictions file {predictions} (model not identified)")
         )
         return LoadedCases(cases, identity, card, model, training=training)
 
@@ -151,7 +152,7 @@ def load_cases(
     check_training_overlap(training, include_training_images)
     run = run_model(table, model, progress=progress)
     cases = match_cases(run.predictions, table, columns, allow_missing=False, split=split_name)
-    identity = ModelIdentity.from_card(run.card, run.model_path)
+    identity = ScoredBy.from_card(run.card, run.model_path)
     boxes = None
     if data.boxes is not None:
         keep = set(table.ids)

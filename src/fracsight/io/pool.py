@@ -55,6 +55,8 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that hold
 class DecoderFailed(UnreadableImage):
     """The decoder process died or ran past its time on this file; the batch goes on without it."""
 
+    code = "decoder_failed"
+
 
 class _Lost(Exception):
     """The worker is gone or stopped; ``reason`` says how."""

@@ -9,20 +9,29 @@ import numpy as np
 
 
 class RefusedInput(ValueError):
-    """An input that fracsight will not analyse; ``reason`` says why in words a user can act on."""
+    """An input that fracsight will not analyse; ``reason`` says why in words a user can act on,
+    ``code`` says which kind of refusal in one stable word a program can act on."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    code = "refused"
+
+    def __init__(self, path: str, reason: str, code: str | None = None) -> None:
         self.path = str(path)
         self.reason = reason
+        if code is not None:
+            self.code = code
         super().__init__(f"{path}: {reason}")
 
 
 class UnreadableImage(RefusedInput):
     """The file is empty, truncated, corrupt, too large or in a format we cannot decode."""
 
+    code = "unreadable"
+
 
 class NotARadiograph(RefusedInput):
     """The file decodes but is not a single-frame projection radiograph (CT, MR, photo, cine...)."""
+
+    code = "not_a_radiograph"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ _MISSING_BLOCK_VALUE = 128
 class TruncatedImage(UnreadableImage):
     """The file ends before its image data does, and too little (or nothing) can be decoded."""
 
+    code = "truncated"
+
 
 def decoded_row_fraction(pixels: np.ndarray) -> float:
     """Share of rows above the flat mid-gray tail that a truncated JPEG decodes to.

@@ -22,10 +22,8 @@ the private coding scheme :data:`SCHEME` (declared in the SR).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -73,22 +71,20 @@ _WORDS = {Category.FRACTURE: "fracture", Category.DOUBT: "doubt", Category.NO_FR
 
 
 @dataclass(frozen=True)
-class ModelIdentity:
-    """What the results say about the algorithm that made them."""
+class Algorithm:
+    """What the results say about the algorithm that made them: the model (from its card) and
+    fracsight's own version, which DICOM records as the device's software version."""
 
     name: str  # the model card's model_id
-    version: str  # fracsight's version
+    version: str  # fracsight's version (and the model's, where its card gives one)
     sha256: str  # of the ONNX file
     thresholds: dict[str, float]
 
     @classmethod
-    def of(cls, model_path: Path, card: dict, version: str) -> ModelIdentity:
-        digest = hashlib.sha256()
-        with open(model_path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        thresholds = {k: float(v) for k, v in card["thresholds"].items() if k in OPERATING_POINTS}
-        return cls(str(card["model_id"]), version, digest.hexdigest(), thresholds)
+    def of(cls, model: Algorithm, software_version: str) -> Algorithm:
+        version = software_version + (f" model {model.version}" if model.version else "")
+        thresholds = {k: float(v) for k, v in model.thresholds.items() if k in OPERATING_POINTS}
+        return cls(model.model_id, version[:64], model.onnx_sha256 or "", thresholds)
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ class ResultUIDs:
     device: str
 
     @classmethod
-    def derived(cls, image_id: str, group: str, model: ModelIdentity) -> ResultUIDs:
+    def derived(cls, image_id: str, group: str, model: Algorithm) -> ResultUIDs:
         """UIDs that follow from the image and its group (study and batch): made again after a
         restart they are the same, so the PACS keeps one copy of each object."""
 
@@ -159,7 +155,7 @@ def build_results(
     source: Dataset,
     pixels: np.ndarray,
     finding: Finding,
-    model: ModelIdentity,
+    model: Algorithm,
     uids: ResultUIDs,
     when: dt.datetime,
     instance_number: int = 1,
@@ -180,7 +176,7 @@ def _is_grayscale(source: Dataset) -> bool:
     return str(source.get("PhotometricInterpretation", "")) in ("MONOCHROME1", "MONOCHROME2")
 
 
-def _common(when: dt.datetime, model: ModelIdentity, kind: str) -> dict:
+def _common(when: dt.datetime, model: Algorithm, kind: str) -> dict:
     return {
         "series_description": SERIES_DESCRIPTIONS[kind],
         "manufacturer_model_name": model.name[:64],
@@ -204,7 +200,7 @@ def secondary_capture(
     source: Dataset,
     pixels: np.ndarray,
     finding: Finding,
-    model: ModelIdentity,
+    model: Algorithm,
     uids: ResultUIDs,
     when: dt.datetime,
     instance_number: int,
@@ -275,7 +271,7 @@ def _orientation(source: Dataset) -> tuple[str, str] | None:
         return None
 
 
-def _algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
+def _algorithm(model: Algorithm) -> hd.sr.AlgorithmIdentification:
     parameters = [f"model sha256 {model.sha256}"] + [
         f"{name} operating point {value:.6f}" for name, value in sorted(model.thresholds.items())
     ]
@@ -285,7 +281,7 @@ def _algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
 def structured_report(
     source: Dataset,
     finding: Finding,
-    model: ModelIdentity,
+    model: Algorithm,
     uids: ResultUIDs,
     when: dt.datetime,
     instance_number: int,
@@ -393,7 +389,7 @@ def _library_entry(source: Dataset) -> Dataset:
 def presentation_state(
     source: Dataset,
     finding: Finding,
-    model: ModelIdentity,
+    model: Algorithm,
     uids: ResultUIDs,
     when: dt.datetime,
     instance_number: int,

@@ -24,10 +24,10 @@ from pydicom.dataset import Dataset
 
 from fracsight import __version__
 from fracsight.finding import Finding
-from fracsight.model_card import Category
+from fracsight.model_card import Category, ModelIdentity
 from fracsight.preprocess import Letterbox
 from fracsight.service.dicom_results import (
-    ModelIdentity,
+    Algorithm,
     ResultUIDs,
     StudyAnswer,
     build_results,
@@ -63,7 +63,7 @@ class ResultsStage:
         self.analyser = analyser
         self.settings = settings
         self.destination = str(settings.forward)
-        self.model = ModelIdentity.of(analyser.model_path, analyser.card, __version__)
+        self.model = Algorithm.of(analyser.identity, __version__)
         self.on_queued = on_queued
         self.clock = clock
         self.poll_s = poll_s
@@ -155,7 +155,7 @@ class ResultsStage:
             pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
         except OSError as exc:  # the image's own files, gone or unreadable: not worth retrying
             raise ValueError(f"the image could not be read again ({type(exc).__name__})") from exc
-        finding = _finding(self.store, record)
+        finding = _finding(self.store, record, self.analyser.identity)
         objects = build_results(
             source,
             pixels,
@@ -178,7 +178,7 @@ class ResultsStage:
         return out
 
 
-def _finding(store: Store, record: ImageRecord) -> Finding:
+def _finding(store: Store, record: ImageRecord, model: ModelIdentity) -> Finding:
     heat = store.heatmap(record.id)
     if heat is None or not record.result or record.probability is None or record.category is None:
         raise ValueError("the analysis left no heat map or result")
@@ -187,7 +187,7 @@ def _finding(store: Store, record: ImageRecord) -> Finding:
         category=Category(record.category),
         heatmap=heat,
         letterbox=Letterbox(**record.result["letterbox"]),
-        model_id=record.model_id or "",
+        model=model,
     )
 
 

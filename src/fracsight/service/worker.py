@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fracsight.finding import Refusal
 from fracsight.inference import Analyser
 from fracsight.io import RefusedInput
-from fracsight.preprocess import NotAnalysable, resize_gray
+from fracsight.preprocess import resize_gray
 from fracsight.service.store import Analysis, ImageRecord, Store
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class AnalysisWorker:
     def _analyse(self, record: ImageRecord) -> None:
         path = self.store.data_dir / record.file
         try:
-            radiograph = self.analyser.read(path)
+            radiograph = self.analyser.read(path, name=f"image {record.id}")
         except RefusedInput as exc:
             self.store.refuse(record.id, exc.reason)
             return
@@ -109,23 +110,19 @@ class AnalysisWorker:
             return
         _write_display(display_path(self.store, record.id), radiograph.pixels)
         try:
-            finding = self.analyser.analyse(radiograph)
-        except NotAnalysable as exc:
-            self.store.refuse(record.id, str(exc))
-            return
+            outcome = self.analyser.outcome(radiograph)
         except Exception as exc:  # noqa: BLE001 - the model failing is the service's fault, not the file's
             log.exception("analysis of image %s failed", record.id)
             self.store.refuse(record.id, f"analysis failed ({type(exc).__name__})", status="failed")
             return
-        x, y = finding.peak()
-        box = finding.letterbox
+        if isinstance(outcome, Refusal):  # blank, tiny or strip-shaped
+            self.store.refuse(record.id, outcome.reason)
+            return
+        box = outcome.letterbox
         result = {
-            "model": {
-                "id": finding.model_id,
-                "thresholds": dict(self.analyser.thresholds),
-                "operating_point_meaning": OPERATING_POINTS,
-            },
-            "peak": {"x": x, "y": y},
+            **outcome.to_dict(),
+            "path": None,  # the store names its files itself; the upload's name is not kept here
+            "operating_point_meaning": OPERATING_POINTS,
             "letterbox": {
                 "size": box.size,
                 "scale": box.scale,
@@ -135,11 +132,10 @@ class AnalysisWorker:
                 "width": box.width,
             },
             "display": {"height": int(radiograph.shape[0]), "width": int(radiograph.shape[1])},
-            "timings_ms": {k: round(v, 1) for k, v in finding.timings_ms.items()},
         }
         self.store.finish(
             record.id,
-            Analysis(finding.probability, finding.category.value, finding.model_id, result, finding.heatmap),
+            Analysis(outcome.probability, outcome.category.value, outcome.model_id, result, outcome.heatmap),
         )
 
 
