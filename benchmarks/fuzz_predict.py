@@ -25,6 +25,7 @@ import csv
 import io
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -110,6 +111,13 @@ def _smallest_per_syntax(files: list[Path]) -> list[Path]:
             syntax = path.name
         best.setdefault(syntax, path)
     return sorted(best.values())
+
+
+def leaks(marker: str, text: str) -> bool:
+    """True when ``marker`` (a patient's name or ID) stands in ``text`` as a value of its own, not
+    inside a longer run of letters and digits: an ID like 123456 also occurs inside the sample
+    UIDs that results now carry (1.2.840.113564.10.1.123456789012...), which is no leak."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(marker)}(?![0-9A-Za-z])", text) is not None
 
 
 def patient_markers(found: list[Source]) -> set[str]:
@@ -493,7 +501,7 @@ def run_predict(
         if row["error"].startswith("the decoder failed on this file"):
             cause = "ran past the time limit" if "ran past" in row["error"] else "process died"
             outcome.decoder_failures[cause] += 1
-    outcome.leaks = sorted(m for m in markers if m in text)
+    outcome.leaks = sorted(m for m in markers if leaks(m, text))
     return outcome
 
 
