@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from fracsight.service.dicom_results import (
     StudyAnswer,
     build_results,
 )
+from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
 from fracsight.service.settings import DicomSettings
 from fracsight.service.store import CATEGORY_RANK, ImageRecord, Store
@@ -45,8 +45,10 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class ResultsStage:
+class ResultsStage(QueueLoop):
     """Makes and queues the results of DICOM images whose group is ready, in a thread."""
+
+    name = "fracsight-results"
 
     def __init__(
         self,
@@ -66,45 +68,13 @@ class ResultsStage:
         self.model = Algorithm.of(analyser.identity, __version__)
         self.on_queued = on_queued
         self.clock = clock
-        self.poll_s = poll_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="fracsight-results", daemon=True)
-        self._thread.start()
-
-    def wake(self, *_: object) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                made = self.run_once()
-            except OSError as exc:
-                log.error("results could not be written (%s); trying again in %.0f s", exc.strerror, RETRY_S)
-                self._stop.wait(RETRY_S)
-                continue
-            except Exception:  # noqa: BLE001 - the store failing must not end the stage for good
-                log.exception("results stage: unexpected error; retrying in %.0f s", RETRY_S)
-                self._stop.wait(RETRY_S)
-                continue
-            if not made:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+        super().__init__(poll_s, retry_s=RETRY_S)
 
     def run_once(self) -> int:
         """Make the results of every ready group; returns how many groups were handled."""
         groups = self.store.results_ready(self.settings.batch_idle_s)
         for study_key, batch in groups:
-            if self._stop.is_set():
+            if self.stopping:
                 break
             self.make(study_key, batch)
         return len(groups)

@@ -14,7 +14,6 @@ kind and the destination; never patient data.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from itertools import groupby
@@ -22,6 +21,7 @@ from itertools import groupby
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import Send
 from fracsight.service.settings import Destination, DicomSettings
 from fracsight.service.store import Store, now
@@ -32,8 +32,10 @@ BATCH = 32  # sends claimed (and sent over one association per destination) at a
 _WARNING_STATUSES = {0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
 
 
-class Sender:
+class Sender(QueueLoop):
     """Works off the send queue in a thread until :meth:`stop`; :meth:`wake` when something is queued."""
+
+    name = "fracsight-sender"
 
     def __init__(
         self,
@@ -45,39 +47,15 @@ class Sender:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self.poll_s = poll_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(poll_s)
 
-    def start(self) -> None:
+    def resume(self) -> None:
         requeued = self.store.requeue_sending()
         if requeued:
             log.info("resuming: %d interrupted sends queued again", requeued)
-        self._thread = threading.Thread(target=self._loop, name="fracsight-sender", daemon=True)
-        self._thread.start()
 
-    def wake(self, *_: object) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # noqa: BLE001 - the store failing must not end the sender for good
-                log.exception("sender: unexpected error; retrying in %.0f s", self.poll_s)
-                worked = 0
-            if not worked:
-                self._wake.wait(self._idle_wait())
-                self._wake.clear()
-
-    def _idle_wait(self) -> float:
+    def idle_wait(self) -> float:
+        """Until the next send is due (a retry's backoff), at most ``poll_s``."""
         due = self.store.next_send_due()
         if due is None:
             return self.poll_s

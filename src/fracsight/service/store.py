@@ -371,10 +371,16 @@ class SqliteStore(SendQueue):
         return self._instance(self._connection(), sop_instance_uid) if sop_instance_uid else None
 
     def claim_next(self) -> ImageRecord | None:
-        """The oldest queued image, now marked ``analysing``; None when the queue is empty."""
+        """The oldest queued image not yet tried, now marked ``analysing``; None when the queue is empty.
+
+        Images whose analysis was interrupted (the service killed or restarted while on them) come
+        after every image not yet tried: a node killed again and again then does not give up on
+        one unlucky image (:data:`MAX_ATTEMPTS`), and an image that does bring the service down
+        does not hold up the others.
+        """
         with self._transaction() as db:
             row = db.execute(
-                "SELECT id FROM images WHERE status = 'queued' ORDER BY received_at, rowid LIMIT 1"
+                "SELECT id FROM images WHERE status = 'queued' ORDER BY attempts, received_at, rowid LIMIT 1"
             ).fetchone()
             if row is None:
                 return None

@@ -10,7 +10,6 @@ itself. ONNX Runtime runs with few threads (:attr:`ServiceSettings.analysis_thre
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from fracsight.finding import Refusal
 from fracsight.inference import Analyser
 from fracsight.io import RefusedInput
 from fracsight.preprocess import resize_gray
+from fracsight.service.loop import QueueLoop
 from fracsight.service.store import Analysis, ImageRecord, Store
 
 log = logging.getLogger(__name__)
@@ -35,53 +35,25 @@ def display_path(store: Store, image_id: str) -> Path:
     return store.data_dir / "display" / image_id[:2] / f"{image_id}.u16"
 
 
-class AnalysisWorker:
+class AnalysisWorker(QueueLoop):
     """Works off the store's queue in a thread until :meth:`stop`; :meth:`wake` after each intake.
 
     ``listeners`` are called with each image's id once it is finished (analysed or refused): the
     DICOM node's results stage listens there, so analysis itself is never repeated for it.
     """
 
+    name = "fracsight-analysis"
+
     def __init__(self, store: Store, analyser: Analyser, poll_s: float = 2.0) -> None:
+        super().__init__(poll_s)
         self.store = store
         self.analyser = analyser
-        self.poll_s = poll_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.listeners: list[Callable[[str], None]] = []
 
-    def start(self) -> None:
+    def resume(self) -> None:
         requeued, failed = self.store.requeue_interrupted()
         if requeued or failed:
             log.info("resuming: %d interrupted analyses queued again, %d given up", requeued, failed)
-        self._thread = threading.Thread(target=self._loop, name="fracsight-analysis", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the image in hand (its result is written), then stop."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # noqa: BLE001 - the store failing must not end the worker for good
-                log.exception("analysis worker: unexpected error; retrying in %.0f s", self.poll_s)
-                worked = False
-            if not worked:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
 
     def run_once(self) -> bool:
         """Analyse the oldest queued image; False when there was none."""
