@@ -171,7 +171,7 @@ def _keep(
     target = store.data_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, target)
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)
     if info is None:
         info = study_info(target, image_id) if kind == "dicom" else StudyInfo(study_key=f"upload-{image_id}")
     try:
@@ -185,7 +185,8 @@ def _keep(
     return Received(record)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a file's new name in ``folder`` durable (a rename is on disk only once its folder is)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

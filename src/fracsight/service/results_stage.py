@@ -31,6 +31,7 @@ from fracsight.service.dicom_results import (
     StudyAnswer,
     build_results,
 )
+from fracsight.service.intake import fsync_folder
 from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
 from fracsight.service.settings import DicomSettings
@@ -105,7 +106,7 @@ class ResultsStage(QueueLoop):
                 folders.add((self.store.data_dir / relative).parent)
                 sends.append(NewSend(record.id, self.destination, kind, relative, sop_class, sop_instance))
         for folder in folders:
-            _fsync_folder(folder)
+            fsync_folder(folder)
         self.store.record_results(made, none, sends, failed=failed)
         if made:
             log.info("results of %d image(s) queued for %s", len(made), self.destination)
@@ -179,11 +180,3 @@ def _write(dataset: Dataset, target: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(partial, target)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
