@@ -70,11 +70,12 @@ _IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".jpg", ".jpeg", ".png", ".tif", 
 # Longest heat-map file stem kept whole, in UTF-8 bytes: file systems allow 255 bytes per name,
 # and the suffix, a collision number and a hash of the full name must fit beside it.
 _MAX_OVERLAY_STEM = 120
-# Model batch: ONNX Runtime holds the activations of the whole batch, about 110 MB per image at
-# 384 px (measured peak of the process on 128 typical JPEGs: batch 1 0.25 GB, 8 1.0 GB, 16 1.8 GB,
-# 32 3.6 GB, 64 7.0 GB); beyond 8 a CPU gets no faster, so 32 is the ceiling.
+# Inputs decoded ahead of the model, which itself sees one image at a time. Each holds its decoded
+# pixels until the model is done with it (a 3000 x 3000 radiograph: 36 MB), and up to two windows
+# are in memory; measured peak of the process on 128 typical FracAtlas JPEGs: batch 1 0.30 GB,
+# 8 0.36 GB, 32 0.41 GB. Beyond 8 nothing gets faster, so 32 is the ceiling.
 MAX_BATCH_SIZE = 32
-_BATCH_MEMORY = "about 110 MB of memory per image in the batch"
+_BATCH_MEMORY = "each holds its decoded pixels, 36 MB for a 3000 x 3000 radiograph"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--batch-size",
         type=_batch_size,
         default=8,
-        help=f"images per model run, 1 to {MAX_BATCH_SIZE} (default 8); {_BATCH_MEMORY}",
+        help=f"images decoded ahead of the model, 1 to {MAX_BATCH_SIZE} (default 8); {_BATCH_MEMORY}",
     )
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -117,8 +118,8 @@ def _batch_size(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_BATCH_SIZE:
         raise argparse.ArgumentTypeError(
-            f"{value} is more than {MAX_BATCH_SIZE}: the model holds a whole batch in memory "
-            f"({_BATCH_MEMORY}), and batches over 8 are not faster on a CPU"
+            f"{value} is more than {MAX_BATCH_SIZE}: every image decoded ahead stays in memory "
+            f"({_BATCH_MEMORY}), and more than 8 is not faster"
         )
     return value
 
