@@ -419,7 +419,8 @@ class Viewport {
       meaning.textContent = MEANING[image.category];
       const model = document.createElement("div");
       model.className = "model";
-      model.textContent = `Model ${image.model.id}. AI result, an aid, not a diagnosis.`;
+      const version = image.model.version ? ` version ${image.model.version}` : "";
+      model.textContent = `Model ${image.model.id}${version}. AI result, an aid, not a diagnosis.`;
       this.info.append(head, meaning, model, this.feedbackForm());
     } else if (image.status === "refused" || image.status === "failed") {
       head.append(badge(null, "refused"), " not analysed: ", image.error || "");
