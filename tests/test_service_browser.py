@@ -101,6 +101,11 @@ def test_upload_worklist_viewer_feedback_in_chromium(
         ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -200).perform()
         assert canvas.get_attribute("data-zoom") != zoom
         driver.save_screenshot(str(ARTEFACTS / "viewer.png"))
+        model = driver.find_element(By.CSS_SELECTOR, ".viewport .model").text
+        from fracsight.model_card import ModelCard
+
+        card = ModelCard.for_model()
+        assert card.model_id in model and f"version {card.version}" in model and "not a diagnosis" in model
 
         image_id = canvas.get_attribute("data-image")
         button = driver.find_element(
