@@ -1,5 +1,6 @@
 """The other side of the DICOM node in tests: a modality that sends (pynetdicom SCU) and a PACS that
-receives results (pynetdicom SCP keeping what it gets in memory). Loopback only."""
+receives results (pynetdicom SCP keeping what it gets in memory), and the node itself in-process
+(:class:`Node`). Loopback only."""
 
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ class FakePacs:
         self.server = None
         self.port = 0
 
-    def start(self, port: int = 0) -> FakePacs:
-        self.server = self.ae.start_server(("127.0.0.1", port), block=False, evt_handlers=self._handlers)
+    def start(self, port: int = 0, ssl_context=None) -> FakePacs:
+        self.server = self.ae.start_server(
+            ("127.0.0.1", port), block=False, evt_handlers=self._handlers, ssl_context=ssl_context
+        )
         self.port = self.server.server_address[1]
         return self
 
@@ -164,3 +167,51 @@ def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> Non
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Node:
+    """A node over its own store, with the shared analyser; stopped by the test's fixture."""
+
+    def __init__(self, data: Path, analyser, pacs: FakePacs | None, **settings) -> None:
+        from fracsight.service.dicom_node import DicomNode
+        from fracsight.service.settings import Destination, DicomSettings, Peer
+        from fracsight.service.store import SqliteStore
+        from fracsight.service.worker import AnalysisWorker
+
+        options = dict(
+            port=0,
+            allow=(Peer("MODALITY"), Peer("BOUND", "127.0.0.2"), Peer("PACS")),
+            forward=Destination("PACS", "127.0.0.1", pacs.port) if pacs else None,
+            retry_base_s=0.2,
+            retry_max_s=0.5,
+            batch_idle_s=2.0,
+            min_free_bytes=0,
+        )
+        options.update(settings)
+        self.settings = DicomSettings(**options)
+        self.store = SqliteStore(data)
+        self.worker = AnalysisWorker(self.store, analyser, poll_s=0.2)
+        self.node = DicomNode(self.store, self.worker, analyser, self.settings)
+        self.worker.start()
+        self.node.start()
+        self.port = self.node.port
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.worker.stop()
+
+    def record(self, sop_instance_uid: str):
+        return self.store.find_instance(sop_instance_uid)
+
+    def wait_finished(self, uids: list[str], timeout: float = 90.0) -> list:
+        """The records of these instances once analysed (or refused) and their results made."""
+
+        def finished() -> bool:
+            records = [self.record(u) for u in uids]
+            return all(
+                r is not None and r.results != "pending" and r.status not in ("queued", "analysing")
+                for r in records
+            )
+
+        wait_until(finished, timeout, "analysis and results")
+        return [self.record(u) for u in uids]

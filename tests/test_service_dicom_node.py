@@ -24,6 +24,7 @@ from dicom_peers import (  # noqa: E402
     RADIOGRAPHS,
     REFUSED,
     FakePacs,
+    Node,
     associate,
     referencing,
     renamed,
@@ -35,58 +36,13 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 from fracsight.explain import CAPTION  # noqa: E402
 from fracsight.service import intake  # noqa: E402
-from fracsight.service.dicom_node import DicomNode  # noqa: E402
 from fracsight.service.dicom_results import GSPS_CLASS, SC_CLASS, SCHEME, SR_CLASS  # noqa: E402
 from fracsight.service.results_stage import ResultsStage  # noqa: E402
 from fracsight.service.sender import resend  # noqa: E402
 from fracsight.service.settings import Destination, DicomSettings, Peer  # noqa: E402
 from fracsight.service.store import SqliteStore  # noqa: E402
-from fracsight.service.worker import AnalysisWorker  # noqa: E402
 
 OUT_OF_RESOURCES = 0xA700
-
-
-class Node:
-    """A node over its own store, with the shared analyser; stopped by the test's fixture."""
-
-    def __init__(self, data: Path, analyser, pacs: FakePacs | None, **settings) -> None:
-        options = dict(
-            port=0,
-            allow=(Peer("MODALITY"), Peer("BOUND", "127.0.0.2"), Peer("PACS")),
-            forward=Destination("PACS", "127.0.0.1", pacs.port) if pacs else None,
-            retry_base_s=0.2,
-            retry_max_s=0.5,
-            batch_idle_s=2.0,
-            min_free_bytes=0,
-        )
-        options.update(settings)
-        self.settings = DicomSettings(**options)
-        self.store = SqliteStore(data)
-        self.worker = AnalysisWorker(self.store, analyser, poll_s=0.2)
-        self.node = DicomNode(self.store, self.worker, analyser, self.settings)
-        self.worker.start()
-        self.node.start()
-        self.port = self.node.port
-
-    def stop(self) -> None:
-        self.node.stop()
-        self.worker.stop()
-
-    def record(self, sop_instance_uid: str):
-        return self.store.find_instance(sop_instance_uid)
-
-    def wait_finished(self, uids: list[str], timeout: float = 90.0) -> list:
-        """The records of these instances once analysed (or refused) and their results made."""
-
-        def finished() -> bool:
-            records = [self.record(u) for u in uids]
-            return all(
-                r is not None and r.results != "pending" and r.status not in ("queued", "analysing")
-                for r in records
-            )
-
-        wait_until(finished, timeout, "analysis and results")
-        return [self.record(u) for u in uids]
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,27 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help="where results (Secondary Capture, SR, presentation state) are sent by C-STORE",
     )
     p.add_argument(
+        f"--{prefix}tls-cert",
+        dest="tls_cert",
+        type=Path,
+        metavar="PEM",
+        help="the node's TLS certificate: associations are accepted over TLS only (with --tls-key)",
+    )
+    p.add_argument(f"--{prefix}tls-key", dest="tls_key", type=Path, metavar="PEM", help="its private key")
+    p.add_argument(
+        f"--{prefix}tls-ca",
+        dest="tls_ca",
+        type=Path,
+        metavar="PEM",
+        help="accept only senders whose certificate this CA signed (mutual TLS); with --forward-tls "
+        "also what the PACS's certificate is checked against",
+    )
+    p.add_argument(
+        "--forward-tls",
+        action="store_true",
+        help="send results to --forward over TLS (needs --tls-cert, --tls-key and --tls-ca)",
+    )
+    p.add_argument(
         "--retry-max-s",
         type=float,
         default=300.0,
@@ -61,8 +82,11 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def dicom_settings(args: argparse.Namespace, port: int):
-    from fracsight.service.settings import Destination, DicomSettings, Peer
+    from fracsight.service.settings import Destination, DicomSettings, DicomTls, Peer
 
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+        raise ValueError("--tls-cert and --tls-key go together (and --tls-ca needs them)")
+    tls = DicomTls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     return DicomSettings(
         port=port,
         host=args.dicom_host,
@@ -72,6 +96,8 @@ def dicom_settings(args: argparse.Namespace, port: int):
         retry_base_s=min(2.0, args.retry_max_s),
         retry_max_s=args.retry_max_s,
         min_free_bytes=args.min_free_mb * 1024 * 1024,
+        tls=tls,
+        forward_tls=args.forward_tls,
     )
 
 
@@ -116,14 +142,24 @@ def describe(settings) -> str:
     """One line on what the node listens on, whom it accepts and where results go."""
     allowed = ", ".join(str(p) for p in settings.allow)
     target = settings.forward or "nowhere (no --forward: results stay in the store)"
+    unencrypted = settings.tls is None
     warning = (
-        f"warning: the DICOM node listens on {settings.host}: reachable from other machines\n"
+        f"warning: the DICOM node listens on {settings.host}: reachable from other machines"
+        + (", unencrypted (give --tls-cert and --tls-key)" if unencrypted else "")
+        + "\n"
         if settings.binds_beyond_loopback
         else ""
     )
+    if settings.tls is None:
+        secured = ""
+    elif settings.tls.ca is None:
+        secured = " over TLS"
+    else:
+        secured = " over TLS from certificates of the given CA"
+    over = " over TLS" if settings.forward_tls else ""
     return (
-        f"{warning}DICOM node {settings.aet} on {settings.host}:{settings.port}, accepting {allowed}; "
-        f"results to {target}"
+        f"{warning}DICOM node {settings.aet} on {settings.host}:{settings.port}{secured}, accepting "
+        f"{allowed}; results to {target}{over}"
     )
 
 

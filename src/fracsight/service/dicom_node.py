@@ -162,8 +162,12 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
+        tls = self.settings.tls
         self._server = self.ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=tls.server_context() if tls is not None else None,
         )
 
     def stop(self) -> None:

@@ -88,11 +88,13 @@ class Sender(QueueLoop):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         connected: list[bool] = []
         try:
+            tls = self.settings.tls
             assoc = ae.associate(
                 target.host,
                 target.port,
                 ae_title=target.aet,
                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+                tls_args=(tls.client_context(), target.host) if self.settings.forward_tls and tls else None,
             )
         except Exception as exc:  # noqa: BLE001 - a bad address is a failed attempt, retried later
             for send in sends:

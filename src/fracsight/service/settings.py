@@ -2,12 +2,13 @@
 
 :class:`ServiceSettings` for the web service, :class:`DicomSettings` for the DICOM node (alone, or
 inside the web service); :class:`Peer` and :class:`Destination` are the AE titles it accepts and
-sends to.
+sends to, :class:`DicomTls` the certificates of its TLS connections.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,53 @@ def _same_address(a: str, b: str) -> bool:
 
 
 @dataclass(frozen=True)
+class DicomTls:
+    """TLS for the DICOM node (DICOM's secure transport connection profile, PS3.15 B.1).
+
+    ``cert`` and ``key`` (PEM) are the node's own identity, shown to modalities that send and to
+    the PACS it sends results to. With ``ca``, a peer must show a certificate signed by it (mutual
+    TLS): a sender without one never gets as far as the AE-title check. TLS 1.2 at least.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        for what, path in (("certificate", self.cert), ("private key", self.key), ("CA file", self.ca)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS {what} {path}: no such file")
+        self.server_context()  # a key that does not match its certificate is refused now, not later
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._load(context)
+        if self.ca is not None:
+            context.load_verify_locations(cafile=str(self.ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """For sending results: the PACS's certificate checked against ``ca`` (and its host name)."""
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(self.ca) if self.ca else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._load(context)
+        return context
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        try:
+            context.load_cert_chain(str(self.cert), str(self.key))
+        except (ssl.SSLError, OSError) as exc:
+            why = (exc.reason or str(exc)) if isinstance(exc, ssl.SSLError) else (exc.strerror or str(exc))
+            raise ValueError(
+                f"TLS certificate {self.cert} and key {self.key} cannot be used ({why})"
+            ) from None
+
+
+@dataclass(frozen=True)
 class DicomSettings:
     """The DICOM node: what it listens on, whom it accepts, where it sends results and how it retries.
 
@@ -147,6 +195,9 @@ class DicomSettings:
     # long without a new image in it (a modality that keeps its association open).
     batch_idle_s: float = 10.0
     sc_max_side: int = 1024  # the burned-in Secondary Capture's longer side, px
+    # TLS for associations the node accepts; ``forward_tls`` sends results over TLS too.
+    tls: DicomTls | None = None
+    forward_tls: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -161,6 +212,10 @@ class DicomSettings:
             )
         if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
             raise ValueError(f"retry times {self.retry_base_s} / {self.retry_max_s} s: need 0 < base <= max")
+        if self.forward_tls and (self.tls is None or self.tls.ca is None or self.forward is None):
+            raise ValueError(
+                "--forward-tls needs --forward and --tls-cert, --tls-key and --tls-ca (to check the PACS)"
+            )
         if self.min_free_bytes < 0 or self.batch_idle_s <= 0 or self.sc_max_side < 64:
             raise ValueError("min_free_bytes >= 0, batch_idle_s > 0 and sc_max_side >= 64 are required")
 
