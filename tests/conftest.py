@@ -7,6 +7,7 @@ Loading the default ONNX model costs about a second; the inference and predict t
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,40 @@ def gdcm_encode(source: Path, target: Path, syntax: int) -> Path:
     writer.SetImage(change.GetOutput())
     assert writer.Write(), target
     return target
+
+
+# TLS in tests: a throwaway certificate authority made with the ``openssl`` command.
+OPENSSL = shutil.which("openssl")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _issue(folder: Path, name: str, ca: str | None) -> tuple[Path, Path]:
+    """A key and certificate for ``name`` (IP 127.0.0.1), signed by ``ca`` or, without one, by itself."""
+    extensions = folder / f"{name}.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    if ca is None:
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                 f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
+                 "-addext", "subjectAltName=IP:127.0.0.1", cwd=folder)  # fmt: skip
+    else:
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", extensions.name,
+                 cwd=folder)  # fmt: skip
+    return folder / f"{name}.crt", folder / f"{name}.key"
+
+
+def make_test_pki(folder: Path) -> Path:
+    """``folder`` with ca.crt/ca.key and, signed by that CA for IP 127.0.0.1, node, modality, pacs
+    and server certificates and keys; ``intruder`` is self-signed (same form, not from the CA)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "2", "-subj", "/CN=fracsight test CA", cwd=folder)  # fmt: skip
+    for name in ("node", "modality", "pacs", "server"):
+        _issue(folder, name, "ca")
+    _issue(folder, "intruder", None)
+    return folder

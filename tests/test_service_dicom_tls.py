@@ -2,7 +2,7 @@
 ``storescu +tls`` and a certificate from the site's CA; the node sends its results to a PACS over
 TLS too. Without TLS, or with a certificate the CA did not sign, nothing gets in.
 
-Certificates are made here with the ``openssl`` command (a throwaway CA, valid for two days).
+Certificates are made with the ``openssl`` command (``conftest.make_test_pki``: a throwaway CA).
 """
 
 from __future__ import annotations
@@ -16,46 +16,19 @@ import pytest
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
+from conftest import OPENSSL, make_test_pki  # noqa: E402
 from dicom_peers import DICOM, FakePacs, Node, renamed, send, wait_until  # noqa: E402
 
 from fracsight.service.dicom_results import SR_CLASS  # noqa: E402
 from fracsight.service.settings import DicomSettings, DicomTls, Peer  # noqa: E402
 
-OPENSSL = shutil.which("openssl")
 STORESCU = shutil.which("storescu")
 pytestmark = pytest.mark.skipif(not (OPENSSL and STORESCU), reason="needs openssl and DCMTK's storescu")
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _issue(folder: Path, name: str, ca: str | None) -> tuple[Path, Path]:
-    """A key and certificate for ``name`` (IP 127.0.0.1), signed by ``ca`` or, without one, by itself."""
-    extensions = folder / f"{name}.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
-    if ca is None:
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
-                 "-addext", "subjectAltName=IP:127.0.0.1", cwd=folder)  # fmt: skip
-    else:
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", extensions.name,
-                 cwd=folder)  # fmt: skip
-    return folder / f"{name}.crt", folder / f"{name}.key"
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=fracsight test CA", cwd=folder)  # fmt: skip
-    for name in ("node", "modality", "pacs"):
-        _issue(folder, name, "ca")
-    _issue(folder, "intruder", None)  # the same name as a real one, not signed by the site's CA
-    return folder
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _storescu(port: int, pki: Path, path: Path, identity: str | None) -> subprocess.CompletedProcess:

@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="folder for the store and files")
     p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
     p.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve HTTPS with this certificate (with --tls-key): needed beyond loopback, where the "
+        "API token would otherwise travel in clear text",
+    )
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
         "--max-upload-mb", type=_positive, default=200, help="largest upload accepted, in MB (default 200)"
     )
     p.add_argument(
@@ -76,14 +84,21 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         analysis_threads=args.analysis_threads,
         dicom=dicom,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     service = Service(settings)
     if service.token_created:
         print(f"API token (shown once; kept in {args.data / 'api-token'}): {service.token}", file=sys.stderr)
     if settings.binds_beyond_loopback:
-        print(f"warning: listening on {args.host}: reachable from other machines", file=sys.stderr)
+        clear = (
+            ""
+            if settings.tls_cert
+            else " over plain HTTP: the API token travels in clear text (give --tls-cert)"
+        )
+        print(f"warning: listening on {args.host}: reachable from other machines{clear}", file=sys.stderr)
     print(
-        f"fracsight serve: http://{args.host}:{args.port}/ (data in {args.data}); Ctrl-C stops",
+        f"fracsight serve: {settings.scheme}://{args.host}:{args.port}/ (data in {args.data}); Ctrl-C stops",
         file=sys.stderr,
     )
     if dicom is not None:

@@ -42,7 +42,7 @@ class Service:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        return f"{self.settings.scheme}://{self.settings.host}:{self.port}"
 
     @property
     def port(self) -> int:
@@ -61,6 +61,8 @@ class Service:
             access_log=False,  # the app logs each request by route, without ids or UIDs
             log_config=None,
             timeout_graceful_shutdown=10,
+            ssl_certfile=str(self.settings.tls_cert) if self.settings.tls_cert else None,
+            ssl_keyfile=str(self.settings.tls_key) if self.settings.tls_key else None,
         )
         return uvicorn.Server(config)
 

@@ -33,6 +33,9 @@ class ServiceSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     analysis_threads: int = 1  # ONNX Runtime threads: the rest of the CPU serves HTTP
     dicom: DicomSettings | None = None  # also run the DICOM node (``--dicom-port``)
+    # HTTPS: the page and API over TLS with this certificate and key (PEM); None: plain HTTP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -43,6 +46,17 @@ class ServiceSettings:
             raise ValueError(f"analysis_threads {self.analysis_threads} must be at least 1")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the API token must be at least 16 characters long")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_cert is not None:
+            for what, path in (("certificate", self.tls_cert), ("private key", self.tls_key)):
+                if not Path(path).is_file():
+                    raise ValueError(f"TLS {what} {path}: no such file")
+            _check_cert_and_key(Path(self.tls_cert), Path(self.tls_key))
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def binds_beyond_loopback(self) -> bool:
@@ -160,13 +174,20 @@ class DicomTls:
         return context
 
     def _load(self, context: ssl.SSLContext) -> None:
-        try:
-            context.load_cert_chain(str(self.cert), str(self.key))
-        except (ssl.SSLError, OSError) as exc:
-            why = (exc.reason or str(exc)) if isinstance(exc, ssl.SSLError) else (exc.strerror or str(exc))
-            raise ValueError(
-                f"TLS certificate {self.cert} and key {self.key} cannot be used ({why})"
-            ) from None
+        _load_cert_chain(context, Path(self.cert), Path(self.key))
+
+
+def _load_cert_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        why = (exc.reason or str(exc)) if isinstance(exc, ssl.SSLError) else (exc.strerror or str(exc))
+        raise ValueError(f"TLS certificate {cert} and key {key} cannot be used ({why})") from None
+
+
+def _check_cert_and_key(cert: Path, key: Path) -> None:
+    """Refuse at start a key that does not belong to its certificate (not at the first request)."""
+    _load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
 
 
 @dataclass(frozen=True)
