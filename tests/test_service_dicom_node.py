@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
+import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 from dicom_peers import (  # noqa: E402
     DICOM,
@@ -74,6 +75,16 @@ def _named(items: list[pydicom.Dataset], meaning: str) -> list[pydicom.Dataset]:
         for i in items
         if "ConceptNameCodeSequence" in i and i.ConceptNameCodeSequence[0].CodeMeaning == meaning
     ]
+
+
+def _inside(point: np.ndarray, polygon: np.ndarray) -> bool:
+    """Ray casting: True when ``point`` lies inside the closed ``polygon`` (N x 2)."""
+    x, y = point
+    inside = False
+    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
+        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+            inside = not inside
+    return inside
 
 
 def _dciodvfy_errors(ds: pydicom.Dataset, folder: Path) -> list[str]:
@@ -154,6 +165,15 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
                 t.UnformattedTextValue for a in state.GraphicAnnotationSequence for t in a.TextObjectSequence
             ]
             assert any(CAPTION in t and record.category.replace("_", " ") in t for t in texts)
+            graphics = {
+                g.GraphicType: g for a in state.GraphicAnnotationSequence for g in a.GraphicObjectSequence
+            }
+            outline = np.array(graphics["POLYLINE"].GraphicData, dtype=float).reshape(-1, 2)
+            assert len(outline) >= 5 and tuple(outline[0]) == tuple(outline[-1])  # a closed polygon
+            assert (outline >= 0).all() and (outline[:, 0] <= source.Columns).all()
+            assert (outline[:, 1] <= source.Rows).all()
+            centre = np.array(graphics["CIRCLE"].GraphicData[:2], dtype=float)
+            assert _inside(centre, outline), "the outline holds the peak"
         if validator:
             for made in (sc, sr, *gsps):
                 assert _dciodvfy_errors(made, tmp_path) == [], (name, made.SOPClassUID.name)

@@ -78,6 +78,80 @@ def heatmap_peak(heatmap: np.ndarray, box: Letterbox) -> tuple[float, float]:
     return float(np.clip(x, 0, box.width - 1)), float(np.clip(y, 0, box.height - 1))
 
 
+def heatmap_outline(heatmap: np.ndarray, box: Letterbox, level: float = 0.5) -> list[tuple[float, float]]:
+    """The outline of the hot region around the peak, in original image pixels: the cells at or
+    above ``level`` times the peak value, 4-connected to the peak cell, traced along cell edges
+    as a closed polygon (first point repeated last), clipped to the image.
+
+    What a PACS viewer draws of the finding (the DICOM presentation state): the region the model
+    points at, not a single point.
+    """
+    rows, cols = heatmap.shape
+    col, row = map_peak(heatmap)
+    start = (min(int(row), rows - 1), min(int(col), cols - 1))
+    hot = heatmap >= heatmap[start] * level
+    region, stack = {start}, [start]
+    while stack:
+        r, c = stack.pop()
+        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= nr < rows and 0 <= nc < cols and hot[nr, nc] and (nr, nc) not in region:
+                region.add((nr, nc))
+                stack.append((nr, nc))
+    corners = _outer_boundary(region)
+    cell = box.size / cols
+    points = []
+    for x, y in corners:
+        ix, iy = box.to_image(x * cell, y * cell)
+        points.append((float(np.clip(ix, 0, box.width)), float(np.clip(iy, 0, box.height))))
+    return points
+
+
+def _outer_boundary(cells: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Corner points (x = column, y = row) of the outer boundary of a 4-connected set of grid cells,
+    clockwise on screen, closed (first point repeated), without points in the middle of a side."""
+    step: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, c in cells:  # each boundary edge, with the region on its right (y grows downwards)
+        if (r - 1, c) not in cells:
+            step.setdefault((c, r), []).append((c + 1, r))
+        if (r, c + 1) not in cells:
+            step.setdefault((c + 1, r), []).append((c + 1, r + 1))
+        if (r + 1, c) not in cells:
+            step.setdefault((c + 1, r + 1), []).append((c, r + 1))
+        if (r, c - 1) not in cells:
+            step.setdefault((c, r + 1), []).append((c, r))
+    loops = []
+    while step:
+        first = min(step)
+        loop, point = [first], first
+        while True:
+            ends = step[point]
+            following = ends.pop()
+            if not ends:
+                del step[point]
+            if following == first:
+                break
+            loop.append(following)
+            point = following
+        loops.append(loop)
+    # The outer boundary encloses the most area (holes are inside it).
+    outer = max(loops, key=lambda p: abs(_area(p)))
+    kept = [
+        p for i, p in enumerate(outer)
+        if _turns(outer[i - 1], p, outer[(i + 1) % len(outer)])
+    ]  # fmt: skip
+    return [*kept, kept[0]]
+
+
+def _area(points: list[tuple[int, int]]) -> float:
+    return 0.5 * sum(
+        x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1], strict=True)
+    )
+
+
+def _turns(before: tuple[int, int], at: tuple[int, int], after: tuple[int, int]) -> bool:
+    return (at[0] - before[0]) * (after[1] - at[1]) != (at[1] - before[1]) * (after[0] - at[0])
+
+
 def _colormap(values: np.ndarray) -> np.ndarray:
     """A yellow-to-red ramp for values in [0, 1] -> RGB uint8 (hotter = redder)."""
     v = np.clip(values, 0.0, 1.0)

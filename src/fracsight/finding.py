@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fracsight.explain import CAPTION, heatmap_peak, heatmap_to_image
+from fracsight.explain import CAPTION, heatmap_outline, heatmap_peak, heatmap_to_image
 from fracsight.io.radiograph import Radiograph, RefusedInput
 from fracsight.io.safe_text import is_uid
 from fracsight.model_card import Category, ModelIdentity
@@ -87,6 +87,11 @@ class Finding:
         """(x, y) of the heat map's peak in original image pixels (:func:`fracsight.explain.heatmap_peak`),
         the point ``fracsight evaluate`` scores against expert boxes."""
         return heatmap_peak(self.heatmap, self.letterbox)
+
+    def outline(self, level: float = 0.5) -> list[tuple[float, float]]:
+        """The hot region around the peak as a closed polygon in original image pixels
+        (:func:`fracsight.explain.heatmap_outline`)."""
+        return heatmap_outline(self.heatmap, self.letterbox, level)
 
     def to_dict(self) -> dict[str, Any]:
         """The finding as JSON-ready values (the heat map itself travels as a picture, not here).

@@ -8,9 +8,10 @@
   identification (model name, version, sha256 and operating points), the finding "fracture of
   bone" with the probability, the category, the two operating points and the heat-map peak as a
   point on the source image, and, once its images are analysed, the study's category;
-* a **Grayscale Softcopy Presentation State** for images in category fracture or doubt: a circle
-  around the heat-map peak and the category drawn on the original image, for the PACS viewer to
-  switch on and off. For "no fracture" it would only show a peak the model gives no weight to, so
+* a **Grayscale Softcopy Presentation State** for images in category fracture or doubt: the
+  outline of the hot region (heat-map cells at half the peak's value or more, around the peak), a
+  circle at the peak and the category drawn on the original image, for the PACS viewer to switch
+  on and off. For "no fracture" it would only show a peak the model gives no weight to, so
   none is made; nor for colour images, which a grayscale presentation state cannot describe.
 
 Builders are pure: they take the source header, the analysis, the clock and the UIDs, and
@@ -142,6 +143,16 @@ def peak_on_source(finding: Finding, source: Dataset) -> tuple[float, float]:
     columns, rows = int(source.Columns), int(source.Rows)
     sx, sy = columns / box.width, rows / box.height
     return float(np.clip(x * sx, 0, columns)), float(np.clip(y * sy, 0, rows))
+
+
+def outline_on_source(finding: Finding, source: Dataset) -> list[tuple[float, float]]:
+    """The hot region's outline (:meth:`Finding.outline`) in the source image's pixel coordinates."""
+    box = finding.letterbox
+    columns, rows = int(source.Columns), int(source.Rows)
+    sx, sy = columns / box.width, rows / box.height
+    return [
+        (float(np.clip(x * sx, 0, columns)), float(np.clip(y * sy, 0, rows))) for x, y in finding.outline()
+    ]
 
 
 def peak_radius_on_source(finding: Finding, source: Dataset) -> float:
@@ -403,11 +414,16 @@ def presentation_state(
         referenced_images=[source],
         graphic_layer=layer,
         graphic_objects=[
-            hd.pr.GraphicObject(
+            hd.pr.GraphicObject(  # the hot region: cells at half the peak's value or more
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array(outline_on_source(finding, source), dtype=float),
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+            ),
+            hd.pr.GraphicObject(  # the peak, one heat-map cell across
                 graphic_type=hd.pr.GraphicTypeValues.CIRCLE,
                 graphic_data=np.array([[x, y], [min(x + radius, columns), y]], dtype=float),
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
-            )
+            ),
         ],
         text_objects=[
             hd.pr.TextObject(
