@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,12 +44,14 @@ import numpy as np
 from fracsight import __version__
 from fracsight.batch.results import COLUMNS, row_of
 
-__all__ = ["ModelActor", "Plan", "connect", "decode", "draw", "heatmap_target", "pipeline", "rows"]
+__all__ = ["ModelActor", "Plan", "connect", "decode", "draw", "heatmap_target", "pipeline", "RowStream"]
 
 DECODE_CPUS = 0.8
 MODEL_CPUS = 0.2
-# Inputs per block and per task: small enough that a retried task repeats little work and the
-# first rows arrive within seconds, large enough that Ray's cost per task (a few ms) stays small.
+# Inputs per block, at most; each task and each actor call takes one block (``batch_size=None``:
+# Ray Data would otherwise bundle blocks up to a batch size). Small enough that a retried task
+# repeats little work and rows reach the results steadily, large enough that Ray's cost per task
+# (a few ms) stays small.
 ROWS_PER_TASK = 16
 MODEL_FILE = "model.onnx"
 CARD_FILE = "model.card.json"
@@ -68,11 +72,14 @@ def connect(address: str | None, verbose: bool = False) -> bool:
     """Join the cluster at ``address`` ('auto', 'HOST:PORT', 'ray://HOST:PORT'), or start a Ray
     instance on this machine that listens on loopback only. Returns True when it started one."""
     local = address is None
-    if local:
-        # Ray binds its servers to the node's address; this makes that address 127.0.0.1 (with it
-        # unset, Ray resolves even an explicit 127.0.0.1 to the machine's outward address). Read
-        # when Ray is imported, so set here, and on Ray's constant too in case it already was.
+    loopback = local or _is_loopback(address)
+    if loopback:
+        # Ray 2.60 listens on every interface unless it runs as a single machine, which this
+        # variable makes it do: its node address becomes 127.0.0.1 and its servers listen there
+        # only (without it Ray turns even an explicit 127.0.0.1 into the machine's outward
+        # address). Read when Ray is imported, so set here, and on Ray's constant in case it was.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if local:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default, without its warning
     if not verbose:
         # Ray's C++ core writes its errors to the driver's console; one of them comes with every
@@ -81,8 +88,10 @@ def connect(address: str | None, verbose: bool = False) -> bool:
     import ray
     from ray._private import ray_constants
 
-    if local:
+    if loopback:
         ray_constants.ENABLE_RAY_CLUSTER = False
+    if not verbose:  # Ray Data's advice on tuning it is for its own users, not fracsight's
+        warnings.filterwarnings("ignore", module=r"ray\.")
     with contextlib.nullcontext() if verbose else _console_silenced():
         ray.init(
             address="local" if local else address,
@@ -108,6 +117,19 @@ def _console_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a Ray address ('HOST:PORT', 'ray://HOST:PORT') names this machine's loopback."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def disconnect() -> None:
@@ -156,19 +178,20 @@ def pipeline(inputs: list[tuple[str, str]], plan: Plan, workers: int):
 
     items = [{"path": shown, "raw": os.fsencode(real)} for shown, real in inputs]
     blocks = max(1, -(-len(items) // ROWS_PER_TASK))
+    workers = min(workers, blocks)  # an actor with no block to run would only cost its start
     dataset = ray.data.from_items(items, override_num_blocks=blocks)
     dataset = dataset.map_batches(
         decode,
         fn_kwargs={"size": plan.size, "keep_pixels": plan.heatmaps is not None},
         batch_format="pyarrow",
-        batch_size=ROWS_PER_TASK,
+        batch_size=None,
         num_cpus=DECODE_CPUS,
     )
     dataset = dataset.map_batches(
         ModelActor,
         fn_constructor_kwargs={"plan": plan, "version": __version__},
         batch_format="pyarrow",
-        batch_size=ROWS_PER_TASK,
+        batch_size=None,
         num_cpus=MODEL_CPUS,
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
@@ -177,16 +200,43 @@ def pipeline(inputs: list[tuple[str, str]], plan: Plan, workers: int):
             draw,
             fn_kwargs={"folder": plan.heatmaps, "size": plan.size},
             batch_format="pyarrow",
-            batch_size=ROWS_PER_TASK,
+            batch_size=None,
             num_cpus=DECODE_CPUS,
         )
     return dataset
 
 
-def rows(dataset) -> Iterator[list[dict[str, Any]]]:
-    """The dataset's rows, a block at a time, as they are done (in no particular order)."""
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-        yield batch.select(COLUMNS).to_pylist()
+class RowStream:
+    """The dataset's rows, a block at a time as they are done (in no particular order), iterated
+    in a background thread so that the driver waits with a timeout: it notices Ctrl-C and writes
+    a part on time while the cluster is busy, and no signal handler ever runs inside Ray's code."""
+
+    _END = object()
+
+    def __init__(self, dataset) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        threading.Thread(target=self._run, args=(dataset,), name="fracsight-rows", daemon=True).start()
+
+    def _run(self, dataset) -> None:
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+                self._queue.put(batch.select(COLUMNS).to_pylist())
+            self._queue.put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver, which says what happened
+            self._queue.put(exc)
+
+    def next(self, timeout: float) -> list[dict[str, Any]] | None:
+        """The next block's rows; None if none came within ``timeout`` seconds. Raises
+        StopIteration at the end, and what the pipeline raised if it failed."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 # --- inside the Ray workers -------------------------------------------------------------------

@@ -14,6 +14,7 @@ twice, so every input ends with exactly one row.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -108,7 +109,8 @@ class ResultsFolder:
             raise ValueError(f"--output {folder}: cannot create the folder: {exc.strerror or exc}") from exc
         for leftover in self.folder.glob(".part-*.tmp"):  # a part a stopped run did not finish
             leftover.unlink(missing_ok=True)
-        self._run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        # Unique per run (two runs in one second, even in one process, never share a name).
+        self._run = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
         self._parts = 0
         self.written: set[str] = set()
 

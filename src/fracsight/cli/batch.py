@@ -25,7 +25,6 @@ from collections import Counter
 from pathlib import Path
 
 from fracsight.cli.options import a_folder_to_write, a_model, a_number, a_whole_number, an_existing_file
-from fracsight.cli.predict_output import Interrupted, SignalGuard
 
 __all__ = ["register", "run"]
 
@@ -166,7 +165,6 @@ def _analyse(args, results, todo: list[tuple[str, str]], heat_dir: Path | None, 
     verbose = logging.getLogger("fracsight").getEffectiveLevel() <= logging.DEBUG
     engine.connect(args.address, verbose=verbose)
     startup = time.perf_counter() - started
-    done = 0
     bar = None
     try:
         import ray
@@ -177,85 +175,116 @@ def _analyse(args, results, todo: list[tuple[str, str]], heat_dir: Path | None, 
             onnx_sha256=checked.identity.onnx_sha256,
             heatmaps=str(heat_dir.resolve()) if heat_dir is not None else None,
         )
-        workers = args.workers or engine.cluster_cpus()
-        dataset = engine.pipeline(todo, plan, workers)
+        stream = engine.RowStream(engine.pipeline(todo, plan, args.workers or engine.cluster_cpus()))
         bar = tqdm(total=len(todo), unit="img", disable=args.no_progress, file=sys.stderr, smoothing=0.1)
-        buffer: list[dict] = []
-        buffered: set[str] = set()
-        oldest = None
+        writer = _PartWriter(results, args.part_rows, args.part_seconds, tally, bar)
+        signals = _Signals()
         try:
-            with SignalGuard() as guard:
-                for block in engine.rows(dataset):
-                    new = 0
-                    for row in block:
-                        if row["path"] in results.written or row["path"] in buffered:
-                            continue  # a retried task's row that was already taken
-                        buffer.append(row)
-                        buffered.add(row["path"])
-                        tally.add(row)
-                        new += 1
-                    done += new
-                    oldest = oldest or (time.monotonic() if new else None)
-                    bar.update(new)
-                    bar.set_postfix(refused=sum(tally.refused.values()), refresh=False)
-                    if buffer and (
-                        len(buffer) >= args.part_rows or time.monotonic() - oldest >= args.part_seconds
-                    ):
-                        with guard.hold():
-                            results.write(buffer)
-                        buffer, buffered, oldest = [], set(), None
-                    guard.raise_pending()
-                with guard.hold():
-                    results.write(buffer)
-                buffer = []
-        except (Interrupted, KeyboardInterrupt) as stop:
-            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-            _flush_on_stop(results, buffer)
-            bar.close()
-            _say(
-                f"interrupted ({signal.Signals(signum).name}) after {done} of {len(todo)} inputs; "
-                f"{args.output} keeps their rows: run the same command to analyse the other "
-                f"{len(todo) - done}"
-            )
-            return 128 + signum
+            with signals:
+                while not signals.received:
+                    try:
+                        writer.take(stream.next(timeout=0.25))
+                    except StopIteration:
+                        break
+                    writer.flush_if_due()
+                writer.flush()
         except OSError as exc:
             bar.close()
             _say(
-                f"stopped after {done} of {len(todo)} inputs: cannot write to {args.output}: "
+                f"stopped after {writer.done} of {len(todo)} inputs: cannot write to {args.output}: "
                 f"{exc.strerror or exc}"
             )
             return 2
         except Exception as exc:  # noqa: BLE001 - a lost cluster or a bug: keep the rows, say how to go on
             logger.debug("the run failed", exc_info=True)
-            _flush_on_stop(results, buffer)
+            _flush_on_stop(writer)
+            bar.close()
+            if not signals.received:  # (a Ctrl-C in the terminal may reach Ray's processes too)
+                _say(
+                    f"the run failed after {writer.done} of {len(todo)} inputs "
+                    f"({type(exc).__name__}: {_first_line(exc)}); "
+                    f"{args.output} keeps their rows: run the same command to continue"
+                )
+                return 3
+        if signals.received:
             bar.close()
             _say(
-                f"the run failed after {done} of {len(todo)} inputs "
-                f"({type(exc).__name__}: {_first_line(exc)}); "
-                f"{args.output} keeps their rows: run the same command to continue"
+                f"interrupted ({signal.Signals(signals.received).name}) after {writer.done} of "
+                f"{len(todo)} inputs; {args.output} keeps their rows: run the same command to "
+                f"analyse the other {len(todo) - writer.done}"
             )
-            return 3
+            return 128 + signals.received
         bar.close()
-        return tally.finish(args.output, time.perf_counter() - started, startup, done)
+        return tally.finish(args.output, time.perf_counter() - started, startup, writer.done)
     finally:
         if bar is not None:
             bar.close()
         engine.disconnect()
 
 
-def _flush_on_stop(results, buffer: list[dict]) -> None:
-    """Write the rows already done; a second signal now would cost them (they are analysed again)."""
-    try:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals are not ours to hold
-        previous = {}
-    try:
-        results.write(buffer)
-    except OSError as exc:
-        _say(f"the last {len(buffer)} rows could not be written ({exc.strerror or exc}); rerun for them")
-    finally:
-        for signum, handler in previous.items():
+class _PartWriter:
+    """Rows as they come, each path once, into a part every ``rows`` rows or ``seconds`` seconds."""
+
+    def __init__(self, results, rows: int, seconds: float, tally: _Tally, bar) -> None:
+        self.results, self.rows, self.seconds, self.tally, self.bar = results, rows, seconds, tally, bar
+        self.buffer: list[dict] = []
+        self.buffered: set[str] = set()
+        self.oldest: float | None = None
+        self.done = 0
+
+    def take(self, block: list[dict] | None) -> None:
+        new = 0
+        for row in block or ():
+            if row["path"] in self.results.written or row["path"] in self.buffered:
+                continue  # a retried task's row that was already taken
+            self.buffer.append(row)
+            self.buffered.add(row["path"])
+            self.tally.add(row)
+            new += 1
+        if new:
+            self.done += new
+            self.oldest = self.oldest or time.monotonic()
+            self.bar.update(new)
+            self.bar.set_postfix(refused=sum(self.tally.refused.values()), refresh=False)
+
+    def flush_if_due(self) -> None:
+        if self.buffer and (len(self.buffer) >= self.rows or time.monotonic() - self.oldest >= self.seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        self.results.write(self.buffer)
+        self.buffer, self.buffered, self.oldest = [], set(), None
+
+
+class _Signals:
+    """While active, SIGINT and SIGTERM are noted (``received``), not raised: the loop stops at its
+    next turn, a part being written is finished, and no exception lands inside Ray's code."""
+
+    def __init__(self) -> None:
+        self.received: int = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        try:
+            self._previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals are not ours to take
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.received = self.received or signum
+
+
+def _flush_on_stop(writer: _PartWriter) -> None:
+    """Write the rows already done; if the disk refuses, they are analysed again next time."""
+    try:
+        writer.flush()
+    except OSError as exc:
+        _say(f"the last {len(writer.buffer)} rows could not be written ({exc.strerror or exc})")
 
 
 def _heat_dir(raw: str | None) -> Path | None:
