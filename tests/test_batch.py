@@ -461,6 +461,20 @@ def test_a_manifest_without_paths_is_refused_before_anything_starts(
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_an_address_where_no_cluster_answers_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], samples_dir: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "results.parquet"
+    assert main(["batch", str(samples_dir), "--output", str(out), "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers there" in capsys.readouterr().err
+    assert main(["batch", str(samples_dir), "--output", str(out), "--address", "head-node"]) == 2
+    assert "give HOST:PORT, ray://HOST:PORT or auto" in capsys.readouterr().err
+    assert not list(out.glob("part-*"))
+
+
 def test_without_the_cluster_extra_batch_says_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], samples_dir: Path
 ) -> None:

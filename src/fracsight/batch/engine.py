@@ -72,6 +72,8 @@ def connect(address: str | None, verbose: bool = False) -> bool:
     """Join the cluster at ``address`` ('auto', 'HOST:PORT', 'ray://HOST:PORT'), or start a Ray
     instance on this machine that listens on loopback only. Returns True when it started one."""
     local = address is None
+    if not local and address != "auto":
+        _check_reachable(address)  # Ray itself would retry a wrong address for minutes, silently
     loopback = local or _is_loopback(address)
     if loopback:
         # Ray 2.60 listens on every interface unless it runs as a single machine, which this
@@ -117,6 +119,22 @@ def _console_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Raises ConnectionError, in words, when nothing accepts a connection at the address's port."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except ValueError:
+        raise ConnectionError(f"--address {address}: give HOST:PORT, ray://HOST:PORT or auto") from None
+    except OSError as exc:
+        raise ConnectionError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _is_loopback(address: str) -> bool:
