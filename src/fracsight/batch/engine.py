@@ -83,13 +83,17 @@ def connect(address: str | None, verbose: bool = False) -> bool:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if local:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default, without its warning
+    # Never start a Ray instance behind the command's back (Ray Data would, from its threads, if
+    # called after the run has left Ray).
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     if not verbose:
         # Ray's C++ core writes its errors to the driver's console; one of them comes with every
         # actor pool of Ray Data (its arguments are in the object store), so they stay off it.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
-    from ray._private import ray_constants
+    from ray._private import auto_init_hook, ray_constants
 
+    auto_init_hook.enable_auto_connect = False  # read when Ray is imported: in case it already was
     if loopback:
         ray_constants.ENABLE_RAY_CLUSTER = False
     if not verbose:  # Ray Data's advice on tuning it is for its own users, not fracsight's
@@ -107,8 +111,8 @@ def connect(address: str | None, verbose: bool = False) -> bool:
 
 @contextlib.contextmanager
 def _console_silenced() -> Iterator[None]:
-    """Standard error to /dev/null while Ray starts: its C++ core announces its log level there.
-    A failure to start still raises, with its message, once the console is back."""
+    """Standard error to /dev/null while Ray starts (its C++ core announces its log level there)
+    or stops. A failure still raises, with its message, once the console is back."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -150,10 +154,16 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def disconnect() -> None:
+def disconnect(stream: RowStream | None = None, verbose: bool = False) -> None:
+    """Stop the pipeline (``stream``) and leave Ray (stopping it if this run started it). The
+    console is silenced meanwhile: as Ray Data stops its actors, Ray reports each task it cut
+    short, after the command's own closing line."""
     import ray
 
-    ray.shutdown()
+    with contextlib.nullcontext() if verbose else _console_silenced():
+        if stream is not None:
+            stream.close()
+        ray.shutdown()
 
 
 def cluster_cpus() -> int:
@@ -227,21 +237,34 @@ def pipeline(inputs: list[tuple[str, str]], plan: Plan, workers: int):
 class RowStream:
     """The dataset's rows, a block at a time as they are done (in no particular order), iterated
     in a background thread so that the driver waits with a timeout: it notices Ctrl-C and writes
-    a part on time while the cluster is busy, and no signal handler ever runs inside Ray's code."""
+    a part on time while the cluster is busy, and no signal handler ever runs inside Ray's code.
+    :meth:`close` stops the iteration (Ray Data then stops the pipeline) before Ray is left."""
 
     _END = object()
 
     def __init__(self, dataset) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=8)
-        threading.Thread(target=self._run, args=(dataset,), name="fracsight-rows", daemon=True).start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(dataset,), name="fracsight-rows", daemon=True)
+        self._thread.start()
 
     def _run(self, dataset) -> None:
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-                self._queue.put(batch.select(COLUMNS).to_pylist())
-            self._queue.put(self._END)
+                if not self._put(batch.select(COLUMNS).to_pylist()):
+                    return  # leaving the loop closes Ray Data's iterator, which stops the pipeline
+            self._put(self._END)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver, which says what happened
-            self._queue.put(exc)
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def next(self, timeout: float) -> list[dict[str, Any]] | None:
         """The next block's rows; None if none came within ``timeout`` seconds. Raises
@@ -255,6 +278,12 @@ class RowStream:
         if isinstance(item, BaseException):
             raise item
         return item
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop taking rows and wait (up to ``timeout_s``) until the pipeline has stopped; rows
+        not taken yet are not written, and the next run analyses their inputs."""
+        self._stop.set()
+        self._thread.join(timeout_s)
 
 
 # --- inside the Ray workers -------------------------------------------------------------------

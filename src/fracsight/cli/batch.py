@@ -165,7 +165,7 @@ def _analyse(args, results, todo: list[tuple[str, str]], heat_dir: Path | None, 
     verbose = logging.getLogger("fracsight").getEffectiveLevel() <= logging.DEBUG
     engine.connect(args.address, verbose=verbose)
     startup = time.perf_counter() - started
-    bar = None
+    bar = stream = None
     try:
         import ray
 
@@ -219,7 +219,7 @@ def _analyse(args, results, todo: list[tuple[str, str]], heat_dir: Path | None, 
     finally:
         if bar is not None:
             bar.close()
-        engine.disconnect()
+        engine.disconnect(stream, verbose)
 
 
 class _PartWriter:
