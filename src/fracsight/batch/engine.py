@@ -201,7 +201,7 @@ def model_files(model_path: Path) -> dict[str, bytes]:
 
 def pipeline(inputs: list[tuple[str, str]], plan: Plan, workers: int):
     """The dataset of result rows (plus heat-map columns until drawn) for ``inputs``, (path as
-    shown, path to open) pairs; nothing runs until the driver iterates it (:func:`rows`)."""
+    shown, path to open) pairs; nothing runs until the driver iterates it (:class:`RowStream`)."""
     import ray
 
     items = [{"path": shown, "raw": os.fsencode(real)} for shown, real in inputs]
