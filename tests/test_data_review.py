@@ -48,4 +48,4 @@ def test_setup_refuses_an_unknown_mode() -> None:
         pytest.skip("bash not installed")
     done = subprocess.run(["bash", str(script), "tests"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "usage: scripts/setup.sh [run|serve|test]" in done.stderr
+    assert "usage: scripts/setup.sh [run|serve|cluster|test]" in done.stderr

@@ -37,10 +37,12 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"io", "reporting", "data", *CORE},
     "reader_study": {"reporting", "data", "evaluation", "model_card"},
     "training": {"io", "data", "evaluation", "preprocess", "model_card"},
-    # Delivery: the services wrap the core; the command line wraps everything.
+    # Delivery: the services and the Ray engine wrap the core; the command line wraps everything.
     "service": {"io", "data", *CORE},
+    "batch": {"io", *CORE},
     "cli": {
         "io",
+        "batch",
         "reporting",
         "data",
         "evaluation",

@@ -21,6 +21,7 @@ The house, from the bottom up; each part imports only parts above it in this lis
 * ``data``: datasets, manifests, split files, labels, boxes, duplicates, the data audit
 * ``evaluation``: accuracy with CIs, localisation, the training-data guard, site-adapted copies
 * ``reader_study``: MRMC reader studies; ``training``: the network and its training (torch)
+* ``service``: the web worklist and the DICOM node; ``batch``: an archive on a Ray cluster (Ray Data)
 * ``cli``: one module per sub-command; nothing imports it
 """
 

@@ -9,6 +9,8 @@ and the categories (:mod:`fracsight.model_card`); a Finding is only read, never 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -255,3 +257,24 @@ def _caption(image: Image.Image, finding: Finding) -> None:
         font=font,
         spacing=CAPTION_SPACING,
     )
+
+
+def save_png(image: Image.Image, target: Path, text: dict[str, str]) -> None:
+    """Write ``image`` as a PNG under a hidden temporary name, then rename: a full disk or a signal
+    leaves no half-written picture. ``text`` goes into PNG text chunks, so the picture names its
+    study and model wherever it goes."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    part = target.with_name(f".{target.name}.part")
+    try:
+        image.save(part, format="PNG", compress_level=1, pnginfo=info)
+        os.replace(part, target)
+    except BaseException:
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise

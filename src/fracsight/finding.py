@@ -10,21 +10,30 @@ Built by :mod:`fracsight.inference` from the model card's category and identity
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fracsight.explain import CAPTION, heatmap_outline, heatmap_peak, heatmap_to_image
+from fracsight import explain
+from fracsight.explain import (
+    CAPTION,
+    heatmap_outline,
+    heatmap_peak,
+    heatmap_to_image,
+)
 from fracsight.io.radiograph import Radiograph, RefusedInput
 from fracsight.io.safe_text import is_uid
 from fracsight.model_card import Category, ModelIdentity
 from fracsight.preprocess import Letterbox
 
-__all__ = ["Finding", "Outcome", "Refusal", "SourceIds"]
+__all__ = ["Finding", "Outcome", "Refusal", "SourceIds", "write_heatmap"]
 
 # Reason codes beyond the RefusedInput kinds (``RefusedInput.code`` and its subclasses'):
 MISSING = "missing"  # no such file, or a link to one that is gone
 READ_ERROR = "read_error"  # the reader failed in a way it does not name (a bug, or a new format)
+# error_code of an analysed input whose heat-map picture could not be written (its answer stands).
+HEATMAP_NOT_WRITTEN = "heatmap_not_written"
 
 
 @dataclass(frozen=True)
@@ -148,3 +157,23 @@ class Refusal:
 
 # What analysing one input gives: never an exception for a bad input.
 Outcome = Finding | Refusal
+
+
+def write_heatmap(finding: Finding, pixels: np.ndarray, target: Path) -> dict[str, str]:
+    """Draw ``finding``'s overlay on the radiograph's ``pixels`` into ``target`` (whole or not at
+    all, with :meth:`Finding.png_text`). Returns the record fields that say where it went, or why
+    it did not (``error_code`` :data:`HEATMAP_NOT_WRITTEN`): a full disk or an odd image costs
+    that picture, never the batch."""
+    try:
+        explain.save_png(explain.overlay_image(pixels, finding), target, finding.png_text())
+    except OSError as exc:
+        return {
+            "error_code": HEATMAP_NOT_WRITTEN,
+            "error": f"analysed, but its heat map could not be written: {exc.strerror or exc}",
+        }
+    except Exception as exc:  # noqa: BLE001 - one odd image must not stop the batch
+        return {
+            "error_code": HEATMAP_NOT_WRITTEN,
+            "error": f"analysed, but its heat map could not be drawn ({type(exc).__name__})",
+        }
+    return {"heatmap": str(target)}

@@ -27,7 +27,8 @@ from fracsight.cli.options import Parser
 
 # Sub-commands, in the order they appear in --help; each is the module of that name ("-" -> "_").
 _COMMANDS = (
-    "predict", "serve", "dicom-node", "train", "evaluate", "thresholds", "calibrate", "audit", "readers",
+    "predict", "batch", "serve", "dicom-node", "train", "evaluate", "thresholds", "calibrate", "audit",
+    "readers",
 )  # fmt: skip
 
 

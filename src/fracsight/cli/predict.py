@@ -15,10 +15,9 @@ import hashlib
 import logging
 import os
 import signal
-import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from fracsight.cli.predict_output import (
     RowWriter,
     SignalGuard,
 )
+from fracsight.io.listing import OVERLAY_SUFFIX, expand_paths, file_identity
 
 if TYPE_CHECKING:
     from fracsight.inference import Analyser
@@ -38,35 +38,6 @@ __all__ = ["COLUMNS", "expand_paths", "register", "rows", "run"]
 
 logger = logging.getLogger(__name__)
 
-# Inside folders, files with these suffixes are never radiographs and are skipped; DICOM files
-# often have no suffix or an odd one, so everything else is tried (and refused with a reason).
-_NOT_IMAGES = frozenset(
-    {
-        ".md",
-        ".txt",
-        ".csv",
-        ".json",
-        ".jsonl",
-        ".py",
-        ".pyc",
-        ".html",
-        ".xml",
-        ".pdf",
-        ".zip",
-        ".gz",
-        ".tgz",
-        ".log",
-    }
-)
-# Files that sit beside radiographs but never are one: the index of a DICOM CD/DVD export (an
-# image-less DICOM file in every such export) and Windows' thumbnail cache and folder settings.
-_NOT_IMAGE_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
-# fracsight's own heat-map overlays: skipped inside folders, so a second run does not analyse them.
-OVERLAY_SUFFIX = ".heatmap.png"
-# How fracsight's own results files start (CSV header, JSON line); one under another name
-# (``--output results.dat``) is skipped inside folders too. Image suffixes are not opened to check.
-_OWN_RESULTS_STARTS = (",".join(COLUMNS[:5]).encode(), b'{"path": ')  # CSV of any version
-_IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 # Longest heat-map file stem kept whole, in UTF-8 bytes: file systems allow 255 bytes per name,
 # and the suffix, a collision number and a hash of the full name must fit beside it.
 _MAX_OVERLAY_STEM = 120
@@ -124,84 +95,13 @@ def _batch_size(text: str) -> int:
     return value
 
 
-def expand_paths(paths: list[str], skip_folders: Iterable[Path | None] = ()) -> list[Path]:
-    """Files as given; folders walked recursively in sorted order.
-
-    Skipped inside folders: hidden entries, files that are plainly not images (README.md,
-    CSVs...), fracsight's own results files and overlays (``*.heatmap.png``), and
-    ``skip_folders`` (this run's heat-map folder). Kept, so that their rows say what they are: broken links,
-    pipes and other special files, and folders that cannot be read.
-    """
-    skip = {_identity(Path(p)) for p in skip_folders if p is not None} - {None}
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if _is_dir(path):
-            out += sorted(_walk(path, skip, {_identity(path)}))
-        else:
-            out.append(path)  # a missing file is reported in its row, not fatal
-    return out
-
-
-def _walk(folder: Path, skip: set, seen: set) -> Iterator[Path]:
-    try:
-        with os.scandir(folder) as listing:
-            entries = list(listing)
-    except OSError:
-        yield folder  # its row says why it cannot be read
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.name.startswith("."):
-            continue
-        if _is_dir(path):
-            identity = _identity(path)
-            if identity not in skip and identity not in seen:  # the heat maps; a link loop
-                seen.add(identity)
-                yield from _walk(path, skip, seen)
-        elif (
-            path.suffix.lower() not in _NOT_IMAGES
-            and entry.name.lower() not in _NOT_IMAGE_NAMES
-            and not entry.name.lower().endswith(OVERLAY_SUFFIX)
-            and not (path.suffix.lower() not in _IMAGE_SUFFIXES and is_own_results(path))
-        ):
-            yield path
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False  # missing, unreadable: the reader says so in its row
-
-
-def is_own_results(path: Path) -> bool:
-    """True for a regular file that starts like fracsight's results (never opens a pipe or device)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        with open(path, "rb") as file:
-            head = file.read(64)
-    except (OSError, ValueError):
-        return False
-    return head.startswith(_OWN_RESULTS_STARTS)
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return status.st_dev, status.st_ino
-
-
 def _refuse_output_among_inputs(output: str | None, files: list[Path]) -> None:
     """An --output that is one of the inputs would overwrite a radiograph with the results (a
     results file of an earlier run is not among the inputs: folders skip it)."""
     if output in (None, "-"):
         return
-    target = _identity(Path(output))
-    if target is not None and any(_identity(f) == target for f in files):
+    target = file_identity(Path(output))
+    if target is not None and any(file_identity(f) == target for f in files):
         raise ValueError(
             f"--output {output}: is one of the inputs; refusing to overwrite it with the results"
         )
@@ -238,45 +138,16 @@ def _heat_dir(raw: str | None) -> Path | None:
     return folder
 
 
-def _save_overlay(image, target: Path, text: dict[str, str]) -> None:
-    """Write under a hidden temporary name, then rename: a full disk or a signal leaves no half PNG.
-    ``text`` goes into PNG text chunks, so the picture names its study and model wherever it goes."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
-    part = target.with_name(f".{target.name}.part")
-    try:
-        image.save(part, format="PNG", compress_level=1, pnginfo=info)
-        os.replace(part, target)
-    except BaseException:
-        try:
-            part.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
-
-
 def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterator[dict]:
     """One record per input: its Finding's or Refusal's ``to_dict()``, plus where its heat map went."""
-    from fracsight.explain import overlay_image
-    from fracsight.finding import Finding
+    from fracsight.finding import Finding, write_heatmap
 
     used: set[str] = set()
     for outcome, radiograph in analyser.iter_outcomes(files):
         record = {**outcome.to_dict(), "heatmap": None}
         if isinstance(outcome, Finding) and heat_dir is not None and radiograph is not None:
             target = heat_dir / _overlay_name(Path(outcome.source), used)
-            try:
-                _save_overlay(overlay_image(radiograph.pixels, outcome), target, outcome.png_text())
-                record["heatmap"] = str(target)
-            except OSError as exc:  # disk full, permissions: this row says so, the batch goes on
-                record["error_code"] = HEATMAP_NOT_WRITTEN
-                record["error"] = f"analysed, but its heat map could not be written: {exc.strerror or exc}"
-            except Exception as exc:  # noqa: BLE001 - one odd image must not stop the batch
-                record["error_code"] = HEATMAP_NOT_WRITTEN
-                record["error"] = f"analysed, but its heat map could not be drawn ({type(exc).__name__})"
+            record.update(write_heatmap(outcome, radiograph.pixels, target))
         yield record
 
 

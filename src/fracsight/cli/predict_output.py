@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from fracsight.finding import HEATMAP_NOT_WRITTEN as _HEATMAP_NOT_WRITTEN
+
 # The CSV's columns: the first five as they always were, then what ties a row to its model and,
 # for DICOM, to its study and image once the file leaves its folder.
 COLUMNS = [
@@ -35,7 +37,7 @@ COLUMNS = [
     "sop_uid",
 ]
 # error_code of an analysed input whose heat-map picture could not be written (exit code 1).
-HEATMAP_NOT_WRITTEN = "heatmap_not_written"
+HEATMAP_NOT_WRITTEN = _HEATMAP_NOT_WRITTEN
 
 
 class OutputError(ValueError):
