@@ -27,13 +27,31 @@ from fracsight.io.safe_text import is_uid
 from fracsight.model_card import Category, ModelIdentity
 from fracsight.preprocess import Letterbox
 
-__all__ = ["Finding", "Outcome", "Refusal", "SourceIds", "write_heatmap"]
+__all__ = ["ROW_COLUMNS", "Finding", "Outcome", "Refusal", "SourceIds", "write_heatmap"]
 
 # Reason codes beyond the RefusedInput kinds (``RefusedInput.code`` and its subclasses'):
 MISSING = "missing"  # no such file, or a link to one that is gone
 READ_ERROR = "read_error"  # the reader failed in a way it does not name (a bug, or a new format)
 # error_code of an analysed input whose heat-map picture could not be written (its answer stands).
 HEATMAP_NOT_WRITTEN = "heatmap_not_written"
+
+# The columns of a result row, in order, wherever results are a table (predict's CSV, batch's
+# Parquet, which adds its own after these): the first five as they always were, then what ties a
+# row to its model and, for DICOM, to its study and image once the file leaves its folder.
+ROW_COLUMNS = (
+    "path",
+    "probability",
+    "category",
+    "heatmap",
+    "error",
+    "error_code",
+    "model_id",
+    "model_version",
+    "onnx_sha256",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+)
 
 
 @dataclass(frozen=True)

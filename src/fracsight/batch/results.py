@@ -22,24 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from fracsight import __version__
+from fracsight.finding import ROW_COLUMNS
 
 __all__ = ["COLUMNS", "ResultsFolder", "display_path", "row_of", "schema"]
 
-# The columns, in order: predict's CSV columns first (``path`` absolute), then where the heat map
-# peaks and the image's size (as ``predict --json`` gives them), then the timings in milliseconds.
+# The columns, in order: a result row as predict's CSV has it (``path`` absolute), then where the
+# heat map peaks and the image's size (as ``predict --json`` gives them), then the timings in ms.
 COLUMNS = [
-    "path",
-    "probability",
-    "category",
-    "heatmap",
-    "error",
-    "error_code",
-    "model_id",
-    "model_version",
-    "onnx_sha256",
-    "study_uid",
-    "series_uid",
-    "sop_uid",
+    *ROW_COLUMNS,
     "peak_x",
     "peak_y",
     "width",

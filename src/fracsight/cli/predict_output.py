@@ -19,23 +19,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from fracsight.finding import HEATMAP_NOT_WRITTEN as _HEATMAP_NOT_WRITTEN
+from fracsight.finding import ROW_COLUMNS
 
-# The CSV's columns: the first five as they always were, then what ties a row to its model and,
-# for DICOM, to its study and image once the file leaves its folder.
-COLUMNS = [
-    "path",
-    "probability",
-    "category",
-    "heatmap",
-    "error",
-    "error_code",
-    "model_id",
-    "model_version",
-    "onnx_sha256",
-    "study_uid",
-    "series_uid",
-    "sop_uid",
-]
+COLUMNS = list(ROW_COLUMNS)  # the CSV's columns: one result row, as fracsight.finding defines it
 # error_code of an analysed input whose heat-map picture could not be written (exit code 1).
 HEATMAP_NOT_WRITTEN = _HEATMAP_NOT_WRITTEN
 
