@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import shutil
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -338,11 +337,9 @@ def resumed(trained: dict) -> dict:
     out = trained["out"]
     checkpoints = sorted(out.glob("*/best.pt"))
     before = {p: p.stat().st_mtime_ns for p in checkpoints}
-    started = time.perf_counter()
     code = main(["train", str(trained["manifest"]), "--out", str(out), *_TRAIN_ARGS, "--resume"])
     return {
         "code": code,
-        "seconds": time.perf_counter() - started,
         "before": before,
         "after": {p: p.stat().st_mtime_ns for p in checkpoints},
     }
@@ -453,7 +450,6 @@ def test_resume_does_not_retrain(trained: dict, resumed: dict) -> None:
     assert resumed["code"] == 0
     assert len(resumed["before"]) == 5  # 2 folds, 2 cross-fitted students, the final model
     assert resumed["after"] == resumed["before"], "a checkpoint was rewritten on --resume"
-    assert resumed["seconds"] < 30
     out = trained["out"]
     card = json.loads((out / "model.card.json").read_text())
     assert card["model_id"].endswith(_digest(out / "model.onnx")[:12])
