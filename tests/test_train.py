@@ -617,3 +617,24 @@ def test_students_can_be_added_to_a_run_finished_without_them(
     assert "cross-fitted" in card["threshold_source"] and (out / "student1" / "best.pt").is_file()
     assert (out / "final" / "best.pt").stat().st_mtime_ns == final
     assert _digest(out / "model.onnx") == _digest(trained["fresh"] / "model.onnx")
+
+
+@pytest.mark.slow
+def test_frozen_trunk_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
+    """The CPU route through the CLI: folds and final model on the cached trunk, the whole network
+    exported, the recipe on the card, and the several-GB cache gone once the run is done."""
+    from fracsight.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", str(manifest), "--out", str(out), *_TRAIN_ARGS, "--frozen-trunk", "--no-distill"])
+    assert code == 0
+    assert sorted(p.parent.name for p in out.glob("*/best.pt")) == ["final", "fold0", "fold1"]
+    assert not (out / "trunk-cache").exists()
+    card = json.loads((out / "model.card.json").read_text())
+    assert card["recipe"]["run"]["frozen_trunk"] is True
+    assert card["recipe"]["augmentation"]["orientations"] == 8
+    assert "fold models" in card["threshold_source"]
+    assert _onnx_vs_checkpoint(out / "model.onnx", out / "final" / "best.pt") < 1e-3
+    with open(out / "predictions_test.csv", newline="") as fh:
+        test_rows = list(csv.DictReader(fh))
+    assert test_rows and all(0.0 <= float(r["final_turned90"]) <= 1.0 for r in test_rows)

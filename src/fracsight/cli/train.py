@@ -80,6 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="augment without turns by 90/180/270 degrees (the model then reads turned images worse)",
     )
     p.add_argument(
+        "--frozen-trunk",
+        action="store_true",
+        help="the CPU route: keep the ImageNet trunk (all but the last block) frozen, compute its "
+        "output once per image in all 8 orientations, train only the last block and the heads "
+        "(no other augmentation; needs --no-distill)",
+    )
+    p.add_argument(
         "--sensitivity",
         type=a_number(0, 1, open_low=True),
         default=0.88,
@@ -169,6 +176,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         heatmap_stride=args.heatmap_stride,
         max_steps=args.max_steps,
         seed=args.seed,
+        frozen_trunk=args.frozen_trunk,
         augmentation=Augmentation(quarter_turns=not args.no_quarter_turns),
     )
     cfg = TrainConfig(

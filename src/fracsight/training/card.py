@@ -197,7 +197,11 @@ def write_card(
             "backbone": f"EfficientNet-{rc.variant.capitalize()}",
             "imagenet_init": rc.pretrained,
             "run": {k: v for k, v in asdict(rc).items() if k != "augmentation"},
-            "augmentation": asdict(rc.augmentation),
+            "augmentation": (
+                {"orientations": 8, "other": "none: the CPU route trains on the trunk's cached output"}
+                if rc.frozen_trunk
+                else asdict(rc.augmentation)
+            ),
             "folds": cfg.folds,
             "final_model": (
                 f"distilled from the {cfg.folds} fold models"

@@ -49,6 +49,9 @@ class RunConfig:
     distill_weight: float = 0.5  # share of the loss taken from the teacher ensemble, when given
     max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
     seed: int = 0
+    # The CPU route (training/frozen.py): ImageNet trunk frozen, its output cached once per image
+    # and orientation, only the last block and the heads trained; no other augmentation.
+    frozen_trunk: bool = False
     augmentation: Augmentation = field(default_factory=Augmentation)
 
 
@@ -167,9 +170,55 @@ def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
     return model
 
 
+class ImageSource:
+    """Batches for the whole network: augmented images from a :class:`TrainingSet` on the device."""
+
+    def __init__(self, data: TrainingSet, augmentation: Augmentation) -> None:
+        self.data = data
+        self.augmentation = augmentation
+        self.labels, self.regions = data.labels, data.regions
+
+    def param_groups(self, model: FractureNet, cfg: RunConfig) -> list[dict]:
+        head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        return [
+            {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone},
+            {"params": head, "lr": cfg.lr_head},
+        ]
+
+    def batch(
+        self,
+        model: FractureNet,
+        idx: torch.Tensor,
+        gen: torch.Generator,
+        teachers: list[FractureNet] | None,
+    ) -> tuple[Outputs, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """(outputs, cell targets from the boxes, teachers' mean probability and map or None)."""
+        device = idx.device
+        x = to_input(self.data.images[idx])
+        m = self.data.masks[idx].unsqueeze(1).float()
+        x, m = augment(x, m, self.augmentation, gen)
+        x = _channels_last(x, device)
+        soft = None
+        with _autocast(device):
+            out = model(x)
+            if teachers:
+                with torch.no_grad():
+                    outs = [t(x) for t in teachers]
+                    soft = (
+                        torch.stack([torch.sigmoid(o.logit.float()) for o in outs]).mean(0),
+                        torch.stack([torch.sigmoid(o.cells.float()) for o in outs]).mean(0),
+                    )
+        cell_target = F.adaptive_max_pool2d(m, out.cells.shape[-2:]).squeeze(1)
+        return out, cell_target, soft
+
+    def predict(self, model: FractureNet, idx: np.ndarray, turns: int = 0) -> Predictions:
+        device = self.data.images.device
+        return predict(model, self.data.images[torch.as_tensor(idx, device=device)], turns=turns)
+
+
 def train_run(
     cfg: RunConfig,
-    data: TrainingSet,
+    source: ImageSource,
     train_idx: np.ndarray,
     val_idx: np.ndarray | None,
     device: torch.device,
@@ -179,9 +228,10 @@ def train_run(
 ) -> RunResult:
     """Train on ``train_idx``; early-stop on validation AUC over ``val_idx`` when given.
 
-    ``data`` holds the whole prepared set (on ``device`` for speed). With ``teachers``, the
-    loss mixes the hard label with the teachers' mean probability and mean cell map on the
-    same augmented batch (knowledge distillation).
+    ``source`` gives the batches: :class:`ImageSource` (the whole network on augmented images)
+    or ``frozen.CacheSource`` (the CPU route: the last block and heads on the cached trunk).
+    With ``teachers``, the loss mixes the hard label with the teachers' mean probability and
+    mean cell map on the same augmented batch (knowledge distillation).
     Resumes from ``checkpoint`` when it exists.
     """
     torch.manual_seed(cfg.seed)
@@ -189,12 +239,7 @@ def train_run(
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     model = build_model(cfg, device)
-    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    body = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
-    optimiser = torch.optim.AdamW(
-        [{"params": body, "lr": cfg.lr_backbone}, {"params": head, "lr": cfg.lr_head}],
-        weight_decay=cfg.weight_decay,
-    )
+    optimiser = torch.optim.AdamW(source.param_groups(model, cfg), weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = min(steps_per_epoch, total // 5 + 1)
@@ -205,9 +250,9 @@ def train_run(
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
-    images, masks, labels = data.images, data.masks, data.labels
+    labels = source.labels
     y = labels.float()
-    n_pos = float(labels[train_idx].sum())
+    n_pos = float(labels[torch.as_tensor(train_idx, device=labels.device)].sum())
     pos_weight = torch.tensor((len(train_idx) - n_pos) / max(n_pos, 1.0), device=device)
 
     history: list[dict[str, float]] = []
@@ -244,42 +289,8 @@ def train_run(
         )
         for b in range(steps_per_epoch):
             idx = torch.as_tensor(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device=device)
-            x = to_input(images[idx])
-            m = masks[idx].unsqueeze(1).float()
-            x, m = augment(x, m, cfg.augmentation, gen)
-            x = _channels_last(x, device)
-            with _autocast(device):
-                out = model(x)
-                if teachers:
-                    with torch.no_grad():
-                        outs = [t(x) for t in teachers]
-                        soft = torch.stack([torch.sigmoid(o.logit.float()) for o in outs]).mean(0)
-                        soft_cells = torch.stack([torch.sigmoid(o.cells.float()) for o in outs]).mean(0)
-            logit, cells = out.logit.float(), out.cells.float()
-            target = y[idx]
-            loss = F.binary_cross_entropy_with_logits(logit, target, pos_weight=pos_weight)
-            cell_target = F.adaptive_max_pool2d(m, cells.shape[-2:]).squeeze(1)
-            # Box supervision: fractured images with boxes, and every non-fractured image (all zero).
-            has_box = cell_target.flatten(1).amax(1) > 0
-            supervised = has_box | (target < 0.5)
-            if cfg.box_weight > 0 and bool(supervised.any()):
-                weight = 1.0 + (cfg.box_positive_weight - 1.0) * cell_target
-                cell_loss = F.binary_cross_entropy_with_logits(
-                    cells, cell_target, weight=weight, reduction="none"
-                )
-                loss = loss + cfg.box_weight * cell_loss[supervised].mean()
-            if teachers:
-                w = cfg.distill_weight
-                loss = (1 - w) * loss + w * (
-                    F.binary_cross_entropy_with_logits(logit, soft)
-                    + F.binary_cross_entropy_with_logits(cells, soft_cells)
-                )
-            region_target = data.regions[idx]
-            known = region_target[:, 0] >= 0
-            if cfg.region_weight > 0 and bool(known.any()):
-                loss = loss + cfg.region_weight * F.binary_cross_entropy_with_logits(
-                    out.region.float()[known], region_target[known]
-                )
+            out, cell_target, soft = source.batch(model, idx, gen, teachers)
+            loss = _loss(cfg, out, y[idx], cell_target, source.regions[idx], pos_weight, soft)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -292,8 +303,8 @@ def train_run(
         bar.close()
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         if val_idx is not None and len(val_idx):
-            logits = predict(model, images[torch.as_tensor(val_idx, device=device)]).logits
-            val_labels = labels[torch.as_tensor(val_idx, device=device)].cpu().numpy()
+            logits = source.predict(model, val_idx).logits
+            val_labels = labels[torch.as_tensor(val_idx, device=labels.device)].cpu().numpy()
             record["val_auc"] = (
                 auc_score(val_labels, logits) if 0 < val_labels.sum() < len(val_labels) else 0.5
             )
@@ -334,6 +345,39 @@ def train_run(
         best_auc=None if best["auc"] < 0 else float(best["auc"]),
         history=history,
     )
+
+
+def _loss(
+    cfg: RunConfig,
+    out: Outputs,
+    target: torch.Tensor,
+    cell_target: torch.Tensor,
+    region_target: torch.Tensor,
+    pos_weight: torch.Tensor,
+    soft: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """Class-weighted BCE on the image, box supervision of the map, distillation, region probe."""
+    logit, cells = out.logit.float(), out.cells.float()
+    loss = F.binary_cross_entropy_with_logits(logit, target, pos_weight=pos_weight)
+    # Box supervision: fractured images with boxes, and every non-fractured image (all zero).
+    has_box = cell_target.flatten(1).amax(1) > 0
+    supervised = has_box | (target < 0.5)
+    if cfg.box_weight > 0 and bool(supervised.any()):
+        weight = 1.0 + (cfg.box_positive_weight - 1.0) * cell_target
+        cell_loss = F.binary_cross_entropy_with_logits(cells, cell_target, weight=weight, reduction="none")
+        loss = loss + cfg.box_weight * cell_loss[supervised].mean()
+    if soft is not None:
+        w = cfg.distill_weight
+        loss = (1 - w) * loss + w * (
+            F.binary_cross_entropy_with_logits(logit, soft[0])
+            + F.binary_cross_entropy_with_logits(cells, soft[1])
+        )
+    known = region_target[:, 0] >= 0
+    if cfg.region_weight > 0 and bool(known.any()):
+        loss = loss + cfg.region_weight * F.binary_cross_entropy_with_logits(
+            out.region.float()[known], region_target[known]
+        )
+    return loss
 
 
 def save_atomically(obj: object, path: Path) -> None:

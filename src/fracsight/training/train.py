@@ -38,11 +38,11 @@ from fracsight.training.arrays import PreparedSet, prepare_examples
 from fracsight.training.examples import load_examples
 from fracsight.training.export import check_onnx, export_onnx
 from fracsight.training.loop import (
+    ImageSource,
     RunConfig,
     TrainingSet,
     load_trained,
     pick_device,
-    predict,
     save_atomically,
     train_run,
 )
@@ -236,9 +236,28 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _device_for(cfg: TrainConfig) -> torch.device:
+    """The training device; the CPU route is checked here, before anything is computed."""
+    if not cfg.run.frozen_trunk:
+        return pick_device(cfg.device)
+    if cfg.distill:
+        raise ValueError(
+            "--frozen-trunk trains the fold models and the final model on hard labels: add --no-distill"
+        )
+    if not cfg.run.pretrained:
+        raise ValueError(
+            "--frozen-trunk keeps the trunk's ImageNet weights: it cannot run with --no-pretrained"
+        )
+    if cfg.parallel > 1:
+        raise ValueError("--frozen-trunk trains one run at a time on the CPU: leave --parallel at 1")
+    if cfg.device not in ("auto", "cpu"):
+        raise ValueError(f"--frozen-trunk is the CPU route: --device {cfg.device} is not cpu")
+    return torch.device("cpu")
+
+
 def run_training(cfg: TrainConfig) -> Path:
     """Run the whole recipe; returns the path of the exported ONNX model."""
-    device = pick_device(cfg.device)
+    device = _device_for(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rc = cfg.run
@@ -275,12 +294,15 @@ def run_training(cfg: TrainConfig) -> Path:
     _write_split(out / "split.csv", data, groups, test, fold)
 
     tensors = TrainingSet.from_arrays(data.images, data.masks, data.labels, data.regions, device)
+    if rc.frozen_trunk:
+        from fracsight.training.frozen import CacheSource, build_cache
+
+        source = CacheSource(build_cache(tensors, rc, out / "trunk-cache", _say), tensors)
+    else:
+        source = ImageSource(tensors, rc.augmentation)
     if cfg.parallel > 1:
         _write_arrays(out, data)
     test_idx = np.flatnonzero(test)
-
-    def on(idx: np.ndarray) -> torch.Tensor:
-        return tensors.images[torch.as_tensor(idx, device=device)]
 
     fold_jobs = [
         _Job(
@@ -294,7 +316,7 @@ def run_training(cfg: TrainConfig) -> Path:
         )
         for k in range(cfg.folds)
     ]
-    _run_jobs(out, fold_jobs, tensors, device, cfg.parallel)
+    _run_jobs(out, fold_jobs, source, device, cfg.parallel)
 
     oof_logit = np.full(len(data.labels), np.nan)
     test_probs: dict[str, np.ndarray] = {}
@@ -302,9 +324,9 @@ def run_training(cfg: TrainConfig) -> Path:
     fold_models = []
     for k, job in enumerate(fold_jobs):
         model = load_trained(_load_state(out / job.folder / "best.pt"), rc, device)
-        oof_logit[job.val_idx] = predict(model, on(job.val_idx)).logits
+        oof_logit[job.val_idx] = source.predict(model, job.val_idx).logits
         if len(test_idx):
-            test_probs[f"fold{k}"] = _sigmoid(predict(model, on(test_idx)).logits)
+            test_probs[f"fold{k}"] = _sigmoid(source.predict(model, test_idx).logits)
         summaries.append(json.loads((out / job.folder / "summary.json").read_text()))
         fold_models.append(model)
 
@@ -339,22 +361,22 @@ def run_training(cfg: TrainConfig) -> Path:
     )
     # The final model first: with fewer workers than runs, it is never the one left waiting.
     final_job = _Job("final", final_cfg, dev, None, teachers, final_title)
-    _run_jobs(out, [final_job, *student_jobs], tensors, device, cfg.parallel)
+    _run_jobs(out, [final_job, *student_jobs], source, device, cfg.parallel)
     del fold_models
 
     student_oof = np.full(len(data.labels), np.nan)
     for k, job in enumerate(student_jobs):
         va = fold_jobs[k].val_idx
         student = load_trained(_load_state(out / job.folder / "best.pt"), final_cfg, device)
-        student_oof[va] = predict(student, on(va)).logits
+        student_oof[va] = source.predict(student, va).logits
     final = load_trained(_load_state(out / "final" / "best.pt"), final_cfg, device)
     if len(test_idx):
-        upright = predict(final, on(test_idx))
+        upright = source.predict(final, test_idx)
         test_probs["final"] = _sigmoid(upright.logits)
         test_probs["ensemble"] = np.mean([test_probs[f"fold{k}"] for k in range(cfg.folds)], axis=0)
         for turns in (1, 2, 3):
             test_probs[f"final_turned{90 * turns}"] = _sigmoid(
-                predict(final, on(test_idx), turns=turns).logits
+                source.predict(final, test_idx, turns=turns).logits
             )
         _write_regions(out / "regions_test.csv", data, test_idx, upright.regions)
     oof_columns = {"probability": _sigmoid(oof_logit[dev])}
@@ -370,6 +392,10 @@ def run_training(cfg: TrainConfig) -> Path:
     diff = check_onnx(final, onnx_path, sample)
     _say(f"ONNX written to {onnx_path} (max |torch - onnx| = {diff:.1e})")
     _remove_arrays(out)
+    if rc.frozen_trunk:
+        from fracsight.training.frozen import remove_cache
+
+        remove_cache(out / "trunk-cache")
 
     from fracsight.training.card import training_images, write_card
 
@@ -393,12 +419,12 @@ class _Job:
     summary: dict = field(default_factory=dict)  # extra entries for summary.json (the fold number)
 
 
-def _run_jobs(out: Path, jobs: list[_Job], tensors: TrainingSet, device: torch.device, parallel: int) -> None:
+def _run_jobs(out: Path, jobs: list[_Job], source: ImageSource, device: torch.device, parallel: int) -> None:
     """Train every job whose ``best.pt`` does not exist yet; ``parallel`` at a time in worker processes."""
     pending = [job for job in jobs if not (out / job.folder / "best.pt").exists()]
     if parallel <= 1 or len(pending) <= 1:
         for job in pending:
-            _train_job(out, job, tensors, device)
+            _train_job(out, job, source, device)
         return
     # spawn: a forked child must not inherit the parent's CUDA context.
     context = multiprocessing.get_context("spawn")
@@ -414,10 +440,11 @@ def _job_process(out: str, job: _Job, device_name: str) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     arrays = {name: np.load(Path(out) / "arrays" / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    _train_job(Path(out), job, TrainingSet.from_arrays(**arrays, device=device), device)
+    tensors = TrainingSet.from_arrays(**arrays, device=device)
+    _train_job(Path(out), job, ImageSource(tensors, job.cfg.augmentation), device)
 
 
-def _train_job(out: Path, job: _Job, tensors: TrainingSet, device: torch.device) -> None:
+def _train_job(out: Path, job: _Job, source: ImageSource, device: torch.device) -> None:
     folder = out / job.folder
     folder.mkdir(exist_ok=True)
     teachers = [load_trained(_load_state(out / t / "best.pt"), job.cfg, device) for t in job.teachers]
@@ -428,7 +455,7 @@ def _train_job(out: Path, job: _Job, tensors: TrainingSet, device: torch.device)
     )
     result = train_run(
         job.cfg,
-        tensors,
+        source,
         job.train_idx,
         job.val_idx,
         device,
