@@ -156,7 +156,7 @@ class CacheSource:
         for p in model.parameters():
             p.requires_grad_(id(p) in trained)
         # One rate for the last block and the heads: the probe that chose this route trained
-        # them together at 1e-3 (scripts/cpu_route_probe.py).
+        # them together at 1e-3 (the probe of bee0229).
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_head}]
 
     def _outputs(self, model: FractureNet, idx: np.ndarray, o: np.ndarray) -> Outputs:
