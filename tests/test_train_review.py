@@ -71,17 +71,19 @@ def test_resume_with_changed_options_is_refused(
 
 
 def _toy_set(n: int = 8):
+    """Eight small random images as the batch source train_run takes (default augmentation)."""
     import torch
 
-    from fracsight.training.loop import TrainingSet
+    from fracsight.training.loop import ImageSource, RunConfig, TrainingSet
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 64, 64), dtype=np.uint8)
     regions = np.eye(4, dtype=np.int8)[np.arange(n) % 4]
     regions[0] = -1  # one image whose region is not known
-    return TrainingSet.from_arrays(
+    data = TrainingSet.from_arrays(
         images, np.zeros((n, 64, 64), np.uint8), np.arange(n) % 2, regions, torch.device("cpu")
     )
+    return ImageSource(data, RunConfig().augmentation)
 
 
 def test_resumed_run_ends_with_the_weights_of_an_unbroken_run(tmp_path: Path) -> None:
