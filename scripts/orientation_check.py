@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fracsight.data.split_file import split_ids
 from fracsight.evaluation.datasets import load_dataset
-from fracsight.evaluation.inputs import read_split, restrict_labels
+from fracsight.evaluation.inputs import restrict_labels
 from fracsight.evaluation.metrics import binary_rates, delong_ci
 from fracsight.inference import Analyser
 from fracsight.io import RefusedInput
@@ -73,7 +74,7 @@ def main() -> None:
     table = load_dataset(args.dataset).labels
     data = "all images"
     if args.split_file:
-        table = restrict_labels(table, read_split(args.split_file, args.split), f"split {args.split!r}")
+        table = restrict_labels(table, split_ids(args.split_file, args.split), f"split {args.split!r}")
         data = f"split {args.split!r} of {args.split_file}"
     analyser = Analyser(args.model, decode_side=None)
     pixels, labels = _images(analyser, [str(p) for p in table.images], table.fractured)

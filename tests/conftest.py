@@ -21,7 +21,7 @@ SAMPLES_DIR = REPO_ROOT / "src" / "fracsight" / "samples"
 SAMPLE_LABELS = {
     "IMG0002472.jpg": 1,
     "IMG0001739.jpg": 1,
-    "IMG0000307.jpg": 1,
+    "IMG0000763.jpg": 1,
     "IMG0000001.jpg": 0,
     "IMG0000020.jpg": 0,
 }

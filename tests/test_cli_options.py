@@ -11,7 +11,7 @@ import pytest
 
 from fracsight.cli import main
 
-LABELS = {"IMG0000001": 0, "IMG0000020": 0, "IMG0000307": 1, "IMG0001739": 1, "IMG0002472": 1}
+LABELS = {"IMG0000001": 0, "IMG0000020": 0, "IMG0000763": 1, "IMG0001739": 1, "IMG0002472": 1}
 
 
 @pytest.fixture()

@@ -126,7 +126,7 @@ def test_dicom_upload_fills_the_worklist_from_its_header(service, sample_images:
 
 def test_pictures_the_viewer_needs(service, sample_images: list[Path]) -> None:
     client, _ = service
-    jpeg = next(p for p in sample_images if p.name == "IMG0000307.jpg")
+    jpeg = next(p for p in sample_images if p.name == "IMG0000763.jpg")
     ack = _upload(client, "a.jpg", jpeg.read_bytes())
     done = _wait(client, ack["id"])
     width, height = done["size"]["width"], done["size"]["height"]

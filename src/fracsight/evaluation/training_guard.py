@@ -1,7 +1,7 @@
 """The training-data guard: which of the given cases the model was trained on.
 
-A model scores the images it learnt from far better than new ones (the shipped model: ROC AUC
-0.974 on all of FracAtlas, 0.908 on its held-out split), so a figure measured on them is no test.
+A model scores the images it learnt from far better than new ones (model v2: ROC AUC 0.974 on
+all of FracAtlas, 0.908 on its held-out split), so a figure measured on them is no test.
 The model card records the training images by content hash (:class:`fracsight.model_card.TrainingImages`);
 ``evaluate``, ``thresholds`` and ``calibrate`` hash each case's image file the same way before any
 model runs, say how many match, and refuse to go on unless told ``--include-training-images``.

@@ -319,7 +319,9 @@ def structured_report(
     measurements = [
         hd.sr.Measurement(name=PROBABILITY, value=probability, unit=NO_UNITS, algorithm_id=algorithm)
     ] + [
-        hd.sr.Measurement(name=OPERATING_POINTS[name], value=round(value, 6), unit=NO_UNITS)
+        # The threshold as the card gives it (up to 7 decimals): a rounded one could put a
+        # probability on the other side of it from the category fracsight reported.
+        hd.sr.Measurement(name=OPERATING_POINTS[name], value=float(value), unit=NO_UNITS)
         for name, value in sorted(model.thresholds.items())
     ]  # fmt: skip
     groups: list = [

@@ -352,10 +352,11 @@ def _training_rows_note(card: dict) -> str:
         if "shipped_model_evaluation" in card["metrics"]
         else "so the ONNX model run by `fracsight evaluate` on the image files will differ slightly"
     )
-    return (
-        f"Test-split rows here were computed on the training machine ({device}, bf16, from the "
-        f"compact training copy of the images), {compare}."
-    )
+    if card["recipe"].get("run", {}).get("frozen_trunk"):
+        source = "float32 top on the float16 cache of the trunk's output for the original files"
+    else:
+        source = "bf16, from the compact training copy of the images"
+    return f"Test-split rows here were computed on the training machine ({device}, {source}), {compare}."
 
 
 def render_markdown(card: dict) -> str:
