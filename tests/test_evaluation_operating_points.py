@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from fracsight.decide import categorise
 from fracsight.evaluation.adapt import card_with_temperature, card_with_thresholds, write_model_copy
 from fracsight.evaluation.calibration import fit_temperature, logits_from_probabilities
 from fracsight.evaluation.metrics import binary_rates
@@ -15,7 +16,6 @@ from fracsight.evaluation.operating_points import (
     threshold_for_sensitivity,
     threshold_for_specificity,
 )
-from fracsight.model_card import categorise
 
 
 def _scores(seed: int, n: int = 600, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:

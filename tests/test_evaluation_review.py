@@ -15,6 +15,7 @@ from PIL import Image
 from fracsight.cli import main
 from fracsight.data.audit import audit
 from fracsight.data.manifest import ManifestError
+from fracsight.decide import categorise
 from fracsight.evaluation.adapt import card_with_temperature
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.datasets import load_dataset
@@ -26,7 +27,6 @@ from fracsight.evaluation.metrics import auc_with_ci, bootstrap_auc, delong_ci, 
 from fracsight.evaluation.operating_points import OperatingPoint, threshold_for_specificity
 from fracsight.evaluation.report import write_report
 from fracsight.explain import map_peak
-from fracsight.model_card import categorise
 
 
 def _pair(tmp_path: Path, p: list[float], y: list[int], extra: str = "", values: list[str] = ()) -> tuple:

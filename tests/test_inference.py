@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 import fracsight
+from fracsight.decide import Category, categorise
 from fracsight.explain import heatmap_peak, overlay_image
 from fracsight.finding import Finding, Refusal
 from fracsight.inference import DEFAULT_MODEL, Analyser
 from fracsight.io import Radiograph, RefusedInput, read_radiograph
-from fracsight.model_card import Category, categorise
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,8 @@ def test_refused_file_in_a_batch(
     assert [type(r) for r in results] == [Finding, Refusal, Refusal, Finding]
     assert results[1].code == "unreadable" and "empty" in results[1].reason
     assert results[2].code == "missing" and "no such file" in results[2].reason
-    assert results[2].to_dict() == {"path": str(missing), "error_code": "missing", "error": results[2].reason}
+    expected = {"path": str(missing), "error_code": "missing", "error": results[2].reason}
+    assert results[2].to_record() == expected
 
 
 def test_missing_model_raises(tmp_path: Path) -> None:
@@ -267,9 +268,9 @@ def test_refusals_carry_a_code_a_program_can_act_on(
 
 def test_finding_stands_alone(default_analyser: Analyser, sample_images: list[Path]) -> None:
     """A Finding names its model (id, version, ONNX sha256, thresholds) and its peak: everything a
-    surface shows comes from to_dict(), which survives JSON."""
+    surface shows comes from to_record(), which survives JSON."""
     finding = default_analyser.outcome(sample_images[0])
-    record = json.loads(json.dumps(finding.to_dict()))
+    record = json.loads(json.dumps(finding.to_record()))
     assert record["probability"] == finding.probability
     assert record["category"] == finding.category.value
     assert record["model"]["onnx_sha256"] == hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
@@ -277,3 +278,20 @@ def test_finding_stands_alone(default_analyser: Analyser, sample_images: list[Pa
     x, y = finding.peak()
     assert record["peak"] == {"x": round(x, 1), "y": round(y, 1)}
     assert record["image"] == {"width": finding.letterbox.width, "height": finding.letterbox.height}
+
+
+def test_finding_record_round_trip(default_analyser: Analyser, sample_images: list[Path]) -> None:
+    """from_record(to_record()) through JSON gives the same finding: the store and every surface
+    that reads a kept result back see what the analysis saw (same letterbox, peak and outline)."""
+    for path in sample_images[:3]:
+        finding = default_analyser.outcome(path)
+        record = json.loads(json.dumps(finding.to_record()))
+        again = Finding.from_record(record, finding.heatmap, default_analyser.size)
+        assert again.letterbox == finding.letterbox
+        assert (again.probability, again.category, again.model) == (
+            finding.probability,
+            finding.category,
+            finding.model,
+        )
+        assert again.peak() == finding.peak() and again.outline() == finding.outline()
+        assert again.to_record() == record

@@ -21,22 +21,23 @@ import pytest
 import fracsight
 
 SOURCE = Path(fracsight.__file__).parent
-CORE = {"preprocess", "model_card", "explain", "finding", "inference"}
+CORE = {"decide", "preprocess", "model_card", "explain", "finding", "inference"}
 # Part of fracsight -> the parts it may import. "fracsight" is the package's front door (analyse);
 # every part may import the package itself for __version__ only.
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "reporting": set(),
     "preprocess": {"io"},  # its refusal (NotAnalysable) is a kind of io.RefusedInput
-    "model_card": set(),
-    "explain": {"io", "preprocess", "model_card"},
-    "finding": {"io", "preprocess", "model_card", "explain"},
-    "inference": {"io", "preprocess", "model_card", "finding"},
+    "decide": set(),
+    "model_card": {"decide"},
+    "explain": {"io", "preprocess", "decide", "model_card"},
+    "finding": {"io", "preprocess", "decide", "model_card", "explain"},
+    "inference": {"io", "preprocess", "decide", "model_card", "finding"},
     "fracsight": {"io", "preprocess", "finding", "inference"},
     "data": {"io", "reporting"},
     "evaluation": {"io", "reporting", "data", *CORE},
-    "reader_study": {"reporting", "data", "evaluation", "model_card"},
-    "training": {"io", "data", "evaluation", "preprocess", "model_card"},
+    "reader_study": {"reporting", "data", "evaluation", "decide", "model_card"},
+    "training": {"io", "data", "evaluation", "preprocess", "decide", "model_card"},
     # Delivery: the services and the Ray engine wrap the core; the command line wraps everything.
     "service": {"io", "data", *CORE},
     "batch": {"io", *CORE},

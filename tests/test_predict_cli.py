@@ -19,9 +19,10 @@ from PIL import Image
 
 from fracsight.cli import main
 from fracsight.cli.predict import COLUMNS
+from fracsight.decide import categorise
 from fracsight.inference import DEFAULT_MODEL, Analyser
 from fracsight.io import read_radiograph
-from fracsight.model_card import ModelCard, categorise
+from fracsight.model_card import ModelCard
 from fracsight.preprocess import MIN_SIDE
 
 
@@ -78,7 +79,7 @@ def test_heatmap_names_do_not_collide(tmp_path: Path, sample_images: list[Path])
 
 
 def test_json_lines(tmp_path: Path, samples_dir: Path, sample_images: list[Path]) -> None:
-    """JSON lines are the Finding's own to_dict() (the form the web API and the store use), with
+    """JSON lines are the Finding's own to_record() (the form the web API and the store use), with
     the heat map's file; a refusal gives its code and reason."""
     out = tmp_path / "out.jsonl"
     code = main(["predict", str(samples_dir), "--json", "--output", str(out), "--no-progress"])
@@ -88,7 +89,7 @@ def test_json_lines(tmp_path: Path, samples_dir: Path, sample_images: list[Path]
     card = ModelCard.for_model()
     analyser = Analyser()
     for rec, path in zip(records, sorted(sample_images), strict=True):
-        expected = analyser.outcome(path).to_dict()
+        expected = analyser.outcome(path).to_record()
         assert rec == {**expected, "timings_ms": rec["timings_ms"], "heatmap": None}
         assert isinstance(rec["probability"], float) and 0.0 <= rec["probability"] <= 1.0
         assert rec["model"] == {

@@ -11,10 +11,10 @@ import pytest
 from conftest import HAVE_CHROMIUM, chrome_driver
 
 from fracsight.cli import main
+from fracsight.decide import Category
 from fracsight.explain import overlay_image
 from fracsight.finding import Finding
 from fracsight.io import read_radiograph
-from fracsight.model_card import Category
 from fracsight.preprocess import letterbox_geometry
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -428,9 +428,9 @@ def test_train_split_keeps_groups_together(trained: dict) -> None:
 
 @pytest.mark.slow
 def test_trained_model_runs_in_the_analyser(trained: dict, sample_images: list[Path]) -> None:
+    from fracsight.decide import categorise
     from fracsight.inference import Analyser
     from fracsight.io import read_radiograph
-    from fracsight.model_card import categorise
 
     analyser = Analyser(trained["fresh"] / "model.onnx")
     assert analyser.size == 64

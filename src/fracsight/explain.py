@@ -3,7 +3,7 @@
 The one definition of the heat map's peak (:func:`map_peak`, :func:`heatmap_peak`) and of the
 overlay picture: ``fracsight predict`` draws it, ``Finding.peak()`` returns it and ``fracsight
 evaluate`` scores it against expert boxes. Imports only the geometry (:mod:`fracsight.preprocess`)
-and the categories (:mod:`fracsight.model_card`); a Finding is only read, never imported, so that
+and the categories (:mod:`fracsight.decide`); a Finding is only read, never imported, so that
 :mod:`fracsight.finding` can use this module.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fracsight.model_card import Category
+from fracsight.decide import CATEGORIES
 from fracsight.preprocess import Letterbox, resize_gray, stretch_contrast
 
 if TYPE_CHECKING:
@@ -30,11 +30,6 @@ MIN_DISPLAY_SIDE = 128
 CAPTION_SPACING = 4  # px between caption lines
 # Written on every overlay (the PNG of `predict`, the Secondary Capture sent to a PACS).
 CAPTION = "AI result, an aid, not a diagnosis"
-_CATEGORY_COLOUR = {
-    Category.FRACTURE: (230, 40, 40),
-    Category.DOUBT: (245, 170, 20),
-    Category.NO_FRACTURE: (60, 170, 75),
-}
 
 
 def heatmap_to_image(heatmap: np.ndarray, box: Letterbox) -> np.ndarray:
@@ -237,7 +232,7 @@ def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont
 def _caption(image: Image.Image, finding: Finding) -> None:
     draw = ImageDraw.Draw(image)
     parts = [
-        finding.category.value.replace("_", " "),
+        CATEGORIES[finding.category].word,
         f"p={finding.probability:.2f}",
         CAPTION,
     ]
@@ -253,7 +248,7 @@ def _caption(image: Image.Image, finding: Finding) -> None:
     draw.multiline_text(
         (pad - left, pad - top),
         text,
-        fill=_CATEGORY_COLOUR[finding.category],
+        fill=CATEGORIES[finding.category].colour,
         font=font,
         spacing=CAPTION_SPACING,
     )

@@ -1,6 +1,8 @@
 """What analysing one input gives every surface: a :class:`Finding`, or a :class:`Refusal` with its
-reason. ``predict`` (CSV and JSON), the web API, its store and the DICOM node all write the same
-:meth:`~Finding.to_dict`, so a result means the same wherever it is read.
+reason. There is one record form (:meth:`Finding.to_record`, :meth:`Refusal.to_record`), read
+back by :meth:`Finding.from_record`, and one flat row of it (:func:`record_row`): ``predict`` (CSV
+and JSON), ``batch`` (Parquet), the web API, its store and the DICOM node all go through them, so a
+result means the same wherever it is read.
 
 Built by :mod:`fracsight.inference` from the model card's category and identity
 (:mod:`fracsight.model_card`) and the heat map's geometry (:mod:`fracsight.explain`,
@@ -9,6 +11,7 @@ Built by :mod:`fracsight.inference` from the model card's category and identity
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fracsight import explain
+from fracsight.decide import Category
 from fracsight.explain import (
     CAPTION,
     heatmap_outline,
@@ -24,10 +28,19 @@ from fracsight.explain import (
 )
 from fracsight.io.radiograph import Radiograph, RefusedInput
 from fracsight.io.safe_text import is_uid
-from fracsight.model_card import Category, ModelIdentity
-from fracsight.preprocess import Letterbox
+from fracsight.model_card import ModelIdentity
+from fracsight.preprocess import Letterbox, letterbox_geometry
 
-__all__ = ["ROW_COLUMNS", "Finding", "Outcome", "Refusal", "SourceIds", "write_heatmap"]
+__all__ = [
+    "ROW_COLUMNS",
+    "ROW_DETAIL_COLUMNS",
+    "Finding",
+    "Outcome",
+    "Refusal",
+    "SourceIds",
+    "record_row",
+    "write_heatmap",
+]
 
 # Reason codes beyond the RefusedInput kinds (``RefusedInput.code`` and its subclasses'):
 MISSING = "missing"  # no such file, or a link to one that is gone
@@ -52,6 +65,9 @@ ROW_COLUMNS = (
     "series_uid",
     "sop_uid",
 )
+# What a row carries beyond ROW_COLUMNS where a table has room for it (batch's Parquet): where the
+# heat map peaks and the image's size, as the record gives them, then the timings in ms.
+ROW_DETAIL_COLUMNS = ("peak_x", "peak_y", "width", "height", "decode_ms", "preprocess_ms", "model_ms")
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,7 @@ class SourceIds:
 
         return cls(uid("StudyInstanceUID"), uid("SeriesInstanceUID"), uid("SOPInstanceUID"))
 
-    def to_dict(self) -> dict[str, str | None]:
+    def to_record(self) -> dict[str, str | None]:
         return {"study_uid": self.study_uid, "series_uid": self.series_uid, "sop_uid": self.sop_uid}
 
 
@@ -120,8 +136,9 @@ class Finding:
         (:func:`fracsight.explain.heatmap_outline`)."""
         return heatmap_outline(self.heatmap, self.letterbox, level)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The finding as JSON-ready values (the heat map itself travels as a picture, not here).
+    def to_record(self) -> dict[str, Any]:
+        """The finding as JSON-ready values: the one record every surface writes and the store
+        keeps (the heat map itself travels as a picture or an array, not here).
 
         ``probability`` is the full float: every surface that shows fewer digits rounds it itself.
         """
@@ -133,9 +150,31 @@ class Finding:
             "peak": {"x": round(x, 1), "y": round(y, 1)},
             "image": {"width": self.letterbox.width, "height": self.letterbox.height},
             "model": self.model.to_dict(),
-            **self.ids.to_dict(),
+            **self.ids.to_record(),
             "timings_ms": {name: round(ms, 1) for name, ms in self.timings_ms.items()},
         }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], heatmap: np.ndarray, input_size: int) -> Finding:
+        """The finding a :meth:`to_record` describes, with its heat map and the model's input size
+        (the record keeps the image's size; where it sat in the model input follows from both)."""
+        model = record["model"]
+        image = record["image"]
+        return cls(
+            probability=float(record["probability"]),
+            category=Category(record["category"]),
+            heatmap=np.asarray(heatmap, dtype=np.float32),
+            letterbox=letterbox_geometry(int(image["height"]), int(image["width"]), int(input_size)),
+            model=ModelIdentity(
+                model_id=model["id"],
+                version=model.get("version"),
+                onnx_sha256=model.get("onnx_sha256"),
+                thresholds=dict(model.get("thresholds") or {}),
+            ),
+            source=record.get("path") or "",
+            ids=SourceIds(record.get("study_uid"), record.get("series_uid"), record.get("sop_uid")),
+            timings_ms=dict(record.get("timings_ms") or {}),
+        )
 
     def png_text(self) -> dict[str, str]:
         """PNG text chunks for this finding's heat-map picture: the answer, the model (id, version,
@@ -151,7 +190,7 @@ class Finding:
             "fracsight:model_id": self.model.model_id,
             "fracsight:model_version": self.model.version,
             "fracsight:onnx_sha256": self.model.onnx_sha256,
-            **{f"fracsight:{key}": value for key, value in self.ids.to_dict().items()},
+            **{f"fracsight:{key}": value for key, value in self.ids.to_record().items()},
         }
         return {key: value for key, value in text.items() if value is not None}
 
@@ -169,12 +208,36 @@ class Refusal:
     def of(cls, error: RefusedInput, source: str | None = None) -> Refusal:
         return cls(source if source is not None else error.path, error.code, error.reason)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
+        """The refusal as the same record form as :meth:`Finding.to_record`."""
         return {"path": self.source, "error_code": self.code, "error": self.reason}
 
 
 # What analysing one input gives: never an exception for a bad input.
 Outcome = Finding | Refusal
+
+
+def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A Finding's or Refusal's record (with ``heatmap`` where one was written) as one flat row of
+    :data:`ROW_COLUMNS` and :data:`ROW_DETAIL_COLUMNS`, values as they are (None where nothing
+    applies): the one flattening, which the CSV formats and the Parquet types."""
+    model = record.get("model") or {}
+    peak = record.get("peak") or {}
+    image = record.get("image") or {}
+    timings = record.get("timings_ms") or {}
+    flat = {
+        "model_id": model.get("id"),
+        "model_version": model.get("version"),
+        "onnx_sha256": model.get("onnx_sha256"),
+        "peak_x": peak.get("x"),
+        "peak_y": peak.get("y"),
+        "width": image.get("width"),
+        "height": image.get("height"),
+        "decode_ms": timings.get("decode"),
+        "preprocess_ms": timings.get("preprocess"),
+        "model_ms": timings.get("model"),
+    }
+    return {c: flat[c] if c in flat else record.get(c) for c in (*ROW_COLUMNS, *ROW_DETAIL_COLUMNS)}
 
 
 def write_heatmap(finding: Finding, pixels: np.ndarray, target: Path) -> dict[str, str]:

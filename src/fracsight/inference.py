@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from fracsight.decide import categorise
 from fracsight.finding import MISSING, READ_ERROR, Finding, Outcome, Refusal, SourceIds
 from fracsight.io import DecoderPool, Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.safe_text import failure
-from fracsight.model_card import DEFAULT_MODEL, ModelCard, categorise
+from fracsight.model_card import DEFAULT_MODEL, ModelCard
 from fracsight.preprocess import Letterbox, NotAnalysable, prepare
 
 # What an Analyser takes as one input: a file, a file's bytes, a pydicom Dataset, or pixels

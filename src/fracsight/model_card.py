@@ -7,14 +7,13 @@ inference, evaluation, site adaptation and reader studies all take their thresho
 card one command accepts, every command accepts, and every refusal names the file.
 
 Written by ``fracsight train`` (:mod:`fracsight.training.card`) and, for site-adapted copies, by
-:mod:`fracsight.evaluation.adapt`. Imports nothing else of fracsight: it sits below the
-inference core.
+:mod:`fracsight.evaluation.adapt`. Imports only :mod:`fracsight.decide` (the categories and how
+thresholds give them): it sits below the inference core.
 """
 
 from __future__ import annotations
 
 import copy
-import enum
 import hashlib
 import json
 import re
@@ -24,29 +23,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from fracsight.decide import Category, categorise
+
 __all__ = [
     "DEFAULT_MODEL",
-    "Category",
     "ModelCard",
     "ModelCardError",
     "ModelIdentity",
     "TrainingImages",
     "card_path",
-    "categorise",
     "default_card_path",
 ]
 
 # The model shipped in the package; ``fracsight`` uses it when no model is named.
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.onnx"
 CARD_SUFFIX = ".card.json"
-
-
-class Category(str, enum.Enum):
-    """The three answers shown to a clinician, by the model's two operating points."""
-
-    FRACTURE = "fracture"  # probability >= the high-specificity threshold
-    DOUBT = "doubt"  # between the two thresholds: look again
-    NO_FRACTURE = "no_fracture"  # below the high-sensitivity threshold
 
 
 @dataclass(frozen=True)
@@ -80,16 +71,6 @@ def card_path(model_path: str | Path) -> Path:
 def default_card_path() -> Path:
     """The shipped model's card."""
     return card_path(DEFAULT_MODEL)
-
-
-def categorise(probability: float, thresholds: Mapping[str, float]) -> Category:
-    """``fracture`` at or above the high-specificity threshold, ``doubt`` at or above the
-    high-sensitivity one, else ``no_fracture``."""
-    if probability >= thresholds["fracture"]:
-        return Category.FRACTURE
-    if probability >= thresholds["doubt"]:
-        return Category.DOUBT
-    return Category.NO_FRACTURE
 
 
 _HEX_DIGESTS = re.compile(r"^([0-9a-f]{8,64}( [0-9a-f]{8,64})*)?$")

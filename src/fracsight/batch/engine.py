@@ -346,7 +346,7 @@ def decode(batch, size: int, keep_pixels: bool):
     out: list[dict[str, Any]] = []
     for shown, raw in zip(batch.column("path").to_pylist(), batch.column("raw").to_pylist(), strict=True):
         item = preparer.prepare(os.fsdecode(raw))
-        row: dict[str, Any] = {"path": shown, **item.ids.to_dict()}
+        row: dict[str, Any] = {"path": shown, **item.ids.to_record()}
         if item.refusal is not None:
             row.update(error_code=item.refusal.code, error=item.refusal.reason)
         else:
@@ -415,7 +415,7 @@ class ModelActor:
                 item.ids = SourceIds(row["study_uid"], row["series_uid"], row["sop_uid"])
                 item.timings_ms = {"decode": row["decode_ms"], "preprocess": row["preprocess_ms"]}
             outcome = self.analyser.finish(item)
-            result = row_of({**outcome.to_dict(), "heatmap": None})
+            result = row_of({**outcome.to_record(), "heatmap": None})
             if self.plan.heatmaps is not None:
                 drawable = isinstance(outcome, Finding)
                 result.update(
@@ -475,8 +475,9 @@ def draw(batch, folder: str, size: int):
     import pyarrow as pa
 
     from fracsight.batch.results import schema
+    from fracsight.decide import Category
     from fracsight.finding import Finding, SourceIds, write_heatmap
-    from fracsight.model_card import Category, ModelIdentity
+    from fracsight.model_card import ModelIdentity
     from fracsight.preprocess import Letterbox
 
     _quiet_worker()

@@ -22,22 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from fracsight import __version__
-from fracsight.finding import ROW_COLUMNS
+from fracsight.finding import ROW_COLUMNS, ROW_DETAIL_COLUMNS, record_row
 
 __all__ = ["COLUMNS", "ResultsFolder", "display_path", "row_of", "schema"]
 
 # The columns, in order: a result row as predict's CSV has it (``path`` absolute), then where the
 # heat map peaks and the image's size (as ``predict --json`` gives them), then the timings in ms.
-COLUMNS = [
-    *ROW_COLUMNS,
-    "peak_x",
-    "peak_y",
-    "width",
-    "height",
-    "decode_ms",
-    "preprocess_ms",
-    "model_ms",
-]
+COLUMNS = [*ROW_COLUMNS, *ROW_DETAIL_COLUMNS]
 _FLOATS = {"probability", "peak_x", "peak_y", "decode_ms", "preprocess_ms", "model_ms"}
 _INTEGERS = {"width", "height"}
 _PART_GLOB = "part-*.parquet"
@@ -60,24 +51,8 @@ def display_path(path: str) -> str:
 
 
 def row_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A Finding's or Refusal's ``to_dict()`` (with ``heatmap``) as one row of :data:`COLUMNS`."""
-    model = record.get("model") or {}
-    peak = record.get("peak") or {}
-    image = record.get("image") or {}
-    timings = record.get("timings_ms") or {}
-    row = {
-        "model_id": model.get("id"),
-        "model_version": model.get("version"),
-        "onnx_sha256": model.get("onnx_sha256"),
-        "peak_x": peak.get("x"),
-        "peak_y": peak.get("y"),
-        "width": image.get("width"),
-        "height": image.get("height"),
-        "decode_ms": timings.get("decode"),
-        "preprocess_ms": timings.get("preprocess"),
-        "model_ms": timings.get("model"),
-    }
-    return {column: row[column] if column in row else record.get(column) for column in COLUMNS}
+    """A Finding's or Refusal's ``to_record()`` (with ``heatmap``) as one row of :data:`COLUMNS`."""
+    return record_row(record)
 
 
 class ResultsFolder:

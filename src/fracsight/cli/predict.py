@@ -139,12 +139,12 @@ def _heat_dir(raw: str | None) -> Path | None:
 
 
 def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterator[dict]:
-    """One record per input: its Finding's or Refusal's ``to_dict()``, plus where its heat map went."""
+    """One record per input: its Finding's or Refusal's ``to_record()``, plus where its heat map went."""
     from fracsight.finding import Finding, write_heatmap
 
     used: set[str] = set()
     for outcome, radiograph in analyser.iter_outcomes(files):
-        record = {**outcome.to_dict(), "heatmap": None}
+        record = {**outcome.to_record(), "heatmap": None}
         if isinstance(outcome, Finding) and heat_dir is not None and radiograph is not None:
             target = heat_dir / _overlay_name(Path(outcome.source), used)
             record.update(write_heatmap(outcome, radiograph.pixels, target))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fracsight.finding import HEATMAP_NOT_WRITTEN as _HEATMAP_NOT_WRITTEN
-from fracsight.finding import ROW_COLUMNS
+from fracsight.finding import ROW_COLUMNS, record_row
 
 COLUMNS = list(ROW_COLUMNS)  # the CSV's columns: one result row, as fracsight.finding defines it
 # error_code of an analysed input whose heat-map picture could not be written (exit code 1).
@@ -51,7 +51,7 @@ class RowWriter:
             self._write(lambda: self._csv.writeheader())
 
     def write(self, record: dict[str, Any]) -> None:
-        """One input's record (a Finding's or Refusal's ``to_dict()`` and its heat map): JSON lines
+        """One input's record (a Finding's or Refusal's ``to_record()`` and its heat map): JSON lines
         as it is, CSV flattened to :data:`COLUMNS`."""
         if self._csv is not None:
             self._write(lambda: self._csv.writerow(csv_row(record)))
@@ -111,19 +111,11 @@ class RowWriter:
 
 
 def csv_row(record: dict[str, Any]) -> dict[str, str]:
-    """A record as a CSV row: probability with four decimals, the model's identity spelled out,
-    empty cells for what does not apply."""
-    model = record.get("model") or {}
-    probability = record.get("probability")
-    row = {
-        "probability": "" if probability is None else f"{probability:.4f}",
-        "model_id": model.get("id"),
-        "model_version": model.get("version"),
-        "onnx_sha256": model.get("onnx_sha256"),
-    }
-    for column in COLUMNS:
-        if column not in row:
-            row[column] = record.get(column)
+    """A record as a CSV row (:func:`fracsight.finding.record_row` cut to :data:`COLUMNS`):
+    probability with four decimals, empty cells for what does not apply."""
+    row = record_row(record)
+    probability = row["probability"]
+    row["probability"] = None if probability is None else f"{probability:.4f}"
     return {column: "" if row[column] is None else str(row[column]) for column in COLUMNS}
 
 

@@ -1,6 +1,6 @@
 """Operating points: thresholds on the probability where the model's categories change.
 
-A model has two named operating points (see :class:`fracsight.finding.Category`):
+A model has two named operating points (see :mod:`fracsight.decide`, which owns them):
 
 * ``doubt``: the high-sensitivity threshold; below it the answer is "no fracture", so it
   is chosen for a target *sensitivity* (few missed fractures).
@@ -15,7 +15,6 @@ are slightly optimistic: confirm them on independent cases with ``fracsight eval
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fracsight.decide import OperatingPoint, OperatingPointName
 from fracsight.evaluation.metrics import CONFIDENCE, BinaryRates, binary_rates, check_scores_labels
 
 __all__ = [
@@ -36,26 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class OperatingPointName(str, enum.Enum):
-    """The model's named operating points (keys of the model card's ``thresholds``)."""
-
-    FRACTURE = "fracture"
-    DOUBT = "doubt"
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """A threshold to evaluate at: a named one from a model card, or one the user asked for."""
-
-    name: str
-    threshold: float
-    source: str
-
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.threshold <= 1.0) or math.isnan(self.threshold):
-            raise ValueError(f"operating point {self.name!r}: threshold {self.threshold!r} is outside [0, 1]")
 
 
 @dataclass(frozen=True)

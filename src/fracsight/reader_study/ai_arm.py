@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fracsight.decide import OperatingPoint
 from fracsight.model_card import ModelCard, default_card_path
 from fracsight.reader_study.data import CASE_COLUMNS
 from fracsight.reader_study.errors import BadValue, MissingAIPrediction, MissingColumn, ReaderStudyError
@@ -26,12 +27,6 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = CASE_COLUMNS
 PATH_COLUMNS = ("path", "file", "image")
 PRIMARY_OPERATING_POINT = "fracture"
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    name: str
-    threshold: float
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from fracsight.decide import Category
 from fracsight.explain import CAPTION, overlay_image
 from fracsight.finding import Finding
-from fracsight.model_card import Category
 
 # highdicom warns about person names it finds odd and quotes them: patient data must not reach
 # the log, and the names are the source's to keep as they are.

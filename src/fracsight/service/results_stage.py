@@ -22,8 +22,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from fracsight import __version__
+from fracsight.decide import Category
 from fracsight.finding import Finding
-from fracsight.model_card import Category, ModelIdentity
+from fracsight.model_card import ModelIdentity
 from fracsight.preprocess import Letterbox
 from fracsight.service.dicom_results import (
     Algorithm,

@@ -92,7 +92,7 @@ class AnalysisWorker(QueueLoop):
             return
         box = outcome.letterbox
         result = {
-            **outcome.to_dict(),
+            **outcome.to_record(),
             "path": None,  # the store names its files itself; the upload's name is not kept here
             "operating_point_meaning": OPERATING_POINTS,
             "letterbox": {
