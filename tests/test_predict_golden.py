@@ -34,9 +34,8 @@ def _run(out: Path) -> dict:
             check=True, capture_output=True, cwd=ROOT,
         )  # fmt: skip
     with open(out / "r.csv", newline="") as fh:
-        rows = [
-            {**row, "path": Path(row["path"]).name, "heatmap": bool(row["heatmap"])} for row in csv.DictReader(fh)
-        ]
+        rows = list(csv.DictReader(fh))
+    rows = [{**row, "path": Path(row["path"]).name, "heatmap": bool(row["heatmap"])} for row in rows]
     records = []
     for line in (out / "r.jsonl").read_text().splitlines():
         record = json.loads(line)
