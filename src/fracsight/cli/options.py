@@ -27,7 +27,9 @@ __all__ = [
     "a_name",
     "a_new_model",
     "a_number",
+    "a_port",
     "a_whole_number",
+    "at_least_one",
     "one_of",
 ]
 
@@ -86,6 +88,25 @@ def a_whole_number(low: int, high: int | None = None, multiple_of: int = 1) -> C
         return value
 
     return parse
+
+
+def a_port(text: str) -> int:
+    """A TCP port to listen on: 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1..65535)")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """A count of at least 1 (threads, processes, megabytes): 0 or less has no meaning for one."""
+    return _AT_LEAST_ONE(text)
+
+
+_AT_LEAST_ONE = a_whole_number(1)
 
 
 def an_existing_file(what: str) -> Callable[[str], str]:
