@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fracsight.cli.options import a_port, at_least_one
+from fracsight.cli.options import a_port, add_service_cpu_options
 
 
 def _peers(text: str) -> list[str]:
@@ -122,12 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=a_port, default=11112, help="DICOM port to listen on (default 11112)")
     add_dicom_options(p)
     p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
-    p.add_argument(
-        "--analysis-threads",
-        type=at_least_one,
-        default=1,
-        help="CPU threads for the model (default 1: the rest receive and send)",
-    )
+    add_service_cpu_options(p, "the rest receive and send")
     p.add_argument(
         "--resend",
         action="store_true",
@@ -178,7 +173,14 @@ def run(args: argparse.Namespace) -> int:
         return _resend(args, settings)
     from fracsight.service.dicom_service import DicomService
 
-    service = DicomService(args.data, settings, args.model, args.analysis_threads)
+    service = DicomService(
+        args.data,
+        settings,
+        args.model,
+        args.analysis_threads,
+        model_threads=args.model_threads,
+        decoder_processes=args.decoder_processes,
+    )
     print(f"fracsight dicom-node: {describe(settings)} (data in {args.data}); Ctrl-C stops", file=sys.stderr)
     service.run()
     return 0

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 __all__ = [
     "Parser",
+    "add_service_cpu_options",
     "a_date",
     "an_existing_file",
     "an_existing_path",
@@ -39,6 +40,31 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_service_cpu_options(p: argparse.ArgumentParser, rest: str) -> None:
+    """``--analysis-threads`` and the two knobs it is the default of, for the services (``serve``,
+    ``dicom-node``); ``rest`` says what the other cores do."""
+    p.add_argument(
+        "--analysis-threads",
+        type=at_least_one,
+        default=1,
+        metavar="N",
+        help=f"CPU threads for analysis: the default of --model-threads and --decoder-processes "
+        f"(default 1: {rest})",
+    )
+    p.add_argument(
+        "--model-threads",
+        type=at_least_one,
+        metavar="N",
+        help="ONNX Runtime threads (default: --analysis-threads)",
+    )
+    p.add_argument(
+        "--decoder-processes",
+        type=at_least_one,
+        metavar="N",
+        help="decoder worker processes, images read at once (default: --analysis-threads)",
+    )
 
 
 def _rule(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:

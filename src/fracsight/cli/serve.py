@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fracsight.cli.dicom_node import add_dicom_options, check_dicom_extra, describe, dicom_settings
-from fracsight.cli.options import a_port, at_least_one
+from fracsight.cli.options import a_port, add_service_cpu_options, at_least_one
 
 if TYPE_CHECKING:
     from fracsight.service.settings import ServiceSettings
@@ -47,12 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also run the DICOM node on this port (the options below; see `fracsight dicom-node`)",
     )
     add_dicom_options(p, prefix=DICOM_PREFIX)
-    p.add_argument(
-        "--analysis-threads",
-        type=at_least_one,
-        default=1,
-        help="CPU threads for the model (default 1: the other cores keep the web side responsive)",
-    )
+    add_service_cpu_options(p, "the other cores keep the web side responsive")
     p.set_defaults(func=run)
 
 
@@ -76,6 +71,8 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
         model=args.model,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         analysis_threads=args.analysis_threads,
+        model_threads=args.model_threads,
+        decoder_processes=args.decoder_processes,
         dicom=dicom,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -21,11 +21,24 @@ class DicomService:
     """The node of ``settings`` over the store in ``data_dir``."""
 
     def __init__(
-        self, data_dir: Path, settings: DicomSettings, model: Path | None = None, analysis_threads: int = 1
+        self,
+        data_dir: Path,
+        settings: DicomSettings,
+        model: Path | None = None,
+        analysis_threads: int = 1,
+        *,
+        model_threads: int | None = None,
+        decoder_processes: int | None = None,
     ) -> None:
         self.settings = settings
         self.store = SqliteStore(data_dir)
-        self.analyser = Analyser(model, threads=analysis_threads, batch_size=1)
+        self.analyser = Analyser(
+            model,
+            threads=analysis_threads,
+            batch_size=1,
+            model_threads=model_threads,
+            decoder_processes=decoder_processes,
+        )
         self.worker = AnalysisWorker(self.store, self.analyser)
         self.node = DicomNode(self.store, self.worker, self.analyser, settings)
         self._stopped = threading.Event()

@@ -29,7 +29,13 @@ class Service:
         self.settings = settings
         self.store = SqliteStore(settings.data_dir)
         self.token, self.token_created = load_token(settings.data_dir, settings.token)
-        self.analyser = Analyser(settings.model, threads=settings.analysis_threads, batch_size=1)
+        self.analyser = Analyser(
+            settings.model,
+            threads=settings.analysis_threads,
+            batch_size=1,
+            model_threads=settings.model_threads,
+            decoder_processes=settings.decoder_processes,
+        )
         self.worker = AnalysisWorker(self.store, self.analyser)
         self.dicom = None
         if settings.dicom is not None:
