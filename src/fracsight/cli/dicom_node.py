@@ -171,15 +171,19 @@ def run(args: argparse.Namespace) -> int:
     settings = dicom_settings(args, args.port)
     if args.resend:
         return _resend(args, settings)
-    from fracsight.service.dicom_service import DicomService
+    from fracsight.service.server import Service
+    from fracsight.service.settings import ServiceSettings
 
-    service = DicomService(
-        args.data,
-        settings,
-        args.model,
-        args.analysis_threads,
-        model_threads=args.model_threads,
-        decoder_processes=args.decoder_processes,
+    service = Service(
+        ServiceSettings(
+            data_dir=args.data,
+            model=args.model,
+            analysis_threads=args.analysis_threads,
+            model_threads=args.model_threads,
+            decoder_processes=args.decoder_processes,
+            dicom=settings,
+            web=False,
+        )
     )
     print(f"fracsight dicom-node: {describe(settings)} (data in {args.data}); Ctrl-C stops", file=sys.stderr)
     service.run()

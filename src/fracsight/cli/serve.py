@@ -81,9 +81,12 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from fracsight.service.server import Service
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"serve needs the 'serve' extra: pip install 'fracsight[serve]' ({exc})") from exc
+    from fracsight.service.server import Service
+
     settings = service_settings(args)
     dicom = settings.dicom
     service = Service(settings)

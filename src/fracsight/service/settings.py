@@ -1,7 +1,7 @@
 """What a running service is configured with: one object, built by the CLI or by a test.
 
-:class:`ServiceSettings` for the web service, :class:`DicomSettings` for the DICOM node (alone, or
-inside the web service); :class:`Peer` and :class:`Destination` are the AE titles it accepts and
+:class:`ServiceSettings` for a service (the web front, the DICOM node, or both), :class:`DicomSettings`
+for the DICOM node; :class:`Peer` and :class:`Destination` are the AE titles it accepts and
 sends to, :class:`DicomTls` the certificates of its TLS connections.
 """
 
@@ -37,11 +37,16 @@ class ServiceSettings:
     model_threads: int | None = None
     decoder_processes: int | None = None
     dicom: DicomSettings | None = None  # also run the DICOM node (``--dicom-port``)
+    # The web front (worklist, viewer, API). False: the DICOM node alone (``fracsight dicom-node``);
+    # host, port, token, upload size and TLS below are then unused.
+    web: bool = True
     # HTTPS: the page and API over TLS with this certificate and key (PEM); None: plain HTTP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
     def __post_init__(self) -> None:
+        if not self.web and self.dicom is None:
+            raise ValueError("a service without the web front needs the DICOM node (dicom settings)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 0..65535")
         if self.max_upload_bytes < 1024:
