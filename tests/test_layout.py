@@ -1,10 +1,11 @@
 """The house's layout: no import cycle and no upward import.
 
-Every module is imported alone in a fresh interpreter (an import cycle that only some import
-orders hide fails there), and every import in the source, at module level or inside a function
-(imports only for type checkers excepted), must follow the allowed direction below: the inference
-core at the bottom, delivery (``cli``) on top. Each package's ``__init__`` docstring says the same
-in words.
+Every import in the source counts: at module level, inside a function, and those only for type
+checkers (a cycle a type checker sees is a cycle a reader has to untangle). Each must follow the
+allowed direction below, the inference core at the bottom and delivery (``cli``) on top; and the
+graph of imports between modules, inside a package as across packages, has no cycle. Every module
+is also imported alone in a fresh interpreter (an import cycle that only some import orders hide
+fails there). Each package's ``__init__`` docstring says the same in words.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,8 +23,9 @@ import fracsight
 SOURCE = Path(fracsight.__file__).parent
 CORE = {"decide", "preprocess", "model_card", "explain", "finding", "inference"}
 # Part of fracsight -> the parts it may import. "fracsight" is the package's front door (analyse);
-# every part may import the package itself for __version__ only.
+# every part may import "_version", the leaf that holds the version (never the root for it).
 ALLOWED: dict[str, set[str]] = {
+    "_version": set(),
     "io": set(),
     "reporting": set(),
     "preprocess": {"io"},  # its refusal (NotAnalysable) is a kind of io.RefusedInput
@@ -57,12 +58,17 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def _module(path: Path) -> str:
-    parts = ["fracsight", *path.relative_to(SOURCE).with_suffix("").parts]
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _modules(source: Path) -> dict[str, Path]:
+    """Dotted name -> file of every module under ``source`` (a package folder)."""
+
+    def name(path: Path) -> str:
+        parts = [source.name, *path.relative_to(source).with_suffix("").parts]
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    return {name(p): p for p in sorted(source.rglob("*.py"))}
 
 
-MODULES = {_module(p): p for p in sorted(SOURCE.rglob("*.py"))}
+MODULES = _modules(SOURCE)
 
 
 def _part(module: str) -> str:
@@ -70,21 +76,77 @@ def _part(module: str) -> str:
     return module.split(".")[1] if "." in module else module
 
 
-def _imports(path: Path, module_level_only: bool) -> list[tuple[int, str, list[str]]]:
-    """(line, imported module, names) of each fracsight import, skipping ``if TYPE_CHECKING:`` blocks."""
-    found: list[tuple[int, str, list[str]]] = []
-    pending: list[ast.AST] = [ast.parse(path.read_text())]
-    while pending:
-        for child in ast.iter_child_nodes(pending.pop()):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+def _imports(module: str, path: Path, modules: dict[str, Path]) -> list[tuple[int, str]]:
+    """(line, imported module) of each import of the house in ``path``: at module level, in functions
+    and under ``if TYPE_CHECKING:``; ``from package import submodule`` names the submodule, and a
+    relative import is resolved against ``module``."""
+    root = next(iter(modules)).split(".")[0]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.split(".")[0] != root:
                 continue
-            if module_level_only and isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+            submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+            found += [(node.lineno, target) for target in submodules or [base]]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == root]
+    return found
+
+
+def _graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the modules of the house it imports (itself excluded)."""
+    return {
+        module: {target for _, target in _imports(module, path, modules) if target in modules} - {module}
+        for module, path in modules.items()
+    }
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every set of modules that import each other in a circle (strongly connected components of
+    more than one module, Tarjan's algorithm without recursion), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, targets = work[-1]
+            target = next(targets, None)
+            if target is not None:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(edges.get(target, ())))))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
                 continue
-            if isinstance(child, ast.ImportFrom) and (child.module or "").split(".")[0] == "fracsight":
-                found.append((child.lineno, str(child.module), [a.name for a in child.names]))
-            elif isinstance(child, ast.Import):
-                found += [(child.lineno, a.name, []) for a in child.names if a.name.startswith("fracsight")]
-            pending.append(child)
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
     return found
 
 
@@ -92,39 +154,46 @@ def test_imports_follow_the_layout() -> None:
     wrong = []
     for module, path in MODULES.items():
         part = _part(module)
-        for line, target, names in _imports(path, module_level_only=False):
-            submodules = [f"{target}.{name}" for name in names if f"{target}.{name}" in MODULES]
-            for imported in submodules or [target]:
-                to = _part(imported)
-                if to == part or (imported == "fracsight" and names == ["__version__"]):
-                    continue
-                if to not in ALLOWED[part]:
-                    wrong.append(f"{path.relative_to(SOURCE.parent)}:{line}: {part} imports {imported}")
+        for line, imported in _imports(module, path, MODULES):
+            to = _part(imported)
+            if to not in (part, "_version") and to not in ALLOWED[part]:
+                wrong.append(f"{path.relative_to(SOURCE.parent)}:{line}: {part} imports {imported}")
     assert not wrong, "imports against the layout:\n" + "\n".join(wrong)
 
 
-def test_no_module_level_import_cycle() -> None:
-    edges: dict[str, set[str]] = defaultdict(set)
-    for module, path in MODULES.items():
-        for _, target, names in _imports(path, module_level_only=True):
-            submodules = {f"{target}.{name}" for name in names} & MODULES.keys()
-            edges[module] |= submodules or ({target} & MODULES.keys())
-    # Depth-first search for a back edge; the path to it is the cycle.
-    state: dict[str, int] = {}
+def test_no_import_cycle_between_modules() -> None:
+    cycles = _cycles(_graph(MODULES))
+    assert not cycles, "modules that import each other in a circle:\n" + "\n".join(
+        " <-> ".join(cycle) for cycle in cycles
+    )
 
-    def visit(module: str, trail: list[str]) -> list[str] | None:
-        state[module] = 1
-        for target in sorted(edges[module]):
-            if state.get(target) == 1:
-                return [*trail[trail.index(target) :], target] if target in trail else [module, target]
-            if target not in state and (cycle := visit(target, [*trail, target])):
-                return cycle
-        state[module] = 2
-        return None
 
-    for module in MODULES:
-        if module not in state and (cycle := visit(module, [module])):
-            pytest.fail("import cycle: " + " -> ".join(cycle))
+def test_the_cycle_check_sees_cycles_inside_a_package(tmp_path: Path) -> None:
+    """The check itself: a circle through a function-level import, one through an import for type
+    checkers only and one through a relative import are each found; a one-way chain is not."""
+    house = tmp_path / "house"
+    files = {
+        "__init__.py": "",
+        "low.py": "import house.leaf\n",
+        "leaf.py": "",
+        "a/__init__.py": "",
+        "a/one.py": "def f():\n    from house.a import two\n",
+        "a/two.py": "from house.a.one import f\n",
+        "b/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from house.c import x\n",
+        "c/__init__.py": "",
+        "c/x.py": "from ..b import Y\n",
+        "b/y.py": "",
+        "d.py": "from house import e\n",
+        "e.py": "from . import d\n",
+    }
+    for name, text in files.items():
+        (house / name).parent.mkdir(parents=True, exist_ok=True)
+        (house / name).write_text(text)
+    assert sorted(_cycles(_graph(_modules(house)))) == [
+        ["house.a.one", "house.a.two"],
+        ["house.b", "house.c.x"],
+        ["house.d", "house.e"],
+    ]
 
 
 def _import_alone(module: str) -> tuple[str, str | None]:

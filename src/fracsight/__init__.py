@@ -11,6 +11,7 @@ The front door is :func:`analyse`::
 The house, from the bottom up; each part imports only parts above it in this list (checked by
 ``tests/test_layout.py``), and each package's docstring says what it owns:
 
+* ``_version``: the version number, a leaf that every part may import (never the root for it)
 * ``io``: radiograph files -> :class:`~fracsight.io.Radiograph` (pixels, refusals with reasons)
 * ``reporting``: self-contained HTML and SVG for reports (imports nothing of fracsight)
 * ``preprocess``: contrast stretch and letterbox, shared by training and inference
@@ -31,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from fracsight._version import __version__
 
 if TYPE_CHECKING:
     from fracsight.finding import Finding

@@ -3,24 +3,22 @@
 The one definition of the heat map's peak (:func:`map_peak`, :func:`heatmap_peak`) and of the
 overlay picture: ``fracsight predict`` draws it, ``Finding.peak()`` returns it and ``fracsight
 evaluate`` scores it against expert boxes. Imports only the geometry (:mod:`fracsight.preprocess`)
-and the categories (:mod:`fracsight.decide`); a Finding is only read, never imported, so that
-:mod:`fracsight.finding` can use this module.
+and the categories (:mod:`fracsight.decide`). What it draws is described by :class:`Explained`,
+which a :class:`~fracsight.finding.Finding` is, so that :mod:`fracsight.finding` can use this module
+without this module knowing it (not even for type checking).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fracsight.decide import CATEGORIES
+from fracsight.decide import CATEGORIES, Category
 from fracsight.preprocess import Letterbox, resize_gray, stretch_contrast
-
-if TYPE_CHECKING:
-    from fracsight.finding import Finding
 
 # Cells below this map value stay uncoloured: the overlay shows where evidence is, not noise.
 OVERLAY_FLOOR = 0.2
@@ -30,6 +28,22 @@ MIN_DISPLAY_SIDE = 128
 CAPTION_SPACING = 4  # px between caption lines
 # Written on every overlay (the PNG of `predict`, the Secondary Capture sent to a PACS).
 CAPTION = "AI result, an aid, not a diagnosis"
+
+
+class Explained(Protocol):
+    """What an overlay shows of an answer: a :class:`~fracsight.finding.Finding` is one."""
+
+    @property
+    def probability(self) -> float: ...
+
+    @property
+    def category(self) -> Category: ...
+
+    @property
+    def heatmap(self) -> np.ndarray: ...
+
+    @property
+    def letterbox(self) -> Letterbox: ...
 
 
 def heatmap_to_image(heatmap: np.ndarray, box: Letterbox) -> np.ndarray:
@@ -177,7 +191,7 @@ def _display_gray(pixels: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((shown * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
-def overlay_image(pixels: np.ndarray, finding: Finding, max_side: int = 1024) -> Image.Image:
+def overlay_image(pixels: np.ndarray, finding: Explained, max_side: int = 1024) -> Image.Image:
     """The radiograph with the heat map in colour and the probability and category written on it.
 
     Kept at the input's aspect ratio; large images are reduced to ``max_side`` so a folder of
@@ -229,7 +243,7 @@ def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont
     return "\n".join(lines)
 
 
-def _caption(image: Image.Image, finding: Finding) -> None:
+def _caption(image: Image.Image, finding: Explained) -> None:
     draw = ImageDraw.Draw(image)
     parts = [
         CATEGORIES[finding.category].word,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fracsight import explain
+from fracsight._version import __version__
 from fracsight.decide import Category
 from fracsight.explain import (
     CAPTION,
@@ -180,8 +181,6 @@ class Finding:
         """PNG text chunks for this finding's heat-map picture: the answer, the model (id, version,
         ONNX sha256) and the DICOM UIDs, so the picture stays traceable once it leaves its folder.
         Never the file's name, which may be a patient's."""
-        from fracsight import __version__
-
         text = {
             "Software": f"fracsight {__version__}",
             "Description": CAPTION,

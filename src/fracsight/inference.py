@@ -167,6 +167,10 @@ class Analyser:
     """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package.
 
     ``batch_size`` is how many inputs are decoded ahead of the model (each holds its pixels).
+    Three separate CPU knobs, each defaulting to ``threads`` (itself defaulting to every core):
+    ``model_threads`` for ONNX Runtime, ``decoder_processes`` for the decoder worker processes
+    (unless ``decoders`` is a shared pool), and ``read_ahead`` for the threads that decode and
+    preprocess upcoming inputs in :meth:`iter_outcomes` (default: as many as there are decoders).
     """
 
     def __init__(
@@ -176,6 +180,10 @@ class Analyser:
         batch_size: int = 8,
         decode_side: int | None = DECODE_SIDE,
         decoders: DecoderPool | None = None,
+        *,
+        model_threads: int | None = None,
+        decoder_processes: int | None = None,
+        read_ahead: int | None = None,
     ):
         import onnxruntime as ort
 
@@ -190,12 +198,14 @@ class Analyser:
         self.thresholds: dict[str, float] = self.card.thresholds
         self.temperature: float = self.card.temperature
         self.batch_size = max(1, batch_size)
-        self.threads = threads or os.cpu_count() or 1
-        self.preparer = Preparer(self.size, decode_side, decoders, workers=self.threads)
+        every_core = os.cpu_count() or 1
+        self.model_threads = model_threads or threads or every_core
+        self.preparer = Preparer(self.size, decode_side, decoders, workers=decoder_processes or threads)
         self.decode_side = self.preparer.decode_side
         self.decoders = self.preparer.decoders
+        self.read_ahead = read_ahead or threads or self.decoders.workers
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = self.model_threads
         options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -268,9 +278,10 @@ class Analyser:
         self, sources: Iterable[Source], workers: int | None = None
     ) -> Iterator[tuple[Outcome, Radiograph | None]]:
         """Every input's outcome in input order, decoding up to ``batch_size`` inputs ahead of the
-        model, each with its decoded Radiograph (None when refused) for callers that draw overlays.
+        model (in ``workers`` threads, default :attr:`read_ahead`), each with its decoded Radiograph
+        (None when refused) for callers that draw overlays.
         """
-        pool = ThreadPoolExecutor(max_workers=workers or self.decoders.workers)
+        pool = ThreadPoolExecutor(max_workers=workers or self.read_ahead)
         try:
             pending: list[Future] | None = None
             for chunk in _chunks(list(sources), self.batch_size):

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.batch.results import COLUMNS, row_of
 
 __all__ = ["ModelActor", "Plan", "connect", "decode", "draw", "heatmap_target", "pipeline", "RowStream"]

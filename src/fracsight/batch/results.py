@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.finding import ROW_COLUMNS, ROW_DETAIL_COLUMNS, record_row
 
 __all__ = ["COLUMNS", "ResultsFolder", "display_path", "row_of", "schema"]

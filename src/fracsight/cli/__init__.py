@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.cli.options import Parser
 
 # Sub-commands, in the order they appear in --help; each is the module of that name ("-" -> "_").

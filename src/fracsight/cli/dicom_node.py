@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fracsight.cli.serve import _port, _positive
+from fracsight.cli.options import a_port, add_service_cpu_options
 
 
 def _peers(text: str) -> list[str]:
@@ -44,17 +44,20 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         metavar="AET@HOST:PORT",
         help="where results (Secondary Capture, SR, presentation state) are sent by C-STORE",
     )
+    # dicom_tls_*, never tls_*: in ``serve`` the web side's --tls-cert/--tls-key are separate options.
     p.add_argument(
         f"--{prefix}tls-cert",
-        dest="tls_cert",
+        dest="dicom_tls_cert",
         type=Path,
         metavar="PEM",
-        help="the node's TLS certificate: associations are accepted over TLS only (with --tls-key)",
+        help=f"the node's TLS certificate: associations are accepted over TLS only (with --{prefix}tls-key)",
     )
-    p.add_argument(f"--{prefix}tls-key", dest="tls_key", type=Path, metavar="PEM", help="its private key")
+    p.add_argument(
+        f"--{prefix}tls-key", dest="dicom_tls_key", type=Path, metavar="PEM", help="its private key"
+    )
     p.add_argument(
         f"--{prefix}tls-ca",
-        dest="tls_ca",
+        dest="dicom_tls_ca",
         type=Path,
         metavar="PEM",
         help="accept only senders whose certificate this CA signed (mutual TLS); with --forward-tls "
@@ -63,7 +66,8 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(
         "--forward-tls",
         action="store_true",
-        help="send results to --forward over TLS (needs --tls-cert, --tls-key and --tls-ca)",
+        help=f"send results to --forward over TLS (needs --{prefix}tls-cert, --{prefix}tls-key and "
+        f"--{prefix}tls-ca)",
     )
     p.add_argument(
         "--retry-max-s",
@@ -81,12 +85,16 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
 
 
-def dicom_settings(args: argparse.Namespace, port: int):
+def dicom_settings(args: argparse.Namespace, port: int, prefix: str = ""):
+    """The node's settings from the options of :func:`add_dicom_options` (``prefix`` as given there)."""
     from fracsight.service.settings import Destination, DicomSettings, DicomTls, Peer
 
-    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
-        raise ValueError("--tls-cert and --tls-key go together (and --tls-ca needs them)")
-    tls = DicomTls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    cert, key, ca = args.dicom_tls_cert, args.dicom_tls_key, args.dicom_tls_ca
+    if bool(cert) != bool(key) or (ca and not cert):
+        raise ValueError(
+            f"--{prefix}tls-cert and --{prefix}tls-key go together (and --{prefix}tls-ca needs them)"
+        )
+    tls = DicomTls(cert, key, ca) if cert else None
     return DicomSettings(
         port=port,
         host=args.dicom_host,
@@ -111,15 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "delivered are kept and sent again; --resend sends them now and exits.",
     )
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="folder for the store and files")
-    p.add_argument("--port", type=_port, default=11112, help="DICOM port to listen on (default 11112)")
+    p.add_argument("--port", type=a_port, default=11112, help="DICOM port to listen on (default 11112)")
     add_dicom_options(p)
     p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
-    p.add_argument(
-        "--analysis-threads",
-        type=_positive,
-        default=1,
-        help="CPU threads for the model (default 1: the rest receive and send)",
-    )
+    add_service_cpu_options(p, "the rest receive and send")
     p.add_argument(
         "--resend",
         action="store_true",
@@ -168,9 +171,20 @@ def run(args: argparse.Namespace) -> int:
     settings = dicom_settings(args, args.port)
     if args.resend:
         return _resend(args, settings)
-    from fracsight.service.dicom_service import DicomService
+    from fracsight.service.server import Service
+    from fracsight.service.settings import ServiceSettings
 
-    service = DicomService(args.data, settings, args.model, args.analysis_threads)
+    service = Service(
+        ServiceSettings(
+            data_dir=args.data,
+            model=args.model,
+            analysis_threads=args.analysis_threads,
+            model_threads=args.model_threads,
+            decoder_processes=args.decoder_processes,
+            dicom=settings,
+            web=False,
+        )
+    )
     print(f"fracsight dicom-node: {describe(settings)} (data in {args.data}); Ctrl-C stops", file=sys.stderr)
     service.run()
     return 0

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 __all__ = [
     "Parser",
+    "add_service_cpu_options",
     "a_date",
     "an_existing_file",
     "an_existing_path",
@@ -27,7 +28,9 @@ __all__ = [
     "a_name",
     "a_new_model",
     "a_number",
+    "a_port",
     "a_whole_number",
+    "at_least_one",
     "one_of",
 ]
 
@@ -37,6 +40,31 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_service_cpu_options(p: argparse.ArgumentParser, rest: str) -> None:
+    """``--analysis-threads`` and the two knobs it is the default of, for the services (``serve``,
+    ``dicom-node``); ``rest`` says what the other cores do."""
+    p.add_argument(
+        "--analysis-threads",
+        type=at_least_one,
+        default=1,
+        metavar="N",
+        help=f"CPU threads for analysis: the default of --model-threads and --decoder-processes "
+        f"(default 1: {rest})",
+    )
+    p.add_argument(
+        "--model-threads",
+        type=at_least_one,
+        metavar="N",
+        help="ONNX Runtime threads (default: --analysis-threads)",
+    )
+    p.add_argument(
+        "--decoder-processes",
+        type=at_least_one,
+        metavar="N",
+        help="decoder worker processes, images read at once (default: --analysis-threads)",
+    )
 
 
 def _rule(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
@@ -86,6 +114,25 @@ def a_whole_number(low: int, high: int | None = None, multiple_of: int = 1) -> C
         return value
 
     return parse
+
+
+def a_port(text: str) -> int:
+    """A TCP port to listen on: 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1..65535)")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """A count of at least 1 (threads, processes, megabytes): 0 or less has no meaning for one."""
+    return _AT_LEAST_ONE(text)
+
+
+_AT_LEAST_ONE = a_whole_number(1)
 
 
 def an_existing_file(what: str) -> Callable[[str], str]:

@@ -69,7 +69,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=8,
         help=f"images decoded ahead of the model, 1 to {MAX_BATCH_SIZE} (default 8); {_BATCH_MEMORY}",
     )
-    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads: the default of the three options below (default: all cores)",
+    )
+    p.add_argument(
+        "--model-threads", type=_positive_int, metavar="N", help="ONNX Runtime threads (default: --threads)"
+    )
+    p.add_argument(
+        "--decoder-processes",
+        type=_positive_int,
+        metavar="N",
+        help="decoder worker processes, files read at once (default: --threads)",
+    )
+    p.add_argument(
+        "--read-ahead-threads",
+        type=_positive_int,
+        metavar="N",
+        help="threads that decode and preprocess the next inputs while the model runs (default: --threads)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -170,15 +189,27 @@ def run(args: argparse.Namespace) -> int:
         return 3
 
 
-def _run(args: argparse.Namespace, guard: SignalGuard) -> int:
+def analyser_for(args: argparse.Namespace) -> Analyser:
+    """The model of ``--model`` with the CPU knobs given (each unset one defaults to ``--threads``)."""
     from fracsight.inference import Analyser
 
+    return Analyser(
+        args.model,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        model_threads=args.model_threads,
+        decoder_processes=args.decoder_processes,
+        read_ahead=args.read_ahead_threads,
+    )
+
+
+def _run(args: argparse.Namespace, guard: SignalGuard) -> int:
     files = expand_paths(args.paths, skip_folders=(Path(args.heatmaps) if args.heatmaps else None,))
     if not files:
         raise ValueError("no input files found in " + ", ".join(args.paths))
     _refuse_output_among_inputs(args.output, files)
     # Model and heat-map folder first: a bad --model must not leave an earlier results file empty.
-    analyser = Analyser(args.model, threads=args.threads, batch_size=args.batch_size)
+    analyser = analyser_for(args)
     try:
         heat_dir = _heat_dir(args.heatmaps)
         writer = RowWriter(args.output, args.json)

@@ -5,20 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fracsight.cli.dicom_node import add_dicom_options, check_dicom_extra, describe, dicom_settings
+from fracsight.cli.options import a_port, add_service_cpu_options, at_least_one
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
-    return value
+if TYPE_CHECKING:
+    from fracsight.service.settings import ServiceSettings
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+# The DICOM node's options in ``serve`` carry this prefix where the web side has one of the same name.
+DICOM_PREFIX = "dicom-"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "$FRACSIGHT_API_TOKEN or made at first start in DIR/api-token (printed once).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--port", type=a_port, default=8000)
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="folder for the store and files")
     p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
     p.add_argument(
@@ -42,51 +38,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument(
-        "--max-upload-mb", type=_positive, default=200, help="largest upload accepted, in MB (default 200)"
+        "--max-upload-mb", type=at_least_one, default=200, help="largest upload accepted, in MB (default 200)"
     )
     p.add_argument(
         "--dicom-port",
-        type=_port,
+        type=a_port,
         metavar="PORT",
         help="also run the DICOM node on this port (the options below; see `fracsight dicom-node`)",
     )
-    from fracsight.cli.dicom_node import add_dicom_options
-
-    add_dicom_options(p, prefix="dicom-")
-    p.add_argument(
-        "--analysis-threads",
-        type=_positive,
-        default=1,
-        help="CPU threads for the model (default 1: the other cores keep the web side responsive)",
-    )
+    add_dicom_options(p, prefix=DICOM_PREFIX)
+    add_service_cpu_options(p, "the other cores keep the web side responsive")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        from fracsight.service.server import Service
-        from fracsight.service.settings import ServiceSettings
-    except ImportError as exc:
-        raise RuntimeError(f"serve needs the 'serve' extra: pip install 'fracsight[serve]' ({exc})") from exc
-    dicom = None
-    if not args.dicom_port and (args.forward or args.dicom_allow):
-        raise ValueError("--forward and --dicom-allow configure the DICOM node: give --dicom-port too")
-    if args.dicom_port:
-        from fracsight.cli.dicom_node import check_dicom_extra, dicom_settings
+def service_settings(args: argparse.Namespace) -> ServiceSettings:
+    """The parsed options as settings: the web side's TLS from --tls-*, the node's from --dicom-tls-*."""
+    from fracsight.service.settings import ServiceSettings
 
+    dicom = None
+    node_only = (args.forward, args.dicom_allow, args.dicom_tls_cert, args.dicom_tls_key, args.dicom_tls_ca)
+    if not args.dicom_port and (any(node_only) or args.forward_tls):
+        raise ValueError(
+            "--forward, --dicom-allow and --dicom-tls-* configure the DICOM node: give --dicom-port too"
+        )
+    if args.dicom_port:
         check_dicom_extra()
-        dicom = dicom_settings(args, args.dicom_port)
-    settings = ServiceSettings(
+        dicom = dicom_settings(args, args.dicom_port, prefix=DICOM_PREFIX)
+    return ServiceSettings(
         data_dir=args.data,
         host=args.host,
         port=args.port,
         model=args.model,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         analysis_threads=args.analysis_threads,
+        model_threads=args.model_threads,
+        decoder_processes=args.decoder_processes,
         dicom=dicom,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"serve needs the 'serve' extra: pip install 'fracsight[serve]' ({exc})") from exc
+    from fracsight.service.server import Service
+
+    settings = service_settings(args)
+    dicom = settings.dicom
     service = Service(settings)
     if service.token_created:
         print(f"API token (shown once; kept in {args.data / 'api-token'}): {service.token}", file=sys.stderr)
@@ -102,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if dicom is not None:
-        from fracsight.cli.dicom_node import describe
-
         print(describe(dicom), file=sys.stderr)
     service.run()
     return 0

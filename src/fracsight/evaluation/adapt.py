@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.operating_points import ThresholdChoice
 from fracsight.model_card import ModelCard, card_path

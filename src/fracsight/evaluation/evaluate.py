@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.evaluation.calibration import CalibrationSummary, calibration_summary
 from fracsight.evaluation.groups import MIN_POSITIVES, SMALL_CELL_RULE, GroupTable, group_table
 from fracsight.evaluation.inputs import CaseTable

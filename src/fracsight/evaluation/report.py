@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.evaluation.evaluate import Evaluation
 from fracsight.evaluation.groups import MIN_NEGATIVES, MIN_POSITIVES, SMALL_CELL_RULE, GroupCell, GroupTable
 from fracsight.evaluation.metrics import BinaryRates, Estimate

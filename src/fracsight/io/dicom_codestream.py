@@ -26,7 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, RLELossless
+from pydicom.uid import (
+    UID,
+    JPEG2000TransferSyntaxes,
+    JPEGBaseline8Bit,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLETransferSyntaxes,
+)
 
 from fracsight.io.dicom_policy import header_int, number_of_samples
 from fracsight.io.radiograph import UnreadableImage
@@ -46,10 +53,14 @@ _RLE_MAX_SEGMENTS = 15
 MAX_OUT_OF_RANGE_SHARE = 0.001
 
 _FAMILIES = {
-    "1.2.840.10008.1.2.4.80": "JPEG-LS",
-    "1.2.840.10008.1.2.4.81": "JPEG-LS",
-    RLELossless: "RLE",
+    **dict.fromkeys(JPEGTransferSyntaxes, "JPEG"),
+    **dict.fromkeys(JPEGLSTransferSyntaxes, "JPEG-LS"),
+    **dict.fromkeys(JPEG2000TransferSyntaxes, "JPEG 2000"),
+    **dict.fromkeys(RLETransferSyntaxes, "RLE"),
 }
+# The retired JPEG processes (1.2.840.10008.1.2.4.52 to .66) that pydicom does not name hold the
+# same JPEG codestream as the named ones beside them.
+_JPEG_PREFIX = JPEGBaseline8Bit.rpartition(".")[0] + "."
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,10 @@ def family(transfer_syntax: UID) -> str | None:
     """The codestream family a compressed transfer syntax holds, None for the rest."""
     if transfer_syntax in _FAMILIES:
         return _FAMILIES[transfer_syntax]
-    if transfer_syntax.startswith("1.2.840.10008.1.2.4.") and transfer_syntax.is_compressed:
-        number = int(transfer_syntax.rsplit(".", 1)[1])
-        if 50 <= number <= 70:
+    if transfer_syntax.startswith(_JPEG_PREFIX) and transfer_syntax.is_compressed:
+        number = transfer_syntax.rpartition(".")[2]
+        if number.isdigit() and 50 <= int(number) <= 70:
             return "JPEG"
-        if 90 <= number <= 93 or 201 <= number <= 203:
-            return "JPEG 2000"
     return None
 
 

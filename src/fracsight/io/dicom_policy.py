@@ -27,28 +27,37 @@ These checks run on the header before any pixel data is read or decoded.
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalIntraOralXRayImageStorageForProcessing,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ImplicitVRLittleEndian,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+)
 
 from fracsight.io.radiograph import NotARadiograph, UnreadableImage
 from fracsight.io.safe_text import shown, uid_name
 
 ACCEPTED_MODALITIES = frozenset({"CR", "DX"})
 
-_CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-_DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-_RADIOGRAPH_SOP_CLASSES = frozenset({_CR_STORAGE, _DX_FOR_PRESENTATION})
+_RADIOGRAPH_SOP_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation})
 SECONDARY_CAPTURE_SOP_CLASSES = frozenset(
     {
-        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC (single frame accepted)
-        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC (single frame accepted)
+        SecondaryCaptureImageStorage,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,  # single frame accepted
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,  # single frame accepted
     }
 )
 _FOR_PROCESSING_SOP_CLASSES = frozenset(
     {
-        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray - For Processing
-        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography - For Processing
-        "1.2.840.10008.5.1.4.1.1.1.3.1",  # Digital Intra-Oral X-Ray - For Processing
+        DigitalXRayImageStorageForProcessing,
+        DigitalMammographyXRayImageStorageForProcessing,
+        DigitalIntraOralXRayImageStorageForProcessing,
     }
 )
 _SECONDARY_CAPTURE_MODALITIES = frozenset({"", "OT"})

@@ -36,7 +36,7 @@ import numpy as np
 from fracsight.io import limits, shared_pixels
 from fracsight.io.radiograph import NotARadiograph, Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.truncation import TruncatedImage
-from fracsight.io.worker import READY, Job, Reply
+from fracsight.io.worker import READY, Decoded, Failed, Job, Missing, OutOfMemory, Refused, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +107,13 @@ class _Worker:
         try:
             self.conn.send(job)
             self._wait(deadline, timeout_s)
-            reply = self.conn.recv()
+            reply: Reply = self.conn.recv()
             pixels = None
-            if reply[0] == "ok":
+            if isinstance(reply, Decoded):
                 self._wait(deadline, timeout_s)
-                pixels = shared_pixels.receive(self.conn, reply[1], np.dtype(reply[2]))
+                pixels = shared_pixels.receive(self.conn, reply.shape, np.dtype(reply.dtype))
             else:
-                self.healthy = reply[0] in ("refused", "missing")
+                self.healthy = isinstance(reply, (Refused, Missing))  # the others end the worker
         except (EOFError, OSError) as error:
             raise _Lost(self._ending()) from error
         return reply, pixels
@@ -233,8 +233,8 @@ class DecoderPool:
                 ) from None
             finally:
                 self._give_back(worker)
-        for logger_name, level, message in reply[-1]:
-            logging.getLogger(logger_name).log(level, "%s", message)
+        for note in reply.notes:
+            logging.getLogger(note.logger).log(note.level, "%s", note.message)
         return self._result(job, reply, pixels)
 
     def _take(self, name: str) -> _Worker:
@@ -260,22 +260,26 @@ class DecoderPool:
             worker.stop()
 
     def _result(self, job: Job, reply: Reply, pixels: np.ndarray | None) -> Radiograph:
-        kind = reply[0]
-        if kind == "ok":
-            _, _, _, image_format, metadata, dicom, _ = reply
+        if isinstance(reply, Decoded):
             return Radiograph(
-                pixels=pixels, source=job.name, format=image_format, metadata=metadata, dicom=dicom
+                pixels=pixels,
+                source=job.name,
+                format=reply.format,
+                metadata=reply.metadata,
+                dicom=reply.dicom,
             )
-        if kind == "refused":
-            raise _REFUSALS.get(reply[1], UnreadableImage)(job.name, reply[2])
-        if kind == "missing":
+        if isinstance(reply, Refused):
+            raise _REFUSALS.get(reply.error, UnreadableImage)(job.name, reply.reason)
+        if isinstance(reply, Missing):
             raise FileNotFoundError(f"{job.name}: no such file")
-        if kind == "memory":
+        if isinstance(reply, OutOfMemory):
             limit = f"{self.memory_bytes / (1 << 30):.1f} GiB" if self.memory_bytes else "the machine's"
             raise UnreadableImage(
                 job.name, f"decoding needs more memory than a decoder may use ({limit}); refused"
             )
-        raise UnreadableImage(job.name, f"could not be read: the reader failed ({reply[1]})")
+        if isinstance(reply, Failed):
+            raise UnreadableImage(job.name, f"could not be read: the reader failed ({reply.error})")
+        raise TypeError(f"a decoder worker answered with a {type(reply).__name__}, not a reply")
 
 
 def _stop_all(idle: list[_Worker], running: set[_Worker]) -> None:

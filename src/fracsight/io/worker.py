@@ -10,8 +10,11 @@ here as ``MemoryError`` instead of taking the machine's memory. Python warnings 
 records are caught per file: fracsight's own messages (which never quote the file) go
 back to the parent, the libraries' are only counted, as they may quote header values.
 
-The reply is a small tuple, then for a decoded image the pixels (:mod:`shared_pixels`: in
-shared memory, not pickled).
+The messages are small frozen dataclasses, pickled by :class:`multiprocessing.connection.Connection`:
+the parent sends a :class:`Job`, the worker answers with one :data:`Reply` (:class:`Decoded`,
+:class:`Refused`, :class:`Missing`, :class:`OutOfMemory` or :class:`Failed`), and after a
+:class:`Decoded` the pixels follow (:mod:`shared_pixels`: in shared memory, not pickled). Every
+reply carries the file's :class:`Note` list (log records to repeat in the parent).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import socket
 import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,7 +38,7 @@ from fracsight.io.radiograph import RefusedInput
 from fracsight.io.read import read_radiograph, read_radiograph_bytes
 
 _OWN_LOGGER = "fracsight"
-READY = "ready"
+READY = "ready"  # the worker's first message: its readers are loaded, it takes jobs
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,63 @@ class Job:
     needed_side: int | None
 
 
-# Replies: ("ok", shape, dtype, format, metadata, dicom header, notes), then the pixel bytes;
-# ("refused", error class name, reason, notes); ("missing", notes); ("failed", error type, notes).
-Reply = tuple[Any, ...]
-Note = tuple[str, int, str]  # logger name, level, message
+class Note(NamedTuple):
+    """One log record of the worker's, repeated in the parent under the same logger and level."""
+
+    logger: str
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The file was read; its pixels (``shape``, ``dtype`` as numpy's ``dtype.str``) follow in
+    shared memory. ``dicom`` is the header data set, None for other formats or one that would not
+    pickle."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    format: str
+    metadata: dict[str, Any]
+    dicom: Any
+    notes: list[Note]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The reader refused the file: ``error`` names the :class:`RefusedInput` subclass, ``reason``
+    says why in words a user can act on. The worker stays."""
+
+    error: str
+    reason: str
+    notes: list[Note]
+
+
+@dataclass(frozen=True)
+class Missing:
+    """No such file (or a link to one that is gone). The worker stays."""
+
+    notes: list[Note]
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    """Decoding needed more memory than the worker's cap; the worker ends after saying so."""
+
+    notes: list[Note]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The reader failed in a way it does not name (``error``: the exception's type only, never its
+    message, which may quote the file); the worker ends after saying so."""
+
+    error: str
+    notes: list[Note]
+
+
+# What a worker answers to one Job.
+Reply = Decoded | Refused | Missing | OutOfMemory | Failed
 
 
 def main() -> None:
@@ -81,7 +137,7 @@ def serve(conn: Connection, log_level: int) -> None:
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
-            conn.send((*reply[:5], None, reply[6]))  # a DICOM header that will not pickle stays here
+            conn.send(replace(reply, dicom=None))  # a DICOM header that will not pickle stays here
         if pixels is not None:
             shared_pixels.send(conn, pixels)
         if not healthy:
@@ -98,27 +154,18 @@ def _read(job: Job, capture: _Capture) -> tuple[Reply, np.ndarray | None, bool]:
             else:
                 radiograph = read_radiograph_bytes(job.data, job.name, job.max_pixels, job.needed_side)
         except RefusedInput as refusal:
-            return (
-                ("refused", type(refusal).__name__, refusal.reason, capture.notes(job.name, caught)),
-                None,
-                True,
-            )
+            notes = capture.notes(job.name, caught)
+            return Refused(type(refusal).__name__, refusal.reason, notes), None, True
         except FileNotFoundError:
-            return ("missing", capture.notes(job.name, caught)), None, True
+            return Missing(capture.notes(job.name, caught)), None, True
         except MemoryError:
-            return ("memory", capture.notes(job.name, caught)), None, False
+            return OutOfMemory(capture.notes(job.name, caught)), None, False
         except Exception as error:  # noqa: BLE001 - reported by type; the process is replaced
-            return ("failed", type(error).__name__, capture.notes(job.name, caught)), None, False
+            return Failed(type(error).__name__, capture.notes(job.name, caught)), None, False
     pixels = np.ascontiguousarray(radiograph.pixels)
     notes = capture.notes(job.name, caught)
-    reply = (
-        "ok",
-        pixels.shape,
-        pixels.dtype.str,
-        radiograph.format,
-        radiograph.metadata,
-        radiograph.dicom,
-        notes,
+    reply = Decoded(
+        pixels.shape, pixels.dtype.str, radiograph.format, radiograph.metadata, radiograph.dicom, notes
     )
     return reply, pixels, True
 
@@ -147,7 +194,7 @@ class _Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == _OWN_LOGGER or record.name.startswith(_OWN_LOGGER + "."):
-            self.own.append((record.name, record.levelno, record.getMessage()))
+            self.own.append(Note(record.name, record.levelno, record.getMessage()))
         else:
             self.withheld[record.name.split(".")[0]] += 1
 
@@ -160,7 +207,7 @@ class _Capture(logging.Handler):
         if withheld:
             sources = ", ".join(f"{count} from {source}" for source, count in sorted(withheld.items()))
             notes.append(
-                (
+                Note(
                     "fracsight.io.worker",
                     logging.DEBUG,
                     f"{name}: library warnings withheld ({sources}): they may quote the file's contents",

@@ -36,9 +36,19 @@ import uuid
 import pydicom
 from pydicom.uid import (
     JPEG2000,
+    ComprehensiveSRStorage,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    DigitalIntraOralXRayImageStorageForPresentation,
+    DigitalIntraOralXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -47,8 +57,21 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    NuclearMedicineImageStorage,
+    PositronEmissionTomographyImageStorage,
     RLELossless,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+    XRayAngiographicImageStorage,
+    XRayRadiofluoroscopicImageStorage,
 )
+from pynetdicom.sop_class import Verification
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
 
 from fracsight.service.dicom_results import MANUFACTURER
 from fracsight.service.intake import OutOfSpace, receive_dicom
@@ -61,28 +84,28 @@ from fracsight.service.worker import AnalysisWorker
 log = logging.getLogger(__name__)
 
 RADIOGRAPH_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray, for presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray, for processing",
-    "1.2.840.10008.5.1.4.1.1.1.3": "Digital Intra-Oral X-Ray, for presentation",
-    "1.2.840.10008.5.1.4.1.1.1.3.1": "Digital Intra-Oral X-Ray, for processing",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture",
+    ComputedRadiographyImageStorage: "Computed Radiography",
+    DigitalXRayImageStorageForPresentation: "Digital X-Ray, for presentation",
+    DigitalXRayImageStorageForProcessing: "Digital X-Ray, for processing",
+    DigitalIntraOralXRayImageStorageForPresentation: "Digital Intra-Oral X-Ray, for presentation",
+    DigitalIntraOralXRayImageStorageForProcessing: "Digital Intra-Oral X-Ray, for processing",
+    SecondaryCaptureImageStorage: "Secondary Capture",
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage: "Multi-frame Grayscale Byte Secondary Capture",
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "Multi-frame Grayscale Word Secondary Capture",
+    MultiFrameTrueColorSecondaryCaptureImageStorage: "Multi-frame True Color Secondary Capture",
 }
 # Taken and kept, then refused analysis with the reason (not radiographs fracsight reads).
 OTHER_IMAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT",
-    "1.2.840.10008.5.1.4.1.1.4": "MR",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
-    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound",
-    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame",
-    "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine",
-    "1.2.840.10008.5.1.4.1.1.128": "PET",
-    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic",
-    "1.2.840.10008.5.1.4.1.1.12.2": "X-Ray Radiofluoroscopic",
+    CTImageStorage: "CT",
+    EnhancedCTImageStorage: "Enhanced CT",
+    MRImageStorage: "MR",
+    EnhancedMRImageStorage: "Enhanced MR",
+    UltrasoundImageStorage: "Ultrasound",
+    UltrasoundMultiFrameImageStorage: "Ultrasound Multi-frame",
+    NuclearMedicineImageStorage: "Nuclear Medicine",
+    PositronEmissionTomographyImageStorage: "PET",
+    XRayAngiographicImageStorage: "X-Ray Angiographic",
+    XRayRadiofluoroscopicImageStorage: "X-Ray Radiofluoroscopic",
 }
 # In this order of preference: when a sender offers several in one presentation context, the node
 # takes the first here that it offers, so a compressed file travels as it is (a sender often
@@ -102,17 +125,27 @@ TRANSFER_SYNTAXES = [
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 ]
-_VERIFICATION = "1.2.840.10008.1.1"
+# What fracsight itself sends (Secondary Capture, SR, presentation state): routed back, it is dropped.
 _OWN_RESULT_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7",
-    "1.2.840.10008.5.1.4.1.1.88.33",
-    "1.2.840.10008.5.1.4.1.1.11.1",
+    SecondaryCaptureImageStorage,
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
 }
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-NOT_AUTHORISED = 0x0124
-PROCESSING_FAILURE = 0x0110
+
+def _storage_status(meaning: str) -> int:
+    """The Storage Service status code of ``meaning`` as pynetdicom's table words it (the first code
+    of a range such as A7xx), so no code is typed here by hand (PS3.4 B.2.3, PS3.7 C)."""
+    codes = [code for code, (_, words) in STORAGE_SERVICE_CLASS_STATUS.items() if words == meaning]
+    if not codes:
+        raise LookupError(f"pynetdicom names no Storage status {meaning!r}")
+    return min(codes)
+
+
+SUCCESS = int(Status.SUCCESS)
+OUT_OF_RESOURCES = _storage_status("Refused: Out of Resources")  # A700
+NOT_AUTHORISED = _storage_status("Refused: Not Authorised")  # 0124
+PROCESSING_FAILURE = _storage_status("Processing Failure")  # 0110
 
 
 class StorageSCP:
@@ -141,7 +174,7 @@ class StorageSCP:
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
         ae.network_timeout = 120
-        ae.add_supported_context(_VERIFICATION)
+        ae.add_supported_context(Verification)
         for sop_class in [*RADIOGRAPH_CLASSES, *OTHER_IMAGE_CLASSES]:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         return ae

@@ -101,11 +101,6 @@ def receive_stream(store: Store, chunks: Iterable[bytes], max_bytes: int, source
         raise
 
 
-def receive_file(store: Store, path: Path, kind: str, source: str) -> Received:
-    """Keep a file already written under the data folder."""
-    return _keep(store, path, kind, path.stat().st_size, source)
-
-
 def receive_dicom(
     store: Store,
     data: bytes,

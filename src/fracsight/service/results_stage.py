@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from fracsight import __version__
+from fracsight._version import __version__
 from fracsight.decide import Category
 from fracsight.finding import Finding
 from fracsight.model_card import ModelIdentity

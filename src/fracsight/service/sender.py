@@ -20,16 +20,33 @@ from itertools import groupby
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from fracsight.service.loop import QueueLoop
-from fracsight.service.sends import Send
+from fracsight.service.sends import STALE_CLAIM_S, Send
 from fracsight.service.settings import Destination, DicomSettings
 from fracsight.service.store import Store, now
 
 log = logging.getLogger(__name__)
 
 BATCH = 32  # sends claimed (and sent over one association per destination) at a time
-_WARNING_STATUSES = {0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
+# Storage's "Refused: Out of Resources" (A7xx): the destination may take the result later, so it is
+# retried; any other failure is a refusal, kept for --resend.
+_OUT_OF_RESOURCES = frozenset(
+    code for code, (_, words) in STORAGE_SERVICE_CLASS_STATUS.items() if words == "Refused: Out of Resources"
+)
+
+
+def delivered(code: int) -> bool:
+    """A C-STORE status the destination kept the result with: Success, or a Warning (PS3.4 B.2.3:
+    coercion, elements discarded, ... the object is stored)."""
+    return code_to_category(code) in (STATUS_SUCCESS, STATUS_WARNING)
+
+
+def worth_retrying(code: int) -> bool:
+    """A failure that may pass later (out of resources); any other failure is the destination's
+    refusal, kept until ``--resend``."""
+    return code in _OUT_OF_RESOURCES
 
 
 class Sender(QueueLoop):
@@ -134,10 +151,10 @@ class Sender(QueueLoop):
         code = int(status.Status) if status and "Status" in status else None
         if code is None:
             self._failed(send, "no answer from the destination (connection lost or timed out)")
-        elif code == 0x0000 or code in _WARNING_STATUSES:
+        elif delivered(code):
             self.store.send_succeeded(send.id, now())
             log.info("result %s of image %s delivered to %s", send.kind, send.image_id, send.destination)
-        elif 0xA700 <= code <= 0xA7FF:
+        elif worth_retrying(code):
             self._failed(send, f"destination out of resources (status 0x{code:04X})")
         else:
             self._rejected(send, f"refused by the destination (status 0x{code:04X})")
@@ -173,7 +190,7 @@ def _first_line(exc: Exception) -> str:
 def resend(store: Store, settings: DicomSettings, deadline_s: float = 120.0) -> dict[str, int]:
     """Send every undelivered result now (also those the destination refused); one pass, then the
     counts of the send queue. A running node's sender may take some of them: each is sent once."""
-    store.requeue_sending(older_than_s=600.0)
+    store.requeue_sending(older_than_s=STALE_CLAIM_S)
     due = store.resend_undelivered()
     log.info("resending %d undelivered results", due)
     sender = Sender(store, settings)

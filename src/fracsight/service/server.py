@@ -1,44 +1,61 @@
-"""One running service: store, analysis worker and HTTP server, started and stopped together.
+"""One running service: store, analyser and analysis worker, with a web front, a DICOM front or
+both, started and stopped together.
 
-``fracsight serve`` runs :meth:`Service.run` in the foreground; tests and other programs use
-:meth:`Service.start` / :meth:`Service.stop`, which run the same server in a thread. With
-``settings.dicom`` the DICOM node runs beside it over the same store and worker, so what it
-receives appears in the same worklist.
+:class:`Service` is the one builder: ``fracsight serve`` gives it the web front (and the DICOM
+node too with ``--dicom-port``), ``fracsight dicom-node`` the DICOM node alone
+(``ServiceSettings.web`` False). Either way the store, the analyser and the worker are wired once
+here, and what the node receives appears in the same worklist. :meth:`Service.run` serves in the
+foreground until SIGINT or SIGTERM; tests and other programs use :meth:`Service.start` /
+:meth:`Service.stop`, which run the same fronts in threads.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 
 from fracsight.inference import Analyser
-from fracsight.service.auth import load_token
 from fracsight.service.settings import ServiceSettings
 from fracsight.service.store import SqliteStore
-from fracsight.service.web import create_app
 from fracsight.service.worker import AnalysisWorker
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """The service of :class:`ServiceSettings`; the token is loaded (or made) on construction."""
+    """The service of :class:`ServiceSettings`. With the web front the token is loaded (or made) on
+    construction; without it no token is read or made (a DICOM node has no API)."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.store = SqliteStore(settings.data_dir)
-        self.token, self.token_created = load_token(settings.data_dir, settings.token)
-        self.analyser = Analyser(settings.model, threads=settings.analysis_threads, batch_size=1)
+        self.analyser = Analyser(
+            settings.model,
+            threads=settings.analysis_threads,
+            batch_size=1,
+            model_threads=settings.model_threads,
+            decoder_processes=settings.decoder_processes,
+        )
         self.worker = AnalysisWorker(self.store, self.analyser)
         self.dicom = None
         if settings.dicom is not None:
             from fracsight.service.dicom_node import DicomNode
 
             self.dicom = DicomNode(self.store, self.worker, self.analyser, settings.dicom)
-        self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
+        self.token: str | None = None
+        self.token_created = False
+        self.app = None
+        if settings.web:
+            from fracsight.service.auth import load_token
+            from fracsight.service.web import create_app
+
+            self.token, self.token_created = load_token(settings.data_dir, settings.token)
+            self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
         self._server = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
@@ -46,7 +63,7 @@ class Service:
 
     @property
     def port(self) -> int:
-        """The port listened on (the one the OS chose when the settings said 0)."""
+        """The web front's port (the one the OS chose when the settings said 0)."""
         if self._server is not None and self._server.servers:
             return self._server.servers[0].sockets[0].getsockname()[1]
         return self.settings.port
@@ -66,26 +83,39 @@ class Service:
         )
         return uvicorn.Server(config)
 
-    def _start_dicom(self) -> None:
+    def _start_back(self) -> None:
+        """What every front stands on: the worker, then the DICOM node."""
+        self.worker.start()
         if self.dicom is not None:
             self.dicom.start()
 
+    def _stop_back(self) -> None:
+        if self.dicom is not None:
+            self.dicom.stop()
+        self.worker.stop()
+        self.analyser.close()  # the decoder processes
+
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C, SIGTERM); the image in analysis is finished first."""
-        self.worker.start()
-        self._start_dicom()
-        self._server = self._uvicorn()
+        self._start_back()
         try:
-            self._server.run()
+            if self.app is not None:
+                self._server = self._uvicorn()
+                self._server.run()  # uvicorn takes SIGINT and SIGTERM itself
+            else:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: self._stopped.set())
+                while not self._stopped.wait(1.0):
+                    pass
         finally:
-            if self.dicom is not None:
-                self.dicom.stop()
-            self.worker.stop()
+            log.info("stopping: finishing the image in analysis")
+            self._stop_back()
 
     def start(self, timeout: float = 30.0) -> None:
-        """Serve in a background thread; returns once the server accepts connections."""
-        self.worker.start()
-        self._start_dicom()
+        """Serve in background threads; returns once every front accepts connections."""
+        self._start_back()
+        if self.app is None:
+            return
         self._server = self._uvicorn()
         self._server.config.install_signal_handlers = False  # not the main thread's to take
         self._thread = threading.Thread(target=self._server.run, name="fracsight-http", daemon=True)
@@ -103,7 +133,5 @@ class Service:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(15)
-        if self.dicom is not None:
-            self.dicom.stop()
-        self.worker.stop()
-        self.analyser.close() if hasattr(self.analyser, "close") else None
+        self._stop_back()
+        self._stopped.set()

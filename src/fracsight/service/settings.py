@@ -1,7 +1,7 @@
 """What a running service is configured with: one object, built by the CLI or by a test.
 
-:class:`ServiceSettings` for the web service, :class:`DicomSettings` for the DICOM node (alone, or
-inside the web service); :class:`Peer` and :class:`Destination` are the AE titles it accepts and
+:class:`ServiceSettings` for a service (the web front, the DICOM node, or both), :class:`DicomSettings`
+for the DICOM node; :class:`Peer` and :class:`Destination` are the AE titles it accepts and
 sends to, :class:`DicomTls` the certificates of its TLS connections.
 """
 
@@ -31,19 +31,30 @@ class ServiceSettings:
     model: Path | None = None  # None: the model shipped in the package
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    analysis_threads: int = 1  # ONNX Runtime threads: the rest of the CPU serves HTTP
+    # CPU for analysis: ``analysis_threads`` is the default of the two knobs after it (None: it),
+    # ONNX Runtime's threads and the decoder worker processes; the rest of the CPU serves HTTP.
+    analysis_threads: int = 1
+    model_threads: int | None = None
+    decoder_processes: int | None = None
     dicom: DicomSettings | None = None  # also run the DICOM node (``--dicom-port``)
+    # The web front (worklist, viewer, API). False: the DICOM node alone (``fracsight dicom-node``);
+    # host, port, token, upload size and TLS below are then unused.
+    web: bool = True
     # HTTPS: the page and API over TLS with this certificate and key (PEM); None: plain HTTP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
     def __post_init__(self) -> None:
+        if not self.web and self.dicom is None:
+            raise ValueError("a service without the web front needs the DICOM node (dicom settings)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 0..65535")
         if self.max_upload_bytes < 1024:
             raise ValueError(f"max_upload_bytes {self.max_upload_bytes} is below 1024")
-        if self.analysis_threads < 1:
-            raise ValueError(f"analysis_threads {self.analysis_threads} must be at least 1")
+        for name in ("analysis_threads", "model_threads", "decoder_processes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} {value} must be at least 1")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the API token must be at least 16 characters long")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -353,6 +353,6 @@ def _log(request: Request, response: Response, started: float) -> Response:
 
 
 def _version() -> str:
-    from fracsight import __version__
+    from fracsight._version import __version__
 
     return __version__
