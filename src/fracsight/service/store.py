@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fracsight.service.auth import owner_only
 from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
 MAX_ATTEMPTS = 3
@@ -271,6 +272,7 @@ class SqliteStore(SendQueue):
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only(self.data_dir)  # patient data: 0600 files, 0700 folders, also those of older runs
         self.path = self.data_dir / "fracsight.db"
         self._local = threading.local()
         info_columns = ",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _INFO)
