@@ -161,14 +161,18 @@ def create_app(
         if path == "/api/images" and request.method == "POST":
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > max_upload_bytes + 64 * 1024):
-                detail = f"upload is larger than the limit of {max_upload_bytes} bytes"
-                return _log(request, JSONResponse({"detail": detail}, 413), started)
+                refused = UploadRefused(413, f"upload is larger than the limit of {max_upload_bytes} bytes")
+                return _log(request, _refusal(refused), started)
         try:
             response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - one bad request must never stop the service
             log.error("%s %s failed: %s", request.method, _route(request), type(exc).__name__)
             response = JSONResponse({"detail": "internal error; the service goes on"}, 500)
         return _log(request, response, started)
+
+    @app.exception_handler(UploadRefused)
+    async def refused_upload(request: Request, exc: UploadRefused) -> JSONResponse:
+        return _refusal(exc)
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
@@ -334,7 +338,7 @@ async def _receive_upload(request: Request, store: Store, max_bytes: int):
         raise HTTPException(400, f"not a multipart upload: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - a malformed body is the sender's error
         if _caused_by(exc, _TooLarge):
-            raise HTTPException(413, f"upload is larger than the limit of {max_bytes} bytes") from None
+            raise UploadRefused(413, f"upload is larger than the limit of {max_bytes} bytes") from None
         raise HTTPException(400, "the request body could not be read as multipart form data") from None
     try:
         upload = form.get("file")
@@ -346,12 +350,14 @@ async def _receive_upload(request: Request, store: Store, max_bytes: int):
             while chunk := upload.file.read(1 << 20):
                 yield chunk
 
-        try:
-            return receive_stream(store, chunks(), max_bytes)
-        except UploadRefused as exc:
-            raise HTTPException(exc.status, exc.reason) from None
+        return receive_stream(store, chunks(), max_bytes)  # UploadRefused: answered with its error_code
     finally:
         await form.close()
+
+
+def _refusal(exc: UploadRefused) -> JSONResponse:
+    """An upload refused, with the ``error_code`` that ``fracsight predict`` gives such a file."""
+    return JSONResponse({"detail": exc.reason, "error_code": exc.code}, exc.status)
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
