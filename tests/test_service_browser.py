@@ -1,8 +1,9 @@
 """The worklist and viewer in a real headless Chromium, against a running ``fracsight serve``.
 
-Signs in with a reader's own token, uploads a DICOM and a JPEG through the page, finds both in the worklist in the API's
-order, opens one, toggles the heat map, drags window/level, records feedback, reloads and finds
-it kept. Screenshots go to ``test-artefacts/serve/`` (kept by CI as artefacts).
+Signs in with a reader's own token, uploads a DICOM and a JPEG through the page, finds both in
+the worklist in the API's order, opens one, toggles the heat map, drags window/level, records
+feedback under the reader's name, reloads and finds it kept. Screenshots go to
+``test-artefacts/serve/`` (kept by CI as artefacts).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ TOKEN = "browser-test-token-0123456789"
 def service(tmp_path: Path):
     from fracsight.service.server import Service
     from fracsight.service.settings import ServiceSettings
-
     from fracsight.service.users import UserDirectory
 
     running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=TOKEN))

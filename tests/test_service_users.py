@@ -77,7 +77,10 @@ def test_two_readers_each_verdict_carries_its_reader(service, sample_images: lis
         r = client.post(url, json={**_verdict(image), "note": note}, headers=_auth(token))
         assert r.status_code == 201, r.text
     verdicts = client.get(f"/api/images/{image['id']}", headers=_auth(ana)).json()["feedback"]
-    assert [(v["reader"], v["note"]) for v in verdicts] == [("Dr Ana", "ana's note"), ("Dr Ben", "ben's note")]
+    assert [(v["reader"], v["note"]) for v in verdicts] == [
+        ("Dr Ana", "ana's note"),
+        ("Dr Ben", "ben's note"),
+    ]
     rows = [r for r in csv.DictReader(io.StringIO(client.get("/api/feedback.csv", headers=_auth(ben)).text))
             if r["id"] == image["id"]]  # fmt: skip
     assert [r["reader"] for r in rows] == ["Dr Ana", "Dr Ben"]
@@ -113,7 +116,8 @@ def test_a_reader_cannot_use_administrator_endpoints(service) -> None:
     client, _ = service
     reader = _auth(_add(client, "Dr Eve"))
     assert client.get("/api/users", headers=reader).status_code == 403
-    assert client.post("/api/users", json={"name": "mallory", "role": "admin"}, headers=reader).status_code == 403
+    mallory = {"name": "mallory", "role": "admin"}
+    assert client.post("/api/users", json=mallory, headers=reader).status_code == 403
     assert client.delete("/api/users/Dr Ana", headers=reader).status_code == 403
     assert client.post("/api/sends/resend", headers=reader).status_code == 403
     names = [u["name"] for u in client.get("/api/users", headers=SITE).json()]
@@ -122,8 +126,10 @@ def test_a_reader_cannot_use_administrator_endpoints(service) -> None:
     # An administrator account may, like the site token.
     admin = _auth(_add(client, "Ada", role="admin"))
     assert client.get("/api/users", headers=admin).status_code == 200
-    assert client.post("/api/users", json={"name": "Dr Eve", "role": "reader"}, headers=admin).status_code == 409
-    for bad in ({"name": "site-token", "role": "reader"}, {"name": "x", "role": "root"}, {"name": "", "role": "reader"}):
+    taken = {"name": "Dr Eve", "role": "reader"}
+    assert client.post("/api/users", json=taken, headers=admin).status_code == 409
+    for bad in ({"name": "site-token", "role": "reader"}, {"name": "x", "role": "root"},
+                {"name": "", "role": "reader"}):  # fmt: skip
         assert client.post("/api/users", json=bad, headers=admin).status_code == 422, bad
 
 
@@ -158,7 +164,8 @@ def test_users_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert directory.authenticate(token) is None
     assert main(["users", "token", "Dr Gus", "--data", str(data)]) == 0
     fresh = capsys.readouterr().out.strip()
-    assert fresh != token and directory.authenticate(fresh).name == "Dr Gus" and directory.authenticate(token) is None
+    assert fresh != token and directory.authenticate(fresh).name == "Dr Gus"
+    assert directory.authenticate(token) is None
     assert main(["users", "list", "--data", str(tmp_path / "none")]) == 2
 
 

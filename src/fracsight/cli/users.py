@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from fracsight.service.users import UserDirectory, UserError
 
     if not (args.data / "fracsight.db").exists() and args.action != "add":
-        raise ValueError(f"no service data in {args.data}: give the folder that `fracsight serve --data` uses")
+        raise ValueError(f"no service data in {args.data}: give the folder of `fracsight serve --data`")
     args.data.mkdir(parents=True, exist_ok=True)
     owner_only(args.data)  # the database holds patient data: made or kept owner-only
     users = UserDirectory.of_data_dir(args.data)
