@@ -189,7 +189,7 @@ def test_chunked_oversized_upload_is_cut_off(service) -> None:
 
 
 def test_ct_and_truncated_jpeg_are_kept_and_refused_with_the_reason(
-    service, sample_images: list[Path], tmp_path: Path
+    service, sample_images: list[Path], tmp_path: Path, default_analyser
 ) -> None:
     client, store = service
     dicom = next(p for p in sample_images if p.suffix == ".dcm")
@@ -199,6 +199,10 @@ def test_ct_and_truncated_jpeg_are_kept_and_refused_with_the_reason(
     ct_done, cut_done = _wait(client, ct["id"]), _wait(client, cut["id"])
     assert ct_done["status"] == "refused" and "CT" in ct_done["error"]
     assert cut_done["status"] == "refused" and "truncated" in cut_done["error"]
+    # The error_code `fracsight predict` gives the same files.
+    for ack, done in ((ct, ct_done), (cut, cut_done)):
+        data = (store.data_dir / store.get_image(ack["id"]).file).read_bytes()
+        assert done["error_code"] == default_analyser.outcome(data, "x").code and done["error_code"]
     # Stored (received and kept), never analysed, shown in the worklist as refused.
     for ack in (ct, cut):
         assert (store.data_dir / store.get_image(ack["id"]).file).exists()

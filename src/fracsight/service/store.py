@@ -125,6 +125,7 @@ class ImageRecord:
             )
         elif self.status in ("refused", "failed"):
             out["error"] = self.error
+            out["error_code"] = (self.result or {}).get("error_code")
         if self.results is not None:
             out["results"] = self.results
         return out
@@ -161,7 +162,9 @@ class Store(Protocol):
     def find_instance(self, sop_instance_uid: str) -> ImageRecord | None: ...
     def claim_next(self) -> ImageRecord | None: ...
     def finish(self, image_id: str, analysis: Analysis) -> None: ...
-    def refuse(self, image_id: str, reason: str, status: str = "refused") -> None: ...
+    def refuse(
+        self, image_id: str, reason: str, status: str = "refused", code: str | None = None
+    ) -> None: ...
     def requeue_interrupted(self) -> tuple[int, int]: ...
     def get_image(self, image_id: str) -> ImageRecord | None: ...
     def heatmap(self, image_id: str) -> np.ndarray | None: ...
@@ -412,14 +415,16 @@ class SqliteStore(SendQueue):
         if changed != 1:
             raise RuntimeError(f"image {image_id} was not being analysed: result not stored twice")
 
-    def refuse(self, image_id: str, reason: str, status: str = "refused") -> None:
-        """End an image without a result: ``refused`` (the input) or ``failed`` (the service)."""
+    def refuse(self, image_id: str, reason: str, status: str = "refused", code: str | None = None) -> None:
+        """End an image without a result: ``refused`` (the input) or ``failed`` (the service);
+        ``code`` is the refusal's ``error_code`` (as ``fracsight predict`` gives it), kept in ``result``."""
         if status not in ("refused", "failed"):
             raise ValueError(f"status {status!r}: expected refused or failed")
+        result = json.dumps({"error_code": code}) if code else None
         with self._transaction() as db:
             db.execute(
-                "UPDATE images SET status = ?, error = ?, analysed_at = ? WHERE id = ?",
-                (status, reason, now(), image_id),
+                "UPDATE images SET status = ?, error = ?, result = ?, analysed_at = ? WHERE id = ?",
+                (status, reason, result, now(), image_id),
             )
 
     def requeue_interrupted(self) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracsight.finding import Refusal
+from fracsight.finding import READ_ERROR, Refusal
 from fracsight.inference import Analyser
 from fracsight.io import RefusedInput
 from fracsight.preprocess import resize_gray
@@ -76,10 +76,10 @@ class AnalysisWorker(QueueLoop):
         try:
             radiograph = self.analyser.read(path, name=f"image {record.id}")
         except RefusedInput as exc:
-            self.store.refuse(record.id, exc.reason)
+            self.store.refuse(record.id, exc.reason, code=exc.code)
             return
         except Exception as exc:  # noqa: BLE001 - an unexpected decoder error is this file's refusal
-            self.store.refuse(record.id, f"could not be read ({type(exc).__name__})")
+            self.store.refuse(record.id, f"could not be read ({type(exc).__name__})", code=READ_ERROR)
             return
         _write_display(display_path(self.store, record.id), radiograph.pixels)
         try:
@@ -89,7 +89,7 @@ class AnalysisWorker(QueueLoop):
             self.store.refuse(record.id, f"analysis failed ({type(exc).__name__})", status="failed")
             return
         if isinstance(outcome, Refusal):  # blank, tiny or strip-shaped
-            self.store.refuse(record.id, outcome.reason)
+            self.store.refuse(record.id, outcome.reason, code=outcome.code)
             return
         box = outcome.letterbox
         result = {
