@@ -129,7 +129,7 @@ def test_a_reader_cannot_use_administrator_endpoints(service) -> None:
     taken = {"name": "Dr Eve", "role": "reader"}
     assert client.post("/api/users", json=taken, headers=admin).status_code == 409
     for bad in ({"name": "site-token", "role": "reader"}, {"name": "x", "role": "root"},
-                {"name": "", "role": "reader"}):  # fmt: skip
+                {"name": "", "role": "reader"}, {"name": "a/b", "role": "reader"}):  # fmt: skip
         assert client.post("/api/users", json=bad, headers=admin).status_code == 422, bad
 
 
@@ -226,13 +226,15 @@ def test_an_older_stores_files_are_tightened_at_start(tmp_path: Path) -> None:
     (data / "display" / "ab").mkdir(parents=True)
     old = [data / "fracsight.db", data / "display" / "ab" / "ab12.u16"]
     old[1].write_bytes(b"\0" * 8)
-    for path in old:
+    theirs = data / "site-notes.txt"  # not the service's: left as it is
+    theirs.write_text("x")
+    for path in [*old, theirs]:
         path.chmod(0o644)
     for folder in (data, data / "display", data / "display" / "ab"):
         folder.chmod(0o755)
     os.umask(0o022)  # as a fresh process has it
     SqliteStore(data)
-    assert [_mode(p) for p in old] == [0o600, 0o600]
+    assert [_mode(p) for p in old] == [0o600, 0o600] and _mode(theirs) == 0o644
     assert [_mode(f) for f in (data, data / "display", data / "display" / "ab")] == [0o700] * 3
     (data / "display" / "cd").mkdir()  # made after the start: owner-only too
     assert _mode(data / "display" / "cd") == 0o700

@@ -17,6 +17,10 @@ from fracsight.service.users import SITE_USER, User, UserDirectory
 
 TOKEN_FILE = "api-token"
 ENV_TOKEN = "FRACSIGHT_API_TOKEN"
+# What the service keeps in its data folder: the store (with SQLite's companions), the token,
+# originals, display pixels, uploads being received, DICOM results.
+_SERVICE_FILES = ("fracsight.db", "fracsight.db-wal", "fracsight.db-shm", "fracsight.db-journal", TOKEN_FILE)
+_SERVICE_FOLDERS = ("images", "display", "incoming", "results")
 
 
 def load_token(data_dir: Path, given: str | None = None) -> tuple[str, bool]:
@@ -70,11 +74,17 @@ def owner_only(data_dir: Path) -> None:
     os.umask(0o077)
     root = Path(data_dir)
     _tighten(root, 0o700)
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            _tighten(Path(folder) / name, 0o700)
-        for name in files:
-            _tighten(Path(folder) / name, 0o600)
+    for name in _SERVICE_FILES:
+        _tighten(root / name, 0o600)
+    for top in _SERVICE_FOLDERS:  # only what the service made: DIR may hold a site's other files
+        if not (root / top).is_dir():
+            continue
+        _tighten(root / top, 0o700)
+        for folder, dirs, files in os.walk(root / top):
+            for name in dirs:
+                _tighten(Path(folder) / name, 0o700)
+            for name in files:
+                _tighten(Path(folder) / name, 0o600)
 
 
 def _tighten(path: Path, mode: int) -> None:

@@ -71,8 +71,8 @@ SITE_USER = User(SITE_TOKEN_USER, ADMIN)
 def check_name(text: str) -> str:
     """``text`` as an account name, or UserError: 1 to 64 printable characters, not the site token's."""
     name = " ".join(str(text).split())
-    if not name or len(name) > NAME_MAX or not name.isprintable():
-        raise UserError(f"a user name has 1 to {NAME_MAX} printable characters")
+    if not name or len(name) > NAME_MAX or not name.isprintable() or "/" in name or "\\" in name:
+        raise UserError(f"a user name has 1 to {NAME_MAX} printable characters, no slash")
     if name.casefold() == SITE_TOKEN_USER:
         raise UserError(f"{SITE_TOKEN_USER!r} is the site token's built-in administrator: choose another")
     return name
