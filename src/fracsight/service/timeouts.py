@@ -35,8 +35,11 @@ def guarded_h11(head_s: float, body_idle_s: float) -> type[asyncio.Protocol]:
             self._watch()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()  # arms uvicorn's keep-alive timer for the next request
             self._cancel()
+            super().on_response_complete()  # arms uvicorn's keep-alive timer for the next request
+            # A pipelined request already buffered may be under way: its body is timed as any other.
+            if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+                self._idle_timer = self.loop.call_later(body_idle_s, self._body_idle)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel()
