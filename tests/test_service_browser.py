@@ -71,8 +71,13 @@ def test_upload_worklist_viewer_feedback_in_chromium(
         driver.find_element(By.ID, "upload").send_keys(f"{dicom}\n{jpeg}")
 
         def analysed_rows():
-            found = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
-            done = [r for r in found if r.get_attribute("data-category")]
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            try:  # the worklist redraws itself while images are pending: look again then
+                found = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
+                done = [r for r in found if r.get_attribute("data-category")]
+            except StaleElementReferenceException:
+                return None
             return done if len(found) == len(done) == 2 else None
 
         rows = _wait_for(analysed_rows, what="both uploads analysed in the worklist")
