@@ -149,7 +149,8 @@ def test_uploads_refused_before_they_are_stored(service, kind: str) -> None:
     client, store = service
     before = sum(store.counts().values())
     if kind == "text":
-        _upload(client, "notes.txt", b"patient notes, not an image\n" * 10, expect=415)
+        refused = _upload(client, "notes.txt", b"patient notes, not an image\n" * 10, expect=415)
+        assert refused["error_code"] == "unreadable"  # as `fracsight predict` says of such a file
     elif kind == "oversized":
         big = b"\xff\xd8\xff" + bytes(MAX_UPLOAD + 1)
         _upload(client, "big.jpg", big, expect=413)
@@ -188,7 +189,7 @@ def test_chunked_oversized_upload_is_cut_off(service) -> None:
 
 
 def test_ct_and_truncated_jpeg_are_kept_and_refused_with_the_reason(
-    service, sample_images: list[Path], tmp_path: Path
+    service, sample_images: list[Path], tmp_path: Path, default_analyser
 ) -> None:
     client, store = service
     dicom = next(p for p in sample_images if p.suffix == ".dcm")
@@ -198,6 +199,10 @@ def test_ct_and_truncated_jpeg_are_kept_and_refused_with_the_reason(
     ct_done, cut_done = _wait(client, ct["id"]), _wait(client, cut["id"])
     assert ct_done["status"] == "refused" and "CT" in ct_done["error"]
     assert cut_done["status"] == "refused" and "truncated" in cut_done["error"]
+    # The error_code `fracsight predict` gives the same files.
+    for ack, done in ((ct, ct_done), (cut, cut_done)):
+        data = (store.data_dir / store.get_image(ack["id"]).file).read_bytes()
+        assert done["error_code"] == default_analyser.outcome(data, "x").code and done["error_code"]
     # Stored (received and kept), never analysed, shown in the worklist as refused.
     for ack in (ct, cut):
         assert (store.data_dir / store.get_image(ack["id"]).file).exists()
@@ -228,14 +233,12 @@ def test_worklist_order_filters_and_read_status(service, sample_images: list[Pat
     ]
     assert keys == sorted(keys), "suspected fractures first, most probable first"
     first = studies[0]
-    r = client.post(
-        f"/api/studies/{first['study']}/read", json={"reader": "Dr A", "read": True}, headers=AUTH
-    )
+    r = client.post(f"/api/studies/{first['study']}/read", json={"read": True}, headers=AUTH)
     assert r.status_code == 200
     unread = client.get("/api/studies?read=false", headers=AUTH).json()
     read = client.get("/api/studies?read=true", headers=AUTH).json()
     assert first["study"] in {s["study"] for s in read} and first["study"] not in {s["study"] for s in unread}
-    assert all(s["read_by"] == "Dr A" for s in read if s["study"] == first["study"])
+    assert all(s["read_by"] == "site-token" for s in read if s["study"] == first["study"])
     for category in ("fracture", "doubt", "no_fracture"):
         listed = client.get(f"/api/studies?category={category}", headers=AUTH).json()
         assert all(s["category"] == category for s in listed)
@@ -251,18 +254,20 @@ def test_feedback_is_kept_and_exported_for_evaluate(
     done = _wait(client, _upload(client, "f.jpg", jpeg.read_bytes())["id"])
     url = f"/api/images/{done['id']}/feedback"
     if done["category"] == "doubt":
-        assert client.post(url, json={"reader": "Dr B", "agree": True}, headers=AUTH).status_code == 422
-        body = {"reader": "Dr B", "fracture": False, "note": "no fracture seen"}
+        assert client.post(url, json={"agree": True}, headers=AUTH).status_code == 422
+        body = {"fracture": False, "note": "no fracture seen"}
     else:
-        body = {"reader": "Dr B", "agree": False, "note": "disagree"}
+        body = {"agree": False, "note": "disagree"}
     r = client.post(url, json=body, headers=AUTH)
     assert r.status_code == 201, r.text
-    assert client.post(url, json={"reader": "", "agree": True}, headers=AUTH).status_code == 422
-    assert client.post(url, json={"reader": "Dr B"}, headers=AUTH).status_code == 422
+    # The verdict is the signed-in user's (the site token's built-in administrator here).
+    assert r.json()["reader"] == "site-token"
+    assert client.post(url, json={"reader": "Dr B", "agree": True}, headers=AUTH).status_code == 403
+    assert client.post(url, json={}, headers=AUTH).status_code == 422
     labels_csv = client.get("/api/feedback.csv", headers=AUTH).text
     rows = list(csv.DictReader(io.StringIO(labels_csv)))
     mine = [row for row in rows if row["id"] == done["id"]]
-    assert mine and mine[-1]["reader"] == "Dr B" and mine[-1]["note"] == body["note"]
+    assert mine and mine[-1]["reader"] == "site-token" and mine[-1]["note"] == body["note"]
     expected = 1 - int(done["category"] == "fracture") if "agree" in body else 0
     assert int(mine[-1]["fractured"]) == expected
     # Both exports are what `fracsight evaluate --predictions --labels` reads.

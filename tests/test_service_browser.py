@@ -1,8 +1,9 @@
 """The worklist and viewer in a real headless Chromium, against a running ``fracsight serve``.
 
-Signs in, uploads a DICOM and a JPEG through the page, finds both in the worklist in the API's
-order, opens one, toggles the heat map, drags window/level, records feedback, reloads and finds
-it kept. Screenshots go to ``test-artefacts/serve/`` (kept by CI as artefacts).
+Signs in with a reader's own token, uploads a DICOM and a JPEG through the page, finds both in
+the worklist in the API's order, opens one, toggles the heat map, drags window/level, records
+feedback under the reader's name, reloads and finds it kept. Screenshots go to
+``test-artefacts/serve/`` (kept by CI as artefacts).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ TOKEN = "browser-test-token-0123456789"
 def service(tmp_path: Path):
     from fracsight.service.server import Service
     from fracsight.service.settings import ServiceSettings
+    from fracsight.service.users import UserDirectory
 
     running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=TOKEN))
+    _, running.reader_token = UserDirectory.of_data_dir(tmp_path / "data").add("Dr Test", "reader")
     running.start()
     yield running
     running.stop()
@@ -43,9 +46,8 @@ def _wait_for(condition, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _sign_in(driver, By) -> None:
-    driver.find_element(By.ID, "token").send_keys(TOKEN)
-    driver.find_element(By.ID, "reader").send_keys("Dr Test")
+def _sign_in(driver, By, token: str) -> None:
+    driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
     _wait_for(lambda: driver.find_element(By.ID, "list-view").is_displayed(), what="the worklist")
 
@@ -64,12 +66,18 @@ def test_upload_worklist_viewer_feedback_in_chromium(
     driver = chrome_driver(tmp_path, 1400, 1000)
     try:
         driver.get(service.url + "/")
-        _sign_in(driver, By)
+        _sign_in(driver, By, service.reader_token)
+        assert driver.find_element(By.ID, "who").text == "Signed in as Dr Test"  # the token's user
         driver.find_element(By.ID, "upload").send_keys(f"{dicom}\n{jpeg}")
 
         def analysed_rows():
-            found = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
-            done = [r for r in found if r.get_attribute("data-category")]
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            try:  # the worklist redraws itself while images are pending: look again then
+                found = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
+                done = [r for r in found if r.get_attribute("data-category")]
+            except StaleElementReferenceException:
+                return None
             return done if len(found) == len(done) == 2 else None
 
         rows = _wait_for(analysed_rows, what="both uploads analysed in the worklist")

@@ -246,9 +246,9 @@ class StorageSCP:
                 min_free_bytes=self.settings.min_free_bytes,
             )
             if received.duplicate:
-                log.info("instance received again from %r: already kept as image %s", aet, received.id)
+                log.info("an instance received again from %r: already kept", aet)
             else:
-                log.info("image %s received from %r", received.id, aet)
+                log.info("an image received from %r", aet)
                 if self.on_received is not None:
                     self.on_received()
             return SUCCESS

@@ -8,19 +8,31 @@ that happens in the analysis worker, in a decoder process.
 
 The DICOM node keeps what it receives through :func:`receive_dicom`, under the same rule: its
 C-STORE success is sent only after this returns.
+
+Reading a header here is the one place the service process parses an uploaded file itself: a
+damaged one (a value length stretched over the following elements) makes pydicom warn and log
+with the raw bytes quoted, patient name included. Those messages are caught and only counted,
+by the same capture the decoder processes use (:func:`_library_messages_withheld`).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fracsight.io.radiograph import UnreadableImage
+from fracsight.io.safe_text import is_uid
+from fracsight.io.worker import _Capture
 from fracsight.service.store import DuplicateInstance, ImageRecord, Store, StudyInfo
 
 # File type by its first bytes (an upload's name and declared type are not trusted).
@@ -32,12 +44,14 @@ ACCEPTED = "DICOM (Part 10 file), PNG, JPEG or TIFF"
 
 
 class UploadRefused(ValueError):
-    """An upload that is not stored; ``status`` is the HTTP status that says why."""
+    """An upload that is not stored; ``status`` is the HTTP status that says why, ``code`` the
+    ``error_code`` that ``fracsight predict`` gives the same file (``unreadable``)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, code: str = UnreadableImage.code) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.code = code
 
 
 class OutOfSpace(OSError):
@@ -207,15 +221,21 @@ _TAGS = {
 }
 
 
+_UIDS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
+
+
 def study_info(path: Path | None, image_id: str, dataset=None) -> StudyInfo:
     """The worklist facts of a DICOM file (or of ``dataset``, already parsed); a header that cannot
     be read gives an upload-like study of its own (the analysis then says what is wrong)."""
     try:
-        if dataset is None:
-            import pydicom
+        with _library_messages_withheld("a received DICOM header"):
+            if dataset is None:
+                import pydicom
 
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_TAGS.values()))
-        values = {name: _text(dataset, tag) for name, tag in _TAGS.items()}
+                dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_TAGS.values()))
+            values = {name: _text(dataset, tag) for name, tag in _TAGS.items()}
+            for name in _UIDS:  # a UID stretched over the next elements would carry them into ids and URLs
+                values[name] = values[name].rstrip("\0") if is_uid(values[name].rstrip("\0")) else ""
     except Exception:  # noqa: BLE001 - a damaged header must not stop intake; analysis refuses it
         return StudyInfo(study_key=f"upload-{image_id}")
     study = values["study_instance_uid"]
@@ -229,3 +249,38 @@ def _text(dataset, keyword: str) -> str:
     text = str(value).strip()
     # Person names travel as Family^Given^Middle: shown with spaces.
     return " ".join(p for p in text.split("^") if p) if keyword == "PatientName" else text[:256]
+
+
+# Python's warning filters are global to the process: one capture at a time (uploads and the
+# DICOM node's threads take turns; reading a header takes milliseconds).
+_CAPTURE_LOCK = threading.Lock()
+_LIBRARY_LOGGER = "pydicom"
+
+
+@contextmanager
+def _library_messages_withheld(name: str) -> Iterator[None]:
+    """pydicom's warnings and log records while a header is read: withheld and counted, never shown
+    (they quote the header's bytes). The decoder processes' capture (:mod:`fracsight.io.worker`):
+    ``catch_warnings(record=True)`` and its handler, here fed by a filter on pydicom's logger since
+    this process's own handlers stay; one neutral DEBUG line says how many were withheld."""
+    with _CAPTURE_LOCK:
+        capture = _Capture(logging.DEBUG)
+        capture.start()
+        library = logging.getLogger(_LIBRARY_LOGGER)
+
+        def withhold(record: logging.LogRecord) -> bool:
+            capture.emit(record)
+            return False
+
+        library.addFilter(withhold)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    yield
+                finally:
+                    notes = capture.notes(name, caught)
+        finally:
+            library.removeFilter(withhold)
+    for logger_name, level, message in notes:
+        logging.getLogger(logger_name).log(level, "%s", message)

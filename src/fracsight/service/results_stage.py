@@ -99,7 +99,7 @@ class ResultsStage(QueueLoop):
             except OSError:
                 raise  # the disk, not the image: the group stays pending and is made again later
             except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the group
-                log.error("results of image %s could not be made (%s)", record.id, type(exc).__name__)
+                log.error("results of an image could not be made (%s)", type(exc).__name__)
                 failed.append(record.id)
                 continue
             made.append(record.id)

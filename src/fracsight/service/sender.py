@@ -153,7 +153,7 @@ class Sender(QueueLoop):
             self._failed(send, "no answer from the destination (connection lost or timed out)")
         elif delivered(code):
             self.store.send_succeeded(send.id, now())
-            log.info("result %s of image %s delivered to %s", send.kind, send.image_id, send.destination)
+            log.info("a result (%s) delivered to %s", send.kind, send.destination)
         elif worth_retrying(code):
             self._failed(send, f"destination out of resources (status 0x{code:04X})")
         else:
@@ -163,15 +163,15 @@ class Sender(QueueLoop):
         wait = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** min(send.attempts, 30))
         self.store.send_failed(send.id, reason, self.clock() + wait)
         log.warning(
-            "result %s of image %s not delivered to %s (attempt %d): %s; next try in %.1f s",
-            send.kind, send.image_id, send.destination, send.attempts + 1, reason, wait,
+            "a result (%s) not delivered to %s (attempt %d): %s; next try in %.1f s",
+            send.kind, send.destination, send.attempts + 1, reason, wait,
         )  # fmt: skip
 
     def _rejected(self, send: Send, reason: str) -> None:
         self.store.send_rejected(send.id, reason)
         log.error(
-            "result %s of image %s not delivered to %s: %s; kept, sent again on --resend",
-            send.kind, send.image_id, send.destination, reason,
+            "a result (%s) not delivered to %s: %s; kept, sent again on --resend",
+            send.kind, send.destination, reason,
         )  # fmt: skip
 
 

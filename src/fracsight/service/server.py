@@ -71,6 +71,9 @@ class Service:
     def _uvicorn(self):
         import uvicorn
 
+        from fracsight.service.timeouts import guarded_h11
+
+        s = self.settings
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,
@@ -78,6 +81,9 @@ class Service:
             access_log=False,  # the app logs each request by route, without ids or UIDs
             log_config=None,
             timeout_graceful_shutdown=10,
+            http=guarded_h11(s.http_head_timeout_s, s.http_body_idle_s),  # half-open connections dropped
+            timeout_keep_alive=s.http_keep_alive_s,
+            limit_concurrency=s.http_max_connections,
             ssl_certfile=str(self.settings.tls_cert) if self.settings.tls_cert else None,
             ssl_keyfile=str(self.settings.tls_key) if self.settings.tls_key else None,
         )

@@ -15,6 +15,13 @@ from pathlib import Path
 # An upload larger than this is refused before it is stored: a 3000 x 3000 16-bit DICOM is
 # 18 MB uncompressed; 200 MB leaves room for large uncompressed studies, not for abuse.
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+# HTTP connections (fracsight.service.timeouts): a request's line and headers must be complete
+# this long after its first byte; an upload may pause this long; an idle keep-alive connection
+# is closed after this long; at most this many connections (and requests) at once, then 503.
+HTTP_HEAD_TIMEOUT_S = 10.0
+HTTP_BODY_IDLE_S = 30.0
+HTTP_KEEP_ALIVE_S = 5.0
+HTTP_MAX_CONNECTIONS = 200
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,10 @@ class ServiceSettings:
     # HTTPS: the page and API over TLS with this certificate and key (PEM); None: plain HTTP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    http_head_timeout_s: float = HTTP_HEAD_TIMEOUT_S
+    http_body_idle_s: float = HTTP_BODY_IDLE_S
+    http_keep_alive_s: float = HTTP_KEEP_ALIVE_S
+    http_max_connections: int = HTTP_MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         if not self.web and self.dicom is None:
@@ -51,6 +62,10 @@ class ServiceSettings:
             raise ValueError(f"port {self.port} is not in 0..65535")
         if self.max_upload_bytes < 1024:
             raise ValueError(f"max_upload_bytes {self.max_upload_bytes} is below 1024")
+        if min(self.http_head_timeout_s, self.http_body_idle_s, self.http_keep_alive_s) <= 0:
+            raise ValueError("the HTTP timeouts must be above 0 seconds")
+        if self.http_max_connections < 1:
+            raise ValueError(f"http_max_connections {self.http_max_connections} must be at least 1")
         for name in ("analysis_threads", "model_threads", "decoder_processes"):
             value = getattr(self, name)
             if value is not None and value < 1:

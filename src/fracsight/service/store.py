@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fracsight.service.auth import owner_only
 from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
 MAX_ATTEMPTS = 3
@@ -124,6 +125,7 @@ class ImageRecord:
             )
         elif self.status in ("refused", "failed"):
             out["error"] = self.error
+            out["error_code"] = (self.result or {}).get("error_code")
         if self.results is not None:
             out["results"] = self.results
         return out
@@ -160,7 +162,9 @@ class Store(Protocol):
     def find_instance(self, sop_instance_uid: str) -> ImageRecord | None: ...
     def claim_next(self) -> ImageRecord | None: ...
     def finish(self, image_id: str, analysis: Analysis) -> None: ...
-    def refuse(self, image_id: str, reason: str, status: str = "refused") -> None: ...
+    def refuse(
+        self, image_id: str, reason: str, status: str = "refused", code: str | None = None
+    ) -> None: ...
     def requeue_interrupted(self) -> tuple[int, int]: ...
     def get_image(self, image_id: str) -> ImageRecord | None: ...
     def heatmap(self, image_id: str) -> np.ndarray | None: ...
@@ -271,6 +275,7 @@ class SqliteStore(SendQueue):
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only(self.data_dir)  # patient data: 0600 files, 0700 folders, also those of older runs
         self.path = self.data_dir / "fracsight.db"
         self._local = threading.local()
         info_columns = ",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _INFO)
@@ -410,14 +415,16 @@ class SqliteStore(SendQueue):
         if changed != 1:
             raise RuntimeError(f"image {image_id} was not being analysed: result not stored twice")
 
-    def refuse(self, image_id: str, reason: str, status: str = "refused") -> None:
-        """End an image without a result: ``refused`` (the input) or ``failed`` (the service)."""
+    def refuse(self, image_id: str, reason: str, status: str = "refused", code: str | None = None) -> None:
+        """End an image without a result: ``refused`` (the input) or ``failed`` (the service);
+        ``code`` is the refusal's ``error_code`` (as ``fracsight predict`` gives it), kept in ``result``."""
         if status not in ("refused", "failed"):
             raise ValueError(f"status {status!r}: expected refused or failed")
+        result = json.dumps({"error_code": code}) if code else None
         with self._transaction() as db:
             db.execute(
-                "UPDATE images SET status = ?, error = ?, analysed_at = ? WHERE id = ?",
-                (status, reason, now(), image_id),
+                "UPDATE images SET status = ?, error = ?, result = ?, analysed_at = ? WHERE id = ?",
+                (status, reason, result, now(), image_id),
             )
 
     def requeue_interrupted(self) -> tuple[int, int]:

@@ -1,9 +1,13 @@
 """The HTTP API and the viewer page (FastAPI): uploads in, worklist, images, overlays, feedback out.
 
-Every ``/api`` call but ``/api/health`` needs ``Authorization: Bearer <token>``. The page
-itself (``/`` and ``/static``) holds no data and asks for the token. The web side serves what
-the worker wrote and never decodes an uploaded file itself. Errors never carry patient data,
-and no request, however malformed, stops the service: each is answered and logged by route.
+Every ``/api`` call but ``/api/health`` needs ``Authorization: Bearer <token>``: a user's own
+token (:mod:`fracsight.service.users`) or the site token (the built-in administrator
+``site-token``); verdicts and "read" marks carry the signed-in user's name. The page itself
+(``/`` and ``/static``) holds no data and asks for the token. The web side serves what the
+worker wrote and never decodes an uploaded file itself. Errors never carry patient data, every
+response carries the security headers of :data:`SECURITY_HEADERS` (and ``/api`` ones
+``Cache-Control: no-store``), and no request, however malformed, stops the service: each is
+answered and logged by route.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import logging
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -25,15 +29,28 @@ from pydantic import BaseModel, Field
 
 from fracsight.explain import heatmap_layer
 from fracsight.preprocess import Letterbox, stretch_contrast
-from fracsight.service.auth import token_matches
+from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
 from fracsight.service.store import Feedback, Store, now
+from fracsight.service.users import ROLES, SITE_TOKEN_USER, User, UserDirectory, UserError, UserExists
 from fracsight.service.worker import AnalysisWorker, display_path, read_display
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 OVERLAY_MAX_SIDE = 1024  # the layer is smooth: the browser scales it to the image
 _CATEGORIES = ("fracture", "doubt", "no_fracture")
+# On every response. The page loads its script and style from /static only (no inline code), so
+# the policy allows nothing else; images are drawn from fetched bytes (blob:) on canvases.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+# Cells a spreadsheet would run as a formula (OWASP, CSV injection): written with a quote first.
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 
 
 class _TooLarge(Exception):
@@ -66,21 +83,60 @@ class _BodyLimit:
 
 
 class FeedbackIn(BaseModel):
-    """A reader's verdict on one image: agree/disagree with the model, or the call itself."""
+    """A reader's verdict on one image: agree/disagree with the model, or the call itself.
 
-    reader: str = Field(min_length=1, max_length=120)
+    The verdict carries the signed-in user's name; ``reader``, when given, must be that name."""
+
+    reader: str | None = Field(default=None, max_length=120)
     agree: bool | None = None
     fracture: bool | None = None  # needed when the model said "doubt": agreeing means nothing there
     note: str = Field(default="", max_length=4000)
 
 
 class ReadIn(BaseModel):
-    reader: str = Field(min_length=1, max_length=120)
+    reader: str | None = Field(default=None, max_length=120)  # the signed-in user's name, if given
     read: bool = True
 
 
-def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_upload_bytes: int) -> FastAPI:
-    """The service's ASGI app over ``store``; ``worker`` is woken after each upload."""
+class UserIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    role: str = Field(pattern="^(" + "|".join(ROLES) + ")$")
+
+
+def signed_in(request: Request) -> User:
+    """The user the request's token signed in as (the guard refused the request otherwise)."""
+    return request.state.user
+
+
+SignedIn = Annotated[User, Depends(signed_in)]
+
+
+def administrator(user: SignedIn) -> User:
+    if not user.is_admin:
+        raise HTTPException(403, "administrators only")
+    return user
+
+
+Administrator = Annotated[User, Depends(administrator)]
+
+
+def _as_signed_in(user: User, given: str | None) -> str:
+    """The name a verdict or read mark is recorded under: always the signed-in user's."""
+    if given is not None and given.strip() != user.name:
+        raise HTTPException(403, f"signed in as {user.name!r}: you cannot act for another reader")
+    return user.name
+
+
+def create_app(
+    store: Store,
+    worker: AnalysisWorker | None,
+    token: str,
+    max_upload_bytes: int,
+    users: UserDirectory | None = None,
+) -> FastAPI:
+    """The service's ASGI app over ``store``; ``worker`` is woken after each upload. ``token`` is the
+    site token; ``users`` the accounts (default: those kept in the store's data folder)."""
+    users = users if users is not None else UserDirectory.of_data_dir(store.data_dir)
     app = FastAPI(
         title="fracsight",
         summary="Fracture detection on radiographs: an aid to the clinician, not a diagnosis.",
@@ -92,23 +148,31 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Token check for /api (but health), a size cap on uploads, and one log line per request."""
+        """Who signs in for /api (but health), a size cap on uploads, the security headers, and one
+        log line per request."""
         started = time.perf_counter()
         path = request.url.path
         if path.startswith("/api/") and path != "/api/health":
-            if not token_matches(request.headers.get("authorization"), token):
-                return _log(request, JSONResponse({"detail": "missing or wrong bearer token"}, 401), started)
+            user = identify(request.headers.get("authorization"), token, users)
+            if user is None:
+                refused = JSONResponse({"detail": "missing, unknown or revoked bearer token"}, 401)
+                return _log(request, refused, started)
+            request.state.user = user
         if path == "/api/images" and request.method == "POST":
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > max_upload_bytes + 64 * 1024):
-                detail = f"upload is larger than the limit of {max_upload_bytes} bytes"
-                return _log(request, JSONResponse({"detail": detail}, 413), started)
+                refused = UploadRefused(413, f"upload is larger than the limit of {max_upload_bytes} bytes")
+                return _log(request, _refusal(refused), started)
         try:
             response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - one bad request must never stop the service
             log.error("%s %s failed: %s", request.method, _route(request), type(exc).__name__)
             response = JSONResponse({"detail": "internal error; the service goes on"}, 500)
         return _log(request, response, started)
+
+    @app.exception_handler(UploadRefused)
+    async def refused_upload(request: Request, exc: UploadRefused) -> JSONResponse:
+        return _refusal(exc)
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
@@ -162,18 +226,20 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
         return Response(_overlay_png(heat, record.result["letterbox"]), media_type="image/png")
 
     @app.post("/api/images/{image_id}/feedback", status_code=201)
-    def feedback(image_id: str, body: FeedbackIn) -> dict[str, Any]:
-        """Record a reader's verdict with who and when."""
+    def feedback(image_id: str, body: FeedbackIn, user: SignedIn) -> dict[str, Any]:
+        """Record the signed-in reader's verdict with when."""
+        reader = _as_signed_in(user, body.reader)
         record = _image(store, image_id)
         if record.status != "done":
             raise HTTPException(409, f"the image is {record.status}: there is no finding to judge")
         label, agrees = _verdict(record.category or "", body)
-        entry = Feedback(image_id, body.reader, label, agrees, body.note, now())
+        entry = Feedback(image_id, reader, label, agrees, body.note, now())
         store.add_feedback(entry)
-        return {"image": image_id, "fracture": bool(label), "agrees": agrees, "recorded_at": entry.created_at}
+        return {"image": image_id, "reader": reader, "fracture": bool(label), "agrees": agrees,
+                "recorded_at": entry.created_at}  # fmt: skip
 
     @app.post("/api/sends/resend")
-    def resend() -> dict[str, Any]:
+    def resend(_: Administrator) -> dict[str, Any]:
         """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now."""
         return {"due_now": store.resend_undelivered(), "sends": store.send_counts()}
 
@@ -195,10 +261,38 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
         return {**entry, "images": [_detail(store, i) for i in images]}
 
     @app.post("/api/studies/{study_key}/read")
-    def mark_read(study_key: str, body: ReadIn) -> dict[str, Any]:
-        if not store.mark_read(study_key, body.reader, body.read):
+    def mark_read(study_key: str, body: ReadIn, user: SignedIn) -> dict[str, Any]:
+        reader = _as_signed_in(user, body.reader)
+        if not store.mark_read(study_key, reader, body.read):
             raise HTTPException(404, "no such study")
-        return {"study": study_key, "read": body.read}
+        return {"study": study_key, "read": body.read, "reader": reader}
+
+    @app.get("/api/me")
+    def me(user: SignedIn) -> dict[str, Any]:
+        """Who the token signed in as (the page shows it)."""
+        return {"name": user.name, "role": user.role}
+
+    @app.get("/api/users")
+    def list_users(_: Administrator) -> list[dict[str, Any]]:
+        """Every account, revoked ones too (their verdicts keep their names); never a token."""
+        return [u.to_api() for u in users.list()]
+
+    @app.post("/api/users", status_code=201)
+    def add_user(body: UserIn, _: Administrator) -> dict[str, Any]:
+        """Make an account; its token is in this answer only (kept hashed)."""
+        try:
+            made, secret = users.add(body.name, body.role)
+        except UserError as exc:
+            raise HTTPException(409 if isinstance(exc, UserExists) else 422, str(exc)) from None
+        return {**made.to_api(), "token": secret}
+
+    @app.delete("/api/users/{name}")
+    def revoke_user(name: str, _: Administrator) -> dict[str, Any]:
+        """Revoke an account: its token is refused from now on; its verdicts stay."""
+        revoked = users.revoke(name) if name != SITE_TOKEN_USER else None
+        if revoked is None:
+            raise HTTPException(404, "no such user")
+        return revoked.to_api()
 
     @app.get("/api/feedback.csv", response_class=Response)
     def feedback_csv() -> Response:
@@ -244,7 +338,7 @@ async def _receive_upload(request: Request, store: Store, max_bytes: int):
         raise HTTPException(400, f"not a multipart upload: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - a malformed body is the sender's error
         if _caused_by(exc, _TooLarge):
-            raise HTTPException(413, f"upload is larger than the limit of {max_bytes} bytes") from None
+            raise UploadRefused(413, f"upload is larger than the limit of {max_bytes} bytes") from None
         raise HTTPException(400, "the request body could not be read as multipart form data") from None
     try:
         upload = form.get("file")
@@ -256,12 +350,14 @@ async def _receive_upload(request: Request, store: Store, max_bytes: int):
             while chunk := upload.file.read(1 << 20):
                 yield chunk
 
-        try:
-            return receive_stream(store, chunks(), max_bytes)
-        except UploadRefused as exc:
-            raise HTTPException(exc.status, exc.reason) from None
+        return receive_stream(store, chunks(), max_bytes)  # UploadRefused: answered with its error_code
     finally:
         await form.close()
+
+
+def _refusal(exc: UploadRefused) -> JSONResponse:
+    """An upload refused, with the ``error_code`` that ``fracsight predict`` gives such a file."""
+    return JSONResponse({"detail": exc.reason, "error_code": exc.code}, exc.status)
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -323,9 +419,16 @@ def _overlay_png(heat: np.ndarray, letterbox: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def neutralise(cell: Any) -> Any:
+    """A text cell a spreadsheet would take for a formula (``=1+1``, ``@SUM``...) with a quote first."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_LEAD):
+        return "'" + cell
+    return cell
+
+
 def _csv(rows: list[list[Any]], name: str) -> Response:
     buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
+    csv.writer(buffer).writerows([[neutralise(c) for c in row] for row in rows])
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
@@ -342,6 +445,10 @@ def _route(request: Request) -> str:
 
 
 def _log(request: Request, response: Response, started: float) -> Response:
+    """The response with the security headers; one log line naming the route, never an id."""
+    response.headers.update(SECURITY_HEADERS)
+    if request.url.path.startswith("/api/"):
+        response.headers["Cache-Control"] = "no-store"  # patient data: not kept by browsers or proxies
     log.info(
         "%s %s %d %.0f ms",
         request.method,

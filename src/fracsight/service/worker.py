@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracsight.finding import Refusal
+from fracsight.finding import READ_ERROR, Refusal
 from fracsight.inference import Analyser
 from fracsight.io import RefusedInput
 from fracsight.preprocess import resize_gray
@@ -62,12 +62,13 @@ class AnalysisWorker(QueueLoop):
             return False
         started = time.perf_counter()
         self._analyse(record)
-        log.info("image %s analysed in %.0f ms", record.id, (time.perf_counter() - started) * 1e3)
+        log.info("an image analysed in %.0f ms", (time.perf_counter() - started) * 1e3)  # never its id
         for listener in self.listeners:
             try:
                 listener(record.id)
-            except Exception:  # noqa: BLE001 - a listener's failure is its own; analysis goes on
-                log.exception("listener after image %s failed", record.id)
+            except Exception as exc:  # noqa: BLE001 - a listener's failure is its own; analysis goes on
+                # by type only: a DICOM library's message may quote the header (patient data)
+                log.error("a listener after an analysis failed (%s)", type(exc).__name__)
         return True
 
     def _analyse(self, record: ImageRecord) -> None:
@@ -75,20 +76,20 @@ class AnalysisWorker(QueueLoop):
         try:
             radiograph = self.analyser.read(path, name=f"image {record.id}")
         except RefusedInput as exc:
-            self.store.refuse(record.id, exc.reason)
+            self.store.refuse(record.id, exc.reason, code=exc.code)
             return
         except Exception as exc:  # noqa: BLE001 - an unexpected decoder error is this file's refusal
-            self.store.refuse(record.id, f"could not be read ({type(exc).__name__})")
+            self.store.refuse(record.id, f"could not be read ({type(exc).__name__})", code=READ_ERROR)
             return
         _write_display(display_path(self.store, record.id), radiograph.pixels)
         try:
             outcome = self.analyser.outcome(radiograph)
         except Exception as exc:  # noqa: BLE001 - the model failing is the service's fault, not the file's
-            log.exception("analysis of image %s failed", record.id)
+            log.error("the analysis of an image failed (%s)", type(exc).__name__)
             self.store.refuse(record.id, f"analysis failed ({type(exc).__name__})", status="failed")
             return
         if isinstance(outcome, Refusal):  # blank, tiny or strip-shaped
-            self.store.refuse(record.id, outcome.reason)
+            self.store.refuse(record.id, outcome.reason, code=outcome.code)
             return
         box = outcome.letterbox
         result = {

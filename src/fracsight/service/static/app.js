@@ -1,5 +1,6 @@
 // fracsight worklist and viewer. Plain JavaScript, no build step: the service serves this file as is.
-// Every API call carries the bearer token the reader signed in with (kept for this tab only).
+// Every API call carries the bearer token the reader signed in with (kept for this tab only); the
+// service says whose token it is (/api/me), and records verdicts under that name.
 "use strict";
 
 const state = { token: null, reader: null, study: null, viewports: [], active: 0 };
@@ -47,20 +48,21 @@ function signOut(message) {
 $("#sign-in-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   state.token = $("#token").value.trim();
-  state.reader = $("#reader").value.trim();
   try {
-    await apiJson("/api/studies");
+    const me = await apiJson("/api/me");
+    state.reader = me.name;
+    state.role = me.role;
   } catch (error) {
     $("#sign-in-error").textContent = "Sign-in failed: " + error.message;
     return;
   }
-  sessionStorage.setItem("fracsight", JSON.stringify({ token: state.token, reader: state.reader }));
+  sessionStorage.setItem("fracsight", JSON.stringify({ token: state.token, reader: state.reader, role: state.role }));
   start();
 });
 $("#sign-out").addEventListener("click", () => signOut(""));
 
 function start() {
-  $("#who").textContent = "Reader: " + state.reader;
+  $("#who").textContent = `Signed in as ${state.reader}` + (state.role === "admin" ? " (administrator)" : "");
   route();
 }
 
@@ -147,7 +149,7 @@ async function markRead(study, read) {
   await apiJson(`/api/studies/${encodeURIComponent(study)}/read`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ reader: state.reader, read }),
+    body: JSON.stringify({ read }),
   });
 }
 
@@ -444,9 +446,9 @@ class Viewport {
         const result = await apiJson(`/api/images/${this.image.id}/feedback`, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify(Object.assign({ reader: state.reader, note: note.value }, body)),
+          body: JSON.stringify(Object.assign({ note: note.value }, body)),
         });
-        saved.textContent = `Saved: ${result.fracture ? "fracture" : "no fracture"} (${state.reader})`;
+        saved.textContent = `Saved: ${result.fracture ? "fracture" : "no fracture"} (${result.reader})`;
         saved.dataset.saved = "yes";
       } catch (error) {
         saved.textContent = "Not saved: " + error.message;
@@ -481,6 +483,7 @@ class Viewport {
   if (saved) {
     state.token = saved.token;
     state.reader = saved.reader;
+    state.role = saved.role;
     start();
   } else {
     show("sign-in");
