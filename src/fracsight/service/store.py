@@ -320,7 +320,9 @@ _STUDY_COLUMNS = [
     "study_key", *_STUDY_INFO, "regions", "day", "search", "received_at", "n_images", "n_pending",
     "n_refused", "n_done", "category", "probability", "rank", "read_by", "read_at", "changed_at", "change",
 ]  # fmt: skip
-# Schema version 2: the worklist's studies table (see the module's description).
+# Schema version 2: the worklist's studies table (see the module's description). Every sort has an
+# index ending in the study key (the tie-break); the default order has one for all, unread and read
+# studies, carrying the search text so a text search reads the index, not the rows.
 _STUDIES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_key TEXT PRIMARY KEY,
@@ -341,15 +343,24 @@ CREATE TABLE IF NOT EXISTS studies (
     changed_at TEXT NOT NULL,
     change INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS studies_priority ON studies (rank, probability DESC, received_at DESC);
-CREATE INDEX IF NOT EXISTS studies_change ON studies (change);
-CREATE INDEX IF NOT EXISTS studies_received ON studies (received_at);
-CREATE INDEX IF NOT EXISTS studies_day ON studies (day);
-CREATE INDEX IF NOT EXISTS studies_patient_name ON studies (patient_name);
-CREATE INDEX IF NOT EXISTS studies_patient_id ON studies (patient_id);
-CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession_number);
-CREATE INDEX IF NOT EXISTS studies_read ON studies (read_at);
-CREATE INDEX IF NOT EXISTS studies_category ON studies (category, probability DESC);
+CREATE INDEX IF NOT EXISTS studies_priority
+    ON studies (rank, probability DESC, received_at DESC, study_key, search);
+CREATE INDEX IF NOT EXISTS studies_unread
+    ON studies (rank, probability DESC, received_at DESC, study_key, search) WHERE read_at IS NULL;
+CREATE INDEX IF NOT EXISTS studies_read
+    ON studies (rank, probability DESC, received_at DESC, study_key, search) WHERE read_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS studies_search ON studies (search, read_at, rank);
+CREATE INDEX IF NOT EXISTS studies_change ON studies (change, study_key);
+CREATE INDEX IF NOT EXISTS studies_received ON studies (received_at, study_key);
+CREATE INDEX IF NOT EXISTS studies_day ON studies (day, study_key);
+CREATE INDEX IF NOT EXISTS studies_patient_name ON studies (patient_name, study_key);
+CREATE INDEX IF NOT EXISTS studies_patient_id ON studies (patient_id, study_key);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession_number, study_key);
+CREATE INDEX IF NOT EXISTS studies_read_at ON studies (read_at, study_key);
+CREATE INDEX IF NOT EXISTS studies_probability ON studies (probability, study_key);
+CREATE INDEX IF NOT EXISTS studies_description ON studies (study_description, study_key);
+CREATE INDEX IF NOT EXISTS studies_regions ON studies (regions, study_key);
+CREATE INDEX IF NOT EXISTS studies_images ON studies (n_images, study_key);
 """.format(info_columns=",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _STUDY_INFO))
 SCHEMA_VERSION = 2
 _INFO = [f.name for f in fields(StudyInfo)]
@@ -678,6 +689,12 @@ class SqliteStore(SendQueue):
                 rows,
             )
 
+    def rebuild_studies(self) -> None:
+        """Rewrite every studies row from the images: after images were loaded in bulk (benchmarks,
+        a migration from another system) rather than through :meth:`add_image`."""
+        with self._transaction() as db:
+            self._refresh_studies(db, None)
+
     @staticmethod
     def _study_keys(db: sqlite3.Connection, image_ids: Sequence[str]) -> list[str]:
         marks = ", ".join("?" * len(image_ids))
@@ -964,9 +981,10 @@ def _filters(query: WorklistQuery) -> tuple[str, tuple]:
     terms: list[str] = []
     args: list[Any] = []
     if query.category:
-        terms.append("category = ?")
-        args.append(query.category)
-    if query.read is not None:
+        # A category is one worklist rank: the filter reads the priority indexes in their order.
+        terms.append("rank = ?")
+        args.append(worklist_rank(query.category, 0))
+    if query.read is not None:  # spelled as the partial indexes' conditions, so they are used
         terms.append("read_at IS NOT NULL" if query.read else "read_at IS NULL")
     if query.search and query.search.strip():
         escaped = query.search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

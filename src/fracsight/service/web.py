@@ -205,14 +205,15 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
         return {"due_now": store.resend_undelivered(), "sends": store.send_counts()}
 
     @app.get("/api/worklist")
-    def worklist(query: Annotated[WorklistQuery, Depends(worklist_query)]) -> dict[str, Any]:
+    def worklist(query: Annotated[WorklistQuery, Depends(worklist_query)]) -> Response:
         """A worklist page, suspected fractures first unless sorted otherwise: the studies, the
         total matching the filters, and the cursor to poll ``/api/changes`` from."""
         if query.limit is None:
             query = replace(query, limit=100)
         page = store.study_page(query)
-        return {"studies": page.studies, "total": page.total, "cursor": page.cursor,
-                "limit": query.limit, "offset": query.offset}  # fmt: skip
+        # Plain JSON types already: a JSONResponse skips FastAPI's encoder (10 ms a page).
+        return JSONResponse({"studies": page.studies, "total": page.total, "cursor": page.cursor,
+                             "limit": query.limit, "offset": query.offset})  # fmt: skip
 
     @app.get("/api/studies")
     def studies(query: Annotated[WorklistQuery, Depends(worklist_query)]) -> Response:
@@ -226,21 +227,24 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
     @app.get("/api/changes")
     def changes(
         since: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=MAX_PAGE)
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Studies changed since the cursor (new images, results, read marks), oldest change first,
         and the cursor to ask from next; ``more``: ask again at once. ``reset``: the cursor is from
         another store (the page reloads its list)."""
-        if since > store.change_cursor():
-            return {"studies": [], "cursor": store.change_cursor(), "more": False, "reset": True}
+        latest = store.change_cursor()
+        if since > latest:
+            return JSONResponse({"studies": [], "cursor": latest, "more": False, "reset": True})
         changed, cursor, more = store.changes(since, limit)
-        return {"studies": changed, "cursor": cursor, "more": more, "reset": False}
+        return JSONResponse({"studies": changed, "cursor": cursor, "more": more, "reset": False})
 
     @app.get("/api/studies/{study_key}")
-    def study(study_key: str) -> dict[str, Any]:
+    def study(study_key: str) -> Response:
+        """One study's worklist entry with every image's detail; the worklist itself is not read."""
         entry = store.study(study_key)
         if entry is None:
             raise HTTPException(404, "no such study")
-        return {**entry, "images": [_detail(store, i) for i in store.images_of_study(study_key)]}
+        images = [_detail(store, i) for i in store.images_of_study(study_key)]
+        return JSONResponse({**entry, "images": images})
 
     @app.post("/api/studies/{study_key}/read")
     def mark_read(study_key: str, body: ReadIn) -> dict[str, Any]:
