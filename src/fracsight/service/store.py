@@ -170,7 +170,7 @@ class Store(Protocol):
         wants_results: bool = False,
         unique_instance: bool = False,
     ) -> ImageRecord: ...
-    def find_instance(self, sop_instance_uid: str) -> ImageRecord | None: ...
+    def find_instance(self, sop_instance_uid: str, dicom_only: bool = True) -> ImageRecord | None: ...
     def claim_next(self) -> ImageRecord | None: ...
     def finish(self, image_id: str, analysis: Analysis) -> None: ...
     def refuse(self, image_id: str, reason: str, status: str = "refused") -> None: ...
@@ -350,7 +350,7 @@ CREATE INDEX IF NOT EXISTS studies_unread
 CREATE INDEX IF NOT EXISTS studies_read
     ON studies (rank, probability DESC, received_at DESC, study_key, search) WHERE read_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS studies_search ON studies (search, read_at, rank);
-CREATE INDEX IF NOT EXISTS studies_change ON studies (change, study_key);
+CREATE INDEX IF NOT EXISTS studies_change ON studies (change);
 CREATE INDEX IF NOT EXISTS studies_received ON studies (received_at, study_key);
 CREATE INDEX IF NOT EXISTS studies_day ON studies (day, study_key);
 CREATE INDEX IF NOT EXISTS studies_patient_name ON studies (patient_name, study_key);
@@ -650,7 +650,7 @@ class SqliteStore(SendQueue):
 
     def _refresh_studies(self, db: sqlite3.Connection, keys: Sequence[str] | None) -> None:
         """Rewrite the studies rows of ``keys`` (None: every study) from their images, inside the
-        caller's transaction, with the next change number."""
+        caller's transaction, each with a change number of its own after every one given before."""
         if keys is not None and not keys:
             return
         where, args = "", ()
@@ -679,7 +679,7 @@ class SqliteStore(SendQueue):
                     "read_by": r["read_by"],
                     "read_at": r["read_at"],
                     "changed_at": stamp,
-                    "change": change,
+                    "change": change + len(rows),
                 }
             )
         if rows:
@@ -741,22 +741,18 @@ class SqliteStore(SendQueue):
 
     def changes(self, since: int, limit: int = 500) -> tuple[list[dict[str, Any]], int, bool]:
         """Studies changed after change number ``since``, oldest change first: (entries, the cursor
-        to ask from next, whether more are left)."""
+        to ask from next, whether more are left). Each study's row has a number of its own, so a
+        long feed split into parts loses nothing."""
         db = self._connection()
         rows = db.execute(
-            f"SELECT {', '.join(_STUDY_COLUMNS)} FROM studies WHERE change > ? ORDER BY change, study_key "
-            "LIMIT ?",
+            f"SELECT {', '.join(_STUDY_COLUMNS)} FROM studies WHERE change > ? ORDER BY change LIMIT ?",
             (since, limit + 1),
         ).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
         if not rows:
             return [], max(since, 0), False
-        cursor = rows[-1]["change"]
-        if more:  # rows of one change number are never split between two answers
-            rows = [r for r in rows if r["change"] < cursor] or rows
-            cursor = rows[-1]["change"]
-        return self._entries(db, rows), cursor, more
+        return self._entries(db, rows), rows[-1]["change"], more
 
     def _entries(self, db: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[dict[str, Any]]:
         """Studies rows as the API shows them, with their image ids and undelivered results."""
