@@ -62,10 +62,13 @@ def _still_serving(client: TestClient) -> None:
 
 def _ct_from(dicom: Path, folder: Path) -> bytes:
     import pydicom
+    from pydicom.uid import CTImageStorage, generate_uid
 
     ds = pydicom.dcmread(dicom)
     ds.Modality = "CT"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    # Another instance (the same UID would be the sample itself, acknowledged as a duplicate).
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -286,3 +289,49 @@ def test_a_result_is_never_written_twice(service, sample_images: list[Path]) -> 
     with pytest.raises(RuntimeError, match="not stored twice"):
         store.finish(done["id"], Analysis(0.5, "doubt", "m", {}, np.zeros((2, 2))))
     assert store.get_image(done["id"]).analyses == 1
+
+
+def test_worklist_pages_sorts_and_the_change_feed(service, sample_images: list[Path]) -> None:
+    client, store = service
+    jpegs = [p for p in sample_images if p.suffix == ".jpg"][:3]
+    for p in jpegs:
+        _wait(client, _upload(client, p.name, p.read_bytes())["id"])
+    everything = client.get("/api/studies", headers=AUTH)
+    total = int(everything.headers["X-Total-Count"])
+    assert total == len(everything.json()) >= 3
+    first = client.get("/api/worklist?limit=2", headers=AUTH).json()
+    second = client.get("/api/worklist?limit=2&offset=2", headers=AUTH).json()
+    assert first["total"] == second["total"] == total
+    paged = [s["study"] for s in first["studies"] + second["studies"]]
+    assert paged == [s["study"] for s in everything.json()[:4]]
+    newest = client.get("/api/worklist?sort=received_at&order=desc&limit=1", headers=AUTH).json()["studies"]
+    assert newest[0]["received_at"] == max(s["received_at"] for s in everything.json())
+    for bad in ("sort=nope", "order=up", "date_from=2024-1-1", "limit=0", "limit=100000", "offset=-1"):
+        assert client.get(f"/api/worklist?{bad}", headers=AUTH).status_code == 422, bad
+    # Nothing changed: an empty answer with the same cursor. A new upload: its study, once queued
+    # and once analysed, with a cursor that moves on.
+    cursor = first["cursor"]
+    assert client.get(f"/api/changes?since={cursor}", headers=AUTH).json() == {
+        "studies": [], "cursor": cursor, "more": False, "reset": False}  # fmt: skip
+    ack = _upload(client, "late.jpg", jpegs[0].read_bytes())
+    changed = client.get(f"/api/changes?since={cursor}", headers=AUTH).json()
+    assert ack["study"] in [s["study"] for s in changed["studies"]] and changed["cursor"] > cursor
+    _wait(client, ack["id"])
+    later = client.get(f"/api/changes?since={changed['cursor']}", headers=AUTH).json()
+    assert [s["category"] for s in later["studies"] if s["study"] == ack["study"]][-1] is not None
+    assert client.get("/api/changes?since=999999999", headers=AUTH).json()["reset"] is True
+
+
+def test_the_same_dicom_instance_uploaded_twice_is_kept_once(service, sample_images: list[Path]) -> None:
+    client, store = service
+    data = next(p for p in sample_images if p.suffix == ".dcm").read_bytes()
+    first = client.post("/api/images", files={"file": ("a.dcm", data)}, headers=AUTH)
+    assert first.status_code in (200, 202)  # an earlier test may have uploaded the sample already
+    again = client.post("/api/images", files={"file": ("b.dcm", data)}, headers=AUTH)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["id"] == first.json()["id"]
+    study = client.get(f"/api/studies/{again.json()['study']}", headers=AUTH).json()
+    kept = store.get_image(first.json()["id"]).info.sop_instance_uid
+    assert [i["id"] for i in study["images"] if i["sop_instance_uid"] == kept] == [first.json()["id"]]
+    files = list((store.data_dir / "images").rglob("*.dcm"))
+    assert len(files) == len({store.get_image(f.stem).id for f in files})  # no file left behind

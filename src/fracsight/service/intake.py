@@ -176,13 +176,21 @@ def _keep(
     **options,
 ) -> Received:
     image_id = image_id or new_image_id()
+    if info is None:
+        info = study_info(temp, image_id) if kind == "dicom" else StudyInfo(study_key=f"upload-{image_id}")
+    if kind == "dicom" and source == "upload":
+        # The same instance uploaded again (or received over DICOM before) is acknowledged, not
+        # kept twice: it would show twice in its study and be analysed twice.
+        existing = store.find_instance(info.sop_instance_uid, dicom_only=False)
+        if existing is not None:
+            temp.unlink(missing_ok=True)
+            return Received(existing, duplicate=True)
+        options.setdefault("unique_instance", True)  # and one arriving at the same moment
     relative = Path("images") / image_id[:2] / f"{image_id}{_EXTENSIONS[kind]}"
     target = store.data_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, target)
     fsync_folder(target.parent)
-    if info is None:
-        info = study_info(target, image_id) if kind == "dicom" else StudyInfo(study_key=f"upload-{image_id}")
     try:
         record = store.add_image(image_id, source, relative.as_posix(), kind, size, info, **options)
     except DuplicateInstance as exc:  # the same instance arrived twice at once: the first one is kept

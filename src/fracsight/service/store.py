@@ -18,6 +18,12 @@ sending (``made``; ``none`` for an image refused analysis). Results are made onc
 a study that arrived in the same batch is finished and the batch is over (the association ended,
 or no image came for a while), so each structured report can carry the study's answer. The
 outgoing sends live in :mod:`fracsight.service.sends`.
+
+The worklist reads the ``studies`` table: one row per study (its display fields, image counts by
+status, its most suspicious answer, read state, a change counter), written in the same
+transaction as every image insert, result, refusal and read mark, so filtering, sorting, paging
+and "what changed since" are single indexed queries however many images the store keeps. The
+schema's version is ``PRAGMA user_version``; :data:`_STEPS` upgrade an older store when opened.
 """
 
 from __future__ import annotations
@@ -40,8 +46,15 @@ from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sen
 
 MAX_ATTEMPTS = 3
 STATUSES = ("queued", "analysing", "done", "refused", "failed")
-# Worklist order: the most suspicious first.
+# The study-level answer: a study's category is that of its most suspicious analysed image, by
+# this rank (lowest first), then by probability. The one place the store ranks categories
+# (fracsight.decide is to own it: swap this import point).
 CATEGORY_RANK = {"fracture": 0, "doubt": 1, "no_fracture": 2}
+# The worklist's order of study states: its answer, or where it stands without one. A study still
+# in the queue sits before "no fracture" (it may yet be a fracture); one with nothing analysable last.
+WORKLIST_ORDER = ("fracture", "doubt", "pending", "no_fracture", "refused")
+PENDING = ("queued", "analysing")
+UNANALYSABLE = ("refused", "failed")
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,7 @@ class Store(Protocol):
         wants_results: bool = False,
         unique_instance: bool = False,
     ) -> ImageRecord: ...
-    def find_instance(self, sop_instance_uid: str) -> ImageRecord | None: ...
+    def find_instance(self, sop_instance_uid: str, dicom_only: bool = True) -> ImageRecord | None: ...
     def claim_next(self) -> ImageRecord | None: ...
     def finish(self, image_id: str, analysis: Analysis) -> None: ...
     def refuse(
@@ -169,9 +182,12 @@ class Store(Protocol):
     def get_image(self, image_id: str) -> ImageRecord | None: ...
     def heatmap(self, image_id: str) -> np.ndarray | None: ...
     def images_of_study(self, study_key: str) -> list[ImageRecord]: ...
-    def studies(
-        self, category: str | None = None, region: str | None = None, read: bool | None = None
-    ) -> list[dict[str, Any]]: ...
+    def studies(self, query: WorklistQuery | None = None) -> list[dict[str, Any]]: ...
+    def study_page(self, query: WorklistQuery) -> StudyPage: ...
+    def study(self, study_key: str) -> dict[str, Any] | None: ...
+    def changes(self, since: int, limit: int = 500) -> tuple[list[dict[str, Any]], int, bool]: ...
+    def change_cursor(self) -> int: ...
+    def finished_images(self) -> list[dict[str, Any]]: ...
     def mark_read(self, study_key: str, reader: str, read: bool) -> bool: ...
     def add_feedback(self, feedback: Feedback) -> None: ...
     def feedback(self, image_id: str | None = None) -> list[Feedback]: ...
@@ -196,6 +212,45 @@ class Store(Protocol):
     def sends(self, image_id: str | None = None, status: str | None = None) -> list: ...
     def undelivered_by_image(self) -> dict[str, int]: ...
     def send_counts(self) -> dict[str, int]: ...
+
+
+# Worklist columns one can sort by -> the SQL terms (ascending); ties go by study key.
+SORTS: dict[str, tuple[str, ...]] = {
+    "priority": ("rank", "probability DESC", "received_at DESC"),
+    "probability": ("probability",),
+    "patient_name": ("patient_name",),
+    "patient_id": ("patient_id",),
+    "accession_number": ("accession_number",),
+    "study": ("study_description",),
+    "date": ("day",),
+    "regions": ("regions",),
+    "images": ("n_images",),
+    "received_at": ("received_at",),
+    "changed_at": ("change",),
+    "read": ("read_at",),
+}
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """A worklist page: filters (all optional), sort column and direction, paging."""
+
+    category: str | None = None  # fracture, doubt, no_fracture
+    read: bool | None = None
+    search: str | None = None  # part of the patient's name or ID or the accession number
+    date_from: str | None = None  # YYYY-MM-DD: the study date, or the day first received
+    date_to: str | None = None
+    sort: str = "priority"
+    descending: bool = False  # "priority" ascending is the most suspicious first
+    limit: int | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    studies: list[dict[str, Any]]
+    total: int  # studies matching the filters, over all pages
+    cursor: int  # the change counter when read: poll changes since it
 
 
 class DuplicateInstance(Exception):
@@ -260,6 +315,58 @@ CREATE TABLE IF NOT EXISTS feedback (
     created_at TEXT NOT NULL
 );
 """
+# The study fields shown in the worklist, from the study's first image.
+_STUDY_INFO = [
+    "study_instance_uid", "patient_name", "patient_id", "patient_birth_date", "patient_sex", "study_date",
+    "study_time", "study_description", "accession_number", "modality", "body_part",
+]  # fmt: skip
+_STUDY_COLUMNS = [
+    "study_key", *_STUDY_INFO, "regions", "day", "search", "received_at", "n_images", "n_pending",
+    "n_refused", "n_done", "category", "probability", "rank", "read_by", "read_at", "changed_at", "change",
+]  # fmt: skip
+# Schema version 2: the worklist's studies table (see the module's description). Every sort has an
+# index ending in the study key (the tie-break); the default order has one for all, unread and read
+# studies, carrying the search text so a text search reads the index, not the rows.
+_STUDIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_key TEXT PRIMARY KEY,
+    {info_columns},
+    regions TEXT NOT NULL DEFAULT '',
+    day TEXT NOT NULL DEFAULT '',
+    search TEXT NOT NULL DEFAULT '',
+    received_at TEXT NOT NULL,
+    n_images INTEGER NOT NULL,
+    n_pending INTEGER NOT NULL,
+    n_refused INTEGER NOT NULL,
+    n_done INTEGER NOT NULL,
+    category TEXT,
+    probability REAL,
+    rank INTEGER NOT NULL,
+    read_by TEXT,
+    read_at TEXT,
+    changed_at TEXT NOT NULL,
+    change INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_priority
+    ON studies (rank, probability DESC, received_at DESC, study_key, search);
+CREATE INDEX IF NOT EXISTS studies_unread
+    ON studies (rank, probability DESC, received_at DESC, study_key, search) WHERE read_at IS NULL;
+CREATE INDEX IF NOT EXISTS studies_read
+    ON studies (rank, probability DESC, received_at DESC, study_key, search) WHERE read_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS studies_search ON studies (search, read_at, rank);
+CREATE INDEX IF NOT EXISTS studies_change ON studies (change);
+CREATE INDEX IF NOT EXISTS studies_received ON studies (received_at, study_key);
+CREATE INDEX IF NOT EXISTS studies_day ON studies (day, study_key);
+CREATE INDEX IF NOT EXISTS studies_patient_name ON studies (patient_name, study_key);
+CREATE INDEX IF NOT EXISTS studies_patient_id ON studies (patient_id, study_key);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession_number, study_key);
+CREATE INDEX IF NOT EXISTS studies_read_at ON studies (read_at, study_key);
+CREATE INDEX IF NOT EXISTS studies_probability ON studies (probability, study_key);
+CREATE INDEX IF NOT EXISTS studies_description ON studies (study_description, study_key);
+CREATE INDEX IF NOT EXISTS studies_regions ON studies (regions, study_key);
+CREATE INDEX IF NOT EXISTS studies_images ON studies (n_images, study_key);
+""".format(info_columns=",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _STUDY_INFO))
+SCHEMA_VERSION = 2
 _INFO = [f.name for f in fields(StudyInfo)]
 _COLUMNS = [
     "id", "received_at", "source", "file", "kind", "size_bytes", *_INFO, "status", "attempts",
@@ -278,10 +385,36 @@ class SqliteStore(SendQueue):
         owner_only(self.data_dir)  # patient data: 0600 files, 0700 folders, also those of older runs
         self.path = self.data_dir / "fracsight.db"
         self._local = threading.local()
+        self._upgrade(self._connection())
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Bring the database to :data:`SCHEMA_VERSION`, one ``user_version`` step at a time.
+
+        Version 1 is the store as first released (a database without a version is one); each later
+        step runs in its own transaction with the version it reaches, so an upgrade interrupted
+        part-way resumes at the step it stopped in."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the store is schema version {version}; this fracsight reads up to {SCHEMA_VERSION}"
+            )
+        # Step 1 is idempotent (CREATE ... IF NOT EXISTS, missing columns added): always run.
         info_columns = ",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _INFO)
-        db = self._connection()
         self._add_missing_columns(db)
         db.executescript(_SCHEMA.format(info_columns=info_columns) + SENDS_SCHEMA)  # commits itself
+        for target, step in _STEPS.items():
+            with self._transaction() as tx:
+                if tx.execute("PRAGMA user_version").fetchone()[0] >= target:
+                    continue  # another process took this step meanwhile
+                step(self, tx)
+                tx.execute(f"PRAGMA user_version = {int(target)}")
+
+    def _step_studies_table(self, db: sqlite3.Connection) -> None:
+        """Version 2: the studies table, filled from the images already kept."""
+        for statement in _STUDIES_SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        self._refresh_studies(db, None)
 
     def _add_missing_columns(self, db: sqlite3.Connection) -> None:
         """A database made by an older fracsight gets the columns added since (empty)."""
@@ -343,14 +476,16 @@ class SqliteStore(SendQueue):
         ``wants_results``: result objects are to be made for it once analysed;
         ``unique_instance``: raise :class:`DuplicateInstance` instead when an image with the same
         SOP Instance UID is kept already (and did not fail), so a PACS that sends an instance again
-        (its acknowledgement was lost) does not get it analysed twice.
+        (its acknowledgement was lost) does not get it analysed twice; an upload is matched against
+        every kept instance, one received over DICOM only against others received so.
+        The image's study is updated in the same transaction (a study read is unread again).
         """
         values = {"id": image_id, "received_at": now(), "source": source, "file": file, "kind": kind,
                   "size_bytes": size_bytes, **asdict(info), "batch": batch,
                   "results": "pending" if wants_results else None}  # fmt: skip
         with self._transaction() as db:
             if unique_instance and info.sop_instance_uid:
-                existing = self._instance(db, info.sop_instance_uid)
+                existing = self._instance(db, info.sop_instance_uid, dicom_only=source == "dicom")
                 if existing is not None:
                     raise DuplicateInstance(existing)
             db.execute(
@@ -359,21 +494,30 @@ class SqliteStore(SendQueue):
             )
             if batch:
                 db.execute("UPDATE batches SET last_at = ? WHERE id = ?", (time.time(), batch))
+            # A new image reopens a study already read: it has not been seen.
+            db.execute("DELETE FROM study_reads WHERE study_key = ?", (info.study_key,))
+            self._refresh_studies(db, [info.study_key])
         record = self.get_image(image_id)
         assert record is not None
         return record
 
-    def _instance(self, db: sqlite3.Connection, sop_instance_uid: str) -> ImageRecord | None:
+    def _instance(
+        self, db: sqlite3.Connection, sop_instance_uid: str, dicom_only: bool = True
+    ) -> ImageRecord | None:
+        source = "AND source = 'dicom' " if dicom_only else ""
         row = db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM images WHERE sop_instance_uid = ? AND source = 'dicom' "
+            f"SELECT {', '.join(_COLUMNS)} FROM images WHERE sop_instance_uid = ? {source}"
             "AND status != 'failed' ORDER BY received_at LIMIT 1",
             (sop_instance_uid,),
         ).fetchone()
         return self._record(row) if row else None
 
-    def find_instance(self, sop_instance_uid: str) -> ImageRecord | None:
-        """The kept DICOM image with this SOP Instance UID (one that did not fail), if any."""
-        return self._instance(self._connection(), sop_instance_uid) if sop_instance_uid else None
+    def find_instance(self, sop_instance_uid: str, dicom_only: bool = True) -> ImageRecord | None:
+        """The kept image with this SOP Instance UID (one that did not fail), if any: received over
+        DICOM, or (``dicom_only=False``) uploaded too."""
+        if not sop_instance_uid:
+            return None
+        return self._instance(self._connection(), sop_instance_uid, dicom_only)
 
     def claim_next(self) -> ImageRecord | None:
         """The oldest queued image not yet tried, now marked ``analysing``; None when the queue is empty.
@@ -412,6 +556,8 @@ class SqliteStore(SendQueue):
                     image_id,
                 ),
             ).rowcount
+            if changed == 1:
+                self._refresh_studies(db, self._study_keys(db, [image_id]))
         if changed != 1:
             raise RuntimeError(f"image {image_id} was not being analysed: result not stored twice")
 
@@ -426,6 +572,7 @@ class SqliteStore(SendQueue):
                 "UPDATE images SET status = ?, error = ?, result = ?, analysed_at = ? WHERE id = ?",
                 (status, reason, result, now(), image_id),
             )
+            self._refresh_studies(db, self._study_keys(db, [image_id]))
 
     def requeue_interrupted(self) -> tuple[int, int]:
         """At start: images left ``analysing`` go back to the queue, or fail after MAX_ATTEMPTS.
@@ -433,6 +580,13 @@ class SqliteStore(SendQueue):
         Returns (requeued, failed).
         """
         with self._transaction() as db:
+            given_up = [
+                r["study_key"]
+                for r in db.execute(
+                    "SELECT DISTINCT study_key FROM images WHERE status = 'analysing' AND attempts >= ?",
+                    (MAX_ATTEMPTS,),
+                )
+            ]
             failed = db.execute(
                 "UPDATE images SET status = 'failed', error = ?, analysed_at = ? "
                 "WHERE status = 'analysing' AND attempts >= ?",
@@ -443,6 +597,7 @@ class SqliteStore(SendQueue):
                 ),
             ).rowcount
             requeued = db.execute("UPDATE images SET status = 'queued' WHERE status = 'analysing'").rowcount
+            self._refresh_studies(db, given_up)  # requeued ones stay pending: their studies are unchanged
         return requeued, failed
 
     # -- reading -------------------------------------------------------------------------
@@ -498,38 +653,143 @@ class SqliteStore(SendQueue):
         )
         return [self._record(r) for r in rows]
 
-    def studies(
-        self, category: str | None = None, region: str | None = None, read: bool | None = None
-    ) -> list[dict[str, Any]]:
-        """The worklist: one entry per study, the most suspicious first.
+    # -- the worklist ----------------------------------------------------------------------
 
-        A study's category and probability are those of its most suspicious analysed image;
-        a study still being analysed sorts after the suspected fractures and before the rest.
-        ``region`` matches the DICOM body part or the region the model named.
-        """
-        rows = (
-            self._connection()
-            .execute(f"SELECT {', '.join(_COLUMNS)} FROM images ORDER BY received_at, rowid")
-            .fetchall()
+    def _refresh_studies(self, db: sqlite3.Connection, keys: Sequence[str] | None) -> None:
+        """Rewrite the studies rows of ``keys`` (None: every study) from their images, inside the
+        caller's transaction, each with a change number of its own after every one given before."""
+        if keys is not None and not keys:
+            return
+        where, args = "", ()
+        if keys is not None:
+            where, args = f"WHERE study_key IN ({', '.join('?' * len(keys))})", tuple(keys)
+        change = db.execute("SELECT COALESCE(MAX(change), 0) + 1 FROM studies").fetchone()[0]
+        stamp = now()
+        rows = []
+        for r in db.execute(_REFRESH.format(where=where), args):
+            n_pending = r["n_pending"]
+            rows.append(
+                {
+                    "study_key": r["study_key"],
+                    **{c: r[c] for c in _STUDY_INFO},
+                    "regions": ",".join(sorted(set((r["regions"] or "").split(",")) - {""})),
+                    "day": _day(r["study_date"], r["received_at"]),
+                    "search": " ".join((r["patient_name"], r["patient_id"], r["accession_number"])).lower(),
+                    "received_at": r["received_at"],
+                    "n_images": r["n_images"],
+                    "n_pending": n_pending,
+                    "n_refused": r["n_refused"],
+                    "n_done": r["n_done"],
+                    "category": r["category"],
+                    "probability": r["probability"],
+                    "rank": worklist_rank(r["category"], n_pending),
+                    "read_by": r["read_by"],
+                    "read_at": r["read_at"],
+                    "changed_at": stamp,
+                    "change": change + len(rows),
+                }
+            )
+        if rows:
+            db.executemany(
+                f"INSERT OR REPLACE INTO studies ({', '.join(_STUDY_COLUMNS)}) "
+                f"VALUES ({', '.join(':' + c for c in _STUDY_COLUMNS)})",
+                rows,
+            )
+
+    def rebuild_studies(self) -> None:
+        """Rewrite every studies row from the images: after images were loaded in bulk (benchmarks,
+        a migration from another system) rather than through :meth:`add_image`."""
+        with self._transaction() as db:
+            self._refresh_studies(db, None)
+
+    @staticmethod
+    def _study_keys(db: sqlite3.Connection, image_ids: Sequence[str]) -> list[str]:
+        marks = ", ".join("?" * len(image_ids))
+        query = f"SELECT DISTINCT study_key FROM images WHERE id IN ({marks})"
+        return [r[0] for r in db.execute(query, image_ids)]
+
+    def studies(self, query: WorklistQuery | None = None) -> list[dict[str, Any]]:
+        """The worklist's studies matching ``query`` (default: all, the most suspicious first)."""
+        return self.study_page(query or WorklistQuery()).studies
+
+    def study_page(self, query: WorklistQuery) -> StudyPage:
+        """One page of the worklist, filtered, sorted and paged in SQL, with the total matching."""
+        if query.sort not in SORTS:
+            raise ValueError(f"sort {query.sort!r}: valid are {', '.join(SORTS)}")
+        where, args = _filters(query)
+        order = [_flip(term) if query.descending else term for term in SORTS[query.sort]]
+        order.append("study_key DESC" if query.descending else "study_key")
+        db = self._connection()
+        db.execute("BEGIN")  # one snapshot: the page, its total and the cursor agree
+        try:
+            cursor = db.execute("SELECT COALESCE(MAX(change), 0) FROM studies").fetchone()[0]
+            total = db.execute(f"SELECT COUNT(*) FROM studies {where}", args).fetchone()[0]
+            page = f" LIMIT {int(query.limit)} OFFSET {max(0, int(query.offset))}" if query.limit else ""
+            rows = db.execute(
+                f"SELECT {', '.join(_STUDY_COLUMNS)} FROM studies {where} ORDER BY {', '.join(order)}{page}",
+                args,
+            ).fetchall()
+            entries = self._entries(db, rows)
+        finally:
+            db.execute("COMMIT")
+        return StudyPage(entries, total, cursor)
+
+    def study(self, study_key: str) -> dict[str, Any] | None:
+        """One study's worklist entry, or None."""
+        db = self._connection()
+        row = db.execute(
+            f"SELECT {', '.join(_STUDY_COLUMNS)} FROM studies WHERE study_key = ?", (study_key,)
+        ).fetchone()
+        return self._entries(db, [row])[0] if row else None
+
+    def change_cursor(self) -> int:
+        """The change counter now: every later change to a study has a larger number."""
+        return self._connection().execute("SELECT COALESCE(MAX(change), 0) FROM studies").fetchone()[0]
+
+    def changes(self, since: int, limit: int = 500) -> tuple[list[dict[str, Any]], int, bool]:
+        """Studies changed after change number ``since``, oldest change first: (entries, the cursor
+        to ask from next, whether more are left). Each study's row has a number of its own, so a
+        long feed split into parts loses nothing."""
+        db = self._connection()
+        rows = db.execute(
+            f"SELECT {', '.join(_STUDY_COLUMNS)} FROM studies WHERE change > ? ORDER BY change LIMIT ?",
+            (since, limit + 1),
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if not rows:
+            return [], max(since, 0), False
+        return self._entries(db, rows), rows[-1]["change"], more
+
+    def _entries(self, db: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[dict[str, Any]]:
+        """Studies rows as the API shows them, with their image ids and undelivered results."""
+        keys = [r["study_key"] for r in rows]
+        images: dict[str, list[str]] = {k: [] for k in keys}
+        undelivered: dict[str, int] = {}
+        for chunk in (keys[i : i + 500] for i in range(0, len(keys), 500)):
+            marks = ", ".join("?" * len(chunk))
+            for r in db.execute(
+                f"SELECT study_key, id FROM images WHERE study_key IN ({marks}) ORDER BY received_at, rowid",
+                chunk,
+            ):
+                images[r["study_key"]].append(r["id"])
+            for r in db.execute(
+                f"SELECT i.study_key, COUNT(*) AS n FROM sends s JOIN images i ON i.id = s.image_id "
+                f"WHERE i.study_key IN ({marks}) AND s.status != 'sent' GROUP BY i.study_key",
+                chunk,
+            ):
+                undelivered[r["study_key"]] = r["n"]
+        return [_study_entry(r, images[r["study_key"]], undelivered.get(r["study_key"], 0)) for r in rows]
+
+    def finished_images(self) -> list[dict[str, Any]]:
+        """Every finished image (analysed, refused, failed) in worklist order, in one query."""
+        order = ", ".join(f"s.{t}" for t in SORTS["priority"])
+        rows = self._connection().execute(
+            "SELECT i.id, i.probability, i.category, i.error, i.model_id FROM images i "
+            "JOIN studies s ON s.study_key = i.study_key WHERE i.status IN ('done', 'refused', 'failed') "
+            f"ORDER BY {order}, s.study_key, i.received_at, i.rowid"
         )
-        reads = {
-            r["study_key"]: dict(r)
-            for r in self._connection().execute("SELECT study_key, read_by, read_at FROM study_reads")
-        }
-        grouped: dict[str, list[ImageRecord]] = {}
-        for row in rows:
-            record = self._record(row)
-            grouped.setdefault(record.info.study_key, []).append(record)
-        undelivered = self.undelivered_by_image()
-        out = [_study_entry(key, images, reads.get(key), undelivered) for key, images in grouped.items()]
-        if category:
-            out = [s for s in out if s["category"] == category]
-        if region:
-            out = [s for s in out if region.lower() in (s["regions"] or [])]
-        if read is not None:
-            out = [s for s in out if s["read"] is read]
-        out.sort(key=_worklist_key)
-        return out
+        return [dict(r) for r in rows]
 
     def mark_read(self, study_key: str, reader: str, read: bool) -> bool:
         """Mark a study read (or unread again); False when there is no such study."""
@@ -544,6 +804,7 @@ class SqliteStore(SendQueue):
                 )
             else:
                 db.execute("DELETE FROM study_reads WHERE study_key = ?", (study_key,))
+            self._refresh_studies(db, [study_key])
         return True
 
     def add_feedback(self, feedback: Feedback) -> None:
@@ -657,56 +918,113 @@ class SqliteStore(SendQueue):
         return len(pending)
 
 
-def _study_entry(
-    key: str, images: list[ImageRecord], read: dict | None, undelivered: dict[str, int]
-) -> dict[str, Any]:
-    done = [i for i in images if i.status == "done"]
-    worst = min(
-        done, key=lambda i: (CATEGORY_RANK.get(i.category or "", 9), -(i.probability or 0.0)), default=None
-    )
-    first = images[0].info
-    regions = sorted(
-        {i.info.body_part.lower() for i in images if i.info.body_part}
-        | {(i.result or {}).get("region") for i in done if (i.result or {}).get("region")}
-    )
+_STEPS = {
+    1: lambda store, db: None,  # the store as first released: the idempotent schema above
+    2: SqliteStore._step_studies_table,
+}
+
+
+def worklist_rank(category: str | None, n_pending: int) -> int:
+    """A study's place in :data:`WORKLIST_ORDER`: its answer, else pending, else nothing analysable."""
+    state = category or ("pending" if n_pending else "refused")
+    return WORKLIST_ORDER.index(state) if state in WORKLIST_ORDER else len(WORKLIST_ORDER)
+
+
+def _rank_sql(column: str) -> str:
+    """:data:`CATEGORY_RANK` as an SQL expression over ``column``."""
+    cases = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in CATEGORY_RANK.items())
+    return f"CASE {column} {cases} ELSE {len(CATEGORY_RANK)} END"
+
+
+# A study's row from its images: counts by status, the first image's fields, the most suspicious
+# analysed image's answer (by CATEGORY_RANK, then probability), its read state.
+_REFRESH = (
+    """
+WITH imgs AS (SELECT rowid AS rid, * FROM images {where}),
+first AS (
+    SELECT * FROM (
+        SELECT *, ROW_NUMBER() OVER (PARTITION BY study_key ORDER BY received_at, rid) AS n FROM imgs
+    ) WHERE n = 1
+),
+worst AS (
+    SELECT * FROM (
+        SELECT study_key, category, probability, ROW_NUMBER() OVER (
+            PARTITION BY study_key ORDER BY """
+    + _rank_sql("category")
+    + """, probability DESC, received_at, rid) AS n
+        FROM imgs WHERE status = 'done'
+    ) WHERE n = 1
+),
+counts AS (
+    SELECT study_key, COUNT(*) AS n_images,
+        SUM(status IN ('queued', 'analysing')) AS n_pending,
+        SUM(status IN ('refused', 'failed')) AS n_refused,
+        SUM(status = 'done') AS n_done,
+        GROUP_CONCAT(DISTINCT LOWER(NULLIF(body_part, ''))) AS regions
+    FROM imgs GROUP BY study_key
+)
+SELECT c.*, """
+    + ", ".join(f"f.{c}" for c in _STUDY_INFO)
+    + """, f.received_at, w.category, w.probability, r.read_by, r.read_at
+FROM counts c JOIN first f ON f.study_key = c.study_key
+LEFT JOIN worst w ON w.study_key = c.study_key
+LEFT JOIN study_reads r ON r.study_key = c.study_key
+"""
+)
+
+
+def _day(study_date: str, received_at: str) -> str:
+    """YYYY-MM-DD: the DICOM study date where there is a valid one, else the day first received."""
+    if len(study_date) == 8 and study_date.isdigit():
+        return f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}"
+    return received_at[:10]
+
+
+def _filters(query: WorklistQuery) -> tuple[str, tuple]:
+    terms: list[str] = []
+    args: list[Any] = []
+    if query.category:
+        # A category is one worklist rank: the filter reads the priority indexes in their order.
+        terms.append("rank = ?")
+        args.append(worklist_rank(query.category, 0))
+    if query.read is not None:  # spelled as the partial indexes' conditions, so they are used
+        terms.append("read_at IS NOT NULL" if query.read else "read_at IS NULL")
+    if query.search and query.search.strip():
+        escaped = query.search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        terms.append("search LIKE ? ESCAPE '\\'")
+        args.append(f"%{escaped}%")
+    if query.date_from:
+        terms.append("day >= ?")
+        args.append(query.date_from)
+    if query.date_to:
+        terms.append("day <= ?")
+        args.append(query.date_to)
+    return ("WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
+
+
+def _flip(term: str) -> str:
+    return term[: -len(" DESC")] if term.endswith(" DESC") else term + " DESC"
+
+
+def _study_entry(row: sqlite3.Row, images: list[str], undelivered: int) -> dict[str, Any]:
+    """A studies row as the API shows it."""
     return {
-        "study": key,
-        "study_instance_uid": first.study_instance_uid or None,
-        "patient_name": first.patient_name,
-        "patient_id": first.patient_id,
-        "patient_birth_date": first.patient_birth_date,
-        "patient_sex": first.patient_sex,
-        "study_date": first.study_date,
-        "study_time": first.study_time,
-        "study_description": first.study_description,
-        "accession_number": first.accession_number,
-        "modality": first.modality,
-        "body_part": first.body_part,
-        "regions": regions,
-        "received_at": images[0].received_at,
-        "n_images": len(images),
-        "n_pending": sum(i.status in ("queued", "analysing") for i in images),
-        "n_refused": sum(i.status in ("refused", "failed") for i in images),
+        "study": row["study_key"],
+        "study_instance_uid": row["study_instance_uid"] or None,
+        **{c: row[c] for c in _STUDY_INFO if c != "study_instance_uid"},
+        "regions": row["regions"].split(",") if row["regions"] else [],
+        "received_at": row["received_at"],
+        "n_images": row["n_images"],
+        "n_pending": row["n_pending"],
+        "n_refused": row["n_refused"],
         # result objects made for the PACS and not delivered yet (retrying, or refused by it)
-        "n_undelivered": sum(undelivered.get(i.id, 0) for i in images),
-        "category": worst.category if worst else None,
-        "probability": worst.probability if worst else None,
-        "read": read is not None,
-        "read_by": read["read_by"] if read else None,
-        "read_at": read["read_at"] if read else None,
-        "images": [i.id for i in images],
+        "n_undelivered": undelivered,
+        "category": row["category"],
+        "probability": row["probability"],
+        "read": row["read_at"] is not None,
+        "read_by": row["read_by"],
+        "read_at": row["read_at"],
+        "changed_at": row["changed_at"],
+        "change": row["change"],
+        "images": images,
     }
-
-
-def _worklist_key(study: dict[str, Any]) -> tuple:
-    """Suspected fractures first (most probable first), then doubt, then studies still pending,
-    then no fracture, then studies with nothing analysable; newest first within a rank."""
-    if study["category"] is not None:
-        rank = {"fracture": 0, "doubt": 1, "no_fracture": 3}[study["category"]]
-    else:
-        rank = 2 if study["n_pending"] else 4
-    return (rank, -(study["probability"] or 0.0), _descending(study["received_at"]))
-
-
-def _descending(text: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in text)

@@ -16,12 +16,13 @@ import csv
 import io
 import logging
 import time
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -31,7 +32,7 @@ from fracsight.explain import heatmap_layer
 from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
-from fracsight.service.store import Feedback, Store, now
+from fracsight.service.store import SORTS, Feedback, Store, WorklistQuery, now
 from fracsight.service.users import ROLES, SITE_TOKEN_USER, User, UserDirectory, UserError, UserExists
 from fracsight.service.worker import AnalysisWorker, display_path, read_display
 
@@ -51,6 +52,8 @@ SECURITY_HEADERS = {
 }
 # Cells a spreadsheet would run as a formula (OWASP, CSV injection): written with a quote first.
 _FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
+MAX_PAGE = 1000  # studies in one worklist page
 
 
 class _TooLarge(Exception):
@@ -96,6 +99,25 @@ class FeedbackIn(BaseModel):
 class ReadIn(BaseModel):
     reader: str | None = Field(default=None, max_length=120)  # the signed-in user's name, if given
     read: bool = True
+
+
+def worklist_query(
+    category: str | None = None,
+    read: bool | None = None,
+    q: str | None = Query(None, max_length=200, description="part of a patient name or ID, or accession"),
+    date_from: str | None = Query(None, pattern=_DATE, description="YYYY-MM-DD, the study date"),
+    date_to: str | None = Query(None, pattern=_DATE),
+    sort: str = Query("priority", description="priority (the default), or a worklist column"),
+    order: str = Query("asc", pattern="^(asc|desc)$"),
+    limit: int | None = Query(None, ge=1, le=MAX_PAGE),
+    offset: int = Query(0, ge=0),
+) -> WorklistQuery:
+    """The worklist parameters of a request (filters, sort, page) as a store query."""
+    if category is not None and category not in _CATEGORIES:
+        raise HTTPException(422, f"category {category!r}: valid are {', '.join(_CATEGORIES)}")
+    if sort not in SORTS:
+        raise HTTPException(422, f"sort {sort!r}: valid are {', '.join(SORTS)}")
+    return WorklistQuery(category, read, q, date_from, date_to, sort, order == "desc", limit, offset)
 
 
 class UserIn(BaseModel):
@@ -185,12 +207,17 @@ def create_app(
         }
 
     @app.post("/api/images", status_code=202)
-    async def upload(request: Request) -> dict[str, str]:
-        """Store one image (multipart field ``file``: DICOM, PNG, JPEG, TIFF) and queue it."""
+    async def upload(request: Request) -> Any:
+        """Store one image (multipart field ``file``: DICOM, PNG, JPEG, TIFF) and queue it (202).
+        A DICOM instance kept already (same SOP Instance UID) is not kept twice: 200, with the
+        kept image's id and ``"duplicate": true``."""
         received = await _receive_upload(request, store, max_upload_bytes)
+        ack = {"id": received.id, "study": received.record.info.study_key}
+        if received.duplicate:
+            return JSONResponse({**ack, "duplicate": True}, 200)
         if worker is not None:
             worker.wake()
-        return {"id": received.id, "study": received.record.info.study_key}
+        return {**ack, "duplicate": False}
 
     @app.get("/api/images/{image_id}")
     def image(image_id: str) -> dict[str, Any]:
@@ -243,22 +270,47 @@ def create_app(
         """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now."""
         return {"due_now": store.resend_undelivered(), "sends": store.send_counts()}
 
+    @app.get("/api/worklist")
+    def worklist(query: Annotated[WorklistQuery, Depends(worklist_query)]) -> Response:
+        """A worklist page, suspected fractures first unless sorted otherwise: the studies, the
+        total matching the filters, and the cursor to poll ``/api/changes`` from."""
+        if query.limit is None:
+            query = replace(query, limit=100)
+        page = store.study_page(query)
+        # Plain JSON types already: a JSONResponse skips FastAPI's encoder (10 ms a page).
+        return JSONResponse({"studies": page.studies, "total": page.total, "cursor": page.cursor,
+                             "limit": query.limit, "offset": query.offset})  # fmt: skip
+
     @app.get("/api/studies")
-    def studies(
-        category: str | None = None, region: str | None = None, read: bool | None = None
-    ) -> list[dict]:
-        """The worklist, suspected fractures first; filter by category, region, read status."""
-        if category is not None and category not in _CATEGORIES:
-            raise HTTPException(422, f"category {category!r}: valid are {', '.join(_CATEGORIES)}")
-        return store.studies(category, region, read)
+    def studies(query: Annotated[WorklistQuery, Depends(worklist_query)]) -> Response:
+        """The worklist as a list (every study, or a page with ``limit``/``offset``), suspected
+        fractures first; the total matching is in the ``X-Total-Count`` header."""
+        page = store.study_page(query)
+        return JSONResponse(
+            page.studies, headers={"X-Total-Count": str(page.total), "X-Changes-Cursor": str(page.cursor)}
+        )
+
+    @app.get("/api/changes")
+    def changes(
+        since: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=MAX_PAGE)
+    ) -> Response:
+        """Studies changed since the cursor (new images, results, read marks), oldest change first,
+        and the cursor to ask from next; ``more``: ask again at once. ``reset``: the cursor is from
+        another store (the page reloads its list)."""
+        latest = store.change_cursor()
+        if since > latest:
+            return JSONResponse({"studies": [], "cursor": latest, "more": False, "reset": True})
+        changed, cursor, more = store.changes(since, limit)
+        return JSONResponse({"studies": changed, "cursor": cursor, "more": more, "reset": False})
 
     @app.get("/api/studies/{study_key}")
-    def study(study_key: str) -> dict[str, Any]:
-        images = store.images_of_study(study_key)
-        if not images:
+    def study(study_key: str) -> Response:
+        """One study's worklist entry with every image's detail; the worklist itself is not read."""
+        entry = store.study(study_key)
+        if entry is None:
             raise HTTPException(404, "no such study")
-        entry = next(s for s in store.studies() if s["study"] == study_key)
-        return {**entry, "images": [_detail(store, i) for i in images]}
+        images = [_detail(store, i) for i in store.images_of_study(study_key)]
+        return JSONResponse({**entry, "images": images})
 
     @app.post("/api/studies/{study_key}/read")
     def mark_read(study_key: str, body: ReadIn, user: SignedIn) -> dict[str, Any]:
@@ -310,12 +362,9 @@ def create_app(
     def predictions_csv() -> Response:
         """Every finished image in the ``fracsight evaluate --predictions`` format."""
         rows = [["id", "probability", "category", "error", "model"]]
-        for s in store.studies():
-            for image_id in s["images"]:
-                r = store.get_image(image_id)
-                if r and r.status in ("done", "refused", "failed"):
-                    rows.append([r.id, "" if r.probability is None else f"{r.probability:.6f}",
-                                 r.category or "", r.error or "", r.model_id or ""])  # fmt: skip
+        for r in store.finished_images():
+            rows.append([r["id"], "" if r["probability"] is None else f"{r['probability']:.6f}",
+                         r["category"] or "", r["error"] or "", r["model_id"] or ""])  # fmt: skip
         return _csv(rows, "predictions.csv")
 
     @app.get("/", include_in_schema=False)

@@ -3,7 +3,13 @@
 // service says whose token it is (/api/me), and records verdicts under that name.
 "use strict";
 
-const state = { token: null, reader: null, study: null, viewports: [], active: 0 };
+const state = {
+  token: null, reader: null, study: null, viewports: [], active: 0, generation: 0,
+  // the worklist page shown: sort, paging, and the change cursor it is current to
+  list: { sort: "priority", order: "asc", offset: 0, total: 0, cursor: 0, seq: 0 },
+};
+const PAGE = 100; // studies per worklist page
+const POLL_MS = 2000; // how often the open worklist asks what changed
 const MEANING = {
   fracture: "fracture: at or above the model's high-specificity threshold; a fracture is likely",
   doubt: "doubt: at or above the model's high-sensitivity threshold only; look again",
@@ -88,12 +94,40 @@ function badge(category, status) {
 
 async function showWorklist() {
   show("list-view");
+  await loadWorklist();
+  startPolling();
+}
+
+function listParams() {
   const params = new URLSearchParams();
-  for (const [name, id] of [["category", "#filter-category"], ["region", "#filter-region"], ["read", "#filter-read"]]) {
+  const filters = [["category", "#filter-category"], ["read", "#filter-read"], ["q", "#filter-search"],
+    ["date_from", "#filter-from"], ["date_to", "#filter-to"]];
+  for (const [name, id] of filters) {
     const value = $(id).value.trim();
     if (value) params.set(name, value);
   }
-  const studies = await apiJson("/api/studies?" + params);
+  params.set("sort", state.list.sort);
+  params.set("order", state.list.order);
+  params.set("limit", PAGE);
+  params.set("offset", state.list.offset);
+  return params;
+}
+
+// One page of the worklist, filtered, sorted and paged by the service.
+async function loadWorklist() {
+  const seq = ++state.list.seq;
+  const page = await apiJson("/api/worklist?" + listParams());
+  if (seq !== state.list.seq) return; // a later request is on its way: it draws the list
+  if (!page.studies.length && page.total && state.list.offset) {
+    state.list.offset = Math.max(0, Math.floor((page.total - 1) / PAGE) * PAGE); // past the end now
+    return loadWorklist();
+  }
+  state.list.cursor = page.cursor;
+  state.list.total = page.total;
+  renderWorklist(page.studies);
+}
+
+function renderWorklist(studies) {
   const body = $("#worklist tbody");
   body.replaceChildren();
   for (const s of studies) {
@@ -128,16 +162,39 @@ async function showWorklist() {
     box.addEventListener("click", async (event) => {
       event.stopPropagation();
       await markRead(s.study, box.checked);
-      showWorklist();
+      loadWorklist();
     });
     readCell.append(box);
     row.append(readCell);
     row.addEventListener("click", () => (location.hash = "#/study/" + encodeURIComponent(s.study)));
     body.append(row);
   }
-  if (studies.some((s) => s.n_pending)) {
-    clearTimeout(state.poll);
-    state.poll = setTimeout(() => !$("#list-view").hidden && showWorklist(), 2000);
+  const { offset, total } = state.list;
+  $("#page-info").textContent = total ? `${offset + 1}–${offset + studies.length} of ${total}` : "no studies";
+  $("#page-prev").disabled = offset === 0;
+  $("#page-next").disabled = offset + studies.length >= total;
+  for (const th of document.querySelectorAll("#worklist th[data-sort]")) {
+    th.dataset.sorted = th.dataset.sort === state.list.sort ? state.list.order : "";
+  }
+}
+
+// While the worklist is open, ask every POLL_MS what changed since the page was drawn (new
+// studies, results, read marks); only when something did is the page drawn again.
+function startPolling() {
+  clearTimeout(state.poll);
+  state.poll = setTimeout(pollChanges, POLL_MS);
+}
+
+async function pollChanges() {
+  if ($("#list-view").hidden || !state.token) return; // showWorklist starts it again
+  try {
+    const changes = await apiJson(`/api/changes?since=${state.list.cursor}&limit=200`);
+    if (changes.studies.length || changes.reset) await loadWorklist();
+    else state.list.cursor = changes.cursor;
+  } catch (error) {
+    // the service restarting or the network gone for a moment: asked again at the next tick
+  } finally {
+    if (!$("#list-view").hidden && state.token) startPolling();
   }
 }
 
@@ -153,40 +210,79 @@ async function markRead(study, read) {
   });
 }
 
-for (const id of ["#filter-category", "#filter-read"]) $(id).addEventListener("change", showWorklist);
-$("#filter-region").addEventListener("change", showWorklist);
-$("#refresh").addEventListener("click", showWorklist);
+function filtersChanged() {
+  state.list.offset = 0;
+  loadWorklist();
+}
+for (const id of ["#filter-category", "#filter-read", "#filter-from", "#filter-to", "#filter-search"]) {
+  $(id).addEventListener("change", filtersChanged);
+}
+$("#filter-search").addEventListener("keydown", (event) => event.key === "Enter" && filtersChanged());
+$("#refresh").addEventListener("click", loadWorklist);
+$("#page-prev").addEventListener("click", () => {
+  state.list.offset = Math.max(0, state.list.offset - PAGE);
+  loadWorklist();
+});
+$("#page-next").addEventListener("click", () => {
+  state.list.offset += PAGE;
+  loadWorklist();
+});
+for (const th of document.querySelectorAll("#worklist th[data-sort]")) {
+  th.addEventListener("click", () => {
+    const same = state.list.sort === th.dataset.sort;
+    state.list.order = same && state.list.order === "asc" ? "desc" : "asc";
+    state.list.sort = th.dataset.sort;
+    state.list.offset = 0;
+    loadWorklist();
+  });
+}
 
 $("#upload").addEventListener("change", async (event) => {
   const files = Array.from(event.target.files);
   let done = 0;
   const failures = [];
+  const duplicates = [];
   for (const file of files) {
     const form = new FormData();
     form.append("file", file);
     const response = await api("/api/images", { method: "POST", body: form });
     if (response.status === 202) done += 1;
+    else if (response.status === 200) duplicates.push(file.name); // the same DICOM instance is kept already
     else failures.push(`${file.name}: ${(await response.json()).detail}`);
   }
-  $("#upload-status").textContent = `${done} of ${files.length} uploaded` + (failures.length ? "; " + failures.join("; ") : "");
+  $("#upload-status").textContent = `${done} of ${files.length} uploaded` +
+    (duplicates.length ? `; already kept, not added again: ${duplicates.join(", ")}` : "") +
+    (failures.length ? "; " + failures.join("; ") : "");
   event.target.value = "";
-  showWorklist();
+  loadWorklist();
 });
 
 // ---- viewer ------------------------------------------------------------------------------------
 
 async function openStudy(key) {
   show("viewer-view");
-  const study = await apiJson(`/api/studies/${encodeURIComponent(key)}`);
+  const generation = ++state.generation; // a study opened later makes this one's answers stale
+  clearStudy();
+  let study;
+  try {
+    study = await apiJson(`/api/studies/${encodeURIComponent(key)}`);
+  } catch (error) {
+    if (generation !== state.generation) return;
+    $("#study-error").textContent = error.message === "no such study"
+      ? "This study was not found: the link may be wrong, or the study is no longer kept."
+      : "The study could not be opened: " + error.message;
+    $("#study-error").hidden = false;
+    return;
+  }
+  if (generation !== state.generation) return;
   state.study = study;
   $("#study-title").textContent = [study.patient_name, study.patient_id, study.study_description, formatDate(study.study_date)]
     .filter(Boolean).join(" · ") || "Uploaded image";
   $("#mark-read").textContent = study.read ? "Mark study unread" : "Mark study read";
+  $("#mark-read").disabled = false;
   const container = $("#viewports");
-  container.replaceChildren();
-  state.viewports = [];
   for (const image of study.images) {
-    const vp = new Viewport(image);
+    const vp = new Viewport(image, generation);
     container.append(vp.element);
     state.viewports.push(vp);
     vp.load();
@@ -194,8 +290,20 @@ async function openStudy(key) {
   setActive(0);
 }
 
+// Nothing of the study shown before stays on screen while another loads, or when it fails to.
+function clearStudy() {
+  state.study = null;
+  state.viewports = [];
+  $("#viewports").replaceChildren();
+  $("#study-title").textContent = "";
+  $("#study-error").hidden = true;
+  $("#study-error").textContent = "";
+  $("#mark-read").disabled = true;
+}
+
 $("#back").addEventListener("click", () => (location.hash = "#/"));
 $("#mark-read").addEventListener("click", async () => {
+  if (!state.study) return;
   await markRead(state.study.study, !state.study.read);
   location.hash = "#/";
 });
@@ -228,8 +336,9 @@ document.addEventListener("keydown", (event) => {
 });
 
 class Viewport {
-  constructor(image) {
+  constructor(image, generation) {
     this.image = image;
+    this.generation = generation;
     this.element = document.createElement("div");
     this.element.className = "viewport";
     this.element.dataset.image = image.id;
@@ -247,6 +356,7 @@ class Viewport {
     if (this.image.status === "queued" || this.image.status === "analysing") {
       this.info.querySelector(".status").textContent = "analysing…";
       setTimeout(async () => {
+        if (this.generation !== state.generation) return; // another study is open now
         this.image = await apiJson(`/api/images/${this.image.id}`);
         this.renderInfo();
         this.load();
@@ -441,18 +551,40 @@ class Viewport {
     note.maxLength = 4000;
     const saved = document.createElement("span");
     saved.className = "saved";
-    const send = async (body) => {
+    const unsaved = document.createElement("span");
+    unsaved.className = "unsaved";
+    const saveNote = document.createElement("button");
+    saveNote.type = "button";
+    saveNote.textContent = "Save note";
+    saveNote.dataset.feedback = "save-note";
+    // The reader's own last verdict on this image: a note changed after it is saved with it again.
+    let verdict = null;
+    let savedNote = "";
+    const noteState = () => {
+      const dirty = note.value !== savedNote;
+      unsaved.textContent = !dirty ? "" : verdict ? "Note not saved yet" : "The note is saved with your verdict: choose one";
+      unsaved.dataset.unsaved = dirty ? "yes" : "no";
+      saveNote.hidden = !(dirty && verdict);
+    };
+    // One verdict at a time, in the order given (leaving the note for a button sends two).
+    let queue = Promise.resolve();
+    const send = (body) => (queue = queue.then(() => post(body)));
+    const post = async (body) => {
+      const text = note.value;
       try {
         const result = await apiJson(`/api/images/${this.image.id}/feedback`, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify(Object.assign({ note: note.value }, body)),
+          body: JSON.stringify(Object.assign({ note: text }, body)),
         });
         saved.textContent = `Saved: ${result.fracture ? "fracture" : "no fracture"} (${result.reader})`;
         saved.dataset.saved = "yes";
+        verdict = body;
+        savedNote = text;
       } catch (error) {
         saved.textContent = "Not saved: " + error.message;
       }
+      noteState();
     };
     const buttons = this.image.category === "doubt"
       ? [["Fracture", { fracture: true }], ["No fracture", { fracture: false }]]
@@ -469,9 +601,23 @@ class Viewport {
     if (last) {
       saved.textContent = `Saved: ${last.fracture ? "fracture" : "no fracture"} (${last.reader})`;
       saved.dataset.saved = "yes";
-      note.value = last.note;
+      note.value = savedNote = last.note;
+      if (last.reader === state.reader) {
+        verdict = this.image.category === "doubt" ? { fracture: last.fracture } : { agree: last.agrees };
+      }
     }
-    form.append(saved, note);
+    note.addEventListener("input", noteState);
+    // Leaving the note (or Ctrl+Enter) saves it with the verdict already given.
+    note.addEventListener("blur", () => verdict && note.value !== savedNote && send(verdict));
+    note.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && verdict) {
+        event.preventDefault();
+        send(verdict);
+      }
+    });
+    saveNote.addEventListener("click", () => verdict && send(verdict));
+    noteState();
+    form.append(saved, saveNote, unsaved, note);
     return form;
   }
 }
