@@ -335,3 +335,59 @@ def test_the_same_dicom_instance_uploaded_twice_is_kept_once(service, sample_ima
     assert [i["id"] for i in study["images"] if i["sop_instance_uid"] == kept] == [first.json()["id"]]
     files = list((store.data_dir / "images").rglob("*.dcm"))
     assert len(files) == len({store.get_image(f.stem).id for f in files})  # no file left behind
+
+
+def _bigtiff(pixels: np.ndarray) -> bytes:
+    """A one-strip 8-bit grayscale BigTIFF (8-byte offsets), made by hand: Pillow writes none."""
+    import struct
+
+    height, width = pixels.shape
+    data = pixels.astype(np.uint8).tobytes()
+    entries = [  # (tag, type, count, value): type 3 SHORT, 16 LONG8
+        (256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+        (273, 16, 1, 16), (277, 3, 1, 1), (278, 3, 1, height), (279, 16, 1, len(data)),
+    ]  # fmt: skip
+    ifd_offset = 16 + len(data)
+    out = b"II" + struct.pack("<HHHQ", 43, 8, 0, ifd_offset) + data
+    out += struct.pack("<Q", len(entries))
+    for tag, kind, count, value in entries:
+        out += struct.pack("<HHQQ", tag, kind, count, value)
+    return out + struct.pack("<Q", 0)
+
+
+def test_uploads_read_every_file_predict_reads(service, sample_images: list[Path]) -> None:
+    """An upload is recognised by the same sniffer as predict's reader (fracsight.io.formats): a DICOM
+    data set without preamble and file meta, and a BigTIFF, are kept and analysed, not refused."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    client, _ = service
+    dicom = next(p for p in sample_images if p.suffix == ".dcm")
+    ds = pydicom.dcmread(dicom)
+    ds.SOPInstanceUID = generate_uid()  # not a duplicate of the sample other tests upload
+    ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed else None
+    bare = io.BytesIO()
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(bare, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert bare.getvalue()[128:132] != b"DICM"
+    jpeg = next(p for p in sample_images if p.suffix == ".jpg")
+    gray = np.asarray(Image.open(jpeg).convert("L"))
+    for name, data in (("bare.dcm", bare.getvalue()), ("big.tif", _bigtiff(gray))):
+        ack = _upload(client, name, data)
+        done = _wait(client, ack["id"])
+        assert done["status"] == "done", (name, done)
+        assert done["kind"] == ("dicom" if name.endswith(".dcm") else "tiff")
+
+
+def test_the_page_takes_category_words_and_colours_from_decide(service) -> None:
+    """One owner: the API hands the page fracsight.decide's table, in rank order."""
+    from fracsight.decide import CATEGORIES, vocabulary
+
+    client, _ = service
+    body = client.get("/api/categories", headers=AUTH).json()
+    assert body["categories"] == vocabulary()
+    assert [c["category"] for c in body["categories"]] == [
+        c.value for c in sorted(CATEGORIES, key=lambda c: CATEGORIES[c].rank)
+    ]
+    assert client.get("/api/categories").status_code == 401

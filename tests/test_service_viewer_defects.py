@@ -33,7 +33,6 @@ PATIENT = "AVeryGood"  # the bundled DICOM sample's patient name (Dog^AVeryGood)
 def service(tmp_path: Path):
     from fracsight.service.server import Service
     from fracsight.service.settings import ServiceSettings
-
     from fracsight.service.users import UserDirectory
 
     running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=TOKEN))

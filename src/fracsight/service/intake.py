@@ -30,17 +30,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fracsight.io.formats import HEAD_BYTES, describe_unknown, detect_format
 from fracsight.io.radiograph import UnreadableImage
 from fracsight.io.safe_text import is_uid
 from fracsight.io.worker import _Capture
 from fracsight.service.store import DuplicateInstance, ImageRecord, Store, StudyInfo
 
-# File type by its first bytes (an upload's name and declared type are not trusted).
-_PNG = b"\x89PNG\r\n\x1a\n"
-_JPEG = b"\xff\xd8\xff"
-_TIFF = (b"II*\x00", b"MM\x00*")
+# File type by its first bytes, as predict reads it (fracsight.io.formats): an upload's name and
+# declared type are not trusted.
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif"}
-ACCEPTED = "DICOM (Part 10 file), PNG, JPEG or TIFF"
+ACCEPTED = "DICOM (Part 10 file or a bare data set), PNG, JPEG or TIFF (BigTIFF too)"
 
 
 class UploadRefused(ValueError):
@@ -71,19 +70,6 @@ class Received:
         return self.record.id
 
 
-def sniff(head: bytes) -> str | None:
-    """dicom, png, jpeg, tiff, or None, from a file's first 132 bytes."""
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(_PNG):
-        return "png"
-    if head.startswith(_JPEG):
-        return "jpeg"
-    if head[:4] in _TIFF:
-        return "tiff"
-    return None
-
-
 def new_image_id() -> str:
     return secrets.token_hex(12)
 
@@ -106,10 +92,11 @@ def receive_stream(store: Store, chunks: Iterable[bytes], max_bytes: int, source
         if size == 0:
             raise UploadRefused(400, "upload is empty")
         with open(temp, "rb") as fh:
-            kind = sniff(fh.read(132))
+            head = fh.read(HEAD_BYTES)
+        kind = detect_format(head, size)
         if kind is None:
-            raise UploadRefused(415, f"not an image type fracsight reads; accepted: {ACCEPTED}")
-        return _keep(store, Path(temp), kind, size, source)
+            raise UploadRefused(415, f"{describe_unknown(head)}; accepted: {ACCEPTED}")
+        return _keep(store, Path(temp), kind.value, size, source)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

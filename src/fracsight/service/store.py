@@ -41,15 +41,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fracsight.decide import CATEGORIES
 from fracsight.service.auth import owner_only
 from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
 MAX_ATTEMPTS = 3
 STATUSES = ("queued", "analysing", "done", "refused", "failed")
 # The study-level answer: a study's category is that of its most suspicious analysed image, by
-# this rank (lowest first), then by probability. The one place the store ranks categories
-# (fracsight.decide is to own it: swap this import point).
-CATEGORY_RANK = {"fracture": 0, "doubt": 1, "no_fracture": 2}
+# fracsight.decide's rank (lowest first), then by probability; here as the SQL needs it.
+CATEGORY_RANK = {category.value: entry.rank for category, entry in CATEGORIES.items()}
 # The worklist's order of study states: its answer, or where it stands without one. A study still
 # in the queue sits before "no fracture" (it may yet be a fracture); one with nothing analysable last.
 WORKLIST_ORDER = ("fracture", "doubt", "pending", "no_fracture", "refused")

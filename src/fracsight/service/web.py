@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from fracsight.decide import Category, vocabulary
 from fracsight.explain import heatmap_layer
 from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import identify
@@ -39,7 +40,7 @@ from fracsight.service.worker import AnalysisWorker, display_path, read_display
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 OVERLAY_MAX_SIDE = 1024  # the layer is smooth: the browser scales it to the image
-_CATEGORIES = ("fracture", "doubt", "no_fracture")
+_CATEGORIES = tuple(c.value for c in Category)
 # On every response. The page loads its script and style from /static only (no inline code), so
 # the policy allows nothing else; images are drawn from fetched bytes (blob:) on canvases.
 SECURITY_HEADERS = {
@@ -318,6 +319,12 @@ def create_app(
         if not store.mark_read(study_key, reader, body.read):
             raise HTTPException(404, "no such study")
         return {"study": study_key, "read": body.read, "reader": reader}
+
+    @app.get("/api/categories")
+    def categories(_: SignedIn) -> dict[str, Any]:
+        """What each answer means, its rank and colour (fracsight.decide): the page shows these
+        words and colours rather than keeping its own."""
+        return {"categories": vocabulary()}
 
     @app.get("/api/me")
     def me(user: SignedIn) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fracsight.decide import CATEGORIES
 from fracsight.finding import READ_ERROR, Refusal
 from fracsight.inference import Analyser
 from fracsight.io import RefusedInput
@@ -95,7 +96,7 @@ class AnalysisWorker(QueueLoop):
         result = {
             **outcome.to_record(),
             "path": None,  # the store names its files itself; the upload's name is not kept here
-            "operating_point_meaning": OPERATING_POINTS,
+            "operating_point_meaning": {c.value: entry.meaning for c, entry in CATEGORIES.items()},
             "letterbox": {
                 "size": box.size,
                 "scale": box.scale,
@@ -112,12 +113,6 @@ class AnalysisWorker(QueueLoop):
         )
 
 
-# What each category means, in the words the viewer shows.
-OPERATING_POINTS = {
-    "fracture": "at or above the model's high-specificity threshold: a fracture is likely",
-    "doubt": "between the model's two thresholds: at or above its high-sensitivity threshold; look again",
-    "no_fracture": "below the model's high-sensitivity threshold: no fracture found by the model",
-}
 
 
 def _write_display(path: Path, pixels: np.ndarray) -> None:

@@ -10,11 +10,9 @@ const state = {
 };
 const PAGE = 100; // studies per worklist page
 const POLL_MS = 2000; // how often the open worklist asks what changed
-const MEANING = {
-  fracture: "fracture: at or above the model's high-specificity threshold; a fracture is likely",
-  doubt: "doubt: at or above the model's high-sensitivity threshold only; look again",
-  no_fracture: "no fracture: below the model's high-sensitivity threshold",
-};
+// What each answer means, its word and colour: fetched from /api/categories (fracsight.decide).
+const MEANING = {};
+const WORD = {};
 const $ = (sel) => document.querySelector(sel);
 
 // ---- API ---------------------------------------------------------------------------------------
@@ -67,7 +65,22 @@ $("#sign-in-form").addEventListener("submit", async (event) => {
 });
 $("#sign-out").addEventListener("click", () => signOut(""));
 
-function start() {
+async function loadCategories() {
+  const { categories } = await apiJson("/api/categories");
+  const css = { fracture: "--fracture", doubt: "--doubt", no_fracture: "--none" };
+  for (const c of categories) {
+    MEANING[c.category] = `${c.word}: ${c.meaning}`;
+    WORD[c.category] = c.word;
+    if (css[c.category]) document.documentElement.style.setProperty(css[c.category], c.colour);
+  }
+}
+
+async function start() {
+  try {
+    await loadCategories();
+  } catch (error) {
+    // the page still works with the category values as words
+  }
   $("#who").textContent = `Signed in as ${state.reader}` + (state.role === "admin" ? " (administrator)" : "");
   route();
 }
@@ -88,7 +101,7 @@ function badge(category, status) {
   const span = document.createElement("span");
   const kind = category || status;
   span.className = "badge " + kind;
-  span.textContent = (kind || "").replace("_", " ");
+  span.textContent = WORD[kind] || (kind || "").replace("_", " ");
   return span;
 }
 
