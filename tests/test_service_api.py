@@ -230,7 +230,7 @@ def test_worklist_order_filters_and_read_status(service, sample_images: list[Pat
         if p.suffix == ".jpg":
             _wait(client, _upload(client, p.name, p.read_bytes())["id"])
     studies = client.get("/api/studies", headers=AUTH).json()
-    rank = {"fracture": 0, "doubt": 1, None: 2, "no_fracture": 3}
+    rank = {"fracture": 0, "doubt": 1, "out_of_scope": 2, None: 3, "no_fracture": 4}
     keys = [
         (rank[s["category"]], -(s["probability"] or 0)) for s in studies if s["category"] or s["n_pending"]
     ]

@@ -28,6 +28,7 @@ __all__ = [
     "OperatingPointName",
     "StudyAnswer",
     "categorise",
+    "decide",
     "info",
     "rank",
     "study_answer",
@@ -40,11 +41,13 @@ CODING_SCHEME = "99FRACSIGHT"
 
 
 class Category(str, enum.Enum):
-    """The answers shown to a clinician, by the model's two operating points."""
+    """The answers shown to a clinician: three by the model's two operating points, and
+    ``out_of_scope`` where the image is outside what the model knows (:mod:`fracsight.safety`)."""
 
     FRACTURE = "fracture"  # probability >= the high-specificity threshold
     DOUBT = "doubt"  # between the two thresholds: look again
     NO_FRACTURE = "no_fracture"  # below the high-sensitivity threshold
+    OUT_OF_SCOPE = "out_of_scope"  # the image is outside what the model knows: not scored
 
 
 class OperatingPointName(str, enum.Enum):
@@ -98,7 +101,13 @@ CATEGORIES: dict[Category, CategoryInfo] = {
             (245, 170, 20), "doubt", "Doubt: look again",
         ),
         CategoryInfo(
-            Category.NO_FRACTURE, 2, "no fracture",
+            Category.OUT_OF_SCOPE, 2, "outside what the model knows",
+            "the image is unlike the radiographs the model was trained on (or of a body region it was "
+            "not trained for): it is not scored; read it without the AI",
+            (150, 120, 230), "out-of-scope", "Outside what the model knows: not scored",
+        ),
+        CategoryInfo(
+            Category.NO_FRACTURE, 3, "no fracture",
             "below the model's high-sensitivity threshold: no fracture found by the model",
             (60, 170, 75), "no-fracture", "No fracture found by the model",
         ),
@@ -129,6 +138,12 @@ def categorise(probability: float, thresholds: Mapping[str, float]) -> Category:
     if probability >= thresholds[OperatingPointName.DOUBT.value]:
         return Category.DOUBT
     return Category.NO_FRACTURE
+
+
+def decide(probability: float, thresholds: Mapping[str, float], out_of_scope: bool = False) -> Category:
+    """The category shown for one image: ``out_of_scope`` when the scope check flagged it (its
+    probability is then not an answer), else :func:`categorise`."""
+    return Category.OUT_OF_SCOPE if out_of_scope else categorise(probability, thresholds)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fracsight.decide import CATEGORIES, Category
 from fracsight.preprocess import Letterbox, resize_gray, stretch_contrast
+from fracsight.safety import Scope
 
 # Cells below this map value stay uncoloured: the overlay shows where evidence is, not noise.
 OVERLAY_FLOOR = 0.2
@@ -44,6 +45,9 @@ class Explained(Protocol):
 
     @property
     def letterbox(self) -> Letterbox: ...
+
+    @property
+    def scope(self) -> Scope | None: ...
 
 
 def heatmap_to_image(heatmap: np.ndarray, box: Letterbox) -> np.ndarray:
@@ -203,9 +207,12 @@ def overlay_image(pixels: np.ndarray, finding: Explained, max_side: int = 1024) 
     scale = _display_scale(h, w, max_side)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     gray = _display_gray(pixels, size).convert("RGBA")
-    image = Image.alpha_composite(gray, heatmap_layer(finding.heatmap, finding.letterbox, size)).convert(
-        "RGB"
-    )
+    if finding.category == Category.OUT_OF_SCOPE:  # not scored: a heat map would suggest a finding
+        image = gray.convert("RGB")
+    else:
+        image = Image.alpha_composite(gray, heatmap_layer(finding.heatmap, finding.letterbox, size)).convert(
+            "RGB"
+        )
     _caption(image, finding)
     return image
 
@@ -245,11 +252,11 @@ def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont
 
 def _caption(image: Image.Image, finding: Explained) -> None:
     draw = ImageDraw.Draw(image)
-    parts = [
-        CATEGORIES[finding.category].word,
-        f"p={finding.probability:.2f}",
-        CAPTION,
-    ]
+    if finding.category == Category.OUT_OF_SCOPE:
+        reason = finding.scope.reason if finding.scope is not None and finding.scope.reason else ""
+        parts = [p for p in (f"{CATEGORIES[finding.category].word}: not scored", reason, CAPTION) if p]
+    else:
+        parts = [CATEGORIES[finding.category].word, f"p={finding.probability:.2f}", CAPTION]
     font_size = max(12, image.width // 40)
     try:
         font = ImageFont.load_default(size=font_size)

@@ -31,6 +31,7 @@ from fracsight.io.radiograph import Radiograph, RefusedInput
 from fracsight.io.safe_text import is_uid
 from fracsight.model_card import ModelIdentity
 from fracsight.preprocess import Letterbox, letterbox_geometry
+from fracsight.safety import Scope
 
 __all__ = [
     "ROW_COLUMNS",
@@ -51,7 +52,9 @@ HEATMAP_NOT_WRITTEN = "heatmap_not_written"
 
 # The columns of a result row, in order, wherever results are a table (predict's CSV, batch's
 # Parquet, which adds its own after these): the first five as they always were, then what ties a
-# row to its model and, for DICOM, to its study and image once the file leaves its folder.
+# row to its model and, for DICOM, to its study and image once the file leaves its folder; last the
+# scope check (fracsight.safety): its distance score, the region head's region, and why an image is
+# out of scope (or where its Body Part Examined disagrees with the image).
 ROW_COLUMNS = (
     "path",
     "probability",
@@ -65,6 +68,9 @@ ROW_COLUMNS = (
     "study_uid",
     "series_uid",
     "sop_uid",
+    "ood_score",
+    "region",
+    "scope_reason",
 )
 # What a row carries beyond ROW_COLUMNS where a table has room for it (batch's Parquet): where the
 # heat map peaks and the image's size, as the record gives them, then the timings in ms.
@@ -112,6 +118,8 @@ class Finding:
     source: str = ""
     ids: SourceIds = field(default_factory=SourceIds)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Inside what the model knows? None where the model was run without the check.
+    scope: Scope | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -153,6 +161,7 @@ class Finding:
             "model": self.model.to_dict(),
             **self.ids.to_record(),
             "timings_ms": {name: round(ms, 1) for name, ms in self.timings_ms.items()},
+            **({} if self.scope is None else {"scope": self.scope.to_record()}),
         }
 
     @classmethod
@@ -175,6 +184,7 @@ class Finding:
             source=record.get("path") or "",
             ids=SourceIds(record.get("study_uid"), record.get("series_uid"), record.get("sop_uid")),
             timings_ms=dict(record.get("timings_ms") or {}),
+            scope=Scope.from_record(record["scope"]) if record.get("scope") else None,
         )
 
     def png_text(self) -> dict[str, str]:
@@ -186,6 +196,7 @@ class Finding:
             "Description": CAPTION,
             "fracsight:probability": f"{self.probability:.6f}",
             "fracsight:category": self.category.value,
+            "fracsight:out_of_scope_reason": self.scope.reason if self.scope else None,
             "fracsight:model_id": self.model.model_id,
             "fracsight:model_version": self.model.version,
             "fracsight:onnx_sha256": self.model.onnx_sha256,
@@ -224,7 +235,11 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     peak = record.get("peak") or {}
     image = record.get("image") or {}
     timings = record.get("timings_ms") or {}
+    scope = record.get("scope") or {}
     flat = {
+        "ood_score": scope.get("score"),
+        "region": scope.get("region"),
+        "scope_reason": scope.get("reason") or scope.get("note"),
         "model_id": model.get("id"),
         "model_version": model.get("version"),
         "onnx_sha256": model.get("onnx_sha256"),

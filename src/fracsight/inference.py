@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from fracsight.decide import categorise
+from fracsight.decide import decide
 from fracsight.finding import MISSING, READ_ERROR, Finding, Outcome, Refusal, SourceIds
 from fracsight.io import DecoderPool, Radiograph, RefusedInput, UnreadableImage
 from fracsight.io.safe_text import failure
 from fracsight.model_card import DEFAULT_MODEL, ModelCard
 from fracsight.preprocess import Letterbox, NotAnalysable, prepare
+from fracsight.safety import Scope, check_scope
 
 # What an Analyser takes as one input: a file, a file's bytes, a pydicom Dataset, or pixels
 # already read.
@@ -163,6 +164,17 @@ def _dataset_bytes(dataset: Any, name: str | None) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One forward pass: probabilities (N,), heat maps (N, h, w) in [0, 1], and, where the model
+    has them, region-head probabilities (N, regions) and pooled features (N, D)."""
+
+    probability: np.ndarray
+    heatmap: np.ndarray
+    region: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+
 class Analyser:
     """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package.
 
@@ -212,6 +224,13 @@ class Analyser:
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors share no base class to catch
             raise ValueError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
         self._check_signature()
+        # The scope check: the card's fitted distance check, on the outputs this model has.
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.region_labels = self.card.region_labels
+        self._scope_outputs = [n for n in ("region", "features") if n in outputs]
+        if "region" in self._scope_outputs and len(self.region_labels) == 0:
+            self._scope_outputs.remove("region")  # a region head without names says nothing usable
+        self.scope_check = self.card.scope_check if "features" in self._scope_outputs else None
 
     def _check_signature(self) -> None:
         """Refuse, at load time, a model whose inputs and outputs do not match what inference feeds
@@ -232,8 +251,33 @@ class Analyser:
 
     def run_model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Prepared images (N, S, S) -> probabilities (N,) and heat maps (N, h, w) in [0, 1]."""
-        logit, cells = self.session.run(["logit", "heatmap"], {"image": images[:, None].astype(np.float32)})
-        return _sigmoid(logit / self.temperature), _sigmoid(cells)
+        outputs = self.run_outputs(images)
+        return outputs.probability, outputs.heatmap
+
+    def run_outputs(self, images: np.ndarray) -> ModelOutputs:
+        """Prepared images (N, S, S) -> everything the model gives, in one forward pass: what the
+        scope check needs (region head, pooled features) costs no second pass."""
+        names = ["logit", "heatmap", *self._scope_outputs]
+        answers = self.session.run(names, {"image": images[:, None].astype(np.float32)})
+        values = dict(zip(names, answers, strict=True))
+        region = values.get("region")
+        return ModelOutputs(
+            probability=_sigmoid(values["logit"] / self.temperature),
+            heatmap=_sigmoid(values["heatmap"]),
+            region=None if region is None else _sigmoid(region),
+            features=values.get("features"),
+        )
+
+    def scope_of(self, outputs: ModelOutputs, index: int, body_part: str | None) -> Scope | None:
+        """Image ``index``'s scope (:func:`fracsight.safety.check_scope`); None for a model that
+        has neither a fitted check nor a region head."""
+        if self.scope_check is None and outputs.region is None:
+            return None
+        regions = {}
+        if outputs.region is not None:
+            regions = dict(zip(self.region_labels, map(float, outputs.region[index]), strict=True))
+        features = None if outputs.features is None else outputs.features[index]
+        return check_scope(self.scope_check, features, regions, body_part)
 
     def read(self, source: Source, name: str | None = None) -> Radiograph:
         """An input as this model needs it, decoded in a worker process (:meth:`Preparer.read`)."""
@@ -260,13 +304,17 @@ class Analyser:
         if item.refusal is not None:
             return item.refusal
         t0 = time.perf_counter()
-        prob, maps = self.run_model(item.image[None])
-        timings = {**item.timings_ms, "model": (time.perf_counter() - t0) * 1e3}
-        probability = float(prob[0])
+        outputs = self.run_outputs(item.image[None])
+        t1 = time.perf_counter()
+        metadata = item.radiograph.metadata if item.radiograph is not None else {}
+        scope = self.scope_of(outputs, 0, metadata.get("body_part"))
+        timings = {**item.timings_ms, "model": (t1 - t0) * 1e3, "scope": (time.perf_counter() - t1) * 1e3}
+        probability = float(outputs.probability[0])
         return Finding(
             probability=probability,
-            category=categorise(probability, self.thresholds),
-            heatmap=maps[0].astype(np.float32),
+            category=decide(probability, self.thresholds, scope is not None and scope.out_of_scope),
+            scope=scope,
+            heatmap=outputs.heatmap[0].astype(np.float32),
             letterbox=item.letterbox,
             model=self.identity,
             source=item.source,

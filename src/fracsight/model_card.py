@@ -8,7 +8,8 @@ card one command accepts, every command accepts, and every refusal names the fil
 
 Written by ``fracsight train`` (:mod:`fracsight.training.card`) and, for site-adapted copies, by
 :mod:`fracsight.evaluation.adapt`. Imports only :mod:`fracsight.decide` (the categories and how
-thresholds give them): it sits below the inference core.
+thresholds give them) and :mod:`fracsight.safety` (the out-of-scope check it carries): it sits below
+the inference core.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fracsight.decide import Category, categorise
+from fracsight.safety import ScopeCheck
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -142,6 +144,11 @@ def _check(card: Mapping[str, Any], where: str) -> None:
         raise ModelCardError(
             f"{where}: training_images must give 'n' and 'files' and 'pixels' as space-separated hex digests"
         )
+    if card.get("out_of_scope") is not None:
+        try:
+            ScopeCheck.from_card(card["out_of_scope"])
+        except ValueError as exc:
+            raise ModelCardError(f"{where}: {exc}") from exc
 
 
 class ModelCard(Mapping[str, Any]):
@@ -246,6 +253,17 @@ class ModelCard(Mapping[str, Any]):
     @cached_property
     def identity(self) -> ModelIdentity:
         return ModelIdentity(self.model_id, self.version, self.onnx_sha256, self.thresholds)
+
+    @cached_property
+    def scope_check(self) -> ScopeCheck | None:
+        """The fitted out-of-scope check (:mod:`fracsight.safety`), or None for a card without one."""
+        section = self._data.get("out_of_scope")
+        return None if section is None else ScopeCheck.from_card(section)
+
+    @property
+    def region_labels(self) -> list[str]:
+        """The region head's labels, in the order of its outputs (empty for a model without one)."""
+        return [str(label) for label in self._data.get("region_labels") or []]
 
     def categorise(self, probability: float) -> Category:
         """The answer this model's operating points give ``probability``."""

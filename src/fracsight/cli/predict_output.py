@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from fracsight.decide import Category
 from fracsight.finding import HEATMAP_NOT_WRITTEN as _HEATMAP_NOT_WRITTEN
 from fracsight.finding import ROW_COLUMNS, record_row
 
@@ -112,9 +113,12 @@ class RowWriter:
 
 def csv_row(record: dict[str, Any]) -> dict[str, str]:
     """A record as a CSV row (:func:`fracsight.finding.record_row` cut to :data:`COLUMNS`):
-    probability with four decimals, empty cells for what does not apply."""
+    probability with four decimals (empty for an image out of scope: it is not scored), empty cells
+    for what does not apply."""
     row = record_row(record)
     probability = row["probability"]
+    if row["category"] == Category.OUT_OF_SCOPE.value:
+        probability = None  # not an answer for this image: the JSON record keeps it for research
     row["probability"] = None if probability is None else f"{probability:.4f}"
     return {column: "" if row[column] is None else str(row[column]) for column in COLUMNS}
 

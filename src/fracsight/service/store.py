@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fracsight.decide import CATEGORIES
+from fracsight.decide import CATEGORIES, Category
 from fracsight.service.auth import owner_only
 from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
@@ -50,9 +50,12 @@ STATUSES = ("queued", "analysing", "done", "refused", "failed")
 # The study-level answer: a study's category is that of its most suspicious analysed image, by
 # fracsight.decide's rank (lowest first), then by probability; here as the SQL needs it.
 CATEGORY_RANK = {category.value: entry.rank for category, entry in CATEGORIES.items()}
-# The worklist's order of study states: its answer, or where it stands without one. A study still
-# in the queue sits before "no fracture" (it may yet be a fracture); one with nothing analysable last.
-WORKLIST_ORDER = ("fracture", "doubt", "pending", "no_fracture", "refused")
+# The worklist's order of study states: its answer (in fracsight.decide's rank), or where it stands
+# without one. A study still in the queue sits before "no fracture" (it may yet be a fracture); one
+# with nothing analysable last. A change here needs a schema step (ranks are kept in the studies table).
+_ANSWERS = tuple(c.value for c in sorted(CATEGORIES, key=lambda c: CATEGORIES[c].rank))
+_NO_FRACTURE = _ANSWERS.index(Category.NO_FRACTURE.value)
+WORKLIST_ORDER = (*_ANSWERS[:_NO_FRACTURE], "pending", *_ANSWERS[_NO_FRACTURE:], "refused")
 PENDING = ("queued", "analysing")
 UNANALYSABLE = ("refused", "failed")
 
@@ -134,6 +137,7 @@ class ImageRecord:
                 peak=(self.result or {}).get("peak"),
                 size=(self.result or {}).get("display"),  # the original image's width and height
                 regions=(self.result or {}).get("regions"),
+                scope=(self.result or {}).get("scope"),  # the out-of-scope check (fracsight.safety)
                 analysed_at=self.analysed_at,
             )
         elif self.status in ("refused", "failed"):
@@ -366,7 +370,7 @@ CREATE INDEX IF NOT EXISTS studies_description ON studies (study_description, st
 CREATE INDEX IF NOT EXISTS studies_regions ON studies (regions, study_key);
 CREATE INDEX IF NOT EXISTS studies_images ON studies (n_images, study_key);
 """.format(info_columns=",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _STUDY_INFO))
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _INFO = [f.name for f in fields(StudyInfo)]
 _COLUMNS = [
     "id", "received_at", "source", "file", "kind", "size_bytes", *_INFO, "status", "attempts",
@@ -921,6 +925,7 @@ class SqliteStore(SendQueue):
 _STEPS = {
     1: lambda store, db: None,  # the store as first released: the idempotent schema above
     2: SqliteStore._step_studies_table,
+    3: lambda store, db: store._refresh_studies(db, None),  # "out_of_scope" joined the worklist order
 }
 
 

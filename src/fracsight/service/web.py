@@ -251,6 +251,8 @@ def create_app(
         heat = store.heatmap(image_id)
         if record.status != "done" or heat is None or not record.result:
             raise HTTPException(404, f"no heat map: the image is {record.status}")
+        if record.category == Category.OUT_OF_SCOPE.value:
+            raise HTTPException(404, "no heat map: the image is outside what the model knows (not scored)")
         return Response(_overlay_png(heat, record.result["letterbox"]), media_type="image/png")
 
     @app.post("/api/images/{image_id}/feedback", status_code=201)
@@ -442,18 +444,24 @@ def _detail(store: Store, record) -> dict[str, Any]:
     return out
 
 
+# Answers a reader cannot agree or disagree with: they give their own call (fracture yes or no).
+_OWN_CALL = (Category.DOUBT.value, Category.OUT_OF_SCOPE.value)
+
+
 def _verdict(category: str, body: FeedbackIn) -> tuple[int, bool | None]:
     """(reader's label, agrees with the model) from agree/disagree or the reader's own call."""
     if body.fracture is not None:
         label = int(body.fracture)
-        agrees = None if category == "doubt" else (label == int(category == "fracture"))
+        agrees = None if category in _OWN_CALL else (label == int(category == "fracture"))
         if body.agree is not None and agrees is not None and body.agree != agrees:
             raise HTTPException(422, "'agree' contradicts 'fracture' for this finding")
         return label, agrees
     if body.agree is None:
         raise HTTPException(422, "give 'agree' (true/false) or 'fracture' (true/false)")
-    if category == "doubt":
-        raise HTTPException(422, "the model said 'doubt': give 'fracture' (true/false), not agree/disagree")
+    if category in _OWN_CALL:
+        raise HTTPException(
+            422, f"the model said {category!r}: give 'fracture' (true/false), not agree/disagree"
+        )
     model_says = int(category == "fracture")
     return (model_says if body.agree else 1 - model_says), body.agree
 

@@ -67,7 +67,7 @@ $("#sign-out").addEventListener("click", () => signOut(""));
 
 async function loadCategories() {
   const { categories } = await apiJson("/api/categories");
-  const css = { fracture: "--fracture", doubt: "--doubt", no_fracture: "--none" };
+  const css = { fracture: "--fracture", doubt: "--doubt", no_fracture: "--none", out_of_scope: "--scope" };
   for (const c of categories) {
     MEANING[c.category] = `${c.word}: ${c.meaning}`;
     WORD[c.category] = c.word;
@@ -387,7 +387,7 @@ class Viewport {
     this.source.width = width;
     this.source.height = height;
     this.defaultWindow();
-    if (this.image.status === "done") {
+    if (this.image.status === "done" && this.image.category !== "out_of_scope") {  // not scored: no map
       const overlay = await api(`/api/images/${this.image.id}/overlay.png`);
       if (overlay.ok) {
         this.overlay = await createImageBitmap(await overlay.blob());
@@ -538,10 +538,18 @@ class Viewport {
     const status = document.createElement("span");
     status.className = "status";
     if (image.status === "done") {
-      head.append(badge(image.category), ` probability ${image.probability.toFixed(2)}`);
+      const scope = image.scope || {};
+      if (image.category === "out_of_scope") {
+        // Not scored: the probability is kept for research only, never shown as an answer.
+        head.append(badge(image.category), " not scored");
+      } else {
+        head.append(badge(image.category), ` probability ${image.probability.toFixed(2)}`);
+      }
       const meaning = document.createElement("div");
       meaning.className = "meaning";
-      meaning.textContent = MEANING[image.category];
+      meaning.textContent = MEANING[image.category] || "";
+      if (scope.reason) meaning.textContent += ` (${scope.reason})`;
+      if (scope.note) meaning.textContent += ` Note: ${scope.note}.`;
       const model = document.createElement("div");
       model.className = "model";
       const version = image.model.version ? ` version ${image.model.version}` : "";
@@ -599,7 +607,7 @@ class Viewport {
       }
       noteState();
     };
-    const buttons = this.image.category === "doubt"
+    const buttons = ["doubt", "out_of_scope"].includes(this.image.category)
       ? [["Fracture", { fracture: true }], ["No fracture", { fracture: false }]]
       : [["Agree", { agree: true }], ["Disagree", { agree: false }]];
     for (const [label, body] of buttons) {
