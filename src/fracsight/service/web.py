@@ -174,8 +174,10 @@ def create_app(store: Store, worker: AnalysisWorker | None, token: str, max_uplo
 
     @app.post("/api/sends/resend")
     def resend() -> dict[str, Any]:
-        """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now."""
-        return {"due_now": store.resend_undelivered(), "sends": store.send_counts()}
+        """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now, and
+        those that could not be made are made again (by the running results stage)."""
+        remade = store.retry_failed_results()
+        return {"due_now": store.resend_undelivered(), "remade": remade, "sends": store.send_counts()}
 
     @app.get("/api/studies")
     def studies(
