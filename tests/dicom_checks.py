@@ -18,7 +18,9 @@ DCMP2PGM = shutil.which("dcmp2pgm")
 def dciodvfy_errors(path: Path) -> list[str]:
     """The error lines dciodvfy reports on the file (warnings left out)."""
     assert DCIODVFY, "dciodvfy is not installed"
-    run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [DCIODVFY, str(path)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
     return [line.strip() for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -32,10 +34,12 @@ def split_inherited(result_errors: list[str], source_errors: list[str]) -> tuple
     the source's errors quote (an invalid UID, an over-long identifier copied as it is) or is the
     same error the source has (a LUT copied faithfully); a missing or empty attribute never is."""
     quoted = set().union(*(_quoted(line) for line in source_errors)) if source_errors else set()
+    # the image's VOI LUT is the presentation state's Softcopy VOI LUT
+    source_lines = {line.replace("Softcopy VOI LUT", "VOI LUT") for line in source_errors}
     new, inherited = [], []
     for line in result_errors:
         missing = "Missing attribute" in line or "Empty attribute" in line
-        same = line in source_errors or bool(_quoted(line) & quoted)
+        same = line.replace("Softcopy VOI LUT", "VOI LUT") in source_lines or bool(_quoted(line) & quoted)
         (inherited if same and not missing else new).append(line)
     return new, inherited
 

@@ -209,7 +209,8 @@ def reference_header(source: Dataset) -> Dataset:
     for tag in source.keys():  # raw elements, copied undecoded: the source is not touched
         if tag not in _PIXEL_TAGS:
             ref[tag] = copy.deepcopy(source.get_item(tag))
-    ref.decode()  # with the source's character set, before that set changes
+    for _ in ref.iterall():  # every raw element decoded with the source's set before it changes
+        pass  # (Dataset.decode would garble person names set as text rather than read from bytes)
     ref.SpecificCharacterSet = _character_set(ref)
     if ref.SpecificCharacterSet is None:
         del ref.SpecificCharacterSet
@@ -444,17 +445,19 @@ _UNPAIRED = frozenset(
 
 
 def _set_laterality(ds: Dataset, source: Dataset) -> None:
-    """The new series' Laterality: the source's (series or image laterality, L or R), absent for an
-    unpaired body part, else empty (unknown)."""
+    """The new series' Laterality: absent for an unpaired body part (even where the source gives an
+    image laterality: a chest radiograph marked R), else the source's (series or image laterality,
+    L or R), else empty (unknown)."""
+    if "Laterality" in ds:
+        del ds.Laterality
+    if str(source.get("BodyPartExamined") or "").strip().upper() in _UNPAIRED:
+        return
     for keyword in ("Laterality", "ImageLaterality"):
         value = str(source.get(keyword) or "").strip().upper()
         if value in ("L", "R"):
             ds.Laterality = value
             return
-    if "Laterality" in ds:
-        del ds.Laterality
-    if str(source.get("BodyPartExamined") or "").strip().upper() not in _UNPAIRED:
-        ds.Laterality = ""
+    ds.Laterality = ""
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:
@@ -686,6 +689,10 @@ def _copy_modality_lut(state: Dataset, source: Dataset) -> None:
         for keyword in (*_LUT_KEYWORDS, "ModalityLUTType"):
             if keyword in sequence[0]:
                 item[keyword] = copy.deepcopy(sequence[0][keyword])
+        descriptor = item.get("LUTDescriptor")
+        if descriptor and len(descriptor) == 3 and 8 < int(descriptor[2]) < 16:
+            # 8 or 16 bits an entry (PS3.3 C.11.1.1.1): the same output values, held in 16 bits
+            item.LUTDescriptor = [int(descriptor[0]), int(descriptor[1]), 16]
         if not item.get("ModalityLUTType"):
             item.ModalityLUTType = "US"
         state.ModalityLUTSequence = [item]
@@ -713,7 +720,7 @@ def _softcopy_voi(source: Dataset) -> Dataset | None:
         for keyword in _LUT_KEYWORDS:
             if keyword in sequence[0]:
                 lut[keyword] = copy.deepcopy(sequence[0][keyword])
-        item.VOILUTSequence = [lut]
+        item.VOILUTSequence = [_as_8_or_16_bits(lut)]
     try:
         centre = float(_first(source.get("WindowCenter")))
         width = float(_first(source.get("WindowWidth")))
@@ -738,6 +745,30 @@ def _softcopy_voi(source: Dataset) -> Dataset | None:
             item.WindowWidth = span[1] - span[0] + 1
             item.WindowCenterWidthExplanation = "range of the Modality LUT"
     return item if len(item) else None
+
+
+def _as_8_or_16_bits(lut: Dataset) -> Dataset:
+    """A VOI LUT as a presentation state may hold it (PS3.3 C.11.8: 8 or 16 bits an entry): one of
+    9 to 15 bits (12 is common) becomes 16 bits, each entry scaled by (2**16 - 1) / (2**bits - 1),
+    so the display shows the same grey levels; 8 and 16 bits are copied as they are. (Taking the
+    descriptor to 16 bits without scaling the data renders the image almost black.)"""
+    try:
+        bits = int(lut.LUTDescriptor[2])
+        if not 8 < bits < 16:
+            return lut
+        data = lut.LUTData
+        if isinstance(data, bytes):
+            values = np.frombuffer(data, dtype="<u2").astype(np.int64)
+        else:
+            values = np.asarray(data if isinstance(data, MultiValue | list) else [data], dtype=np.int64)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return lut
+    scaled = np.clip(np.rint(values * ((2**16 - 1) / (2**bits - 1))), 0, 2**16 - 1).astype(np.uint16)
+    out = copy.deepcopy(lut)
+    out.LUTDescriptor = [int(v) for v in lut.LUTDescriptor[:2]] + [16]
+    del out.LUTData
+    out.add_new("LUTData", "OW", scaled.astype("<u2").tobytes())
+    return out
 
 
 def _modality_lut_span(source: Dataset) -> tuple[float, float] | None:
