@@ -40,7 +40,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import charset as dicom_charset
 from pydicom import uid as dicom_uid
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -684,7 +684,11 @@ def _copy_modality_lut(state: Dataset, source: Dataset) -> None:
         if keyword in state:
             delattr(state, keyword)
     sequence = source.get("ModalityLUTSequence")
-    if sequence:
+    linear = _linear_modality_lut(source) if sequence else None
+    if linear is not None:  # the same mapping as a rescale: exact, and no LUT bit depth to get wrong
+        state.RescaleIntercept, state.RescaleSlope = linear
+        state.RescaleType = str(sequence[0].get("ModalityLUTType") or "US")
+    elif sequence:
         item = Dataset()
         for keyword in (*_LUT_KEYWORDS, "ModalityLUTType"):
             if keyword in sequence[0]:
@@ -771,18 +775,42 @@ def _as_8_or_16_bits(lut: Dataset) -> Dataset:
     return out
 
 
+def _modality_lut_table(source: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(stored values, outputs) of the source's Modality LUT Sequence (first item); None if it
+    cannot be read. LUT Data as US values or OW words (8-bit entries one or two to a word)."""
+    try:
+        item = source.ModalityLUTSequence[0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor[:3])
+        entries = entries or 65536
+        data = item.LUTData
+        if isinstance(data, bytes):
+            packed = bits <= 8 and len(data) < 2 * entries
+            values = np.frombuffer(data, dtype="u1" if packed else "<u2")
+        else:
+            values = np.asarray(data if isinstance(data, MultiValue | list) else [data])
+        values = values[:entries].astype(np.float64)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if len(values) != entries:
+        return None
+    return np.arange(first, first + entries), values
+
+
+def _linear_modality_lut(source: Dataset) -> tuple[str, str] | None:
+    """(Rescale Intercept, Rescale Slope) equal to the source's Modality LUT Sequence where that
+    LUT is a straight line over every stored value the image can hold (from 0, unsigned)."""
+    table = _modality_lut_table(source)
+    bits = int(source.get("BitsStored") or 16)
+    if table is None or len(table[0]) < 2 or table[0][0] != 0 or len(table[0]) < 2**bits:
+        return None
+    stored, out = table
+    slope = (out[-1] - out[0]) / (stored[-1] - stored[0])
+    if slope == 0 or not np.allclose(out, out[0] + slope * (stored - stored[0]), atol=1e-6):
+        return None
+    return f"{out[0] - slope * stored[0]:g}", f"{slope:g}"
+
+
 def _modality_lut_span(source: Dataset) -> tuple[float, float] | None:
     """The lowest and highest output of the source's Modality LUT Sequence; None if unreadable."""
-    from pydicom.pixels import apply_modality_lut
-
-    lut = Dataset()  # the LUT alone, little endian (OW data as the node writes it)
-    lut.file_meta = FileMetaDataset()
-    lut.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    try:
-        lut.ModalityLUTSequence = copy.deepcopy(source.ModalityLUTSequence)
-        entries, first = (int(v) for v in lut.ModalityLUTSequence[0].LUTDescriptor[:2])
-        stored = np.arange(first, first + (entries or 65536))
-        out = apply_modality_lut(stored, lut)
-    except Exception:  # noqa: BLE001 - a LUT pydicom cannot apply: no window rather than no object
-        return None
-    return (float(out.min()), float(out.max())) if out.size else None
+    table = _modality_lut_table(source)
+    return None if table is None else (float(table[1].min()), float(table[1].max()))
