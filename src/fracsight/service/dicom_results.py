@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
+import uuid
 import warnings
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
 from fracsight.explain import CAPTION, overlay_image
@@ -102,6 +103,15 @@ class Algorithm:
         return cls(model.model_id, version[:64], model.onnx_sha256 or "", thresholds)
 
 
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "fracsight result objects")
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID that follows from ``parts``: 2.25 and a name-based (version 5) UUID (PS3.5 B.2).
+    (pydicom's generate_uid ignores its entropy sources under the 2.25 root: its UIDs are random.)"""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
+
+
 @dataclass(frozen=True)
 class ResultUIDs:
     """The UIDs of one image's result objects and the series they belong to."""
@@ -120,7 +130,7 @@ class ResultUIDs:
         restart they are the same, so the PACS keeps one copy of each object."""
 
         def uid(*parts: str) -> str:
-            return generate_uid(prefix=None, entropy_srcs=["fracsight", *parts])
+            return derived_uid("fracsight", *parts)
 
         return cls(
             sc=uid(image_id, "sc"),
@@ -516,7 +526,7 @@ def structured_report(
     groups: list = [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=generate_uid(prefix=None, entropy_srcs=[uids.sr, "finding"]),
+                uid=derived_uid(uids.sr, "finding"),
                 identifier="fracture finding, heat-map peak",
             ),
             referenced_region=region,
@@ -532,7 +542,7 @@ def structured_report(
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(prefix=None, entropy_srcs=[uids.sr, "study"]),
+                    uid=derived_uid(uids.sr, "study"),
                     identifier=f"study: most suspicious of {study.images} analysed images",
                 ),
                 finding_type=FRACTURE,
