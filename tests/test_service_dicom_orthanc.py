@@ -302,7 +302,7 @@ def test_a_calling_ae_title_not_allowed_is_rejected(site: Site) -> None:
 
 # Type 2 elements of the patient and study modules modalities and anonymisers leave out.
 HEADER_GAPS = ("PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "StudyID")
-GAPPED_CR = "pyd_dicomdirtests_77654033_CR1_6154"  # a CR, uncompressed
+GAPPED_CR = "pljd_RG2_JPLL.dcm"  # a CR (JPEG lossless)
 
 
 def _twelve_bit_voi_lut(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -350,12 +350,20 @@ def test_header_gaps_and_voi_luts_get_their_results_in_orthanc(site: Site, tmp_p
                 new, _ = split_inherited(dciodvfy_errors(Path(result.filename)), from_source)
                 assert new == [], (label, result.SOPClassUID.name, new)
         state = by_class.get(GSPS_CLASS)
-        if state is not None and DCMP2PGM:
-            plain = render(path, tmp_path / f"{path.stem}.pgm").mean()
-            through = render(path, tmp_path / f"{path.stem}-ps.pgm", Path(state.filename)).mean()
-            assert abs(through - plain) <= 0.1 * plain, (label, through, plain)
+        # DCMTK refuses a presentation state with an empty Patient Name ("invalid data structures"),
+        # though type 2 lets it be empty: fracsight does not make a name up.
+        if state is not None and DCMP2PGM and label != "no PatientName":
+            shown = path
+            if source.file_meta.TransferSyntaxUID.is_compressed:  # DCMTK's dcmp2pgm decodes few
+                source.decompress()
+                shown = tmp_path / f"{path.stem}-plain.dcm"
+                source.save_as(shown, enforce_file_format=True)
+            plain = render(shown, tmp_path / f"{path.stem}.pgm").mean()
+            through = render(shown, tmp_path / f"{path.stem}-ps.pgm", Path(state.filename)).mean()
+            # as the viewer shows the image without it (the SC is no yardstick: fracsight's own
+            # contrast stretch and the heat map move its mean by 10 % and more on some images)
             sc = by_class[SC_CLASS].pixel_array.mean()
-            assert abs(through - sc) <= 0.1 * sc, (label, through, sc)
+            assert abs(through - plain) <= 0.1 * plain, (label, through, plain, sc)
             if "VOI LUT" in label:
                 lut = state.SoftcopyVOILUTSequence[0].VOILUTSequence[0]
                 assert int(lut.LUTDescriptor[2]) in (8, 16), "8 or 16 bits an entry in a presentation state"
