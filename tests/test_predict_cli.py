@@ -43,9 +43,13 @@ def test_samples_folder_to_csv(tmp_path: Path, samples_dir: Path, sample_images:
     thresholds = ModelCard.for_model(DEFAULT_MODEL).thresholds
     for r in rows:
         assert r["error"] == "" and r["heatmap"] == ""
+        if r["category"] == "out_of_scope":  # not scored: no probability shown, a reason instead
+            assert r["probability"] == "" and r["scope_reason"]
+            continue
         p = float(r["probability"])
         assert 0.0 <= p <= 1.0
         assert r["category"] == categorise(p, thresholds).value
+        assert float(r["ood_score"]) > 0 and r["region"] in ("hand", "leg", "hip", "shoulder")
 
 
 def test_heatmap_pngs(tmp_path: Path, samples_dir: Path) -> None:
@@ -140,7 +144,10 @@ def test_dicom_rows_and_heat_maps_name_their_study_and_model(tmp_path: Path, dic
     assert text["fracsight:study_uid"] == header.StudyInstanceUID
     assert text["fracsight:onnx_sha256"] == sha and text["fracsight:model_id"] == card.model_id
     assert text["fracsight:category"] == row["category"]
-    assert float(text["fracsight:probability"]) == pytest.approx(float(row["probability"]), abs=5e-5)
+    if row["category"] == "out_of_scope":  # not scored: the picture says why, the CSV shows no probability
+        assert text["fracsight:out_of_scope_reason"] and row["probability"] == ""
+    else:
+        assert float(text["fracsight:probability"]) == pytest.approx(float(row["probability"]), abs=5e-5)
     assert not any(source.stem in value for value in text.values())  # never the file's name
 
 
@@ -291,7 +298,10 @@ def test_shared_dicom_folder(tmp_path: Path, shared_data: Path) -> None:
             assert row["probability"] == "" and "too small to analyse" in row["error"], name
         elif modality in ("CR", "DX") and decodes:
             assert row["error"] == "", f"{name} ({modality}): {row['error']!r}"
-            assert 0.0 <= float(row["probability"]) <= 1.0
+            if row["category"] == "out_of_scope":  # not scored (a chest, another site's images)
+                assert row["probability"] == "" and row["scope_reason"], name
+            else:
+                assert 0.0 <= float(row["probability"]) <= 1.0
         elif modality in ("CR", "DX"):
             assert row["error"] or row["probability"], name
             if not decodes and row["error"]:

@@ -35,6 +35,7 @@ from dicom_peers import (  # noqa: E402
 )
 from pydicom.uid import generate_uid  # noqa: E402
 
+from fracsight.decide import CATEGORIES, Category, rank  # noqa: E402
 from fracsight.explain import CAPTION  # noqa: E402
 from fracsight.service import intake  # noqa: E402
 from fracsight.service.dicom_results import GSPS_CLASS, SC_CLASS, SCHEME, SR_CLASS  # noqa: E402
@@ -185,14 +186,13 @@ def test_study_answer_is_its_most_suspicious_image(node: Node, pacs: FakePacs) -
     sources = [renamed(DICOM / n, study=study) for n in names]
     assert send(node.port, sources) == [0x0000] * 3
     records = node.wait_finished([s.SOPInstanceUID for s in sources])
-    rank = {"fracture": 0, "doubt": 1, "no_fracture": 2}
-    worst = min(records, key=lambda r: (rank[r.category], -r.probability))
+    worst = min(records, key=lambda r: (rank(r.category), -r.probability))
     for source in sources:
         wait_until(lambda s=source: referencing(pacs.of_class(SR_CLASS), s.SOPInstanceUID), 30, "the SR")
         (sr,) = referencing(pacs.of_class(SR_CLASS), source.SOPInstanceUID)
         items = _items(sr)
         (answer,) = _named(items, "fracsight study category")
-        assert answer.ConceptCodeSequence[0].CodeValue == worst.category.replace("_", "-")
+        assert answer.ConceptCodeSequence[0].CodeValue == CATEGORIES[Category(worst.category)].dicom_code
         assert any("of 3 analysed images" in i.get("TextValue", "") for i in items)
     assert len({r.batch for r in records}) == 1, "one association, one batch"
 

@@ -5,8 +5,11 @@ Orthanc with its own configuration, the node (``fracsight dicom-node``), storesc
 queries. Real radiographs from ``../shared/data/dicom`` in several transfer syntaxes, MONOCHROME1
 and MONOCHROME2, go to the PACS and to the node; the node's Secondary Capture and SR (and
 presentation state) must arrive in the right study, read back with pydicom and pass dciodvfy;
-CT and broken files must be refused analysis with a reason. Then the faults: Orthanc down (the
-results wait and arrive when it is back) and a calling AE title that is not allowed.
+CT and broken files must be refused analysis with a reason. Images with gaps in their header (no
+Patient ID, Patient Name, Study Date, Study Time, Accession Number or Study ID) and with a VOI LUT
+(16 and 12 bits) get theirs too, the presentation state rendering through DCMTK's dcmp2pgm with
+the grey levels of the image. Then the faults: Orthanc down (the results wait and arrive when it
+is back) and a calling AE title that is not allowed.
 Skips without root, ``ip``, Orthanc or storescu (``.ci/run`` installs them).
 """
 
@@ -27,6 +30,7 @@ pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
 import pydicom  # noqa: E402
+from dicom_checks import DCIODVFY, DCMP2PGM, dciodvfy_errors, render, split_inherited  # noqa: E402
 from dicom_peers import DICOM, RADIOGRAPHS, referencing, renamed, rle_copy, wait_until  # noqa: E402
 
 from fracsight.service.dicom_results import GSPS_CLASS, SC_CLASS, SR_CLASS  # noqa: E402
@@ -294,3 +298,74 @@ def test_a_calling_ae_title_not_allowed_is_rejected(site: Site) -> None:
     (done,) = site.storescu([DICOM / "hd_dx_image.dcm"], aet="INTRUDER")
     assert done.returncode != 0
     assert "Association Rejected" in done.stderr + done.stdout, done.stderr
+
+
+# Type 2 elements of the patient and study modules modalities and anonymisers leave out.
+HEADER_GAPS = ("PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "StudyID")
+GAPPED_CR = "pljd_RG2_JPLL.dcm"  # a CR (JPEG lossless)
+
+
+def _twelve_bit_voi_lut(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The data set with its VOI LUT as 12 bits an entry (LUT Data as US), the same curve."""
+    item = ds.VOILUTSequence[0]
+    item.LUTDescriptor = [int(item.LUTDescriptor[0]), int(item.LUTDescriptor[1]), 12]
+    item["LUTData"].value = [int(v) >> 4 for v in item.LUTData]
+    return ds
+
+
+def test_header_gaps_and_voi_luts_get_their_results_in_orthanc(site: Site, tmp_path: Path) -> None:
+    sent: dict[str, Path] = {}
+    for keyword in HEADER_GAPS:
+        ds = renamed(DICOM / GAPPED_CR)
+        delattr(ds, keyword)
+        sent[f"no {keyword}"] = tmp_path / f"no-{keyword}.dcm"
+        ds.save_as(sent[f"no {keyword}"], enforce_file_format=True)
+    sent["VOI LUT"] = tmp_path / "vlut.dcm"
+    renamed(DICOM / "pdd_vlut_04.dcm").save_as(sent["VOI LUT"], enforce_file_format=True)
+    sent["12-bit VOI LUT"] = tmp_path / "vlut12.dcm"
+    twelve = _twelve_bit_voi_lut(renamed(DICOM / "pdd_vlut_04.dcm"))
+    twelve.save_as(sent["12-bit VOI LUT"], enforce_file_format=True)
+    for done in site.storescu(list(sent.values())):
+        assert done.returncode == 0, done.stderr
+    wait_until(lambda: _all_delivered(site), 240, "every image analysed and its results in Orthanc")
+    with site.node_db() as db:
+        records = {r["sop_instance_uid"]: dict(r) for r in db.execute("SELECT * FROM images")}
+    rendered = 0
+    for label, path in sent.items():
+        source = pydicom.dcmread(path)
+        record = records[source.SOPInstanceUID]
+        assert record["status"] == "done" and record["results"] == "made", (label, record["results_error"])
+        made = referencing(_study_objects(site, source.StudyInstanceUID, tmp_path), source.SOPInstanceUID)
+        by_class = {o.SOPClassUID: o for o in made}
+        suspicious = record["category"] in ("fracture", "doubt")
+        wanted = {SC_CLASS, SR_CLASS} | ({GSPS_CLASS} if suspicious else set())
+        assert set(by_class) == wanted, (label, record["category"], [o.SOPClassUID.name for o in made])
+        from_source = dciodvfy_errors(path) if DCIODVFY else []
+        for result in made:
+            assert result.StudyInstanceUID == source.StudyInstanceUID, label
+            if label.startswith("no "):  # type 2: present and empty, as the standard allows
+                keyword = label[3:]
+                assert keyword in result and not result[keyword].value, (label, result.SOPClassUID.name)
+            if DCIODVFY:
+                new, _ = split_inherited(dciodvfy_errors(Path(result.filename)), from_source)
+                assert new == [], (label, result.SOPClassUID.name, new)
+        state = by_class.get(GSPS_CLASS)
+        # DCMTK refuses a presentation state with an empty Patient Name ("invalid data structures"),
+        # though type 2 lets it be empty: fracsight does not make a name up.
+        if state is not None and DCMP2PGM and label != "no PatientName":
+            shown = path
+            if source.file_meta.TransferSyntaxUID.is_compressed:  # DCMTK's dcmp2pgm decodes few
+                source.decompress()
+                shown = tmp_path / f"{path.stem}-plain.dcm"
+                source.save_as(shown, enforce_file_format=True)
+            plain = render(shown, tmp_path / f"{path.stem}.pgm").mean()
+            through = render(shown, tmp_path / f"{path.stem}-ps.pgm", Path(state.filename)).mean()
+            # as the viewer shows the image without it (the SC is no yardstick: fracsight's own
+            # contrast stretch and the heat map move its mean by 10 % and more on some images)
+            sc = by_class[SC_CLASS].pixel_array.mean()
+            assert abs(through - plain) <= 0.1 * plain, (label, through, plain, sc)
+            if "VOI LUT" in label:
+                lut = state.SoftcopyVOILUTSequence[0].VOILUTSequence[0]
+                assert int(lut.LUTDescriptor[2]) in (8, 16), "8 or 16 bits an entry in a presentation state"
+            rendered += 1
+    assert rendered >= 2 or not DCMP2PGM, "the VOI LUT images (doubt) come back with a presentation state"

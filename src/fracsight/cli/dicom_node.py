@@ -126,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resend",
         action="store_true",
-        help="send every undelivered result now (also those the destination refused), then exit",
+        help="make again the results that could not be made, send every undelivered result now (also "
+        "those the destination refused), then exit",
     )
     p.set_defaults(func=run)
 
@@ -191,12 +192,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resend(args: argparse.Namespace, settings) -> int:
+    from fracsight.inference import Analyser
+    from fracsight.service.results_stage import remake_failed
     from fracsight.service.sender import resend
     from fracsight.service.store import SqliteStore
 
     if not (args.data / "fracsight.db").exists():
         raise FileNotFoundError(f"{args.data}: no fracsight store here")
-    counts = resend(SqliteStore(args.data), settings)
+    store = SqliteStore(args.data)
+    remade = remake_failed(
+        store, settings, lambda: Analyser(args.model, threads=args.analysis_threads, batch_size=1)
+    )
+    if remade:
+        print(f"made again the results of {remade} image(s) that could not have them", file=sys.stderr)
+    counts = resend(store, settings)
     undelivered = counts["pending"] + counts["rejected"] + counts["sending"]
     print(f"sent {counts['sent']} results in all; {undelivered} not delivered", file=sys.stderr)
     return 0 if undelivered == 0 else 1

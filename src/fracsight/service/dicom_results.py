@@ -16,24 +16,38 @@
 
 Builders are pure: they take the source header, the analysis, the clock and the UIDs, and
 return pydicom datasets; :mod:`fracsight.service.results_stage` decides when and writes them.
+They never read the source directly: :func:`reference_header` first turns it into the header they
+copy from (type 2 elements present, empty where the source has none; dates, times and codes that
+highdicom checks made valid or empty; text decoded and its character set one pydicom can write),
+since real modalities and anonymisers leave out or empty what the standard lets them. Each object
+is made on its own (:func:`build_results`): one that cannot be made does not stop the others, and
+its reason is returned in words without patient data.
 Codes are SNOMED CT and DICOM where those exist; fracsight's categories and operating points use
 the private coding scheme :data:`SCHEME` (declared in the SR).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import re
+import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom import charset as dicom_charset
+from pydicom import uid as dicom_uid
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
-from fracsight.decide import Category
+from fracsight.decide import CATEGORIES, CODING_SCHEME, Category, StudyAnswer
 from fracsight.explain import CAPTION, overlay_image
 from fracsight.finding import Finding
 
@@ -42,16 +56,17 @@ from fracsight.finding import Finding
 warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent", module="highdicom")
 
 MANUFACTURER = "fracsight"
-SCHEME = "99FRACSIGHT"  # private coding scheme designators start with 99 (PS3.3 8.2)
+SCHEME = CODING_SCHEME  # fracsight.decide's private scheme (designators start with 99, PS3.3 8.2)
 SC_SERIES_NUMBER, SR_SERIES_NUMBER, PR_SERIES_NUMBER = 9901, 9902, 9903
 SERIES_DESCRIPTIONS = {
     "sc": "fracsight AI result: heat map burned in",
     "sr": "fracsight AI result: structured report",
     "gsps": "fracsight AI result: peak region overlay",
 }
-SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
-GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
+SC_CLASS = dicom_uid.SecondaryCaptureImageStorage
+SR_CLASS = dicom_uid.ComprehensiveSRStorage
+GSPS_CLASS = dicom_uid.GrayscaleSoftcopyPresentationStateStorage
+KINDS = ("sc", "sr", "gsps")
 
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
 RADIOGRAPHY = hd.sr.CodedConcept("363680008", "SCT", "Radiographic imaging procedure")
@@ -63,12 +78,9 @@ OPERATING_POINTS = {
     "fracture": hd.sr.CodedConcept("op-fracture", SCHEME, "Fracture operating point (high specificity)"),
     "doubt": hd.sr.CodedConcept("op-doubt", SCHEME, "Doubt operating point (high sensitivity)"),
 }
-CATEGORY_CODES = {
-    Category.FRACTURE: hd.sr.CodedConcept("fracture", SCHEME, "Fracture likely"),
-    Category.DOUBT: hd.sr.CodedConcept("doubt", SCHEME, "Doubt: look again"),
-    Category.NO_FRACTURE: hd.sr.CodedConcept("no-fracture", SCHEME, "No fracture found by the model"),
-}
-_WORDS = {Category.FRACTURE: "fracture", Category.DOUBT: "doubt", Category.NO_FRACTURE: "no fracture"}
+# Each category's code and word, from fracsight.decide (the one owner).
+CATEGORY_CODES = {c: hd.sr.CodedConcept(e.dicom_code, SCHEME, e.dicom_meaning) for c, e in CATEGORIES.items()}
+_WORDS = {c: e.word for c, e in CATEGORIES.items()}
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,15 @@ class Algorithm:
         version = software_version + (f" model {model.version}" if model.version else "")
         thresholds = {k: float(v) for k, v in model.thresholds.items() if k in OPERATING_POINTS}
         return cls(model.model_id, version[:64], model.onnx_sha256 or "", thresholds)
+
+
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "fracsight result objects")
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID that follows from ``parts``: 2.25 and a name-based (version 5) UUID (PS3.5 B.2).
+    (pydicom's generate_uid ignores its entropy sources under the 2.25 root: its UIDs are random.)"""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +127,7 @@ class ResultUIDs:
         restart they are the same, so the PACS keeps one copy of each object."""
 
         def uid(*parts: str) -> str:
-            return generate_uid(prefix=None, entropy_srcs=["fracsight", *parts])
+            return derived_uid("fracsight", *parts)
 
         return cls(
             sc=uid(image_id, "sc"),
@@ -120,19 +141,155 @@ class ResultUIDs:
 
 
 @dataclass(frozen=True)
-class StudyAnswer:
-    """The study's category: that of its most suspicious analysed image."""
-
-    category: Category
-    probability: float
-    images: int  # how many analysed images it is taken over
-
-
-@dataclass(frozen=True)
 class ResultObjects:
-    sc: Dataset
-    sr: Dataset
+    """What could be made of one image: each object, or None with the reason in ``failures``
+    (kind -> short text without patient data). No presentation state for "no fracture" or a colour
+    image is not a failure."""
+
+    sc: Dataset | None
+    sr: Dataset | None
     gsps: Dataset | None
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def made(self) -> dict[str, Dataset]:
+        return {kind: ds for kind in KINDS if (ds := getattr(self, kind)) is not None}
+
+
+class SourceError(ValueError):
+    """The source header lacks what no result object can be made without."""
+
+
+# The source's type 2 elements the result objects copy (PS3.3 C.7.1.1 Patient Module, C.7.2.1
+# General Study Module, C.7.3.1 General Series Module, C.7.5.1 General Equipment Module, C.7.6.1
+# General Image Module): present in every result, empty where the source has none.
+TYPE2 = {
+    "Patient": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
+    "General Study": ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"),
+    "General Series": ("SeriesNumber",),
+    "General Equipment": ("Manufacturer",),
+    "General Image": ("InstanceNumber",),
+}
+# Type 1 elements without which a result cannot say which image (and study) it is about.
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
+# General Series Modality (type 1) for a source without one: the modality its SOP class implies.
+MODALITY_OF_CLASS = {
+    dicom_uid.ComputedRadiographyImageStorage: "CR",
+    dicom_uid.DigitalXRayImageStorageForPresentation: "DX",
+    dicom_uid.DigitalXRayImageStorageForProcessing: "DX",
+    dicom_uid.DigitalMammographyXRayImageStorageForPresentation: "MG",
+    dicom_uid.DigitalMammographyXRayImageStorageForProcessing: "MG",
+    dicom_uid.DigitalIntraOralXRayImageStorageForPresentation: "IO",
+    dicom_uid.DigitalIntraOralXRayImageStorageForProcessing: "IO",
+    dicom_uid.XRayAngiographicImageStorage: "XA",
+    dicom_uid.XRayRadiofluoroscopicImageStorage: "RF",
+}
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float and Pixel Data
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+_UTF8 = "ISO_IR 192"
+
+
+def reference_header(source: Dataset) -> Dataset:
+    """The header the builders copy patient, study and image from: a copy of ``source`` (which is
+    left as it is) without its pixels, with
+
+    * every type 2 element of :data:`TYPE2` present, empty where the source has none or an invalid
+      value highdicom would refuse (Patient Birth Date, Patient's Sex, Study Date, Study Time);
+    * a General Series Modality (type 1) from the SOP class where the source has none;
+    * its text decoded with the source's Specific Character Set and that character set kept where
+      pydicom can write it and it holds every value, else UTF-8 (ISO_IR 192).
+
+    Raises :class:`SourceError` without a SOP Class or Instance, Study or Series Instance UID,
+    Rows or Columns."""
+    missing = [k for k in REQUIRED if not source.get(k)]
+    if missing:
+        raise SourceError(f"the source has no {', '.join(missing)}")
+    ref = Dataset()
+    for tag in source.keys():  # raw elements, copied undecoded: the source is not touched
+        if tag not in _PIXEL_TAGS:
+            ref[tag] = copy.deepcopy(source.get_item(tag))
+    for _ in ref.iterall():  # every raw element decoded with the source's set before it changes
+        pass  # (Dataset.decode would garble person names set as text rather than read from bytes)
+    ref.SpecificCharacterSet = _character_set(ref)
+    if ref.SpecificCharacterSet is None:
+        del ref.SpecificCharacterSet
+    for keywords in TYPE2.values():
+        for keyword in keywords:
+            if keyword not in ref:
+                setattr(ref, keyword, None)
+    for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        if not _valid(ref[keyword].value, kind):
+            ref[keyword].value = None
+    if str(ref.PatientSex or "") not in ("M", "F", "O", ""):
+        ref.PatientSex = None
+    if not str(ref.get("Modality") or "").strip():
+        ref.Modality = MODALITY_OF_CLASS.get(str(ref.SOPClassUID), "OT")
+    return ref
+
+
+def _valid(value, kind) -> bool:
+    if value in (None, ""):
+        return True
+    if isinstance(value, MultiValue | list):
+        return False
+    try:
+        kind(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _character_set(ref: Dataset) -> str | list[str] | None:
+    """The Specific Character Set the results are written in: the source's where pydicom knows
+    every term and every text value of the header can be written in it, else UTF-8; None (the
+    default repertoire) where the source has none and its text is ASCII."""
+    value = ref.get("SpecificCharacterSet")
+    values = value if isinstance(value, MultiValue | list) else [value or ""]
+    terms = [str(v).strip() for v in values]
+    texts = _texts(ref)
+    if terms == [""]:
+        return None if all(t.isascii() for t in texts) else _UTF8
+    if not all(t in dicom_charset.python_encoding for t in terms):
+        return _UTF8
+    encodings = [dicom_charset.python_encoding[t] for t in terms]
+    for text in texts:
+        for character in set(text) - set(_ASCII):
+            if not any(_encodes(character, e) for e in encodings):
+                return _UTF8
+    return terms[0] if len(terms) == 1 else terms
+
+
+_ASCII = "".join(chr(i) for i in range(128))
+
+
+def _encodes(character: str, encoding: str) -> bool:
+    try:
+        character.encode(encoding)
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
+def _texts(ref: Dataset) -> list[str]:
+    out = []
+    for element in ref.iterall():
+        if element.VR in _TEXT_VRS and element.value not in (None, ""):
+            values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+            out.extend(str(v) for v in values)
+    return out
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short account of why an object could not be made, without patient data: the exception's
+    type and the DICOM keywords it names (never its message, which can quote header values)."""
+    name = type(exc).__name__
+    keywords: list[str] = []
+    if isinstance(exc, AttributeError) and getattr(exc, "name", None):
+        keywords.append(str(exc.name))
+    words = re.findall(r"\b[A-Z][A-Za-z0-9]{2,63}\b", str(exc))
+    keywords += [w for w in words if tag_for_keyword(w) is not None and w not in keywords]
+    if isinstance(exc, SourceError):
+        return f"{name}: {exc}"[:200]
+    return (f"{name} ({', '.join(keywords[:4])})" if keywords else name)[:200]
 
 
 def peak_on_source(finding: Finding, source: Dataset) -> tuple[float, float]:
@@ -173,14 +330,31 @@ def build_results(
     study: StudyAnswer | None = None,
     sc_max_side: int = 1024,
 ) -> ResultObjects:
-    """The result objects of one analysed image. ``source``: its header (no pixels needed);
-    ``pixels``: the image as analysed (float in [0, 1], any resolution of the same aspect)."""
-    sc = secondary_capture(source, pixels, finding, model, uids, when, instance_number, sc_max_side)
-    sr = structured_report(source, finding, model, uids, when, instance_number, study)
-    gsps = None
-    if finding.category != Category.NO_FRACTURE and _is_grayscale(source):
-        gsps = presentation_state(source, finding, model, uids, when, instance_number)
-    return ResultObjects(sc, sr, gsps)
+    """The result objects of one analysed image, each made on its own: one that fails leaves the
+    others and its reason in :attr:`ResultObjects.failures`. ``source``: its header (no pixels
+    needed, left unchanged); ``pixels``: the image as analysed (float in [0, 1], any resolution of
+    the same aspect)."""
+    try:
+        ref = reference_header(source)
+    except Exception as exc:  # noqa: BLE001 - reported as every object's failure
+        reason = failure_reason(exc)
+        return ResultObjects(None, None, None, {kind: reason for kind in KINDS})
+    makers = {
+        "sc": lambda: secondary_capture(
+            ref, pixels, finding, model, uids, when, instance_number, sc_max_side
+        ),
+        "sr": lambda: structured_report(ref, finding, model, uids, when, instance_number, study),
+    }
+    if finding.category in (Category.FRACTURE, Category.DOUBT) and _is_grayscale(ref):
+        makers["gsps"] = lambda: presentation_state(ref, finding, model, uids, when, instance_number)
+    made: dict[str, Dataset | None] = dict.fromkeys(KINDS)
+    failures: dict[str, str] = {}
+    for kind, make in makers.items():
+        try:
+            made[kind] = make()
+        except Exception as exc:  # noqa: BLE001 - one object failing must not cost the others
+            failures[kind] = failure_reason(exc)
+    return ResultObjects(made["sc"], made["sr"], made["gsps"], failures)
 
 
 def _is_grayscale(source: Dataset) -> bool:
@@ -205,6 +379,15 @@ def _source_reference(source: Dataset) -> Dataset:
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     return item
+
+
+def _set_character_set(ds: Dataset, ref: Dataset) -> None:
+    """The reference header's character set (:func:`reference_header`) on a result object: the
+    text highdicom copied from it is decoded and is encoded in that set when written."""
+    if "SpecificCharacterSet" in ref:
+        ds.SpecificCharacterSet = copy.deepcopy(ref.SpecificCharacterSet)
+    elif "SpecificCharacterSet" in ds:
+        del ds.SpecificCharacterSet
 
 
 def secondary_capture(
@@ -232,8 +415,10 @@ def secondary_capture(
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=None,  # set below: highdicom knows fewer sets than pydicom writes
         **_common(when, model, "sc"),
     )
+    _set_character_set(sc, source)
     if orientation is None:  # unknown in the source: said so (empty), not made up
         sc.PatientOrientation = ""
     if source.get("BodyPartExamined"):
@@ -245,8 +430,17 @@ def secondary_capture(
         f"fracsight {model.version}, model {model.name}: heat map and answer burned in. {CAPTION}"
     )[:1024]
     sc.SourceImageSequence = [_source_reference(source)]
-    sc.ImageComments = f"{_WORDS[finding.category]}, p={finding.probability:.2f}. {CAPTION}"
+    sc.ImageComments = f"{_answer_words(finding)}. {CAPTION}"
     return sc
+
+
+def _answer_words(finding: Finding) -> str:
+    """The answer as the SC's comments and the presentation state's text say it: the category and
+    probability, or for an image out of scope that it was not scored and why."""
+    if finding.category == Category.OUT_OF_SCOPE:
+        reason = finding.scope.reason if finding.scope is not None and finding.scope.reason else ""
+        return f"{_WORDS[finding.category]}, not scored" + (f": {reason}" if reason else "")
+    return f"{_WORDS[finding.category]}, p={finding.probability:.2f}"
 
 
 # Body parts (Body Part Examined defined terms) that have no left and right: General Series
@@ -258,17 +452,19 @@ _UNPAIRED = frozenset(
 
 
 def _set_laterality(ds: Dataset, source: Dataset) -> None:
-    """The new series' Laterality: the source's (series or image laterality, L or R), absent for an
-    unpaired body part, else empty (unknown)."""
+    """The new series' Laterality: absent for an unpaired body part (even where the source gives an
+    image laterality: a chest radiograph marked R), else the source's (series or image laterality,
+    L or R), else empty (unknown)."""
+    if "Laterality" in ds:
+        del ds.Laterality
+    if str(source.get("BodyPartExamined") or "").strip().upper() in _UNPAIRED:
+        return
     for keyword in ("Laterality", "ImageLaterality"):
         value = str(source.get(keyword) or "").strip().upper()
         if value in ("L", "R"):
             ds.Laterality = value
             return
-    if "Laterality" in ds:
-        del ds.Laterality
-    if str(source.get("BodyPartExamined") or "").strip().upper() not in _UNPAIRED:
-        ds.Laterality = ""
+    ds.Laterality = ""
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:
@@ -327,7 +523,7 @@ def structured_report(
     groups: list = [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=generate_uid(prefix=None, entropy_srcs=[uids.sr, "finding"]),
+                uid=derived_uid(uids.sr, "finding"),
                 identifier="fracture finding, heat-map peak",
             ),
             referenced_region=region,
@@ -343,7 +539,7 @@ def structured_report(
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(prefix=None, entropy_srcs=[uids.sr, "study"]),
+                    uid=derived_uid(uids.sr, "study"),
                     identifier=f"study: most suspicious of {study.images} analysed images",
                 ),
                 finding_type=FRACTURE,
@@ -378,8 +574,10 @@ def structured_report(
                 responsible_organization="fracsight project",
             )
         ],
+        specific_character_set=None,
         **_common(when, model, "sr"),
     )
+    _set_character_set(sr, source)
     return sr
 
 
@@ -411,7 +609,7 @@ def presentation_state(
     radius = peak_radius_on_source(finding, source)
     columns, rows = int(source.Columns), int(source.Rows)
     layer = hd.pr.GraphicLayer(layer_name="FRACSIGHT", order=1, description="fracsight AI result")
-    words = f"fracsight: {_WORDS[finding.category]}, p={finding.probability:.2f}. {CAPTION}"
+    words = f"fracsight: {_answer_words(finding)}. {CAPTION}"
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[source],
         graphic_layer=layer,
@@ -459,10 +657,167 @@ def presentation_state(
         series_description=SERIES_DESCRIPTIONS["gsps"],
         series_date=when.date(),
         series_time=when.time().replace(microsecond=0),
+        specific_character_set=None,
+        # Placeholders, replaced below by the source's own: given, highdicom reads no LUT itself.
+        modality_lut_transformation=hd.ModalityLUTTransformation(
+            rescale_intercept=0.0, rescale_slope=1.0, rescale_type=hd.RescaleTypeValues.US
+        ),
+        voi_lut_transformations=[hd.pr.SoftcopyVOILUTTransformation(window_center=0.0, window_width=1.0)],
     )
+    _set_character_set(state, source)
+    _copy_modality_lut(state, source)
+    voi = _softcopy_voi(source)
+    if voi is None:
+        del state.SoftcopyVOILUTSequence
+    else:
+        state.SoftcopyVOILUTSequence = [voi]
     if source.get("BodyPartExamined"):
         state.BodyPartExamined = source.BodyPartExamined
     _set_laterality(state, source)
     state.PresentationCreationDate = when.strftime("%Y%m%d")  # highdicom takes its own clock
     state.PresentationCreationTime = when.strftime("%H%M%S")
     return state
+
+
+_MODALITY_LUT_KEYWORDS = ("RescaleIntercept", "RescaleSlope", "RescaleType", "ModalityLUTSequence")
+_LUT_KEYWORDS = ("LUTDescriptor", "LUTExplanation", "LUTData")
+
+
+def _copy_modality_lut(state: Dataset, source: Dataset) -> None:
+    """The source's Modality LUT in the presentation state's Modality LUT Module (PS3.3 C.11.1):
+    its Modality LUT Sequence (first item, descriptor and data as they are) or else its rescale,
+    Rescale Type "US" (unspecified) where the source gives none; nothing where it has neither."""
+    for keyword in _MODALITY_LUT_KEYWORDS:
+        if keyword in state:
+            delattr(state, keyword)
+    sequence = source.get("ModalityLUTSequence")
+    linear = _linear_modality_lut(source) if sequence else None
+    if linear is not None:  # the same mapping as a rescale: exact, and no LUT bit depth to get wrong
+        state.RescaleIntercept, state.RescaleSlope = linear
+        state.RescaleType = str(sequence[0].get("ModalityLUTType") or "US")
+    elif sequence:
+        item = Dataset()
+        for keyword in (*_LUT_KEYWORDS, "ModalityLUTType"):
+            if keyword in sequence[0]:
+                item[keyword] = copy.deepcopy(sequence[0][keyword])
+        descriptor = item.get("LUTDescriptor")
+        if descriptor and len(descriptor) == 3 and 8 < int(descriptor[2]) < 16:
+            # 8 or 16 bits an entry (PS3.3 C.11.1.1.1): the same output values, held in 16 bits
+            item.LUTDescriptor = [int(descriptor[0]), int(descriptor[1]), 16]
+        if not item.get("ModalityLUTType"):
+            item.ModalityLUTType = "US"
+        state.ModalityLUTSequence = [item]
+    elif source.get("RescaleSlope") not in (None, "") and source.get("RescaleIntercept") not in (None, ""):
+        state.RescaleIntercept = source.RescaleIntercept
+        state.RescaleSlope = source.RescaleSlope
+        state.RescaleType = str(source.get("RescaleType") or "US")
+
+
+def _first(value):
+    if isinstance(value, MultiValue | list):
+        return value[0] if len(value) else None
+    return value
+
+
+def _softcopy_voi(source: Dataset) -> Dataset | None:
+    """The item of the Softcopy VOI LUT Sequence (PS3.3 C.11.8) that shows the source as a viewer
+    does by default: its first VOI LUT (descriptor, bit depth and data copied as they are) and its
+    first window with its explanation and VOI LUT Function; a presentation state holds one of
+    each. None where the source has neither."""
+    item = Dataset()
+    sequence = source.get("VOILUTSequence")
+    if sequence and all(k in sequence[0] for k in ("LUTDescriptor", "LUTData")):
+        lut = Dataset()
+        for keyword in _LUT_KEYWORDS:
+            if keyword in sequence[0]:
+                lut[keyword] = copy.deepcopy(sequence[0][keyword])
+        item.VOILUTSequence = [_as_8_or_16_bits(lut)]
+    try:
+        centre = float(_first(source.get("WindowCenter")))
+        width = float(_first(source.get("WindowWidth")))
+    except (TypeError, ValueError):
+        centre = width = None
+    if centre is not None and width is not None and width >= 1:
+        item.WindowCenter = centre
+        item.WindowWidth = width
+        explanation = _first(source.get("WindowCenterWidthExplanation"))
+        if explanation:
+            item.WindowCenterWidthExplanation = explanation
+        function = str(source.get("VOILUTFunction") or "").strip().upper()
+        if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            item.VOILUTFunction = function
+    if not len(item) and source.get("ModalityLUTSequence"):
+        # No VOI: a viewer shows the Modality LUT's output range, but a presentation state without
+        # a VOI stretches the range the LUT Descriptor's bit depth claims (16 bits for 10-bit data
+        # in many files: almost one grey). The window the viewer shows is written instead.
+        span = _modality_lut_span(source)
+        if span is not None:
+            item.WindowCenter = (span[0] + span[1] + 1) / 2
+            item.WindowWidth = span[1] - span[0] + 1
+            item.WindowCenterWidthExplanation = "range of the Modality LUT"
+    return item if len(item) else None
+
+
+def _as_8_or_16_bits(lut: Dataset) -> Dataset:
+    """A VOI LUT as a presentation state may hold it (PS3.3 C.11.8: 8 or 16 bits an entry): one of
+    9 to 15 bits (12 is common) becomes 16 bits, each entry scaled by (2**16 - 1) / (2**bits - 1),
+    so the display shows the same grey levels; 8 and 16 bits are copied as they are. (Taking the
+    descriptor to 16 bits without scaling the data renders the image almost black.)"""
+    try:
+        bits = int(lut.LUTDescriptor[2])
+        if not 8 < bits < 16:
+            return lut
+        data = lut.LUTData
+        if isinstance(data, bytes):
+            values = np.frombuffer(data, dtype="<u2").astype(np.int64)
+        else:
+            values = np.asarray(data if isinstance(data, MultiValue | list) else [data], dtype=np.int64)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return lut
+    scaled = np.clip(np.rint(values * ((2**16 - 1) / (2**bits - 1))), 0, 2**16 - 1).astype(np.uint16)
+    out = copy.deepcopy(lut)
+    out.LUTDescriptor = [int(v) for v in lut.LUTDescriptor[:2]] + [16]
+    del out.LUTData
+    out.add_new("LUTData", "OW", scaled.astype("<u2").tobytes())
+    return out
+
+
+def _modality_lut_table(source: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(stored values, outputs) of the source's Modality LUT Sequence (first item); None if it
+    cannot be read. LUT Data as US values or OW words (8-bit entries one or two to a word)."""
+    try:
+        item = source.ModalityLUTSequence[0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor[:3])
+        entries = entries or 65536
+        data = item.LUTData
+        if isinstance(data, bytes):
+            packed = bits <= 8 and len(data) < 2 * entries
+            values = np.frombuffer(data, dtype="u1" if packed else "<u2")
+        else:
+            values = np.asarray(data if isinstance(data, MultiValue | list) else [data])
+        values = values[:entries].astype(np.float64)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if len(values) != entries:
+        return None
+    return np.arange(first, first + entries), values
+
+
+def _linear_modality_lut(source: Dataset) -> tuple[str, str] | None:
+    """(Rescale Intercept, Rescale Slope) equal to the source's Modality LUT Sequence where that
+    LUT is a straight line over every stored value the image can hold (from 0, unsigned)."""
+    table = _modality_lut_table(source)
+    bits = int(source.get("BitsStored") or 16)
+    if table is None or len(table[0]) < 2 or table[0][0] != 0 or len(table[0]) < 2**bits:
+        return None
+    stored, out = table
+    slope = (out[-1] - out[0]) / (stored[-1] - stored[0])
+    if slope == 0 or not np.allclose(out, out[0] + slope * (stored - stored[0]), atol=1e-6):
+        return None
+    return f"{out[0] - slope * stored[0]:g}", f"{slope:g}"
+
+
+def _modality_lut_span(source: Dataset) -> tuple[float, float] | None:
+    """The lowest and highest output of the source's Modality LUT Sequence; None if unreadable."""
+    table = _modality_lut_table(source)
+    return None if table is None else (float(table[1].min()), float(table[1].max()))

@@ -5,7 +5,10 @@ A thread that waits for groups the store says are ready (every image of a study 
 one association is finished, and the association is over) and, for each analysed image in the
 group, builds the Secondary Capture, the SR and (for fracture and doubt) the presentation state
 (:mod:`fracsight.service.dicom_results`) from what the analysis stored: its result, its heat map
-and the pixels the worker kept for the viewer (decoded again only when those are missing). Files
+and the pixels the worker kept for the viewer (decoded again only when those are missing). Each
+object is made and queued on its own: one that cannot be made leaves the image's results
+``failed`` with the reason (``results_error``, shown by the API), the others are still sent, and
+:func:`remake_failed` (``dicom-node --resend``) makes them again after a fix. Files
 are on disk before one transaction marks the group's results made and queues the sends, so a
 stop at any point either repeats the making (same UIDs, same files) or finds it done.
 """
@@ -16,31 +19,38 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from fracsight._version import __version__
-from fracsight.decide import Category
+from fracsight.decide import StudyAnswer
+from fracsight.decide import study_answer as decide_study_answer
 from fracsight.finding import Finding
 from fracsight.model_card import ModelIdentity
-from fracsight.preprocess import Letterbox
 from fracsight.service.dicom_results import (
     Algorithm,
     ResultUIDs,
-    StudyAnswer,
     build_results,
+    failure_reason,
 )
 from fracsight.service.intake import fsync_folder
 from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
 from fracsight.service.settings import DicomSettings
-from fracsight.service.store import CATEGORY_RANK, ImageRecord, Store
+from fracsight.service.store import ImageRecord, Store
 from fracsight.service.worker import display_path, read_display
 
 log = logging.getLogger(__name__)
 RETRY_S = 10.0  # after the disk or the store failed
+
+
+class CannotMake(ValueError):
+    """An image's results cannot be made for a reason of fracsight's own, said in words without
+    patient data."""
 
 
 def utc_now() -> dt.datetime:
@@ -87,7 +97,7 @@ class ResultsStage(QueueLoop):
         study = study_answer(self.store.images_of_study(study_key))
         made: list[str] = []
         none = [i.id for i in waiting if i.status in ("refused", "failed")]
-        failed: list[str] = []
+        failed: dict[str, str] = {}
         sends: list[NewSend] = []
         folders: set[Path] = set()
         when = self.clock()
@@ -95,38 +105,45 @@ class ResultsStage(QueueLoop):
             if record.results != "pending" or record.status != "done":
                 continue
             try:
-                files = self._build(record, number, study, f"{study_key}/{batch}", when)
+                files, reasons = self._build(record, number, study, f"{study_key}/{batch}", when)
             except OSError:
                 raise  # the disk, not the image: the group stays pending and is made again later
             except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the group
-                log.error("results of an image could not be made (%s)", type(exc).__name__)
-                failed.append(record.id)
-                continue
-            made.append(record.id)
+                why = str(exc) if isinstance(exc, CannotMake) else failure_reason(exc)
+                files, reasons = {}, {"all": why}
             for kind, (relative, sop_class, sop_instance) in files.items():
                 folders.add((self.store.data_dir / relative).parent)
                 sends.append(NewSend(record.id, self.destination, kind, relative, sop_class, sop_instance))
+            if reasons:
+                failed[record.id] = "; ".join(f"{kind}: {why}" for kind, why in reasons.items())
+                # The reason only: no image id nor patient data in the log (the store and the API
+                # say which image).
+                log.error("result objects of an image could not be made (%s)", failed[record.id])
+            else:
+                made.append(record.id)
         for folder in folders:
             fsync_folder(folder)
         self.store.record_results(made, none, sends, failed=failed)
-        if made:
-            log.info("results of %d image(s) queued for %s", len(made), self.destination)
+        if sends:
+            images = len({s.image_id for s in sends})
+            log.info("results of %d image(s) queued for %s", images, self.destination)
             if self.on_queued is not None:
                 self.on_queued()
 
     def _build(
         self, record: ImageRecord, number: int, study: StudyAnswer | None, group: str, when: dt.datetime
-    ) -> dict[str, tuple[str, str, str]]:
-        """Write the image's result objects; kind -> (file relative to the data folder, SOP class, UID)."""
+    ) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+        """Write the image's result objects that can be made: (kind -> (file relative to the data
+        folder, SOP class, UID), kind -> why it could not be made)."""
         if record.model_id != self.model.name:
-            raise ValueError(f"analysed by model {record.model_id}, the node runs {self.model.name}")
+            raise CannotMake(f"analysed by model {record.model_id}, the node runs {self.model.name}")
         path = self.store.data_dir / record.file
         try:
             source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             shown = display_path(self.store, record.id)
             pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
         except OSError as exc:  # the image's own files, gone or unreadable: not worth retrying
-            raise ValueError(f"the image could not be read again ({type(exc).__name__})") from exc
+            raise CannotMake(f"the image could not be read again ({type(exc).__name__})") from exc
         finding = _finding(self.store, record, self.analyser.identity)
         objects = build_results(
             source,
@@ -140,36 +157,37 @@ class ResultsStage(QueueLoop):
             sc_max_side=self.settings.sc_max_side,
         )
         out = {}
-        for kind in ("sc", "sr", "gsps"):
-            dataset = getattr(objects, kind)
-            if dataset is None:
-                continue
+        for kind, dataset in objects.made().items():
             relative = Path("results") / record.id[:2] / f"{record.id}-{kind}.dcm"
             _write(dataset, self.store.data_dir / relative)
             out[kind] = (relative.as_posix(), str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
-        return out
+        return out, dict(objects.failures)
+
+
+def remake_failed(store: Store, settings: DicomSettings, make_analyser: Callable[[], Any]) -> int:
+    """Make again, in this process and in one pass, the result objects that could not be made
+    (after a fix: ``dicom-node --resend``); returns how many images were waiting for them. The
+    analyser (the model) is loaded only when some are. A running node's results stage may take
+    some of them: each object is queued once."""
+    due = store.retry_failed_results()
+    if due and settings.forward is not None:
+        ResultsStage(store, make_analyser(), settings).run_once()
+    return due
 
 
 def _finding(store: Store, record: ImageRecord, model: ModelIdentity) -> Finding:
+    """The finding as the analysis recorded it (:meth:`Finding.from_record`), with the model's
+    identity as this node runs it."""
     heat = store.heatmap(record.id)
     if heat is None or not record.result or record.probability is None or record.category is None:
-        raise ValueError("the analysis left no heat map or result")
-    return Finding(
-        probability=float(record.probability),
-        category=Category(record.category),
-        heatmap=heat,
-        letterbox=Letterbox(**record.result["letterbox"]),
-        model=model,
-    )
+        raise CannotMake("the analysis left no heat map or result")
+    kept = Finding.from_record(record.result, heat, int(record.result["letterbox"]["size"]))
+    return replace(kept, model=model)
 
 
 def study_answer(images: list[ImageRecord]) -> StudyAnswer | None:
-    """The most suspicious analysed image of a study (category first, then probability)."""
-    done = [i for i in images if i.status == "done" and i.category in CATEGORY_RANK]
-    if not done:
-        return None
-    worst = min(done, key=lambda i: (CATEGORY_RANK[i.category or ""], -(i.probability or 0.0)))
-    return StudyAnswer(Category(worst.category), float(worst.probability or 0.0), len(done))
+    """The study's answer (:func:`fracsight.decide.study_answer`) over its analysed images."""
+    return decide_study_answer((i.category, i.probability) for i in images if i.status == "done")
 
 
 def _write(dataset: Dataset, target: Path) -> None:

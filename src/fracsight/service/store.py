@@ -33,7 +33,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -116,6 +116,8 @@ class ImageRecord:
     batch: str = ""  # the DICOM association the image arrived in; "" for uploads
     # result objects for the PACS: pending, made, none (refused), failed; None: not wanted
     results: str | None = None
+    # why some result object could not be made (no patient data); None when all were
+    results_error: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The image as ``GET /api/images/{id}`` returns it."""
@@ -145,6 +147,8 @@ class ImageRecord:
             out["error_code"] = (self.result or {}).get("error_code")
         if self.results is not None:
             out["results"] = self.results
+            if self.results_error:
+                out["results_error"] = self.results_error
         return out
 
 
@@ -203,8 +207,13 @@ class Store(Protocol):
     def results_ready(self, idle_s: float) -> list[tuple[str, str]]: ...
     def images_of_batch(self, study_key: str, batch: str) -> list[ImageRecord]: ...
     def record_results(
-        self, made: list[str], none: list[str], sends: list[NewSend], failed: Sequence[str] = ()
+        self,
+        made: list[str],
+        none: list[str],
+        sends: list[NewSend],
+        failed: Mapping[str, str] | Sequence[str] = (),
     ) -> int: ...
+    def retry_failed_results(self) -> int: ...
     # the send queue (fracsight.service.sends.SendQueue)
     def claim_sends(self, limit: int = 16, now: float | None = None) -> list: ...
     def send_succeeded(self, send_id: int, sent_at: str) -> None: ...
@@ -291,7 +300,8 @@ CREATE TABLE IF NOT EXISTS images (
     analysed_at TEXT,
     batch TEXT NOT NULL DEFAULT '',
     results TEXT,
-    results_at TEXT
+    results_at TEXT,
+    results_error TEXT
 );
 CREATE INDEX IF NOT EXISTS images_status ON images (status, received_at);
 CREATE INDEX IF NOT EXISTS images_study ON images (study_key);
@@ -375,9 +385,15 @@ _INFO = [f.name for f in fields(StudyInfo)]
 _COLUMNS = [
     "id", "received_at", "source", "file", "kind", "size_bytes", *_INFO, "status", "attempts",
     "analyses", "error", "probability", "category", "model_id", "result", "analysed_at", "batch", "results",
+    "results_error",
 ]  # fmt: skip
 # Columns added after the first release of the store: an older database gets them at open.
-_ADDED_COLUMNS = {"batch": "TEXT NOT NULL DEFAULT ''", "results": "TEXT", "results_at": "TEXT"}
+_ADDED_COLUMNS = {
+    "batch": "TEXT NOT NULL DEFAULT ''",
+    "results": "TEXT",
+    "results_at": "TEXT",
+    "results_error": "TEXT",  # why result objects could not be made
+}
 
 
 class SqliteStore(SendQueue):
@@ -626,6 +642,7 @@ class SqliteStore(SendQueue):
             analysed_at=row["analysed_at"],
             batch=row["batch"],
             results=row["results"],
+            results_error=row["results_error"],
         )
 
     def get_image(self, image_id: str) -> ImageRecord | None:
@@ -901,25 +918,50 @@ class SqliteStore(SendQueue):
         made: list[str],
         none: list[str],
         sends: list[NewSend],
-        failed: Sequence[str] = (),
+        failed: Mapping[str, str] | Sequence[str] = (),
     ) -> int:
         """In one transaction: the images in ``made`` have their result objects (queued as ``sends``),
-        those in ``none`` get none (refused analysis), those in ``failed`` could not have them made.
-        Only images still ``pending`` change, so a group made twice (a restart between writing the
-        files and this commit) is queued once. Returns how many images changed."""
+        those in ``none`` get none (refused analysis), those in ``failed`` (image id -> reason, no
+        patient data) could not have some or all made: whatever was made for them is in ``sends``
+        too. Only images still ``pending`` change, so a group made twice (a restart between writing
+        the files and this commit) is queued once; an object already queued for its destination
+        (made again after a failure) is not queued twice. Returns how many images changed."""
         stamp = now()
-        ids = [*made, *none, *failed]
+        reasons = dict(failed) if isinstance(failed, Mapping) else dict.fromkeys(failed, "")
+        ids = [*made, *none, *reasons]
         marks = ", ".join("?" * len(ids))
         with self._transaction() as db:
             query = f"SELECT id FROM images WHERE results = 'pending' AND id IN ({marks})"
             pending = {r["id"] for r in db.execute(query, ids)}
-            for chosen, state in ((made, "made"), (none, "none"), (failed, "failed")):
+            for chosen, state in ((made, "made"), (none, "none")):
                 db.executemany(
-                    "UPDATE images SET results = ?, results_at = ? WHERE id = ?",
+                    "UPDATE images SET results = ?, results_at = ?, results_error = NULL WHERE id = ?",
                     [(state, stamp, i) for i in chosen if i in pending],
                 )
-            insert_sends(db, [s for s in sends if s.image_id in pending], stamp)
+            db.executemany(
+                "UPDATE images SET results = 'failed', results_at = ?, results_error = ? WHERE id = ?",
+                [(stamp, reason[:500] or "unknown", i) for i, reason in reasons.items() if i in pending],
+            )
+            queued = {
+                (r["image_id"], r["destination"], r["sop_instance_uid"])
+                for r in db.execute(
+                    f"SELECT image_id, destination, sop_instance_uid FROM sends WHERE image_id IN ({marks})",
+                    ids,
+                )
+            }
+            insert_sends(
+                db,
+                [s for s in sends
+                 if s.image_id in pending and (s.image_id, s.destination, s.sop_instance_uid) not in queued],
+                stamp,
+            )  # fmt: skip
         return len(pending)
+
+    def retry_failed_results(self) -> int:
+        """Images whose result objects could not be made wait for them again (after a fix): the
+        results stage makes them at its next pass. Returns how many."""
+        with self._transaction() as db:
+            return db.execute("UPDATE images SET results = 'pending' WHERE results = 'failed'").rowcount
 
 
 _STEPS = {

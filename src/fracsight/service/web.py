@@ -270,8 +270,10 @@ def create_app(
 
     @app.post("/api/sends/resend")
     def resend(_: Administrator) -> dict[str, Any]:
-        """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now."""
-        return {"due_now": store.resend_undelivered(), "sends": store.send_counts()}
+        """Results for the PACS not delivered yet (retrying, or refused by it) are sent again now, and
+        those that could not be made are made again (by the running results stage)."""
+        remade = store.retry_failed_results()
+        return {"due_now": store.resend_undelivered(), "remade": remade, "sends": store.send_counts()}
 
     @app.get("/api/worklist")
     def worklist(query: Annotated[WorklistQuery, Depends(worklist_query)]) -> Response:
