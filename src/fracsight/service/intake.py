@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fracsight.io.durable import fsync_folder
 from fracsight.io.formats import HEAD_BYTES, describe_unknown, detect_format
 from fracsight.io.radiograph import UnreadableImage
 from fracsight.io.safe_text import is_uid
@@ -187,15 +188,6 @@ def _keep(
         target.unlink(missing_ok=True)  # not recorded: not kept (the sender is told it failed)
         raise
     return Received(record)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a file's new name in ``folder`` durable (a rename is on disk only once its folder is)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _TAGS = {

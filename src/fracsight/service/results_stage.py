@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from fracsight._version import __version__
 from fracsight.decide import Category
 from fracsight.finding import Finding
+from fracsight.io.durable import fsync_folder
 from fracsight.model_card import ModelIdentity
 from fracsight.preprocess import Letterbox
 from fracsight.service.dicom_results import (
@@ -32,7 +33,6 @@ from fracsight.service.dicom_results import (
     StudyAnswer,
     build_results,
 )
-from fracsight.service.intake import fsync_folder
 from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
 from fracsight.service.settings import DicomSettings
