@@ -23,6 +23,7 @@ from typing import Any
 
 from fracsight._version import __version__
 from fracsight.finding import ROW_COLUMNS, ROW_DETAIL_COLUMNS, record_row
+from fracsight.io.durable import fsync_folder
 
 __all__ = ["COLUMNS", "ResultsFolder", "display_path", "row_of", "schema"]
 
@@ -139,14 +140,5 @@ class ResultsFolder:
             temporary.unlink(missing_ok=True)
             raise
         self.written |= seen  # in the folder now, even if making the rename durable fails below
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
         return len(fresh)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a new name in ``folder`` durable (a rename is on disk only once its folder is)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fracsight.cli.options import (
     a_folder_to_write,
@@ -60,6 +60,30 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="go on when some cases are images the model was trained on (its card records them by "
         "content hash); every figure is then labelled as including them: not a test",
     )
+
+
+def load_data_arguments(
+    args: argparse.Namespace, command: str, model: str | None, **options: Any
+) -> LoadedCases:
+    """The cases that :func:`add_data_arguments`' options name, ``model`` run on a dataset (or the
+    model behind --predictions); says how many of them the model was trained on. ``options`` go to
+    :func:`~fracsight.evaluation.sources.load_cases` as they are."""
+    from fracsight.evaluation.sources import load_cases
+
+    loaded = load_cases(
+        dataset=args.dataset,
+        predictions=args.predictions,
+        labels=args.labels,
+        model=model,
+        split_file=args.split_file,
+        split=args.split,
+        allow_missing=args.allow_missing,
+        progress=not args.no_progress,
+        include_training_images=args.include_training_images,
+        **options,
+    )
+    say_training_images(command, loaded)
+    return loaded
 
 
 def say_training_images(command: str, loaded: LoadedCases) -> None:
@@ -123,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
     from fracsight.evaluation.expert_boxes import box_results
     from fracsight.evaluation.model_run import FindingPictures
     from fracsight.evaluation.report import write_report
-    from fracsight.evaluation.sources import load_cases
     from fracsight.model_card import ModelCard
 
     settings = EvaluationSettings(
@@ -137,19 +160,7 @@ def run(args: argparse.Namespace) -> int:
             f"argument --gallery-point: {args.gallery_point!r} is not an operating point of this "
             f"evaluation; choose from {', '.join(map(repr, names))}"
         )
-    loaded = load_cases(
-        dataset=args.dataset,
-        predictions=args.predictions,
-        labels=args.labels,
-        model=args.model,
-        split_file=args.split_file,
-        split=args.split,
-        group_columns=args.by,
-        allow_missing=args.allow_missing,
-        progress=not args.no_progress,
-        include_training_images=args.include_training_images,
-    )
-    say_training_images("evaluate", loaded)
+    loaded = load_data_arguments(args, "evaluate", args.model, group_columns=args.by)
     evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
     evaluation.training = loaded.training

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fracsight.cli.evaluate import add_data_arguments, say_training_images
+from fracsight.cli.evaluate import add_data_arguments, load_data_arguments
 from fracsight.cli.options import a_date, a_new_model, a_number
 
 if TYPE_CHECKING:
@@ -65,25 +65,12 @@ def check_out(args: argparse.Namespace, model: str) -> None:
 
 def site_cases(args: argparse.Namespace, command: str) -> tuple[str, ModelCard, LoadedCases]:
     """(model path, its card, the site's labelled cases) for the commands that adapt a model copy."""
-    from fracsight.evaluation.sources import load_cases
     from fracsight.model_card import DEFAULT_MODEL, ModelCard
 
     model = args.model or str(DEFAULT_MODEL)  # the model to copy: the one named, else the shipped one
     check_out(args, model)
     card = ModelCard.for_model(model)
-    loaded = load_cases(
-        dataset=args.dataset,
-        predictions=args.predictions,
-        labels=args.labels,
-        model=model,
-        split_file=args.split_file,
-        split=args.split,
-        allow_missing=args.allow_missing,
-        progress=not args.no_progress,
-        include_training_images=args.include_training_images,
-    )
-    say_training_images(command, loaded)
-    return model, card, loaded
+    return model, card, load_data_arguments(args, command, model)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -155,21 +155,13 @@ def choose_thresholds(
             fracture,
         )
         doubt = fracture
+
+    def chosen(name: OperatingPointName, metric: str, target: float, threshold: float) -> ChosenThreshold:
+        return ChosenThreshold(name, metric, target, threshold, binary_rates(s, y, threshold, None, level))
+
     return ThresholdChoice(
-        doubt=ChosenThreshold(
-            OperatingPointName.DOUBT,
-            "sensitivity",
-            target_sensitivity,
-            doubt,
-            binary_rates(s, y, doubt, None, level),
-        ),
-        fracture=ChosenThreshold(
-            OperatingPointName.FRACTURE,
-            "specificity",
-            target_specificity,
-            fracture,
-            binary_rates(s, y, fracture, None, level),
-        ),
+        doubt=chosen(OperatingPointName.DOUBT, "sensitivity", target_sensitivity, doubt),
+        fracture=chosen(OperatingPointName.FRACTURE, "specificity", target_specificity, fracture),
         n=int(y.size),
         n_positive=int(y.sum()),
         collapsed=collapsed,

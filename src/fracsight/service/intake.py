@@ -25,11 +25,13 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from fracsight.io.durable import fsync_folder
 from fracsight.io.formats import HEAD_BYTES, describe_unknown, detect_format
 from fracsight.io.radiograph import UnreadableImage
 from fracsight.io.safe_text import is_uid
@@ -76,19 +78,17 @@ def new_image_id() -> str:
 
 def receive_stream(store: Store, chunks: Iterable[bytes], max_bytes: int, source: str = "upload") -> Received:
     """Store an upload arriving in ``chunks``: refused when over ``max_bytes`` or of another type."""
-    incoming = store.data_dir / "incoming"
-    incoming.mkdir(exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=incoming, prefix="upload-")
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise UploadRefused(413, f"upload is larger than the limit of {max_bytes} bytes")
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
+
+    def write(fh: BinaryIO) -> int:
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadRefused(413, f"upload is larger than the limit of {max_bytes} bytes")
+            fh.write(chunk)
+        return size
+
+    def keep(temp: Path, size: int) -> Received:
         if size == 0:
             raise UploadRefused(400, "upload is empty")
         with open(temp, "rb") as fh:
@@ -96,10 +96,9 @@ def receive_stream(store: Store, chunks: Iterable[bytes], max_bytes: int, source
         kind = detect_format(head, size)
         if kind is None:
             raise UploadRefused(415, f"{describe_unknown(head)}; accepted: {ACCEPTED}")
-        return _keep(store, Path(temp), kind.value, size, source)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        return _keep(store, temp, kind.value, size, source)
+
+    return _receive(store, "upload-", write, keep)
 
 
 def receive_dicom(
@@ -124,22 +123,20 @@ def receive_dicom(
     existing = store.find_instance(info.sop_instance_uid)
     if existing is not None:
         return Received(existing, duplicate=True)
-    incoming = store.data_dir / "incoming"
-    incoming.mkdir(exist_ok=True)
-    free = shutil.disk_usage(incoming).free
+    free = shutil.disk_usage(_incoming(store)).free
     if free < len(data) + min_free_bytes:
         raise OutOfSpace(len(data) + min_free_bytes, free)
-    fd, temp = tempfile.mkstemp(dir=incoming, prefix="dicom-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+
+    def write(fh: BinaryIO) -> int:
+        fh.write(data)
+        return len(data)
+
+    def keep(temp: Path, size: int) -> Received:
         return _keep(
             store,
-            Path(temp),
+            temp,
             "dicom",
-            len(data),
+            size,
             "dicom",
             info=info,
             image_id=image_id,
@@ -147,6 +144,32 @@ def receive_dicom(
             wants_results=wants_results,
             unique_instance=True,
         )
+
+    return _receive(store, "dicom-", write, keep)
+
+
+def _incoming(store: Store) -> Path:
+    """The store's folder for files still arriving (on the same disk as where they are kept)."""
+    incoming = store.data_dir / "incoming"
+    incoming.mkdir(exist_ok=True)
+    return incoming
+
+
+def _receive(
+    store: Store,
+    prefix: str,
+    write: Callable[[BinaryIO], int],
+    keep: Callable[[Path, int], Received],
+) -> Received:
+    """Write an arriving file into the incoming folder (``write`` returns its size), make it durable,
+    then hand it to ``keep``; the file is removed if anything fails before it is kept and recorded."""
+    fd, temp = tempfile.mkstemp(dir=_incoming(store), prefix=prefix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            size = write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return keep(Path(temp), size)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -187,15 +210,6 @@ def _keep(
         target.unlink(missing_ok=True)  # not recorded: not kept (the sender is told it failed)
         raise
     return Received(record)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a file's new name in ``folder`` durable (a rename is on disk only once its folder is)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _TAGS = {

@@ -30,6 +30,7 @@ from fracsight._version import __version__
 from fracsight.decide import StudyAnswer
 from fracsight.decide import study_answer as decide_study_answer
 from fracsight.finding import Finding
+from fracsight.io.durable import fsync_folder
 from fracsight.model_card import ModelIdentity
 from fracsight.service.dicom_results import (
     Algorithm,
@@ -37,7 +38,6 @@ from fracsight.service.dicom_results import (
     build_results,
     failure_reason,
 )
-from fracsight.service.intake import fsync_folder
 from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
 from fracsight.service.settings import DicomSettings

@@ -43,6 +43,7 @@ import numpy as np
 
 from fracsight.decide import CATEGORIES, Category
 from fracsight.service.auth import owner_only
+from fracsight.service.connections import close_thread_connection, thread_connection
 from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
 MAX_ATTEMPTS = 3
@@ -448,15 +449,7 @@ class SqliteStore(SendQueue):
     # -- connections -----------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
-            db.execute("PRAGMA foreign_keys=ON")
-            self._local.db = db
-        return db
+        return thread_connection(self._local, self.path, foreign_keys=True)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -470,10 +463,7 @@ class SqliteStore(SendQueue):
         db.execute("COMMIT")
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        close_thread_connection(self._local)
 
     # -- the queue -----------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from fracsight.service.connections import close_thread_connection, thread_connection
+
 ADMIN = "admin"
 READER = "reader"
 ROLES = (ADMIN, READER)
@@ -106,20 +108,10 @@ class UserDirectory:
         return cls(Path(data_dir) / "fracsight.db")
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a revocation is on disk when it returns
-            self._local.db = db
-        return db
+        return thread_connection(self._local, self.path)
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        close_thread_connection(self._local)
 
     def add(self, name: str, role: str) -> tuple[User, str]:
         """Make an account; returns it and its token (the only time the token exists in clear)."""
