@@ -42,6 +42,29 @@ Source = str | os.PathLike | bytes | Radiograph | Any
 # 3000 x 3000 JPEG 2000 study inside the half-second budget.
 DECODE_SIDE = 1024
 
+# Which copy of a model runs: "float32" the model file itself, "int8" its 8-bit copy NAME.int8.onnx
+# (``fracsight quantise``). float32 stays the default until an 8-bit model meets the acceptance in
+# training/README.md ("8-bit model"); the other is always there for research and comparison.
+PRECISIONS = ("float32", "int8")
+DEFAULT_PRECISION = "float32"
+
+
+def model_for_precision(model_path: str | Path | None, precision: str | None = None) -> Path:
+    """The ONNX file that runs ``model_path`` (default: the shipped model) at ``precision``."""
+    path = Path(model_path) if model_path else DEFAULT_MODEL
+    precision = precision or DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not path.name.endswith(".int8.onnx"):
+        quantised = path.with_name(path.name.removesuffix(".onnx") + ".int8.onnx")
+        if not quantised.exists():
+            raise FileNotFoundError(
+                f"{quantised}: no 8-bit copy of this model (make one with fracsight quantise, "
+                "or use precision float32)"
+            )
+        return quantised
+    return path
+
 
 @dataclass
 class Prepared:
@@ -166,6 +189,9 @@ def _dataset_bytes(dataset: Any, name: str | None) -> bytes:
 class Analyser:
     """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package.
 
+    ``precision`` picks the model file (:func:`model_for_precision`): "int8" runs NAME.int8.onnx
+    with its own card.
+
     ``batch_size`` is how many inputs are decoded ahead of the model (each holds its pixels).
     """
 
@@ -176,10 +202,11 @@ class Analyser:
         batch_size: int = 8,
         decode_side: int | None = DECODE_SIDE,
         decoders: DecoderPool | None = None,
+        precision: str | None = None,
     ):
         import onnxruntime as ort
 
-        path = Path(model_path) if model_path else DEFAULT_MODEL
+        path = model_for_precision(model_path, precision)
         if not path.exists():
             raise FileNotFoundError(f"{path}: model not found")
         self.model_path = path

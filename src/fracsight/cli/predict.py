@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"images decoded ahead of the model, 1 to {MAX_BATCH_SIZE} (default 8); {_BATCH_MEMORY}",
     )
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        help="float32: the model itself; int8: its 8-bit copy NAME.int8.onnx (fracsight quantise) "
+        "(default: float32, see training/README.md, 8-bit model)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -178,7 +184,9 @@ def _run(args: argparse.Namespace, guard: SignalGuard) -> int:
         raise ValueError("no input files found in " + ", ".join(args.paths))
     _refuse_output_among_inputs(args.output, files)
     # Model and heat-map folder first: a bad --model must not leave an earlier results file empty.
-    analyser = Analyser(args.model, threads=args.threads, batch_size=args.batch_size)
+    analyser = Analyser(
+        args.model, threads=args.threads, batch_size=args.batch_size, precision=args.precision
+    )
     try:
         heat_dir = _heat_dir(args.heatmaps)
         writer = RowWriter(args.output, args.json)
