@@ -40,8 +40,12 @@ __all__ = [
     "write_int8_card",
 ]
 
-# Name fragments of the nodes kept in float (plus the graph's first convolution, found by order).
-KEEP_FLOAT = ("/cam/", "/fine_cam/", "/_conv_head/", "/region/")
+# Name fragments of the nodes kept in float: the heat-map layers and their sum (/model/Add), the
+# last 1x1 convolution and its activation (the features the CAM and the region head read), the
+# region head. Also kept: the graph's first convolution (found by order) and every node outside
+# the network (/model/), the mirror pass's averaging: an 8-bit average of the heat maps would round
+# every cell to a step of 1/256 of the map's range and move its peak.
+KEEP_FLOAT = ("/cam/", "/fine_cam/", "/_conv_head/", "/model/act_1/", "/model/Add", "/region/")
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -89,7 +93,11 @@ class _Images:
 
 def float_nodes(model: Any, recipe: QuantiseRecipe) -> list[str]:
     """Names of the nodes of ``model`` (an onnx ModelProto) that the recipe keeps in float."""
-    names = [n.name for n in model.graph.node if any(part in n.name for part in recipe.keep_float)]
+    names = [
+        n.name
+        for n in model.graph.node
+        if any(part in n.name for part in recipe.keep_float) or not n.name.startswith("/model/")
+    ]
     if recipe.keep_first_conv:
         first = next((n.name for n in model.graph.node if n.op_type == "Conv"), None)
         if first is not None and first not in names:
@@ -136,7 +144,32 @@ def quantise_model(
             "CalibMaxIntermediateOutputs": 16,  # bounded memory: ranges are merged every 16 images
         },
     )
+    _drop_unused_initializers(out)
     return out
+
+
+def _drop_unused_initializers(path: Path) -> None:
+    """Remove the constants quantisation left unused (the Clip bounds it folded into the ranges):
+    ONNX Runtime would warn about each one every time the model loads."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    used: set[str] = set()
+
+    def visit(graph: Any) -> None:
+        for node in graph.node:
+            used.update(node.input)
+            for attribute in node.attribute:
+                for sub in [attribute.g, *attribute.graphs]:
+                    visit(sub)
+        used.update(o.name for o in graph.output)
+
+    visit(proto.graph)
+    keep = [i for i in proto.graph.initializer if i.name in used]
+    if len(keep) < len(proto.graph.initializer):
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+        onnx.save(proto, str(path))
 
 
 def session(model: str | Path, threads: int | None = None) -> Any:
@@ -267,7 +300,7 @@ def write_int8_card(
     int8_model: str | Path,
     recipe: QuantiseRecipe,
     calibration: str,
-    agreement: Agreement,
+    agreement: Agreement | None,
     agreement_on: str,
     speed: dict[str, Any] | None,
     samples: Agreement | None = None,
@@ -284,7 +317,7 @@ def write_int8_card(
         "int8_model": {"file": int8_model.name, "sha256": _sha256(int8_model)},
         "recipe": recipe.record(),
         "calibration": calibration,
-        "agreement": {"images": agreement_on, **agreement.record()},
+        "agreement": None if agreement is None else {"images": agreement_on, **agreement.record()},
         "bundled_samples": None if samples is None else samples.record(),
         "speed_model_alone": speed,
         "thresholds": "the float model's operating points, kept: see agreement.same_category",
@@ -365,4 +398,38 @@ def quantise_and_describe(
         agreement,
         f"split {evaluate_split!r} of {Path(split_file).name}",
         speed,
+    )
+
+
+def quantise_after_export(
+    onnx_path: Path,
+    dev_images: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    n_calibration: int = 300,
+    seed: int = 0,
+) -> Path:
+    """``fracsight train``'s last step: the 8-bit copy of the model it exported, calibrated on
+    development images and compared on the held-out ones (uint8 letterboxed arrays, as training
+    holds them). Without a test split the comparison uses development images not calibrated on."""
+
+    def model_input(images: np.ndarray) -> np.ndarray:
+        return np.asarray(images, dtype=np.float32) * (2.0 / 255.0) - 1.0
+
+    order = np.random.default_rng(seed).permutation(len(dev_images))
+    calibration = model_input(dev_images[np.sort(order[:n_calibration])])
+    if len(test_images):
+        images, labels, where = model_input(test_images), np.asarray(test_labels), "the held-out test split"
+    else:
+        rest = np.sort(order[n_calibration:][:500])
+        images, labels, where = model_input(dev_images[rest]), None, "development images not calibrated on"
+    out = int8_path(onnx_path)
+    recipe = QuantiseRecipe()
+    quantise_model(onnx_path, out, calibration, recipe)
+    agreement = compare_models(onnx_path, out, images, labels) if len(images) else None
+    timed = (images if len(images) else calibration)[:20]
+    float_ms, int8_ms = time_models([onnx_path, out], timed, rounds=3)
+    speed = {"float32": float_ms, "int8": int8_ms, "threads": os.cpu_count(), "how": "as fracsight quantise"}
+    return write_int8_card(
+        onnx_path, out, recipe, f"{len(calibration)} development images", agreement, where, speed
     )
