@@ -6,14 +6,16 @@ The command runs on the real shipped model with a tiny calibration set made of t
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fracsight.inference import DEFAULT_PRECISION, Analyser, model_for_precision
-from fracsight.model_card import DEFAULT_MODEL, ModelCard
+from fracsight.model_card import DEFAULT_MODEL, ModelCard, card_path
 
 pytest.importorskip("onnx")  # the train extra: the quantise step needs it, inference does not
 
@@ -61,10 +63,13 @@ def test_quantise_command_writes_a_model_and_its_card(
     from fracsight.cli import main
 
     manifest, split = _tiny_data(tmp_path, samples_dir, sample_labels)
+    model = tmp_path / "default.onnx"  # a site's copy: the 8-bit model is written beside it
+    shutil.copyfile(DEFAULT_MODEL, model)
+    shutil.copyfile(card_path(DEFAULT_MODEL), card_path(model))
     out = tmp_path / "default.int8.onnx"
     code = main(
-        ["quantise", str(DEFAULT_MODEL), "--data", str(manifest), "--split-file", str(split),
-         "--calibration-images", "3", "--timing-images", "1", "--out", str(out)]
+        ["quantise", str(model), "--data", str(manifest), "--split-file", str(split),
+         "--calibration-images", "3", "--timing-images", "1"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert out.is_file() and out.stat().st_size < DEFAULT_MODEL.stat().st_size
@@ -96,6 +101,14 @@ def test_quantise_command_writes_a_model_and_its_card(
         analyser.close()
     assert all(0.0 <= r.probability <= 1.0 for r in results)
     assert results[0].model.model_id == card.model_id
+    # predict --precision int8 finds it beside the model and says which model answered.
+    capsys.readouterr()
+    csv_out = tmp_path / "out.csv"
+    image = str(samples_dir / "IMG0000001.jpg")
+    assert main(["predict", image, "--model", str(model), "--precision", "int8", "--output", str(csv_out),
+                 "--no-progress"]) == 0  # fmt: skip
+    with open(csv_out, newline="", encoding="utf-8") as fh:
+        assert next(csv.DictReader(fh))["model_id"] == card.model_id
 
 
 def test_quantise_refuses_calibrating_on_the_test_split(

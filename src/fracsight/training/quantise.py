@@ -326,7 +326,8 @@ def prepared_split(
     drawn at random with ``seed`` when given), decoded and preprocessed as inference does."""
     from fracsight.data.ids import case_id
     from fracsight.data.split_file import read_split_file
-    from fracsight.inference import Preparer
+    from fracsight.io import RefusedInput, read_radiograph
+    from fracsight.preprocess import prepare
     from fracsight.training.examples import load_examples
 
     splits = read_split_file(split_file)
@@ -336,16 +337,14 @@ def prepared_split(
     if n is not None and n < len(chosen):
         picks = np.random.default_rng(seed).choice(len(chosen), n, replace=False)
         chosen = [chosen[i] for i in sorted(picks)]
-    preparer = Preparer(size)
     images, labels = [], []
-    try:
-        for example in chosen:
-            item = preparer.prepare(example.path)
-            if item.refusal is None:  # refused inputs never reach a model: leave them out here too
-                images.append(item.image)
-                labels.append(example.label)
-    finally:
-        preparer.close()
+    for example in chosen:
+        try:  # decoded in this process: these are the site's own development files
+            image, _ = prepare(read_radiograph(example.path).pixels, size)
+        except (RefusedInput, OSError, ValueError):  # inference refuses these too: leave them out
+            continue
+        images.append(image)
+        labels.append(example.label)
     if not images:
         raise ValueError(f"no image of split {split!r} could be prepared")
     return np.stack(images), np.asarray(labels, int)
