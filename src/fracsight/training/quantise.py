@@ -1,11 +1,13 @@
 """An 8-bit copy of an exported model that answers like the float one, with its own card.
 
 Why: on a CPU with AVX-512 VNNI, 8-bit integer convolutions run the model alone about twice as
-fast as float32. A plain quantisation of everything moves the heat-map peak for half the images,
-because the image logit is the mean of the top heat-map cells: the layers that make the heat map
-and read the features (the CAM convolutions, the last 1x1 convolution, the region head) and the
-first convolution (it sees the raw image) stay in float; the rest of the trunk is 8-bit, with
-per-channel weights and activation ranges calibrated on development images only.
+fast as float32. The image logit is the mean of the top heat-map cells, so the layers that make
+the heat map and read the features (the CAM convolutions and their sum, the last 1x1 convolution
+and its activation, the region head), the first convolution (it sees the raw image) and the
+mirror pass's averaging stay in float; the rest of the trunk is 8-bit, with per-channel weights
+and activation ranges calibrated on development images only. Whether the copy answers like the
+float model is measured, never assumed: on the shipped model 3.0 it does not yet (same heat-map
+peak cell for 56% of test images; training/README.md, "8-bit model"), so float32 stays the default.
 
 The quantised model is ``NAME.int8.onnx`` beside ``NAME.onnx``; its card ``NAME.int8.card.json``
 is the float card with a ``quantisation`` entry: both models (id and SHA-256), the recipe, the
@@ -31,10 +33,13 @@ from fracsight.model_card import ModelCard, card_path
 
 __all__ = [
     "KEEP_FLOAT",
-    "QuantiseRecipe",
     "Agreement",
+    "QuantiseRecipe",
     "compare_models",
     "int8_path",
+    "prepared_split",
+    "quantise_after_export",
+    "quantise_and_describe",
     "quantise_model",
     "time_models",
     "write_int8_card",
@@ -43,8 +48,8 @@ __all__ = [
 # Name fragments of the nodes kept in float: the heat-map layers and their sum (/model/Add), the
 # last 1x1 convolution and its activation (the features the CAM and the region head read), the
 # region head. Also kept: the graph's first convolution (found by order) and every node outside
-# the network (/model/), the mirror pass's averaging: an 8-bit average of the heat maps would round
-# every cell to a step of 1/256 of the map's range and move its peak.
+# the network (/model/, as fracsight.training.export names it), the mirror pass's averaging: an
+# 8-bit average of the heat maps would round every cell to 1/256 of the map's range.
 KEEP_FLOAT = ("/cam/", "/fine_cam/", "/_conv_head/", "/model/act_1/", "/model/Add", "/region/")
 METHODS = ("minmax", "percentile", "entropy")
 
