@@ -1,6 +1,11 @@
-"""Speed of `fracsight predict` stages on this machine's CPU; prints a table.
+"""Speed of `fracsight predict` stages on this machine's CPU, float32 and 8-bit side by side; prints a table.
 
-    python benchmarks/predict_speed.py [--model M.onnx] [--repeats 5]
+    python benchmarks/predict_speed.py [--model M.onnx] [--precision both|float32|int8] [--repeats 5]
+
+Every stage runs for each model in the same rounds, alternating (the order reversed every other
+round), and the table gives each model's median: on a shared machine whose load changes minute
+to minute only figures measured this way can be compared. The 8-bit model is NAME.int8.onnx
+beside the float one (``fracsight quantise``); without it only float32 is measured.
 
 Stages: decode (in a decoder worker process, as predict reads: Analyser.read), the same decode
 in this process (read_radiograph: the difference is what the crash isolation costs), preprocess
@@ -38,26 +43,23 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def batched_ms(analyser, paths: list[Path], repeats: int, png: Path) -> float:
-    """Per-image ms of `predict --heatmaps` over ``paths`` as one batch: decode, model, overlay PNG."""
+def batched_run(analyser, paths: list[Path], png: Path) -> None:
+    """`predict --heatmaps` over ``paths`` as one batch: decode, model, overlay PNG."""
     from fracsight.explain import overlay_image
 
-    def run() -> None:
-        for f, r in analyser.iter_outcomes(paths):
-            overlay_image(r.pixels, f).save(png, compress_level=1)
-
-    return median_ms(run, max(1, repeats // 2)) / len(paths)
+    for f, r in analyser.iter_outcomes(paths):
+        overlay_image(r.pixels, f).save(png, compress_level=1)
 
 
-def cli_ms(source: Path, n: int, repeats: int, folder: Path) -> float:
-    """Per-image ms of the `fracsight predict --heatmaps` command on ``n`` copies of ``source``, start-up
-    (model load, decoder processes) included: what a user waits for, rows flushed one by one."""
+def cli_run(source: Path, n: int, folder: Path, precision: str, model: str | None):
+    """The `fracsight predict --heatmaps --precision P` command on ``n`` copies of ``source``, as a
+    callable to time; start-up (model load, decoder processes) included: what a user waits for."""
     import shutil
     import subprocess
     import sys
 
     inputs = folder / "inputs"
-    inputs.mkdir()
+    inputs.mkdir(parents=True)
     for i in range(n):
         shutil.copyfile(source, inputs / f"{i:04d}{source.suffix}")
     env = {
@@ -65,11 +67,13 @@ def cli_ms(source: Path, n: int, repeats: int, folder: Path) -> float:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", "fracsight", "predict", str(inputs), "--heatmaps", str(folder / "heat")]
+    command += ["--precision", precision, "--output", str(folder / "out.csv"), "--no-progress"]
+    command += ["--model", model] if model else []
 
     def run() -> None:
-        subprocess.run([*command, "--output", str(folder / "out.csv"), "--no-progress"], check=True, env=env)
+        subprocess.run(command, check=True, env=env)
 
-    return median_ms(run, max(1, repeats // 2)) / n
+    return run
 
 
 def _make_big_dicom(folder: Path) -> Path:
@@ -122,91 +126,130 @@ def _as_jpeg2000(path: Path) -> Path:
     return out
 
 
+def side_by_side_ms(fns: list, repeats: int) -> list[float]:
+    """Median ms of each of ``fns`` (one per model), measured alternately in the same rounds, the
+    order reversed every other round, so a shared machine's changing load hits every model alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model")
+    parser.add_argument("--model", help="float model (default: the shipped one)")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "int8", "both"),
+        default="both",
+        help="both (default): float32 and its 8-bit copy NAME.int8.onnx side by side, when it exists",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-typical", type=int, default=500, help="images for the end-to-end batch runs")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `predict` command runs")
     parser.add_argument("--train", action="store_true", help="also measure CPU training images/s")
     args = parser.parse_args()
 
     from fracsight.explain import overlay_image
-    from fracsight.inference import Analyser
+    from fracsight.inference import Analyser, model_for_precision
     from fracsight.io import read_radiograph
     from fracsight.preprocess import prepare
 
-    analyser = Analyser(args.model)
+    precisions = ["float32", "int8"] if args.precision == "both" else [args.precision]
+    if args.precision == "both":
+        try:
+            model_for_precision(args.model, "int8")
+        except FileNotFoundError as exc:
+            print(f"# {exc}: float32 only")
+            precisions = ["float32"]
+    analysers = [Analyser(args.model, precision=p) for p in precisions]
+    first = analysers[0]
     typical = SAMPLES / "IMG0001739.jpg"  # 373 x 454, the most common FracAtlas size
-    rows: list[tuple[str, str, float]] = []
+    rows: list[tuple[str, str, list[float]]] = []
+
+    def each(label: str, stage: str, make) -> None:
+        """One stage for every model, side by side; ``make(analyser)`` gives the callable to time."""
+        rows.append((label, stage, side_by_side_ms([make(a) for a in analysers], args.repeats)))
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         big = _make_big_dicom(tmp_path)
         j2k = _as_jpeg2000(big)
         inputs = (("typical JPEG", typical), ("3000x3000 DICOM", big), ("3000x3000 J2K DICOM", j2k))
         for label, path in inputs:
-            rg = analyser.read(path)  # as predict reads it
-            image, box = prepare(rg.pixels, analyser.size)
-            finding = analyser.analyse(rg)
+            rg = first.read(path)  # as predict reads it
+            image, box = prepare(rg.pixels, first.size)
+            findings = [a.analyse(rg) for a in analysers]
             if rg.metadata.get("decoded_at_scale", 1.0) != 1.0:
-                full = median_ms(lambda p=path: read_radiograph(p), args.repeats)
-                rows.append((label, "decode, full resolution", full))
-            rows.append((label, "decode", median_ms(lambda p=path: analyser.read(p), args.repeats)))
-            in_process = median_ms(
-                lambda p=path: read_radiograph(p, needed_side=analyser.decode_side), args.repeats
+                each(label, "decode, full resolution", lambda a, p=path: lambda: read_radiograph(p))
+            each(label, "decode", lambda a, p=path: lambda: a.read(p))
+            each(
+                label,
+                "decode in this process (no isolation)",
+                lambda a, p=path: lambda: read_radiograph(p, needed_side=a.decode_side),
             )
-            rows.append((label, "decode in this process (no isolation)", in_process))
-            rows.append(
-                (label, "preprocess", median_ms(lambda r=rg: prepare(r.pixels, analyser.size), args.repeats))
-            )
-            rows.append(
-                (
-                    label,
-                    "model, batch 1",
-                    median_ms(lambda i=image: analyser.run_model(i[None]), args.repeats),
-                )
-            )
+            each(label, "preprocess", lambda a, r=rg: lambda: prepare(r.pixels, a.size))
+            each(label, "model, batch 1", lambda a, i=image: lambda: a.run_model(i[None]))
             batch = np.repeat(image[None], 8, axis=0)
-            rows.append(
-                (
-                    label,
-                    "model, batch 8 (per image)",
-                    median_ms(lambda b=batch: analyser.run_model(b), args.repeats) / 8,
-                )
-            )
+            per_8 = side_by_side_ms([lambda a=a, b=batch: a.run_model(b) for a in analysers], args.repeats)
+            rows.append((label, "model, batch 8 (per image)", [ms / 8 for ms in per_8]))
             out = tmp_path / "o.png"
-            rows.append(
-                (
-                    label,
-                    "heat-map overlay PNG",
-                    median_ms(
-                        lambda r=rg, f=finding, o=out: overlay_image(r.pixels, f).save(o, compress_level=1),
-                        args.repeats,
-                    ),
-                )
+            overlays = side_by_side_ms(
+                [
+                    lambda r=rg, f=f, o=out: overlay_image(r.pixels, f).save(o, compress_level=1)
+                    for f in findings
+                ],
+                args.repeats,
             )
+            rows.append((label, "heat-map overlay PNG", overlays))
 
-            def end_to_end(p=path, n=1, o=out):
-                for f, r in analyser.iter_outcomes([p] * n):
-                    overlay_image(r.pixels, f).save(o, compress_level=1)
+            def end_to_end(a, p=path, o=out):
+                def run() -> None:
+                    for f, r in a.iter_outcomes([p]):
+                        overlay_image(r.pixels, f).save(o, compress_level=1)
 
-            rows.append((label, "end to end, one image", median_ms(end_to_end, args.repeats)))
-        per_image = batched_ms(analyser, [typical] * args.n_typical, args.repeats, tmp_path / "b.png")
-        rows.append(("typical JPEG", f"end to end, batched ({args.n_typical} images, per image)", per_image))
-        command = cli_ms(typical, args.n_typical, args.repeats, tmp_path)
+                return run
+
+            each(label, "end to end, one image", end_to_end)
+        paths = [typical] * args.n_typical
+        rounds = max(1, args.repeats // 2)
+        png = tmp_path / "b.png"
+        batched = side_by_side_ms([lambda a=a: batched_run(a, paths, png) for a in analysers], rounds)
         rows.append(
-            ("typical JPEG", f"`predict --heatmaps` command, {args.n_typical} images (per image)", command)
-        )
+            ("typical JPEG", f"end to end, batched ({args.n_typical} images, per image)",
+             [ms / args.n_typical for ms in batched])
+        )  # fmt: skip
+        if not args.no_cli:
+            runs = [cli_run(typical, args.n_typical, tmp_path / p, p, args.model) for p in precisions]
+            command = side_by_side_ms(runs, rounds)
+            rows.append(
+                ("typical JPEG", f"`predict --heatmaps` command, {args.n_typical} images (per image)",
+                 [ms / args.n_typical for ms in command])
+            )  # fmt: skip
 
     print(
         f"# fracsight predict speed: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, model {analyser.model_id}, input {analyser.size} px"
+        f"{os.cpu_count()} cores, model {first.model_id}, input {first.size} px; "
+        f"{' and '.join(precisions)} measured side by side (alternating, median of {args.repeats} rounds)"
     )
-    print(f"| input | stage | ms per image (median of {args.repeats}) | images/s |")
-    print("|---|---|---|---|")
+    head = " | ".join(f"{p} ms per image" for p in precisions)
+    extra = " | int8 / float32" if len(precisions) == 2 else ""
+    print(f"| input | stage | {head}{extra} |")
+    print("|---|---|" + "---|" * (len(precisions) + (1 if extra else 0)))
     for label, stage, ms in rows:
-        print(f"| {label} | {stage} | {ms:.1f} | {1000 / ms:.1f} |")
+        cells = " | ".join(f"{m:.1f}" for m in ms)
+        ratio = f" | {ms[1] / ms[0]:.2f}" if len(ms) == 2 and ms[0] > 0 else ""
+        print(f"| {label} | {stage} | {cells}{ratio} |")
+    for a in analysers:
+        a.close()
     if args.train:
-        _train_speed(analyser.size)
+        _train_speed(first.size)
 
 
 def _train_speed(size: int) -> None:

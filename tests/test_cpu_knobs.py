@@ -45,8 +45,8 @@ def test_read_ahead_is_the_number_of_threads_preparing(sample_images: list[Path]
     one = Analyser(threads=1, batch_size=4)
     many = Analyser(model_threads=1, decoder_processes=2, read_ahead=3, batch_size=4)
     try:
-        first = [o.to_dict()["probability"] for o in one.outcomes(sample_images)]
-        again = [o.to_dict()["probability"] for o in many.outcomes(sample_images)]
+        first = [o.to_record()["probability"] for o in one.outcomes(sample_images)]
+        again = [o.to_record()["probability"] for o in many.outcomes(sample_images)]
         assert first == again
     finally:
         one.close()

@@ -43,6 +43,29 @@ Source = str | os.PathLike | bytes | Radiograph | Any
 # 3000 x 3000 JPEG 2000 study inside the half-second budget.
 DECODE_SIDE = 1024
 
+# Which copy of a model runs: "float32" the model file itself, "int8" its 8-bit copy NAME.int8.onnx
+# (``fracsight quantise``). float32 stays the default until an 8-bit model meets the acceptance in
+# training/README.md ("8-bit model"); the other is always there for research and comparison.
+PRECISIONS = ("float32", "int8")
+DEFAULT_PRECISION = "float32"
+
+
+def model_for_precision(model_path: str | Path | None, precision: str | None = None) -> Path:
+    """The ONNX file that runs ``model_path`` (default: the shipped model) at ``precision``."""
+    path = Path(model_path) if model_path else DEFAULT_MODEL
+    precision = precision or DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not path.name.endswith(".int8.onnx"):
+        quantised = path.with_name(path.name.removesuffix(".onnx") + ".int8.onnx")
+        if not quantised.exists():
+            raise FileNotFoundError(
+                f"{quantised}: no 8-bit copy of this model (make one with fracsight quantise, "
+                "or use precision float32)"
+            )
+        return quantised
+    return path
+
 
 @dataclass
 class Prepared:
@@ -88,13 +111,14 @@ class Preparer:
 
     def read(self, source: Source, name: str | None = None) -> Radiograph:
         """An input's pixels, decoded in a worker process; raises what
-        :func:`fracsight.io.read_radiograph` raises. ``name`` names bytes and data sets in messages."""
+        :func:`fracsight.io.read_radiograph` raises. ``name`` names the input in messages (default:
+        its path; "upload" or "dataset" for bytes and data sets)."""
         if isinstance(source, Radiograph):
             return source
         if isinstance(source, (bytes, bytearray, memoryview)):
             return self.decoders.read_bytes(bytes(source), name or "upload", needed_side=self.decode_side)
         if isinstance(source, (str, os.PathLike)):
-            return self.decoders.read(source, needed_side=self.decode_side)
+            return self.decoders.read(source, needed_side=self.decode_side, name=name)
         if hasattr(source, "dataset_encoding") or hasattr(source, "file_meta"):  # a pydicom Dataset
             return self.decoders.read_bytes(
                 _dataset_bytes(source, name), name or "dataset", needed_side=self.decode_side
@@ -178,6 +202,9 @@ class ModelOutputs:
 class Analyser:
     """A loaded model and its card. ``Analyser()`` uses the default model shipped in the package.
 
+    ``precision`` picks the model file (:func:`model_for_precision`): "int8" runs NAME.int8.onnx
+    with its own card.
+
     ``batch_size`` is how many inputs are decoded ahead of the model (each holds its pixels).
     Three separate CPU knobs, each defaulting to ``threads`` (itself defaulting to every core):
     ``model_threads`` for ONNX Runtime, ``decoder_processes`` for the decoder worker processes
@@ -196,10 +223,11 @@ class Analyser:
         model_threads: int | None = None,
         decoder_processes: int | None = None,
         read_ahead: int | None = None,
+        precision: str | None = None,
     ):
         import onnxruntime as ort
 
-        path = Path(model_path) if model_path else DEFAULT_MODEL
+        path = model_for_precision(model_path, precision)
         if not path.exists():
             raise FileNotFoundError(f"{path}: model not found")
         self.model_path = path

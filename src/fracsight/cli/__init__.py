@@ -28,7 +28,7 @@ from fracsight.cli.options import Parser
 # Sub-commands, in the order they appear in --help; each is the module of that name ("-" -> "_").
 _COMMANDS = (
     "predict", "batch", "serve", "dicom-node", "train", "evaluate", "thresholds", "calibrate", "audit",
-    "readers", "users",
+    "readers", "users", "quantise",
 )  # fmt: skip
 
 

@@ -89,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="threads that decode and preprocess the next inputs while the model runs (default: --threads)",
     )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "int8"),
+        help="float32: the model itself; int8: its 8-bit copy NAME.int8.onnx (fracsight quantise) "
+        "(default: float32, see training/README.md, 8-bit model)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -200,6 +206,7 @@ def analyser_for(args: argparse.Namespace) -> Analyser:
         model_threads=args.model_threads,
         decoder_processes=args.decoder_processes,
         read_ahead=args.read_ahead_threads,
+        precision=getattr(args, "precision", None),
     )
 
 

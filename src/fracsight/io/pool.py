@@ -186,11 +186,16 @@ class DecoderPool:
         self._finalizer = weakref.finalize(self, _stop_all, self._idle, self._running)
 
     def read(
-        self, path: str | os.PathLike[str], max_pixels: int | None = None, needed_side: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        max_pixels: int | None = None,
+        needed_side: int | None = None,
+        name: str | None = None,
     ) -> Radiograph:
-        """:func:`~fracsight.io.read_radiograph` in a worker process."""
-        name = str(Path(path))
-        return self._run(Job(name, os.path.abspath(name), None, max_pixels, needed_side))
+        """:func:`~fracsight.io.read_radiograph` in a worker process; ``name`` stands for the file in
+        every message (default: its path)."""
+        shown = str(Path(path))
+        return self._run(Job(name or shown, os.path.abspath(shown), None, max_pixels, needed_side))
 
     def read_bytes(
         self, data: bytes, name: str, max_pixels: int | None = None, needed_side: int | None = None

@@ -154,20 +154,29 @@ def _read(job: Job, capture: _Capture) -> tuple[Reply, np.ndarray | None, bool]:
             else:
                 radiograph = read_radiograph_bytes(job.data, job.name, job.max_pixels, job.needed_side)
         except RefusedInput as refusal:
-            notes = capture.notes(job.name, caught)
+            notes = _notes(job, capture, caught)
             return Refused(type(refusal).__name__, refusal.reason, notes), None, True
         except FileNotFoundError:
-            return Missing(capture.notes(job.name, caught)), None, True
+            return Missing(_notes(job, capture, caught)), None, True
         except MemoryError:
-            return OutOfMemory(capture.notes(job.name, caught)), None, False
+            return OutOfMemory(_notes(job, capture, caught)), None, False
         except Exception as error:  # noqa: BLE001 - reported by type; the process is replaced
-            return Failed(type(error).__name__, capture.notes(job.name, caught)), None, False
+            return Failed(type(error).__name__, _notes(job, capture, caught)), None, False
     pixels = np.ascontiguousarray(radiograph.pixels)
-    notes = capture.notes(job.name, caught)
+    notes = _notes(job, capture, caught)
     reply = Decoded(
         pixels.shape, pixels.dtype.str, radiograph.format, radiograph.metadata, radiograph.dicom, notes
     )
     return reply, pixels, True
+
+
+def _notes(job: Job, capture: _Capture, caught: list[warnings.WarningMessage]) -> list[Note]:
+    """The worker's log records for ``job``, naming the file by ``job.name`` only: where the caller
+    gave a name for a path (the service names a stored image without its id), the path is replaced."""
+    notes = capture.notes(job.name, caught)
+    if job.path is None or job.path == job.name:
+        return notes
+    return [Note(n.logger, n.level, n.message.replace(job.path, job.name)) for n in notes]
 
 
 def _warm_up() -> None:

@@ -75,7 +75,7 @@ class AnalysisWorker(QueueLoop):
     def _analyse(self, record: ImageRecord) -> None:
         path = self.store.data_dir / record.file
         try:
-            radiograph = self.analyser.read(path, name=f"image {record.id}")
+            radiograph = self.analyser.read(path, name="a received image")  # no id in any message
         except RefusedInput as exc:
             self.store.refuse(record.id, exc.reason, code=exc.code)
             return

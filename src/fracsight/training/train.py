@@ -398,11 +398,13 @@ def run_training(cfg: TrainConfig) -> Path:
         remove_cache(out / "trunk-cache")
 
     from fracsight.training.card import training_images, write_card
+    from fracsight.training.quantise import quantise_after_export
 
     trained_on = training_images([data.examples[i] for i in dev], str(cfg.data))
     write_card(
         cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device), trained_on
     )
+    quantise_after_export(onnx_path, data.images[dev], data.images[test_idx], data.labels[test_idx])
     return onnx_path
 
 
