@@ -274,7 +274,7 @@ def test_an_internal_error_is_exit_code_3_not_1(
     def broken(self, images):
         raise TypeError("Dog^AVeryGood")
 
-    monkeypatch.setattr(Analyser, "run_model", broken)
+    monkeypatch.setattr(Analyser, "run_outputs", broken)
     assert main(["predict", str(jpeg), "--output", str(tmp_path / "o.csv"), "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert "internal error (TypeError)" in err and "AVeryGood" not in err and "Traceback" not in err

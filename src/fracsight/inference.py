@@ -82,6 +82,7 @@ class Prepared:
     radiograph: Radiograph | None = None
     refusal: Refusal | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    body_part: str | None = None  # DICOM Body Part Examined, for the scope check
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -155,6 +156,7 @@ class Preparer:
             item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
             return item
         item.ids = SourceIds.of(item.radiograph)
+        item.body_part = (item.radiograph.metadata or {}).get("body_part")
         item.timings_ms = {"decode": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}
         return item
 
@@ -334,8 +336,7 @@ class Analyser:
         t0 = time.perf_counter()
         outputs = self.run_outputs(item.image[None])
         t1 = time.perf_counter()
-        metadata = item.radiograph.metadata if item.radiograph is not None else {}
-        scope = self.scope_of(outputs, 0, metadata.get("body_part"))
+        scope = self.scope_of(outputs, 0, item.body_part)
         timings = {**item.timings_ms, "model": (t1 - t0) * 1e3, "scope": (time.perf_counter() - t1) * 1e3}
         probability = float(outputs.probability[0])
         return Finding(

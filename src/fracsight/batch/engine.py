@@ -330,6 +330,7 @@ def _decoded_schema(keep_pixels: bool):
         ("error", pa.string()),
         ("decode_ms", pa.float64()),
         ("preprocess_ms", pa.float64()),
+        ("body_part", pa.string()),
     ]
     if keep_pixels:
         fields += [("pixels", pa.binary()), ("pixels_height", pa.int32()), ("pixels_width", pa.int32())]
@@ -360,6 +361,7 @@ def decode(batch, size: int, keep_pixels: bool):
                 width=box.width,
                 decode_ms=item.timings_ms["decode"],
                 preprocess_ms=item.timings_ms["preprocess"],
+                body_part=item.body_part,
             )
             if keep_pixels:
                 pixels = item.radiograph.pixels
@@ -414,6 +416,7 @@ class ModelActor:
                 )
                 item.ids = SourceIds(row["study_uid"], row["series_uid"], row["sop_uid"])
                 item.timings_ms = {"decode": row["decode_ms"], "preprocess": row["preprocess_ms"]}
+                item.body_part = row["body_part"]
             outcome = self.analyser.finish(item)
             result = row_of({**outcome.to_record(), "heatmap": None})
             if self.plan.heatmaps is not None:
@@ -479,6 +482,7 @@ def draw(batch, folder: str, size: int):
     from fracsight.finding import Finding, SourceIds, write_heatmap
     from fracsight.model_card import ModelIdentity
     from fracsight.preprocess import Letterbox
+    from fracsight.safety import Scope
 
     _quiet_worker()
     out: list[dict[str, Any]] = []
@@ -494,6 +498,8 @@ def draw(batch, folder: str, size: int):
                 model=ModelIdentity(row["model_id"], row["model_version"], row["onnx_sha256"], {}),
                 source=row["path"],
                 ids=SourceIds(row["study_uid"], row["series_uid"], row["sop_uid"]),
+                scope=Scope(row["ood_score"], row["category"] == Category.OUT_OF_SCOPE.value,
+                            row["scope_reason"], row["region"]),  # fmt: skip
             )
             pixels = _array(row["pixels"], row["pixels_height"], row["pixels_width"])
             target = heatmap_target(folder, row["path"])

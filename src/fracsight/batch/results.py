@@ -30,7 +30,7 @@ __all__ = ["COLUMNS", "ResultsFolder", "display_path", "row_of", "schema"]
 # The columns, in order: a result row as predict's CSV has it (``path`` absolute), then where the
 # heat map peaks and the image's size (as ``predict --json`` gives them), then the timings in ms.
 COLUMNS = [*ROW_COLUMNS, *ROW_DETAIL_COLUMNS]
-_FLOATS = {"probability", "peak_x", "peak_y", "decode_ms", "preprocess_ms", "model_ms"}
+_FLOATS = {"probability", "ood_score", "peak_x", "peak_y", "decode_ms", "preprocess_ms", "model_ms"}
 _INTEGERS = {"width", "height"}
 _PART_GLOB = "part-*.parquet"
 
