@@ -313,5 +313,7 @@ def test_the_page_shows_the_chart_and_the_alert_in_chromium(drifted, tmp_path: P
         refused = [e for e in driver.get_log("browser") if "Content Security Policy" in e.get("message", "")]
         assert refused == []
         driver.save_screenshot(str(ARTEFACTS / "performance.png"))
+        driver.execute_script("document.getElementById('categories').scrollIntoView()")
+        driver.save_screenshot(str(ARTEFACTS / "performance-alerts.png"))
     finally:
         driver.quit()
