@@ -69,9 +69,8 @@ class Case:
 
 def case_of(row: dict[str, Any]) -> Case:
     """A :meth:`Store.monitored_images` row as a :class:`Case`."""
-    scope = (row.get("result") or {}).get("scope") or {}
     body_part = (row.get("body_part") or "").strip().upper()
-    region = scope.get("region") or body_part.lower() or _UNKNOWN
+    region = row.get("region") or body_part.lower() or _UNKNOWN
     label = row.get("reader_label")
     return Case(
         month=str(row["received_at"])[:7],
