@@ -317,3 +317,38 @@ def test_the_page_shows_the_chart_and_the_alert_in_chromium(drifted, tmp_path: P
         driver.save_screenshot(str(ARTEFACTS / "performance-alerts.png"))
     finally:
         driver.quit()
+
+
+def test_a_new_region_mix_alerts_on_the_inputs() -> None:
+    from fracsight.service.monitoring import Case, drift
+
+    rng = np.random.default_rng(5)
+
+    def month(name: str, regions: list[str], n: int) -> list[Case]:
+        picked = rng.choice(regions, n)
+        p = rng.random(n)
+        return [Case(name, r, r.upper(), "fracture" if q > 0.7 else "no_fracture", float(q), None)
+                for r, q in zip(picked, p, strict=True)]  # fmt: skip
+
+    cases = month("2026-01", ["hand", "leg"], 120) + month("2026-02", ["hand", "leg", "shoulder", "hip"], 120)
+    found = {a["name"] for a in drift(cases)["alerts"]}
+    assert found == {"region_mix", "body_part_mix"}  # the answers themselves did not move
+
+
+def test_region_falls_back_to_the_dicom_body_part_and_dicom_images_count(tmp_path: Path) -> None:
+    from fracsight.service.monitoring import site_performance
+
+    store = SqliteStore(tmp_path / "data")
+    for n, (source, body_part, scope) in enumerate(
+        [("dicom", "WRIST", None), ("upload", "", {"region": "hand"}), ("dicom", "", None)]
+    ):
+        image_id = f"{n:032x}"
+        info = StudyInfo(study_key=f"s{n}", body_part=body_part)
+        store.add_image(image_id, source, f"images/{image_id}", "dicom", 10, info,
+                        received_at="2026-03-02T00:00:00+00:00")  # fmt: skip
+        store.claim_next()
+        result = {"scope": scope} if scope else {}
+        store.finish(image_id, Analysis(0.5, "doubt", "m", result, np.zeros((2, 2))))
+    report = site_performance(store)
+    assert sorted(report["by_region"]) == ["hand", "unknown", "wrist"]
+    assert report["overall"]["analysed"] == 3 and report["overall"]["with_verdict"] == 0
