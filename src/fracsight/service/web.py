@@ -332,7 +332,7 @@ def create_app(
         return {"categories": vocabulary()}
 
     @app.get("/api/performance")
-    def site_performance_(_: SignedIn) -> Response:
+    def performance_report(_: SignedIn) -> Response:
         """The AI's sensitivity and specificity at this site (readers' verdicts, 95% Wilson
         intervals, with their counts) per month and region, and drift alerts; see
         :mod:`fracsight.service.monitoring` for the tests, minimums and false-alarm rate."""
