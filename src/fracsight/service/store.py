@@ -180,6 +180,7 @@ class Store(Protocol):
         batch: str = "",
         wants_results: bool = False,
         unique_instance: bool = False,
+        received_at: str | None = None,
     ) -> ImageRecord: ...
     def find_instance(self, sop_instance_uid: str, dicom_only: bool = True) -> ImageRecord | None: ...
     def claim_next(self) -> ImageRecord | None: ...
@@ -200,6 +201,7 @@ class Store(Protocol):
     def mark_read(self, study_key: str, reader: str, read: bool) -> bool: ...
     def add_feedback(self, feedback: Feedback) -> None: ...
     def feedback(self, image_id: str | None = None) -> list[Feedback]: ...
+    def monitored_images(self) -> list[dict[str, Any]]: ...
     def counts(self) -> dict[str, int]: ...
     # DICOM batches and results
     def open_batch(self, batch: str, calling_aet: str) -> None: ...
@@ -329,6 +331,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     note TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS feedback_image ON feedback (image_id, id);
 """
 # The study fields shown in the worklist, from the study's first image.
 _STUDY_INFO = [
@@ -479,6 +482,7 @@ class SqliteStore(SendQueue):
         batch: str = "",
         wants_results: bool = False,
         unique_instance: bool = False,
+        received_at: str | None = None,
     ) -> ImageRecord:
         """Record a received image (its file already on disk) as queued; on disk when this returns.
 
@@ -489,9 +493,10 @@ class SqliteStore(SendQueue):
         (its acknowledgement was lost) does not get it analysed twice; an upload is matched against
         every kept instance, one received over DICOM only against others received so.
         The image's study is updated in the same transaction (a study read is unread again).
+        ``received_at`` (ISO 8601, UTC): when it came, for replaying past cases; now by default.
         """
-        values = {"id": image_id, "received_at": now(), "source": source, "file": file, "kind": kind,
-                  "size_bytes": size_bytes, **asdict(info), "batch": batch,
+        values = {"id": image_id, "received_at": received_at or now(), "source": source, "file": file,
+                  "kind": kind, "size_bytes": size_bytes, **asdict(info), "batch": batch,
                   "results": "pending" if wants_results else None}  # fmt: skip
         with self._transaction() as db:
             if unique_instance and info.sop_instance_uid:
@@ -851,6 +856,20 @@ class SqliteStore(SendQueue):
             )
             for r in rows
         ]
+
+    def monitored_images(self) -> list[dict[str, Any]]:
+        """Every analysed image with what site monitoring needs, oldest first: when it came, the
+        model's answer, the DICOM body part and modality, the region head's answer kept in the
+        result (``region``, None without one), and the latest reader's verdict on it
+        (``reader_label``, None where no reader gave one), in one query (results are not parsed
+        in Python: a year's images stay quick)."""
+        rows = self._connection().execute(
+            "SELECT i.id, i.received_at, i.source, i.probability, i.category, i.body_part, i.modality, "
+            "json_extract(i.result, '$.scope.region') AS region, (SELECT f.reader_label FROM feedback f "
+            "WHERE f.image_id = i.id ORDER BY f.id DESC LIMIT 1) AS reader_label "
+            "FROM images i WHERE i.status = 'done' ORDER BY i.received_at, i.rowid"
+        )
+        return [dict(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         rows = self._connection().execute("SELECT status, COUNT(*) AS n FROM images GROUP BY status")

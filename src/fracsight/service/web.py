@@ -33,6 +33,7 @@ from fracsight.explain import heatmap_layer
 from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
+from fracsight.service.monitoring import site_performance
 from fracsight.service.store import SORTS, Feedback, Store, WorklistQuery, now
 from fracsight.service.users import ROLES, SITE_TOKEN_USER, User, UserDirectory, UserError, UserExists
 from fracsight.service.worker import AnalysisWorker, display_path, read_display
@@ -330,6 +331,13 @@ def create_app(
         words and colours rather than keeping its own."""
         return {"categories": vocabulary()}
 
+    @app.get("/api/performance")
+    def performance_report(_: SignedIn) -> Response:
+        """The AI's sensitivity and specificity at this site (readers' verdicts, 95% Wilson
+        intervals, with their counts) per month and region, and drift alerts; see
+        :mod:`fracsight.service.monitoring` for the tests, minimums and false-alarm rate."""
+        return JSONResponse(site_performance(store))
+
     @app.get("/api/me")
     def me(user: SignedIn) -> dict[str, Any]:
         """Who the token signed in as (the page shows it)."""
@@ -381,6 +389,10 @@ def create_app(
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/performance", include_in_schema=False)
+    def performance_page() -> FileResponse:
+        return FileResponse(STATIC / "performance.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # Multipart framing adds a little to the file itself.
