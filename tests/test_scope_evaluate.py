@@ -111,6 +111,6 @@ def test_out_of_scope_needs_a_model_run(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
-def test_out_of_scope_option_wants_name_and_folder(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--report", str(tmp_path / "r"), "--out-of-scope", str(tmp_path)])
+def test_out_of_scope_option_wants_name_and_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["evaluate", "--report", str(tmp_path / "r"), "--out-of-scope", str(tmp_path)])
+    assert code != 0 and "is not NAME=DIR" in capsys.readouterr().err
