@@ -241,9 +241,9 @@ def say_safety_net(safety: dict[str, Any]) -> None:
 
 
 def auc_text_of(delong: dict[str, Any]) -> str:
-    """:func:`auc_text` of an estimate written as a dict."""
+    """The AUROC of the scores of two sets, with its DeLong CI or that the sets do not overlap."""
     if delong.get("lower") is None or delong.get("upper") is None:
-        return f"{delong['value']:.3f} ({delong.get('method', 'no CI')})"
+        return f"{delong['value']:.3f} (the sets do not overlap: no CI)"
     return f"{delong['value']:.3f} (95% CI {delong['lower']:.3f}-{delong['upper']:.3f}, DeLong)"
 
 

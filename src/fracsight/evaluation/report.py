@@ -692,11 +692,10 @@ def _safety_section(safety: dict[str, Any], caution: str | None = None) -> Marku
     rows: list[list[Any]] = [
         [
             f"In scope: {inside['data']}",
-            str(inside["n"]) + (f" (+{inside['refused_before_the_check']} not analysed)"
-                                if inside.get("refused_before_the_check") else ""),  # fmt: skip
+            str(inside["n"]),
             "(reference)",
             "wrongly flagged " + fmt_proportion(_as_estimate(inside["false_flag_rate"])),
-            "",
+            str(inside.get("refused_before_the_check", "")),
         ]
     ]
     for name, entry in safety["out_of_scope_sets"].items():
@@ -718,7 +717,7 @@ def _safety_section(safety: dict[str, Any], caution: str | None = None) -> Marku
             "knows” instead of being scored. The check compares the model's pooled features with its "
             f"development images (threshold {check.get('threshold') or 0:.3f}; fitted on "
             f"{check.get('fitted_on') or 'unknown'}) and reads DICOM Body Part Examined. AUROC: how well the "
-            "distance score separates the in-scope images above from each set (DeLong 95% CI)."
+            "distance score separates the in-scope images (first row) from each set (DeLong 95% CI)."
         ),
         table(
             ["Images (data)", "Analysed", "AUROC of the score vs in scope", "Flagged out of scope",
