@@ -114,3 +114,50 @@ def test_out_of_scope_needs_a_model_run(tmp_path: Path, capsys: pytest.CaptureFi
 def test_out_of_scope_option_wants_name_and_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["evaluate", "--report", str(tmp_path / "r"), "--out-of-scope", str(tmp_path)])
     assert code != 0 and "is not NAME=DIR" in capsys.readouterr().err
+
+
+def test_rates_from_features_and_from_the_checks_answers_agree() -> None:
+    """scope_rates (the fit script's, from features) and scope_rates_of (evaluate's, from the check's
+    answers) are one computation: the same numbers, counted by hand."""
+    from fracsight.evaluation.scope import (
+        ScopeInputs,
+        accuracy_of,
+        accuracy_when_set_aside,
+        scope_rates,
+        scope_rates_of,
+    )
+    from fracsight.safety import fit_scope
+
+    rng = np.random.default_rng(3)
+    dev = rng.gamma(2.0, 1.0, (200, 16))
+    check, _ = fit_scope(dev, np.arange(200) % 5, k=4)
+
+    def inputs(features: np.ndarray, parts: list[str | None]) -> ScopeInputs:
+        n = len(features)
+        return ScopeInputs([f"i{i}" for i in range(n)], features, [{"hand": 0.9, "leg": 0.1}] * n, parts,
+                           rng.uniform(0, 1, n), {"bad.png": "unreadable"})  # fmt: skip
+
+    inside = inputs(rng.gamma(2.0, 1.0, (40, 16)), [None] * 39 + ["CHEST"])
+    far = inputs(rng.gamma(2.0, 1.0, (10, 16)) * 6, [None] * 10)
+    data = "synthetic in-scope features"
+    direct = scope_rates(check, inside, {"far": far}, data)
+    assert direct == scope_rates_of(inside.outcomes(check), {"far": far.outcomes(check)}, data)
+    flagged = (check.scores(inside.features) > check.threshold) | (np.arange(40) == 39)  # CHEST flags
+    assert direct["in_scope"]["false_flag_rate"]["k"] == int(flagged.sum()) >= 1
+    assert direct["out_of_scope_sets"]["far"]["refused_before_the_check"] == 1
+    labels = (np.arange(40) % 3 == 0).astype(int)
+    by_features = accuracy_when_set_aside(check, inside, labels)
+    assert by_features == accuracy_of(inside.probabilities, labels, flagged)
+    assert by_features["n_scored"] == 40 - int(flagged.sum())
+
+
+def test_findings_without_a_fitted_check_cannot_be_measured(default_analyser, samples_dir: Path) -> None:
+    from dataclasses import replace
+
+    from fracsight.evaluation.scope import ScopeOutcomes
+
+    finding = default_analyser.outcome(samples_dir / "IMG0000001.jpg")
+    outcomes = ScopeOutcomes.of_findings({"a": finding})
+    assert outcomes.scores[0] == pytest.approx(finding.scope.score) and not outcomes.flagged[0]
+    with pytest.raises(ValueError, match="no fitted out-of-scope check"):
+        ScopeOutcomes.of_findings({"a": replace(finding, scope=None)})
