@@ -137,13 +137,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=a_whole_number(0), default=0, help="bootstrap seed (default 0)")
     p.add_argument("--bins", type=a_whole_number(2), default=10, help="calibration bins (default 10)")
     p.add_argument(
+        "--out-of-scope",
+        action="append",
+        type=a_named_folder,
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure the out-of-scope check: the images of DIR (named NAME; repeatable) are run "
+        "through the model and their distance scores compared with the evaluated images' (needs a "
+        "DATASET, not --predictions)",
+    )
+    p.add_argument(
         "--gallery-point", help="operating point whose TP/FN/FP fill the gallery (default: 'fracture')"
     )
     p.set_defaults(func=run)
 
 
+def a_named_folder(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` for --out-of-scope: a name for the set and an existing folder."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=DIR (e.g. chest=data/chest-radiographs)")
+    return name.strip(), an_existing_path("out-of-scope folder")(folder)
+
+
 def run(args: argparse.Namespace) -> int:
-    from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_cases, operating_points
+    from fracsight.evaluation.evaluate import (
+        EvaluationSettings,
+        evaluate_cases,
+        operating_points,
+        safety_net,
+    )
     from fracsight.evaluation.expert_boxes import box_results
     from fracsight.evaluation.model_run import FindingPictures
     from fracsight.evaluation.report import write_report
@@ -160,12 +183,23 @@ def run(args: argparse.Namespace) -> int:
             f"argument --gallery-point: {args.gallery_point!r} is not an operating point of this "
             f"evaluation; choose from {', '.join(map(repr, names))}"
         )
+    sets = dict(args.out_of_scope)
+    if len(sets) != len(args.out_of_scope):
+        raise ValueError("argument --out-of-scope: each NAME must be given once")
+    if sets and args.dataset is None:
+        raise ValueError(
+            "argument --out-of-scope: the check is measured on images the model runs on here; give a "
+            "DATASET instead of --predictions"
+        )
     loaded = load_data_arguments(args, "evaluate", args.model, group_columns=args.by)
     evaluation = evaluate_cases(loaded.cases, loaded.model, points, list(loaded.cases.groups), settings)
     evaluation.notes.extend(notes)
     evaluation.training = loaded.training
     if loaded.boxes is not None and loaded.findings:
         evaluation.localisation = box_results(loaded.cases, loaded.findings, loaded.boxes)
+    if sets:
+        evaluation.safety = safety_net(loaded.cases, loaded.findings, sets, loaded.model_path, settings)
+        say_safety_net(evaluation.safety)
     picture = FindingPictures(loaded.cases, loaded.findings) if loaded.findings else None
     files = write_report(evaluation, args.report, picture=picture, gallery_point=args.gallery_point)
     cases = evaluation.cases
@@ -178,6 +212,39 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def say_safety_net(safety: dict[str, Any]) -> None:
+    """One line per set: what the out-of-scope check did, each number with the data it is from."""
+    inside = safety["in_scope"]
+    flag = inside["false_flag_rate"]
+    print(
+        f"fracsight evaluate: out-of-scope check on {inside['data']}: wrongly flagged "
+        f"{flag['k']}/{flag['n']}",
+        file=sys.stderr,
+    )
+    for name, entry in safety["out_of_scope_sets"].items():
+        parts = [f"{entry['n']} analysed, {entry['refused_before_the_check']} refused before the check"]
+        if "auroc" in entry:
+            parts.append(f"AUROC {auc_text_of(entry['auroc']['delong'])}")
+        if "flagged" in entry:
+            parts.append(f"flagged {entry['flagged']['k']}/{entry['flagged']['n']}")
+        print(f"fracsight evaluate: out-of-scope set {name!r}: " + ", ".join(parts), file=sys.stderr)
+    acc = safety["accuracy_when_flagged_set_aside"]
+    scored = acc.get("scored")
+    print(
+        f"fracsight evaluate: fracture ROC AUC all {acc['all']['value']:.3f} (n={acc['n_all']}), "
+        + (f"scored only {scored['value']:.3f}" if scored else "scored only: undefined")
+        + f" (n={acc['n_scored']})",
+        file=sys.stderr,
+    )
+
+
+def auc_text_of(delong: dict[str, Any]) -> str:
+    """The AUROC of the scores of two sets, with its DeLong CI or that the sets do not overlap."""
+    if delong.get("lower") is None or delong.get("upper") is None:
+        return f"{delong['value']:.3f} (the sets do not overlap: no CI)"
+    return f"{delong['value']:.3f} (95% CI {delong['lower']:.3f}-{delong['upper']:.3f}, DeLong)"
 
 
 def auc_text(delong: Estimate) -> str:

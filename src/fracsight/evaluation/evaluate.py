@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from fracsight.evaluation.metrics import (
 from fracsight.evaluation.operating_points import OperatingPoint, OperatingPointName
 from fracsight.evaluation.sources import ScoredBy, load_cases
 from fracsight.evaluation.training_guard import TrainingOverlap
+from fracsight.finding import Finding
 from fracsight.model_card import ModelCard
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "operating_points_from_card",
     "evaluate_cases",
     "evaluate_predictions",
+    "safety_net",
+    "OUT_OF_SCOPE_FILES",
 ]
 
 
@@ -97,6 +100,7 @@ class Evaluation:
     localisation: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     training: TrainingOverlap | None = None  # which cases the model was trained on, when its card says
+    safety: dict[str, Any] | None = None  # the out-of-scope check measured (:func:`safety_net`)
 
     @property
     def caution(self) -> str | None:
@@ -164,6 +168,7 @@ class Evaluation:
             "groups": {g.column: g.to_dict() for g in self.groups},
             "calibration": self.calibration.to_dict(),
             "localisation": self.localisation,
+            "out_of_scope_check": self.safety,
             "notes": self.notes,
         }
 
@@ -272,6 +277,86 @@ def evaluate_predictions(
     evaluation.notes.extend(notes)
     evaluation.training = loaded.training
     return evaluation
+
+
+# Files of an out-of-scope set that are offered to the model (the rest, e.g. READMEs, are not images).
+OUT_OF_SCOPE_FILES = frozenset(
+    ".dcm .dicom .jpg .jpeg .png .tif .tiff .bmp .gif .webp .j2k .jp2".split()
+)
+
+
+def _set_files(folder: Path) -> list[Path]:
+    """The files of an out-of-scope set: images by extension, and extension-less files (DICOM)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and (p.suffix.lower() in OUT_OF_SCOPE_FILES or not p.suffix)
+        and not p.name.startswith(".")
+    )
+
+
+def safety_net(
+    cases: CaseTable,
+    findings: Mapping[str, Finding],
+    sets: Mapping[str, str | Path],
+    model_path: str | Path | None = None,
+    settings: EvaluationSettings | None = None,
+) -> dict[str, Any]:
+    """The out-of-scope check measured on this evaluation (:mod:`fracsight.evaluation.scope`):
+
+    * the evaluated images are the in-distribution set: how many the check wrongly flags (Wilson
+      CI), and what setting them aside does to the ROC AUC of what is still scored;
+    * each of ``sets`` (name -> folder) is run through the same model as ``predict`` would: the
+      AUROC of the distance score of the evaluated images against it (DeLong CI; none where the
+      two do not overlap, and it says so), the share flagged, and how many files were refused
+      before the check (MR/CT, colour photographs, unreadable).
+
+    ``findings`` are the evaluated cases' findings (a model run, not a predictions file)."""
+    from fracsight.evaluation.scope import ScopeOutcomes, accuracy_of, scope_outcomes, scope_rates_of
+    from fracsight.inference import Analyser
+
+    settings = settings or EvaluationSettings()
+    missing = [case for case in cases.ids if case not in findings]
+    if missing:
+        raise ValueError(
+            f"the out-of-scope check can only be measured on images the model was run on here "
+            f"({len(missing)} evaluated cases have no finding: give a DATASET, not --predictions)"
+        )
+    inside = ScopeOutcomes.of_findings({case: findings[case] for case in cases.ids})
+    data = f"{cases.labels_source} ({cases.n} analysed images evaluated here)"
+    analyser = Analyser(model_path)
+    outside, outside_data = {}, {}
+    for name, folder in sets.items():
+        files = _set_files(Path(folder))
+        if not files:
+            raise ValueError(f"out-of-scope set {name!r}: no image or DICOM files under {folder}")
+        outside[name] = scope_outcomes(analyser, files)
+        outside_data[name] = f"{name}: {len(files)} files under {folder}"
+    rates = scope_rates_of(inside, outside, data, outside_data)
+    for entry in rates["out_of_scope_sets"].values():
+        auroc = entry.get("auroc")
+        entry["overlap"] = (
+            None
+            if auroc is None
+            else "the two sets overlap"
+            if auroc["delong"].get("lower") is not None
+            else "the two sets do not overlap (every score of one set is beyond every score of the "
+            "other): AUROC is exactly 0 or 1 and DeLong's CI is undefined"
+        )
+    accuracy = accuracy_of(cases.probabilities, cases.labels, inside.flagged, settings.n_resamples)
+    accuracy["data"] = data
+    rates["accuracy_when_flagged_set_aside"] = accuracy
+    rates["in_scope"]["refused_before_the_check"] = len(cases.excluded)
+    check = analyser.scope_check
+    rates["check"] = {
+        "threshold": None if check is None else check.threshold,
+        "fitted_on": None if check is None else check.fitted_on,
+        "score": "distance of the pooled features from the development data (about 2 inside)",
+        "flagged": "distance above the threshold, or a DICOM Body Part Examined the model was not "
+        "trained for",
+    }
+    return rates
 
 
 def operating_points(

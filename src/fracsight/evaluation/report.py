@@ -678,6 +678,76 @@ def _excluded_section(evaluation: Evaluation, limit: int = 200) -> Markup:
     )
 
 
+def _auroc_cell(delong: dict[str, Any]) -> str:
+    """The AUROC with its CI, or that the two sets do not overlap (DeLong's CI is then undefined)."""
+    if delong.get("lower") is None or delong.get("upper") is None:
+        return f"{delong['value']:.3f} (the sets do not overlap: no CI)"
+    return fmt_number(_as_estimate(delong))
+
+
+def _safety_section(safety: dict[str, Any], caution: str | None = None) -> Markup:
+    """The out-of-scope check measured: each number beside the data it was measured on."""
+    inside = safety["in_scope"]
+    check = safety.get("check", {})
+    rows: list[list[Any]] = [
+        [
+            f"In scope: {inside['data']}",
+            str(inside["n"]),
+            "(reference)",
+            "wrongly flagged " + fmt_proportion(_as_estimate(inside["false_flag_rate"])),
+            str(inside.get("refused_before_the_check", "")),
+        ]
+    ]
+    for name, entry in safety["out_of_scope_sets"].items():
+        auroc = entry.get("auroc")
+        rows.append(
+            [
+                entry.get("data", name),
+                str(entry["n"]),
+                _auroc_cell(auroc["delong"]) if auroc else "none analysed",
+                fmt_proportion(_as_estimate(entry["flagged"])) if "flagged" in entry else "none analysed",
+                str(entry["refused_before_the_check"]),
+            ]
+        )
+    acc = safety["accuracy_when_flagged_set_aside"]
+    scored = acc.get("scored")
+    parts: list[Markup | str] = [
+        paragraph(
+            "Images unlike the radiographs the model was trained on are answered “outside what the model "
+            "knows” instead of being scored. The check compares the model's pooled features with its "
+            f"development images (threshold {check.get('threshold') or 0:.3f}; fitted on "
+            f"{check.get('fitted_on') or 'unknown'}) and reads DICOM Body Part Examined. AUROC: how well the "
+            "distance score separates the in-scope images (first row) from each set (DeLong 95% CI)."
+        ),
+        table(
+            ["Images (data)", "Analysed", "AUROC of the score vs in scope", "Flagged out of scope",
+             "Refused before the check"],  # fmt: skip
+            rows,
+            element_id="out-of-scope-table",
+        ),
+    ]
+    apart = [e for e in safety["out_of_scope_sets"].values() if "do not overlap" in (e.get("overlap") or "")]
+    if apart:
+        parts.append(
+            note(
+                f"{len(apart)} set(s) do not overlap the in-scope images at all: every score of one lies "
+                "beyond every score of the other, so the AUROC is exactly 0 or 1 and has no DeLong CI. A "
+                "small set says little about images of that kind in general.",
+                NoteKind.INFO,
+            )
+        )
+    parts.append(
+        paragraph(
+            f"Fracture ROC AUC on {acc.get('data', inside['data'])}: all analysed images "
+            f"{fmt_number(_as_estimate(acc['all']['delong']))} (n={acc['n_all']}); only those still scored "
+            "after flagged images are set aside "
+            + (fmt_number(_as_estimate(scored["delong"])) if scored else "undefined")
+            + f" (n={acc['n_scored']})."
+        )
+    )
+    return _figures(caution, "Out-of-scope check (the safety net)", parts, element_id="out-of-scope")
+
+
 def _methods(evaluation: Evaluation) -> list[Markup | str]:
     s = evaluation.settings
     text = [
@@ -715,6 +785,8 @@ def render_html(
     body.append(_calibration_section(evaluation))
     if evaluation.localisation:
         body.append(_localisation_section(evaluation.localisation, evaluation.caution))
+    if evaluation.safety:
+        body.append(_safety_section(evaluation.safety, evaluation.caution))
     body.append(_gallery_section(evaluation, picture, point))
     if evaluation.cases.excluded:
         body.append(_excluded_section(evaluation))

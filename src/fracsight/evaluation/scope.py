@@ -17,10 +17,20 @@ from typing import Any
 import numpy as np
 
 from fracsight.evaluation.metrics import auc_with_ci, proportion
+from fracsight.finding import Finding, Refusal
 from fracsight.inference import Analyser
 from fracsight.safety import ScopeCheck, check_scope
 
-__all__ = ["ScopeInputs", "accuracy_when_set_aside", "scope_inputs", "scope_rates"]
+__all__ = [
+    "ScopeInputs",
+    "ScopeOutcomes",
+    "accuracy_of",
+    "accuracy_when_set_aside",
+    "scope_inputs",
+    "scope_outcomes",
+    "scope_rates",
+    "scope_rates_of",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,61 @@ class ScopeInputs:
             ],
             dtype=bool,
         )
+
+    def outcomes(self, check: ScopeCheck) -> ScopeOutcomes:
+        """What the whole check says of each image, for :func:`scope_rates_of`."""
+        return ScopeOutcomes(
+            self.paths, self.scores(check), self.flagged(check), self.probabilities, self.refused
+        )
+
+
+@dataclass(frozen=True)
+class ScopeOutcomes:
+    """What the check said of each analysed image of a set (its distance score and whether the
+    whole check flagged it), as ``predict`` computed it; refused files are counted apart."""
+
+    paths: list[str]
+    scores: np.ndarray  # (N,) distance scores
+    flagged: np.ndarray  # (N,) bool: out of scope by distance or body part
+    probabilities: np.ndarray  # (N,) the model's fracture probability
+    refused: dict[str, str]  # path -> why it was refused before the check
+
+    @classmethod
+    def of_findings(
+        cls, findings: Mapping[str, Finding], refused: Mapping[str, str] | None = None
+    ) -> ScopeOutcomes:
+        """From findings the analyser made (the check's answer is in ``Finding.scope``); ValueError
+        when a finding carries no distance score (a model without a fitted check)."""
+        scores, flagged, probabilities = [], [], []
+        for finding in findings.values():
+            if finding.scope is None or finding.scope.score is None:
+                raise ValueError(
+                    f"model {finding.model_id} has no fitted out-of-scope check (no 'out_of_scope' "
+                    "section in its card, or no 'features' output): the check cannot be measured"
+                )
+            scores.append(float(finding.scope.score))
+            flagged.append(bool(finding.scope.out_of_scope))
+            probabilities.append(float(finding.probability))
+        return cls(
+            list(findings),
+            np.asarray(scores, dtype=float),
+            np.asarray(flagged, dtype=bool),
+            np.asarray(probabilities, dtype=float),
+            dict(refused or {}),
+        )
+
+
+def scope_outcomes(analyser: Analyser, paths: Sequence[str | Path]) -> ScopeOutcomes:
+    """Run ``analyser`` on ``paths`` exactly as ``predict`` does and keep the check's answers;
+    files it refuses (unreadable, MR/CT, colour photographs) are counted as refused."""
+    findings: dict[str, Finding] = {}
+    refused: dict[str, str] = {}
+    for path, outcome in zip(paths, analyser.outcomes([str(p) for p in paths]), strict=True):
+        if isinstance(outcome, Refusal):
+            refused[str(path)] = outcome.code
+        else:
+            findings[str(path)] = outcome
+    return ScopeOutcomes.of_findings(findings, refused)
 
 
 def scope_inputs(analyser: Analyser, paths: Sequence[str | Path]) -> ScopeInputs:
@@ -83,8 +148,21 @@ def scope_rates(
     """The check measured: the false-flag rate on in-scope images and, per out-of-scope set, the
     AUROC of the distance score against them and the share flagged (Wilson and DeLong CIs).
     ``data`` says what the in-scope images are; it is written with every number."""
-    inside_scores = inside.scores(check)
-    wrongly = int(inside.flagged(check).sum())
+    return scope_rates_of(
+        inside.outcomes(check), {name: images.outcomes(check) for name, images in outside.items()}, data
+    )
+
+
+def scope_rates_of(
+    inside: ScopeOutcomes,
+    outside: Mapping[str, ScopeOutcomes],
+    data: str,
+    outside_data: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """:func:`scope_rates` from the check's answers; ``outside_data`` names each out-of-scope
+    set's images (written beside its numbers when given)."""
+    inside_scores = inside.scores
+    wrongly = int(inside.flagged.sum())
     rates: dict[str, Any] = {
         "in_scope": {
             "data": data,
@@ -95,11 +173,13 @@ def scope_rates(
     }
     for name, images in outside.items():
         entry: dict[str, Any] = {"n": len(images.paths), "refused_before_the_check": len(images.refused)}
+        if outside_data and name in outside_data:
+            entry = {"data": outside_data[name], **entry}
+        if images.paths and len(inside_scores):
+            labels = np.r_[np.zeros(len(inside_scores)), np.ones(len(images.scores))]
+            entry["auroc"] = auc_with_ci(np.r_[inside_scores, images.scores], labels).to_dict()
         if images.paths:
-            scores = images.scores(check)
-            labels = np.r_[np.zeros(len(inside_scores)), np.ones(len(scores))]
-            entry["auroc"] = auc_with_ci(np.r_[inside_scores, scores], labels).to_dict()
-            entry["flagged"] = proportion(int(images.flagged(check).sum()), len(images.paths)).to_dict()
+            entry["flagged"] = proportion(int(images.flagged.sum()), len(images.paths)).to_dict()
         rates["out_of_scope_sets"][name] = entry
     return rates
 
@@ -109,11 +189,18 @@ def accuracy_when_set_aside(
 ) -> dict[str, Any]:
     """ROC AUC of the fracture probability on all in-scope images and on those the check leaves
     scored: what setting flagged images aside does to the accuracy of the rest."""
+    return accuracy_of(inside.probabilities, labels, inside.flagged(check))
+
+
+def accuracy_of(
+    probabilities: np.ndarray, labels: Sequence[int], flagged: np.ndarray, n_resamples: int = 0
+) -> dict[str, Any]:
+    """:func:`accuracy_when_set_aside` from probabilities and the check's flags."""
     labels = np.asarray(labels)
-    kept = ~inside.flagged(check)
-    out = {"all": auc_with_ci(inside.probabilities, labels).to_dict(), "n_all": int(len(labels))}
+    probabilities = np.asarray(probabilities, dtype=float)
+    kept = ~np.asarray(flagged, dtype=bool)
+    out = {"all": auc_with_ci(probabilities, labels, n_resamples).to_dict(), "n_all": int(len(labels))}
     if kept.sum() and labels[kept].min() != labels[kept].max():
-        out["scored"] = auc_with_ci(inside.probabilities[kept], labels[kept]).to_dict()
+        out["scored"] = auc_with_ci(probabilities[kept], labels[kept], n_resamples).to_dict()
     out["n_scored"] = int(kept.sum())
     return out
-
