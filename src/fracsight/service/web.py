@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from fracsight.decide import Category, vocabulary
-from fracsight.explain import heatmap_layer
+from fracsight.explain import OVERLAY_FLOOR, heatmap_layer, heatmap_outline
 from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
@@ -328,7 +328,7 @@ def create_app(
     def categories(_: SignedIn) -> dict[str, Any]:
         """What each answer means, its rank and colour (fracsight.decide): the page shows these
         words and colours rather than keeping its own."""
-        return {"categories": vocabulary()}
+        return {"categories": vocabulary(), "heatmap_scale": heatmap_scale()}
 
     @app.get("/api/me")
     def me(user: SignedIn) -> dict[str, Any]:
@@ -441,9 +441,81 @@ def _detail(store: Store, record) -> dict[str, Any]:
         for f in store.feedback(record.id)
     ]  # fmt: skip
     out = {**record.to_api(), "feedback": verdicts}
+    out.update(_finding_shape(store, record))
     if record.results is not None:  # received over DICOM: what was sent back to the PACS
         out["deliveries"] = [s.to_api() for s in store.sends(image_id=record.id)]
     return out
+
+
+def _finding_shape(store: Store, record) -> dict[str, Any]:
+    """What the viewer draws of a scored finding: the hot region's outline (the polygon the DICOM
+    presentation state draws, in original image pixels) and the measured rates of the operating
+    point that gave the answer (so "doubt at 0.18" comes with what doubt means in numbers)."""
+    if record.status != "done" or not record.result or record.category == Category.OUT_OF_SCOPE.value:
+        return {}
+    out: dict[str, Any] = {}
+    heat = store.heatmap(record.id)
+    if heat is not None and "letterbox" in record.result:
+        polygon = heatmap_outline(heat, Letterbox(**record.result["letterbox"]))
+        out["outline"] = [[round(x, 1), round(y, 1)] for x, y in polygon]
+    point = operating_point(record.category or "", (record.result.get("model") or {}).get("id"))
+    if point is not None:
+        out["operating_point"] = point
+    return out
+
+
+# The operating point whose measured rates explain each answer: "no fracture" is below the
+# doubt threshold, so the doubt point's sensitivity is how often a fracture is not called that.
+_POINT_OF = {Category.FRACTURE.value: "fracture", Category.DOUBT.value: "doubt",
+             Category.NO_FRACTURE.value: "doubt"}  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _card_choice() -> tuple[str, dict[str, Any], str] | None:
+    """(model id, the card's threshold_choice, what the rates were measured on) of the shipped
+    model's card; None for a card without measured operating points."""
+    from fracsight.model_card import ModelCard
+
+    try:
+        card = ModelCard.for_model()
+        choice = card["threshold_choice"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return card.model_id, choice, card.threshold_source
+
+
+def operating_point(category: str, model_id: str | None) -> dict[str, Any] | None:
+    """The measured sensitivity and specificity (with 95% intervals) at the operating point behind
+    ``category``, naming the data they were measured on; None when the card has none for the model."""
+    known = _card_choice()
+    name = _POINT_OF.get(category)
+    if known is None or name is None or (model_id is not None and model_id != known[0]):
+        return None
+    card_model, choice, source = known
+    rates = (choice.get(name) or {}).get("rates")
+    if not rates:
+        return None
+
+    def rate(key: str) -> dict[str, Any]:
+        r = rates[key]
+        return {"value": r["value"], "lower": r["lower"], "upper": r["upper"], "k": r["k"], "n": r["n"]}
+
+    return {"name": name, "threshold": rates["threshold"], "sensitivity": rate("sensitivity"),
+            "specificity": rate("specificity"), "measured_on": source}  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def heatmap_scale(steps: int = 9) -> dict[str, Any]:
+    """The heat-map layer's fixed colour scale, made by :func:`heatmap_layer` itself from maps of
+    one value each, so the viewer's legend shows exactly the colours the overlay uses (the map is
+    a probability per cell: the same value is the same colour on every image)."""
+    stops = []
+    for i in range(steps):  # from the floor (below it nothing is drawn) to the top
+        value = OVERLAY_FLOOR + (1.0 - OVERLAY_FLOOR) * i / (steps - 1)
+        one = Letterbox(size=4, scale=1.0, pad_x=0, pad_y=0, height=4, width=4)
+        r, g, b, a = heatmap_layer(np.full((4, 4), value, np.float32), one, (1, 1)).getpixel((0, 0))
+        stops.append({"value": round(value, 4), "rgba": [r, g, b, a]})
+    return {"floor": OVERLAY_FLOOR, "stops": stops}
 
 
 # Answers a reader cannot agree or disagree with: they give their own call (fracture yes or no).

@@ -6,7 +6,8 @@
 const state = {
   token: null, reader: null, study: null, viewports: [], active: 0, generation: 0,
   // the worklist page shown: sort, paging, and the change cursor it is current to
-  list: { sort: "priority", order: "asc", offset: 0, total: 0, cursor: 0, seq: 0 },
+  list: { sort: "priority", order: "asc", offset: 0, total: 0, cursor: 0, seq: 0, keys: [], selected: -1 },
+  heatScale: null, // the heat-map layer's fixed colour scale (GET /api/categories)
 };
 const PAGE = 100; // studies per worklist page
 const POLL_MS = 2000; // how often the open worklist asks what changed
@@ -66,7 +67,9 @@ $("#sign-in-form").addEventListener("submit", async (event) => {
 $("#sign-out").addEventListener("click", () => signOut(""));
 
 async function loadCategories() {
-  const { categories } = await apiJson("/api/categories");
+  const { categories, heatmap_scale: scale } = await apiJson("/api/categories");
+  state.heatScale = scale || null;
+  renderLegend();
   const css = { fracture: "--fracture", doubt: "--doubt", no_fracture: "--none", out_of_scope: "--scope" };
   for (const c of categories) {
     MEANING[c.category] = `${c.word}: ${c.meaning}`;
@@ -143,6 +146,9 @@ async function loadWorklist() {
 function renderWorklist(studies) {
   const body = $("#worklist tbody");
   body.replaceChildren();
+  const previous = state.list.keys[state.list.selected];
+  state.list.keys = studies.map((s) => s.study);
+  state.list.selected = previous === undefined ? -1 : state.list.keys.indexOf(previous);
   for (const s of studies) {
     const row = document.createElement("tr");
     row.dataset.study = s.study;
@@ -182,6 +188,7 @@ function renderWorklist(studies) {
     row.addEventListener("click", () => (location.hash = "#/study/" + encodeURIComponent(s.study)));
     body.append(row);
   }
+  selectRow(state.list.selected);
   const { offset, total } = state.list;
   $("#page-info").textContent = total ? `${offset + 1}–${offset + studies.length} of ${total}` : "no studies";
   $("#page-prev").disabled = offset === 0;
@@ -209,6 +216,28 @@ async function pollChanges() {
   } finally {
     if (!$("#list-view").hidden && state.token) startPolling();
   }
+}
+
+// Worklist keyboard: up/down arrows choose a study, Enter opens it.
+function selectRow(index) {
+  const rows = document.querySelectorAll("#worklist tbody tr");
+  state.list.selected = rows.length ? Math.max(0, Math.min(index, rows.length - 1)) : -1;
+  if (index < 0) state.list.selected = -1;
+  rows.forEach((row, i) => row.classList.toggle("selected", i === state.list.selected));
+  const chosen = rows[state.list.selected];
+  if (chosen) chosen.scrollIntoView({ block: "nearest" });
+}
+
+function worklistKey(event) {
+  if (event.key === "ArrowDown") selectRow(state.list.selected + 1);
+  else if (event.key === "ArrowUp") selectRow(Math.max(0, state.list.selected - 1));
+  else if (event.key === "Enter" && state.list.selected >= 0) openKey(state.list.keys[state.list.selected]);
+  else return;
+  event.preventDefault();
+}
+
+function openKey(key) {
+  location.hash = "#/study/" + encodeURIComponent(key);
 }
 
 function formatDate(text) {
@@ -311,15 +340,58 @@ function clearStudy() {
   $("#study-title").textContent = "";
   $("#study-error").hidden = true;
   $("#study-error").textContent = "";
+  $("#study-note").textContent = "";
   $("#mark-read").disabled = true;
 }
 
 $("#back").addEventListener("click", () => (location.hash = "#/"));
 $("#mark-read").addEventListener("click", async () => {
   if (!state.study) return;
-  await markRead(state.study.study, !state.study.read);
-  location.hash = "#/";
+  const reading = !state.study.read;
+  await markRead(state.study.study, reading);
+  if (reading) nextUnread(true);
+  else location.hash = "#/";
 });
+$("#prev-study").addEventListener("click", () => stepStudy(-1));
+$("#next-study").addEventListener("click", () => stepStudy(1));
+
+// The worklist's order (its filters and sort) is the reading order; a study opened by its link
+// finds its place in the first page.
+async function worklistKeys() {
+  if (!state.list.keys.length) {
+    const page = await apiJson("/api/worklist?" + listParams());
+    state.list.keys = page.studies.map((s) => s.study);
+  }
+  return state.list.keys;
+}
+
+async function stepStudy(step) {
+  if (!state.study) return;
+  const keys = await worklistKeys();
+  const here = keys.indexOf(state.study.study);
+  const next = keys[here < 0 ? (step > 0 ? 0 : keys.length - 1) : here + step];
+  if (next !== undefined) {
+    state.list.selected = keys.indexOf(next);
+    openKey(next);
+  } else {
+    $("#study-note").textContent = step > 0 ? "This is the last study of the worklist page." : "This is the first study.";
+  }
+}
+
+// Mark the open study read (if asked) and open the worklist's next unread study, in its order.
+async function nextUnread(alreadyMarked = false) {
+  if (!state.study) return;
+  const current = state.study.study;
+  if (!alreadyMarked && !state.study.read) await markRead(current, true);
+  const params = listParams();
+  params.set("read", "false");
+  params.set("offset", 0);
+  const page = await apiJson("/api/worklist?" + params);
+  state.list.keys = [];  // the list changed: it is asked again when needed
+  const next = page.studies.map((s) => s.study).find((key) => key !== current);
+  if (next) openKey(next);
+  else location.hash = "#/";
+}
 
 function setActive(index) {
   state.active = Math.max(0, Math.min(index, state.viewports.length - 1));
@@ -336,9 +408,22 @@ $("#reset").addEventListener("click", () => activeViewport() && activeViewport()
 $("#invert").addEventListener("click", () => activeViewport() && activeViewport().toggleInvert());
 
 document.addEventListener("keydown", (event) => {
-  if ($("#viewer-view").hidden || event.target.matches("input[type=text], textarea")) return;
+  if (!state.token || event.target.matches("input[type=text], input[type=search], input[type=password], textarea")) return;
+  if (event.key === "?") {
+    $("#help").hidden = !$("#help").hidden;
+    return;
+  }
+  if (event.key === "Escape" && !$("#help").hidden) {
+    $("#help").hidden = true;
+    return;
+  }
+  if (!$("#list-view").hidden && !event.target.matches("select, button")) return worklistKey(event);
+  if ($("#viewer-view").hidden) return;
   const vp = activeViewport();
-  if (event.key === "h" || event.key === "H") {
+  if (event.key === "n" || event.key === "N" || event.key === "PageDown") stepStudy(1);
+  else if (event.key === "p" || event.key === "P" || event.key === "PageUp") stepStudy(-1);
+  else if (event.key === "u" || event.key === "U") nextUnread();
+  else if (event.key === "h" || event.key === "H") {
     $("#heat-toggle").checked = !$("#heat-toggle").checked;
     state.viewports.forEach((v) => v.draw());
   } else if ((event.key === "r" || event.key === "R") && vp) vp.reset();
@@ -468,12 +553,38 @@ class Viewport {
       ctx.globalAlpha = 1;
       this.drawPeak(ctx);
     }
+    this.drawOutline(ctx);
+    // where the original image's pixels are on the canvas (tests and tools read these)
+    this.canvas.dataset.scale = this.image.size ? this.width / this.image.size.width : 1;
+    this.canvas.dataset.panx = this.panX;
+    this.canvas.dataset.pany = this.panY;
     this.canvas.dataset.zoom = this.zoom.toFixed(3);
+  }
+
+  // The hot region's outline, as the DICOM presentation state draws it: solid for "fracture",
+  // dashed for "doubt", nothing for "no fracture" and "not scored".
+  drawOutline(ctx) {
+    const style = { fracture: "solid", doubt: "dashed" }[this.image.category];
+    const points = this.image.outline;
+    this.canvas.dataset.outline = style && points && points.length > 2 ? style : "none";
+    if (this.canvas.dataset.outline === "none") return;
+    const scale = this.image.size ? this.width / this.image.size.width : 1;
+    ctx.save();
+    ctx.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue(
+      this.image.category === "fracture" ? "--fracture" : "--doubt").trim() || "#f00";
+    ctx.lineWidth = 2.5 / this.zoom;
+    ctx.setLineDash(style === "dashed" ? [10 / this.zoom, 7 / this.zoom] : []);
+    ctx.beginPath();
+    points.forEach(([x, y], i) => (i ? ctx.lineTo(x * scale, y * scale) : ctx.moveTo(x * scale, y * scale)));
+    ctx.closePath();
+    ctx.stroke();
+    ctx.restore();
   }
 
   drawPeak(ctx) {
     const peak = this.image.peak;
-    const box = this.image.status === "done" && peak;
+    // No crosshair where the model found nothing: a point there would read as a finding.
+    const box = this.image.status === "done" && ["fracture", "doubt"].includes(this.image.category) && peak;
     if (!box) return;
     // The peak is in the original image's pixels; the displayed pixels may be reduced.
     const scale = this.image.size ? this.width / this.image.size.width : 1;
@@ -555,6 +666,7 @@ class Viewport {
       const version = image.model.version ? ` version ${image.model.version}` : "";
       model.textContent = `Model ${image.model.id}${version}. AI result, an aid, not a diagnosis.`;
       this.info.append(head, meaning, model, this.feedbackForm());
+      if (image.operating_point) meaning.after(operatingPoint(image.operating_point));
     } else if (image.status === "refused" || image.status === "failed") {
       head.append(badge(null, "refused"), " not analysed: ", image.error || "");
       this.info.append(head);
@@ -642,6 +754,52 @@ class Viewport {
     return form;
   }
 }
+
+// ---- the answer's meaning in numbers, the heat map's legend, the shortcuts -----------------------
+
+function percent(rate) {
+  return `${Math.round(rate.value * 100)}% (${Math.round(rate.lower * 100)}–${Math.round(rate.upper * 100)}%)`;
+}
+
+// The operating point behind the answer with its measured sensitivity and specificity, and the data
+// they were measured on.
+function operatingPoint(point) {
+  const div = document.createElement("div");
+  div.className = "operating-point";
+  const word = WORD[point.name] || point.name;
+  div.textContent = `${word} threshold ${point.threshold.toFixed(2)}: sensitivity ${percent(point.sensitivity)}, ` +
+    `specificity ${percent(point.specificity)}, 95% intervals; measured on ${point.measured_on}.`;
+  div.dataset.sensitivity = point.sensitivity.value;
+  div.dataset.specificity = point.specificity.value;
+  return div;
+}
+
+// The heat map's colours, fixed (the map is a probability per cell): a weak map looks weak.
+function renderLegend() {
+  const legend = $("#legend");
+  legend.replaceChildren();
+  if (!state.heatScale) return;
+  const label = document.createElement("span");
+  label.textContent = "Heat map:";
+  legend.append(label);
+  for (const stop of state.heatScale.stops) {
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    const [r, g, b, a] = stop.rgba;
+    swatch.dataset.value = stop.value;
+    swatch.dataset.rgba = stop.rgba.join(",");
+    const colour = `rgba(${r}, ${g}, ${b}, ${(a / 255).toFixed(3)})`;
+    swatch.style.backgroundImage = `linear-gradient(${colour}, ${colour})`; // over a mid-gray ground
+    swatch.title = `cell value ${stop.value}`;
+    legend.append(swatch);
+  }
+  const ends = document.createElement("span");
+  ends.textContent = `${state.heatScale.floor} → 1 per cell (nothing drawn below ${state.heatScale.floor})`;
+  legend.append(ends);
+}
+
+$("#help-close").addEventListener("click", () => ($("#help").hidden = true));
+$("#help-open").addEventListener("click", () => ($("#help").hidden = false));
 
 // ---- start ---------------------------------------------------------------------------------------
 
