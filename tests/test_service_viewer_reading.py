@@ -253,3 +253,55 @@ def test_reading_flow_by_keyboard(service, sample_images, tmp_path: Path) -> Non
         _wait_for(lambda: keys_shown() == order, what="read studies shown when asked")
     finally:
         driver.quit()
+
+
+def test_uploads_named_dated_and_found(service, sample_images, tmp_path: Path, caplog) -> None:
+    """A JPEG upload shows the file name it was given, its upload date and its region, and is found
+    by them; a DICOM study is found by its patient ID. The name is never logged."""
+    import logging
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    caplog.set_level(logging.DEBUG)
+    given = "left wrist Tuesday.jpg"
+    named = tmp_path / "upload" / given
+    named.parent.mkdir()
+    named.write_bytes(next(p for p in sample_images if p.name == "IMG0000020.jpg").read_bytes())
+    dicom = next(p for p in sample_images if p.suffix == ".dcm")
+    driver = chrome_driver(tmp_path, 1600, 1000)
+    try:
+        _sign_in(driver, service, By)
+        driver.find_element(By.ID, "upload").send_keys(f"{named}\n{dicom}")
+        status = driver.find_element(By.ID, "upload-status")
+        _wait_for(lambda: "2 of 2 uploaded" in status.text, what="upload")
+
+        def row_texts():
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            try:
+                found = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
+                return [(r.get_attribute("data-category"), r.text) for r in found]
+            except StaleElementReferenceException:
+                return None
+
+        rows = _wait_for(
+            lambda: (t := row_texts()) and len(t) == 2 and all(c for c, _ in t) and t, what="both analysed"
+        )
+        jpeg_row = next(text for _, text in rows if given in text)
+        assert "uploaded" in jpeg_row and "hand" in jpeg_row, jpeg_row
+        search = driver.find_element(By.ID, "filter-search")
+        for query, expected in (("wrist tues", given), ("123456", "AVeryGood")):
+            search.clear()
+            search.send_keys(query, Keys.ENTER)
+            _wait_for(
+                lambda e=expected: (t := row_texts()) is not None and len(t) == 1 and e in t[0][1],
+                what=f"the search for {query!r}",
+            )
+        driver.save_screenshot(str(ARTEFACTS / "worklist-search.png"))
+    finally:
+        driver.quit()
+    ours = [r for r in caplog.records if not r.name.startswith(("selenium", "urllib3"))]
+    service_log = [r.getMessage() for r in ours]
+    # (the searches the test typed are in the access log's query strings: that is the server's log)
+    assert service_log and not [m for m in service_log if given in m or "Tuesday" in m]

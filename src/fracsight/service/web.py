@@ -212,7 +212,9 @@ def create_app(
         """Store one image (multipart field ``file``: DICOM, PNG, JPEG, TIFF) and queue it (202).
         A DICOM instance kept already (same SOP Instance UID) is not kept twice: 200, with the
         kept image's id and ``"duplicate": true``."""
-        received = await _receive_upload(request, store, max_upload_bytes)
+        received, name = await _receive_upload(request, store, max_upload_bytes)
+        if not received.duplicate and name and received.record.kind != "dicom":
+            store.name_upload(received.id, name)  # the only name such an upload has
         ack = {"id": received.id, "study": received.record.info.study_key}
         if received.duplicate:
             return JSONResponse({**ack, "duplicate": True}, 200)
@@ -410,9 +412,19 @@ async def _receive_upload(request: Request, store: Store, max_bytes: int):
             while chunk := upload.file.read(1 << 20):
                 yield chunk
 
-        return receive_stream(store, chunks(), max_bytes)  # UploadRefused: answered with its error_code
+        # UploadRefused: answered with its error_code
+        return receive_stream(store, chunks(), max_bytes), upload_name(upload.filename)
     finally:
         await form.close()
+
+
+def upload_name(given: str | None) -> str:
+    """The file name as the uploader gave it, without any folder part or control characters, and
+    at most 200 characters: shown in the worklist, never logged."""
+    if not given:
+        return ""
+    base = given.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in base if c.isprintable()).strip()[:200]
 
 
 def _refusal(exc: UploadRefused) -> JSONResponse:

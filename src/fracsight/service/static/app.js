@@ -155,13 +155,14 @@ function renderWorklist(studies) {
     row.dataset.category = s.category || "";
     if (s.read) row.classList.add("read");
     const status = s.category ? null : s.n_pending ? "pending" : "refused";
+    const upload = s.study.startsWith("upload-"); // no DICOM header: named by its file, dated by its upload
     const cells = [
       badge(s.category, status),
       s.probability == null ? "" : s.probability.toFixed(2),
-      s.patient_name || "(no name)",
+      s.patient_name || (upload ? "(upload, no header)" : "(no name)"),
       s.patient_id,
       s.study_description || s.modality || "",
-      formatDate(s.study_date),
+      formatDate(s.study_date) || (upload ? "uploaded " + new Date(s.received_at).toLocaleDateString() : ""),
       (s.regions || []).join(", "),
       `${s.n_images}` + (s.n_pending ? ` (${s.n_pending} pending)` : "") + (s.n_refused ? ` (${s.n_refused} refused)` : "") +
         (s.n_undelivered ? ` (${s.n_undelivered} results not yet delivered to the PACS)` : ""),
@@ -318,8 +319,9 @@ async function openStudy(key) {
   }
   if (generation !== state.generation) return;
   state.study = study;
-  $("#study-title").textContent = [study.patient_name, study.patient_id, study.study_description, formatDate(study.study_date)]
-    .filter(Boolean).join(" · ") || "Uploaded image";
+  const uploaded = study.study.startsWith("upload-") ? "uploaded " + new Date(study.received_at).toLocaleString() : "";
+  $("#study-title").textContent = [study.patient_name, study.patient_id, study.study_description,
+    formatDate(study.study_date) || uploaded, (study.regions || []).join(", ")].filter(Boolean).join(" · ") || "Uploaded image";
   $("#mark-read").textContent = study.read ? "Mark study unread" : "Mark study read";
   $("#mark-read").disabled = false;
   const container = $("#viewports");
