@@ -104,14 +104,14 @@ const near = (x, y, rgb) => {
 };
 const pts = image.outline || [];
 let hit = 0, all = 0;
-const s = Number(canvas.dataset.scale) * zoom;
-const ox = Number(canvas.dataset.panx), oy = Number(canvas.dataset.pany);
+const s = Number(canvas.dataset.scale);
+const [a, b, c, d, e, f] = JSON.parse(canvas.dataset.matrix);
 for (let k = 1; k < pts.length; k++) {
   const [x0, y0] = pts[k - 1], [x1, y1] = pts[k];
-  const length = Math.hypot(x1 - x0, y1 - y0) * s;
+  const length = Math.hypot(x1 - x0, y1 - y0) * s * zoom;
   for (let t = 0; t < length; t += 2) {
-    const x = ox + (x0 + (x1 - x0) * t / length) * s;
-    const y = oy + (y0 + (y1 - y0) * t / length) * s;
+    const ix = (x0 + (x1 - x0) * t / length) * s, iy = (y0 + (y1 - y0) * t / length) * s;
+    const x = a * ix + c * iy + e, y = b * ix + d * iy + f;
     if (x < 3 || y < 3 || x > canvas.width - 3 || y > canvas.height - 3) continue;
     all++;
     if (near(x, y, colour)) hit++;
@@ -305,3 +305,111 @@ def test_uploads_named_dated_and_found(service, sample_images, tmp_path: Path, c
     service_log = [r.getMessage() for r in ours]
     # (the searches the test typed are in the access log's query strings: that is the server's log)
     assert service_log and not [m for m in service_log if given in m or "Tuesday" in m]
+
+
+def _first(driver, By, css: str):
+    return next(iter(driver.find_elements(By.CSS_SELECTOR, css)), None)
+
+
+def _dicom_with(source: Path, tmp_path: Path, name: str, **changes) -> Path:
+    """The bundled DICOM sample changed (window presets, pixel spacing), as a new instance of its study."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    path = tmp_path / name
+    ds.save_as(path)
+    return path
+
+
+def test_the_image_as_the_pacs_shows_it(service, sample_images, tmp_path: Path) -> None:
+    """Header window presets applied on open and cycled by W; the on-image text; a measurement in
+    mm against a known distance; uncalibrated on a JPEG; flip, rotate; layouts 1 and 2 up."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    source = next(p for p in sample_images if p.suffix == ".dcm")
+    spacing = (0.5, 0.25)  # mm between rows, between columns
+    presets = {"WindowCenter": [128, 100], "WindowWidth": [256, 101],
+               "WindowCenterWidthExplanation": ["DEFAULT", "NARROW"]}  # fmt: skip
+    first = _dicom_with(source, tmp_path, "a.dcm", PixelSpacing=list(spacing), **presets)
+    second = _dicom_with(source, tmp_path, "b.dcm")
+    jpeg = next(p for p in sample_images if p.name == "IMG0000001.jpg")
+    acks = []
+    for path in (first, second, jpeg):
+        upload = {"file": (path.name, path.read_bytes())}
+        reply = httpx.post(f"{service.url}/api/images", headers=AUTH, files=upload)
+        assert reply.status_code == 202, reply.text
+        acks.append(reply.json())
+    def status(ack: dict) -> str:
+        return httpx.get(f"{service.url}/api/images/{ack['id']}", headers=AUTH).json()["status"]
+
+    _wait_for(lambda: all(status(a) == "done" for a in acks), what="analysed")
+    detail = httpx.get(f"{service.url}/api/images/{acks[0]['id']}", headers=AUTH).json()
+    assert [p["name"] for p in detail["display"]["presets"]] == ["DEFAULT", "NARROW"]
+    driver = chrome_driver(tmp_path, 1600, 1000)
+    try:
+        _sign_in(driver, service, By)
+        driver.execute_script("location.hash = arguments[0]", "#/study/" + acks[0]["study"])
+        canvas_css = f"#viewports canvas[data-image='{acks[0]['id']}'][data-preset]"
+        canvas = _wait_for(lambda: _first(driver, By, canvas_css), what="drawn")
+        shown = "#viewports .viewport:not([hidden])"
+        assert len(driver.find_elements(By.CSS_SELECTOR, shown)) == 2  # 2-up: the study's two views
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys("1")
+        _wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, shown)) == 1, what="one view")
+        # The header's first window on open: the whole display scale; shown in the header's units.
+        assert canvas.get_attribute("data-preset") == "DEFAULT"
+        assert (canvas.get_attribute("data-window"), canvas.get_attribute("data-level")) == ("65535", "32768")
+        overlay = canvas.get_attribute("data-overlay")
+        assert "W 256  L 128" in overlay and "2020-01-25" in overlay and overlay.startswith("L"), overlay
+        body.send_keys("w")  # the second preset, on the display scale (MONOCHROME1: the level mirrored)
+        assert canvas.get_attribute("data-preset") == "NARROW"
+        width = 100 / 255 * 65535
+        level = 65535 - ((100 - 128) / 255 + 0.5) * 65535
+        assert abs(int(canvas.get_attribute("data-window")) - width) <= 1
+        assert abs(int(canvas.get_attribute("data-level")) - level) <= 1
+        assert "W 101  L 100" in canvas.get_attribute("data-overlay")
+        body.send_keys("w")
+        assert canvas.get_attribute("data-preset").startswith("auto")
+
+        # A known distance: image pixel (20, 30) to (180, 130) is 160 columns and 100 rows.
+        body.send_keys("m")
+
+        def on_screen(x: float, y: float) -> tuple[float, float]:
+            a, b, c, d, e, f = __import__("json").loads(canvas.get_attribute("data-matrix"))
+            ratio = canvas.size["width"] / int(canvas.get_attribute("width"))
+            return (a * x + c * y + e) * ratio, (b * x + d * y + f) * ratio
+
+        def drag(p0, p1) -> None:
+            (x0, y0), (x1, y1) = on_screen(*p0), on_screen(*p1)
+            size = canvas.size
+            ActionChains(driver).move_to_element_with_offset(
+                canvas, round(x0 - size["width"] / 2), round(y0 - size["height"] / 2)
+            ).click_and_hold().move_by_offset(round(x1 - x0), round(y1 - y0)).release().perform()
+
+        drag((20.5, 30.5), (180.5, 130.5))
+        expected = ((160 * spacing[1]) ** 2 + (100 * spacing[0]) ** 2) ** 0.5  # 64.0 mm
+        assert abs(float(canvas.get_attribute("data-measure")) - expected) < 0.5, canvas.get_attribute(
+            "data-measure-text"
+        )
+        assert canvas.get_attribute("data-measure-text").endswith("mm")
+        body.send_keys("x", "t")
+        assert canvas.get_attribute("data-flip") == "true" and canvas.get_attribute("data-turns") == "1"
+        assert "90°" in canvas.get_attribute("data-overlay")
+        driver.save_screenshot(str(ARTEFACTS / "viewer-dicom-1600x1000.png"))
+        body.send_keys("2")
+        _wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, shown)) == 2, what="two views")
+
+        # No pixel spacing: the length is in pixels, labelled uncalibrated.
+        driver.execute_script("location.hash = arguments[0]", "#/study/" + acks[2]["study"])
+        canvas_css = f"#viewports canvas[data-image='{acks[2]['id']}'][data-preset]"
+        canvas = _wait_for(lambda: _first(driver, By, canvas_css), what="jpeg")
+        drag((10, 10), (110, 10))
+        assert canvas.get_attribute("data-measure") == "uncalibrated"
+        assert "uncalibrated" in canvas.get_attribute("data-measure-text")
+    finally:
+        driver.quit()

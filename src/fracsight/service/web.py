@@ -454,8 +454,93 @@ def _detail(store: Store, record) -> dict[str, Any]:
     ]  # fmt: skip
     out = {**record.to_api(), "feedback": verdicts}
     out.update(_finding_shape(store, record))
+    if record.kind == "dicom" and record.status == "done":
+        shown = display_header(store.data_dir / record.file)
+        if shown:
+            out["display"] = shown
     if record.results is not None:  # received over DICOM: what was sent back to the PACS
         out["deliveries"] = [s.to_api() for s in store.sends(image_id=record.id)]
+    return out
+
+
+_HEADER_TAGS = ["Rows", "Columns", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+                "VOILUTSequence", "VOILUTFunction", "PhotometricInterpretation", "PixelSpacing",
+                "ImagerPixelSpacing", "ImageLaterality", "Laterality", "ViewPosition", "StudyDate",
+                "AcquisitionDate", "ContentDate", "BodyPartExamined"]  # fmt: skip
+
+
+def _many(value: Any) -> list[Any]:
+    """A header value of one or many items as a list (none: [])."""
+    from pydicom.multival import MultiValue
+
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+
+
+def _numbers(value: Any) -> list[float]:
+    """A DS value (one or many) as floats; [] when missing or malformed."""
+    try:
+        return [float(v) for v in _many(value)]
+    except (TypeError, ValueError):
+        return []
+
+
+@lru_cache(maxsize=256)
+def display_header(path: Path) -> dict[str, Any] | None:
+    """What a PACS viewer shows of a DICOM image beside its pixels, from its header (no pixels are
+    read): the window presets on the viewer's display scale, pixel spacing, laterality, view, date.
+
+    The display pixels are the header's first window mapped to [0, 1] (io.dicom_display), so a
+    preset (centre c, width w) is placed on that scale by the standard's LINEAR formula: the first
+    preset is the whole scale, others where their edges fall on it (clipped there). With a VOI LUT
+    table or no window the display scale is not a window: no presets then.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except Exception:  # noqa: BLE001 - a header the reader refused: nothing more to show
+        return None
+
+    def text(keyword: str) -> str:
+        value = ds.get(keyword)
+        return str(value).strip() if value is not None else ""
+
+    out: dict[str, Any] = {
+        "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0),
+        "laterality": text("ImageLaterality") or text("Laterality"),
+        "view": text("ViewPosition"),
+        "date": text("StudyDate") or text("AcquisitionDate") or text("ContentDate"),
+        "body_part": text("BodyPartExamined"),
+        "pixel_spacing_mm": None,
+        "spacing_source": None,
+        "presets": [],
+    }
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):  # as dicom_reader reads them
+        spacing = _numbers(ds.get(keyword))
+        if len(spacing) == 2 and all(v > 0 for v in spacing):
+            out["pixel_spacing_mm"], out["spacing_source"] = spacing, keyword
+            break
+    centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
+    if ds.get("VOILUTSequence") or not centres or not widths or widths[0] <= 1:
+        return out
+    names = [str(n) for n in _many(ds.get("WindowCenterWidthExplanation"))]
+    inverted = text("PhotometricInterpretation") == "MONOCHROME1"
+    c1, w1 = centres[0], widths[0]
+    top = 65535.0
+    out["window"] = {"center": c1, "width": w1, "inverted": inverted}
+    for i, (c, w) in enumerate(zip(centres, widths, strict=False)):
+        if w < 1:
+            continue
+        level = ((c - c1) / (w1 - 1) + 0.5) * top
+        width = (w - 1) / (w1 - 1) * top
+        if inverted:
+            level = top - level
+        name = names[i] if i < len(names) and names[i].strip() else f"header window {i + 1}"
+        out["presets"].append({"name": name, "center": c, "width": w, "display_level": round(level, 2),
+                               "display_width": round(max(1.0, width), 2)})  # fmt: skip
     return out
 
 

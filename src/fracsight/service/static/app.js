@@ -325,7 +325,12 @@ async function openStudy(key) {
   $("#mark-read").textContent = study.read ? "Mark study unread" : "Mark study read";
   $("#mark-read").disabled = false;
   const container = $("#viewports");
-  for (const image of study.images) {
+  // the views with a finding first (fracture, doubt, then the rest), the most suspicious first
+  const rank = { fracture: 0, doubt: 1, no_fracture: 2, out_of_scope: 3 };
+  const order = (image) => (image.category in rank ? rank[image.category] : 4);
+  const images = [...study.images].sort((a, b) => order(a) - order(b) || (b.probability || 0) - (a.probability || 0));
+  state.layout = state.layout || Math.min(images.length, 2);
+  for (const image of images) {
     const vp = new Viewport(image, generation);
     container.append(vp.element);
     state.viewports.push(vp);
@@ -398,7 +403,57 @@ async function nextUnread(alreadyMarked = false) {
 function setActive(index) {
   state.active = Math.max(0, Math.min(index, state.viewports.length - 1));
   state.viewports.forEach((vp, i) => vp.element.classList.toggle("active", i === state.active));
+  showLayout();
 }
+
+// Hanging: 1, 2, 3 or 4 views side by side, the ones with a finding first; the page of views
+// shown is the one holding the active view.
+function setLayout(n) {
+  if (n !== 1) state.lastLayout = n;
+  state.layout = n;
+  showLayout();
+  state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
+}
+
+function showLayout() {
+  const n = state.layout || 1;
+  const first = Math.floor(state.active / n) * n;
+  $("#viewports").style.gridTemplateColumns = `repeat(${Math.min(n, Math.max(1, state.viewports.length))}, minmax(0, 1fr))`;
+  $("#viewports").dataset.layout = n;
+  let changed = false;
+  state.viewports.forEach((vp, i) => {
+    const hidden = i < first || i >= first + n;
+    if (vp.element.hidden !== hidden) changed = true;
+    vp.element.hidden = hidden;
+  });
+  if (changed) state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
+  document.querySelectorAll("#layout button").forEach((b) => b.classList.toggle("on", Number(b.dataset.layout) === n));
+}
+
+function setMeasuring(on) {
+  state.measuring = on;
+  $("#measure").classList.toggle("on", on);
+  $("#viewports").classList.toggle("measuring", on);
+}
+
+function toggleFullScreen() {
+  const on = !document.body.classList.contains("fullscreen");
+  document.body.classList.toggle("fullscreen", on);
+  try {
+    if (on && document.documentElement.requestFullscreen) document.documentElement.requestFullscreen().catch(() => {});
+    else if (!on && document.fullscreenElement) document.exitFullscreen().catch(() => {});
+  } catch (error) {
+    // the page fills the window even where the browser refuses full screen
+  }
+  state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
+}
+
+$("#measure").addEventListener("click", () => setMeasuring(!state.measuring));
+$("#flip").addEventListener("click", () => activeViewport() && activeViewport().orient(true, false));
+$("#rotate").addEventListener("click", () => activeViewport() && activeViewport().orient(false, true));
+$("#preset").addEventListener("click", () => activeViewport() && activeViewport().cyclePreset());
+$("#full").addEventListener("click", toggleFullScreen);
+document.querySelectorAll("#layout button").forEach((b) => b.addEventListener("click", () => setLayout(Number(b.dataset.layout))));
 
 function activeViewport() {
   return state.viewports[state.active];
@@ -430,8 +485,16 @@ document.addEventListener("keydown", (event) => {
     state.viewports.forEach((v) => v.draw());
   } else if ((event.key === "r" || event.key === "R") && vp) vp.reset();
   else if ((event.key === "i" || event.key === "I") && vp) vp.toggleInvert();
+  else if ((event.key === "w" || event.key === "W") && vp) vp.cyclePreset();
+  else if ((event.key === "x" || event.key === "X") && vp) vp.orient(true, false);
+  else if ((event.key === "t" || event.key === "T") && vp) vp.orient(false, true);
+  else if (event.key === "m" || event.key === "M") setMeasuring(!state.measuring);
+  else if (["1", "2", "3", "4"].includes(event.key)) setLayout(Number(event.key));
+  else if (event.key === "s" || event.key === "S") setLayout(state.layout === 1 ? state.lastLayout || 2 : 1);
+  else if (event.key === "f" || event.key === "F") toggleFullScreen();
   else if (event.key === "ArrowRight") setActive(state.active + 1);
   else if (event.key === "ArrowLeft") setActive(state.active - 1);
+  else if (event.key === "Escape" && document.body.classList.contains("fullscreen")) toggleFullScreen();
   else if (event.key === "Escape") location.hash = "#/";
 });
 
@@ -473,7 +536,6 @@ class Viewport {
     this.source = document.createElement("canvas");
     this.source.width = width;
     this.source.height = height;
-    this.defaultWindow();
     if (this.image.status === "done" && this.image.category !== "out_of_scope") {  // not scored: no map
       const overlay = await api(`/api/images/${this.image.id}/overlay.png`);
       if (overlay.ok) {
@@ -481,6 +543,34 @@ class Viewport {
       }
     }
     this.reset();
+  }
+
+  // The DICOM header's window presets (on the display scale, from the service), then the window
+  // the model sees; the first is applied on open, W cycles through them.
+  presets() {
+    const header = (this.image.display && this.image.display.presets) || [];
+    return [...header.map((p) => ({ name: p.name, level: p.display_level, width: p.display_width })),
+      { name: "auto (image percentiles)" }];
+  }
+
+  applyPreset(index) {
+    const presets = this.presets();
+    this.presetIndex = ((index % presets.length) + presets.length) % presets.length;
+    const preset = presets[this.presetIndex];
+    if (preset.width) {
+      this.windowWidth = preset.width;
+      this.windowLevel = preset.level;
+    } else {
+      this.defaultWindow();
+    }
+    this.canvas.dataset.preset = preset.name;
+  }
+
+  cyclePreset() {
+    if (!this.pixels) return;
+    this.applyPreset(this.presetIndex + 1);
+    this.render();
+    this.draw();
   }
 
   defaultWindow() {
@@ -519,16 +609,65 @@ class Viewport {
 
   reset() {
     if (!this.pixels) return;
-    this.defaultWindow();
+    this.applyPreset(0);
     this.invert = false;
+    this.flip = false;
+    this.turns = 0; // quarter turns clockwise
+    this.measure = null;
+    this.render();
+    this.fit();
+  }
+
+  // The whole image in the canvas, centred (after a layout change too).
+  fit() {
+    if (!this.pixels) return;
     const rect = this.canvas.getBoundingClientRect();
     this.canvas.width = Math.max(1, Math.round(rect.width));
     this.canvas.height = Math.max(1, Math.round(rect.height));
-    this.zoom = Math.min(this.canvas.width / this.width, this.canvas.height / this.height);
-    this.panX = (this.canvas.width - this.width * this.zoom) / 2;
-    this.panY = (this.canvas.height - this.height * this.zoom) / 2;
-    this.render();
+    const [w, h] = this.turns % 2 ? [this.height, this.width] : [this.width, this.height];
+    this.zoom = Math.min(this.canvas.width / w, this.canvas.height / h);
+    this.cx = this.canvas.width / 2;
+    this.cy = this.canvas.height / 2;
     this.draw();
+  }
+
+  // Display pixels -> canvas: centre at (cx, cy), zoom, quarter turns, then the horizontal flip.
+  matrix() {
+    return new DOMMatrix().translate(this.cx, this.cy).scale(this.zoom).rotate(90 * this.turns)
+      .scale(this.flip ? -1 : 1, 1).translate(-this.width / 2, -this.height / 2);
+  }
+
+  toImage(e) {
+    const rect = this.canvas.getBoundingClientRect();
+    const x = ((e.clientX - rect.left) * this.canvas.width) / rect.width;
+    const y = ((e.clientY - rect.top) * this.canvas.height) / rect.height;
+    const p = this.matrix().inverse().transformPoint(new DOMPoint(x, y));
+    return { x: p.x, y: p.y, cx: x, cy: y };
+  }
+
+  orient(flip, turn) {
+    if (!this.pixels) return;
+    if (flip) this.flip = !this.flip;
+    if (turn) this.turns = (this.turns + 1) % 4;
+    this.fit();
+  }
+
+  // A measured length: mm where the header gives the pixel spacing, else pixels, labelled so.
+  length(m) {
+    const display = this.image.display || {};
+    const fx = display.columns ? display.columns / this.width : 1;
+    const fy = display.rows ? display.rows / this.height : 1;
+    const dx = (m.x1 - m.x0) * fx;
+    const dy = (m.y1 - m.y0) * fy;
+    const spacing = display.pixel_spacing_mm;
+    if (!spacing) {
+      const size = this.image.size;
+      const f = size ? size.width / this.width : 1;
+      return { value: null, text: `${(Math.hypot(m.x1 - m.x0, m.y1 - m.y0) * f).toFixed(0)} px (uncalibrated: no pixel spacing)` };
+    }
+    const mm = Math.hypot(dx * spacing[1], dy * spacing[0]); // [row spacing, column spacing]
+    const where = display.spacing_source === "ImagerPixelSpacing" ? " (at the detector)" : "";
+    return { value: mm, text: `${mm.toFixed(1)} mm${where}` };
   }
 
   toggleInvert() {
@@ -543,7 +682,8 @@ class Viewport {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
-    ctx.setTransform(this.zoom, 0, 0, this.zoom, this.panX, this.panY);
+    const m = this.matrix();
+    ctx.setTransform(m);
     ctx.imageSmoothingEnabled = this.zoom < 1;
     ctx.drawImage(this.source, 0, 0);
     const heatOn = $("#heat-toggle").checked && this.overlay;
@@ -556,11 +696,64 @@ class Viewport {
       this.drawPeak(ctx);
     }
     this.drawOutline(ctx);
+    this.drawMeasure(ctx);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    this.drawText(ctx);
     // where the original image's pixels are on the canvas (tests and tools read these)
     this.canvas.dataset.scale = this.image.size ? this.width / this.image.size.width : 1;
-    this.canvas.dataset.panx = this.panX;
-    this.canvas.dataset.pany = this.panY;
+    this.canvas.dataset.matrix = JSON.stringify([m.a, m.b, m.c, m.d, m.e, m.f]);
     this.canvas.dataset.zoom = this.zoom.toFixed(3);
+    this.canvas.dataset.flip = this.flip;
+    this.canvas.dataset.turns = this.turns;
+  }
+
+  drawMeasure(ctx) {
+    if (!this.measure) return;
+    const m = this.measure;
+    ctx.save();
+    ctx.strokeStyle = "#0f0";
+    ctx.lineWidth = 1.5 / this.zoom;
+    ctx.beginPath();
+    ctx.moveTo(m.x0, m.y0);
+    ctx.lineTo(m.x1, m.y1);
+    ctx.stroke();
+    ctx.restore();
+    const length = this.length(m);
+    this.canvas.dataset.measure = length.value == null ? "uncalibrated" : length.value.toFixed(2);
+    this.canvas.dataset.measureText = length.text;
+  }
+
+  // What a PACS writes on the image: laterality, view, body part and date at the top; the window
+  // (in the header's units where it gave one), zoom and orientation at the bottom; the measurement.
+  drawText(ctx) {
+    const d = this.image.display || {};
+    const top = [d.laterality, d.view, d.body_part].filter(Boolean).join("  ");
+    let wl;
+    if (d.window) {
+      const unit = (d.window.width - 1) / 65535;
+      const level = d.window.inverted ? 65535 - this.windowLevel : this.windowLevel;
+      wl = `W ${Math.round(this.windowWidth * unit + 1)}  L ${Math.round(d.window.center - 0.5 + (level - 32767.5) * unit)}`;
+    } else {
+      wl = `W ${(this.windowWidth / 655.35).toFixed(0)}%  L ${(this.windowLevel / 655.35).toFixed(0)}%`;
+    }
+    const bottom = `${wl}  Zoom ${this.zoom.toFixed(2)}×` + (this.flip ? "  flipped" : "") +
+      (this.turns ? `  ${this.turns * 90}°` : "");
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.fillStyle = "#ff0";
+    ctx.shadowColor = "#000";
+    ctx.shadowBlur = 3;
+    ctx.textBaseline = "top";
+    ctx.fillText(top, 8, 6);
+    const date = formatDate(d.date || "");
+    ctx.fillText(date, this.canvas.width - 8 - ctx.measureText(date).width, 6);
+    ctx.textBaseline = "bottom";
+    ctx.fillText(bottom, 8, this.canvas.height - 6);
+    if (this.measure) {
+      const text = this.length(this.measure).text;
+      ctx.fillText(text, this.canvas.width - 8 - ctx.measureText(text).width, this.canvas.height - 6);
+    }
+    ctx.shadowBlur = 0;
+    this.canvas.dataset.overlay = [top, date, bottom].filter(Boolean).join(" | ");
   }
 
   // The hot region's outline, as the DICOM presentation state draws it: solid for "fracture",
@@ -610,17 +803,30 @@ class Viewport {
     this.canvas.addEventListener("mousedown", (e) => {
       setActive(state.viewports.indexOf(this));
       const pan = e.button === 1 || e.button === 2 || e.shiftKey;
-      drag = { pan, x: e.clientX, y: e.clientY, width: this.windowWidth, level: this.windowLevel, panX: this.panX, panY: this.panY };
       e.preventDefault();
+      if (!pan && state.measuring && this.pixels) {
+        const p = this.toImage(e);
+        this.measure = { x0: p.x, y0: p.y, x1: p.x, y1: p.y };
+        drag = { measure: true };
+        return;
+      }
+      drag = { pan, x: e.clientX, y: e.clientY, width: this.windowWidth, level: this.windowLevel, cx: this.cx, cy: this.cy };
     });
     window.addEventListener("mouseup", () => (drag = null));
     window.addEventListener("mousemove", (e) => {
       if (!drag || !this.pixels) return;
+      if (drag.measure) {
+        const p = this.toImage(e);
+        this.measure.x1 = p.x;
+        this.measure.y1 = p.y;
+        this.draw();
+        return;
+      }
       const dx = e.clientX - drag.x;
       const dy = e.clientY - drag.y;
       if (drag.pan) {
-        this.panX = drag.panX + dx;
-        this.panY = drag.panY + dy;
+        this.cx = drag.cx + dx;
+        this.cy = drag.cy + dy;
         this.draw();
       } else {
         // Horizontal: window width; vertical: level (as in common PACS viewers).
@@ -637,8 +843,8 @@ class Viewport {
       const mx = ((e.clientX - rect.left) * this.canvas.width) / rect.width;
       const my = ((e.clientY - rect.top) * this.canvas.height) / rect.height;
       const factor = e.deltaY < 0 ? 1.15 : 1 / 1.15;
-      this.panX = mx - (mx - this.panX) * factor;
-      this.panY = my - (my - this.panY) * factor;
+      this.cx = mx - (mx - this.cx) * factor;
+      this.cy = my - (my - this.cy) * factor;
       this.zoom *= factor;
       this.draw();
     }, { passive: false });
