@@ -413,3 +413,42 @@ def test_the_image_as_the_pacs_shows_it(service, sample_images, tmp_path: Path) 
         assert "uncalibrated" in canvas.get_attribute("data-measure-text")
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("width,height", [(1600, 1000), (1366, 768)])
+def test_screenshots_of_the_worklist_and_the_viewer(
+    service, sample_images, tmp_path: Path, width: int, height: int
+) -> None:
+    """The worklist of mixed studies and the viewer on a fracture, at two common screen sizes, kept
+    as artefacts (the README shows two of them)."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    answers = _upload_samples(service, sample_images)
+    for path in sample_images:  # the rest: two more fractures and the DICOM (not scored)
+        if path.name not in SAMPLES:
+            upload = {"file": (path.name, path.read_bytes())}
+            assert httpx.post(f"{service.url}/api/images", headers=AUTH, files=upload).status_code == 202
+
+    def done() -> int:
+        return httpx.get(f"{service.url}/api/health").json()["queue"].get("done", 0)
+
+    _wait_for(lambda: done() >= 6, what="all six analysed")
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    driver = chrome_driver(tmp_path, width, height)
+    try:
+        _sign_in(driver, service, By)
+        rows = "#worklist tbody tr[data-category]"
+        _wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, rows)) == 6, what="six studies")
+        driver.find_element(By.TAG_NAME, "body").send_keys("\ue015")  # arrow down: the first study chosen
+        worklist = ARTEFACTS / f"worklist-{width}x{height}.png"
+        driver.save_screenshot(str(worklist))
+        fracture = next(a for a in answers.values() if a["category"] == "fracture")
+        _open(driver, By, fracture["study"])
+        viewer = ARTEFACTS / f"viewer-{width}x{height}.png"
+        driver.save_screenshot(str(viewer))
+    finally:
+        driver.quit()
+    for shot in (worklist, viewer):
+        with Image.open(shot) as picture:
+            assert picture.width >= width * 0.9 and picture.height > height * 0.5
