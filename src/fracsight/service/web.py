@@ -531,8 +531,10 @@ def display_header(path: Path) -> dict[str, Any] | None:
     c1, w1 = centres[0], widths[0]
     top = 65535.0
     out["window"] = {"center": c1, "width": w1, "inverted": inverted}
-    for i, (c, w) in enumerate(zip(centres, widths, strict=False)):
-        if w < 1:
+    # a SIGMOID window is not a straight line: only the first (the whole scale) is placed exactly
+    count = 1 if text("VOILUTFunction").upper() == "SIGMOID" else len(centres)
+    for i, (c, w) in enumerate(zip(centres[:count], widths[:count], strict=False)):
+        if w <= 1:
             continue
         level = ((c - c1) / (w1 - 1) + 0.5) * top
         width = (w - 1) / (w1 - 1) * top
