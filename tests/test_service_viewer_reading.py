@@ -335,6 +335,9 @@ def test_the_image_as_the_pacs_shows_it(service, sample_images, tmp_path: Path) 
     spacing = (0.5, 0.25)  # mm between rows, between columns
     presets = {"WindowCenter": [128, 100], "WindowWidth": [256, 101],
                "WindowCenterWidthExplanation": ["DEFAULT", "NARROW"]}  # fmt: skip
+    # a collimator's rectangle, 1-based inclusive edges: columns 50-160, rows 40-130 shown
+    presets.update(ShutterShape="RECTANGULAR", ShutterLeftVerticalEdge=50, ShutterRightVerticalEdge=160,
+                   ShutterUpperHorizontalEdge=40, ShutterLowerHorizontalEdge=130)  # fmt: skip
     first = _dicom_with(source, tmp_path, "a.dcm", PixelSpacing=list(spacing), **presets)
     second = _dicom_with(source, tmp_path, "b.dcm")
     jpeg = next(p for p in sample_images if p.name == "IMG0000001.jpg")
@@ -361,6 +364,22 @@ def test_the_image_as_the_pacs_shows_it(service, sample_images, tmp_path: Path) 
         body = driver.find_element(By.TAG_NAME, "body")
         body.send_keys("1")
         _wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, shown)) == 1, what="one view")
+        # Outside the shutter dark, inverted or not; inside it the image (inverting changes it).
+        def gray(x: float, y: float) -> list[int]:
+            return driver.execute_script(
+                "const c = arguments[0], [a, b, cc, d, e, f] = JSON.parse(c.dataset.matrix);"
+                "const x = arguments[1], y = arguments[2];"
+                "return Array.from(c.getContext('2d').getImageData("
+                "Math.round(a * x + cc * y + e), Math.round(b * x + d * y + f), 1, 1).data.slice(0, 3));",
+                canvas, x, y,
+            )
+
+        outside = [(20.5, 80.5), (100.5, 20.5), (180.5, 150.5)]
+        inside = gray(100.5, 80.5)
+        assert all(gray(*p) == [0, 0, 0] for p in outside)
+        body.send_keys("i")
+        assert all(gray(*p) == [0, 0, 0] for p in outside) and gray(100.5, 80.5) != inside
+        body.send_keys("i")
         # The header's first window on open: the whole display scale; shown in the header's units.
         assert canvas.get_attribute("data-preset") == "DEFAULT"
         assert (canvas.get_attribute("data-window"), canvas.get_attribute("data-level")) == ("65535", "32768")

@@ -463,10 +463,13 @@ def _detail(store: Store, record) -> dict[str, Any]:
     return out
 
 
+_EDGES = ("LeftVerticalEdge", "RightVerticalEdge", "UpperHorizontalEdge", "LowerHorizontalEdge")
 _HEADER_TAGS = ["Rows", "Columns", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
                 "VOILUTSequence", "VOILUTFunction", "PhotometricInterpretation", "PixelSpacing",
                 "ImagerPixelSpacing", "ImageLaterality", "Laterality", "ViewPosition", "StudyDate",
-                "AcquisitionDate", "ContentDate", "BodyPartExamined"]  # fmt: skip
+                "AcquisitionDate", "ContentDate", "BodyPartExamined", "ShutterShape",
+                *(f"Shutter{e}" for e in _EDGES), "CenterOfCircularShutter", "RadiusOfCircularShutter",
+                "VerticesOfThePolygonalShutter"]  # fmt: skip
 
 
 def _many(value: Any) -> list[Any]:
@@ -523,6 +526,7 @@ def display_header(path: Path) -> dict[str, Any] | None:
         if len(spacing) == 2 and all(v > 0 for v in spacing):
             out["pixel_spacing_mm"], out["spacing_source"] = spacing, keyword
             break
+    out["shutters"] = _shutters(ds)
     centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
     if ds.get("VOILUTSequence") or not centres or not widths or widths[0] <= 1:
         return out
@@ -543,6 +547,30 @@ def display_header(path: Path) -> dict[str, Any] | None:
         name = names[i] if i < len(names) and names[i].strip() else f"header window {i + 1}"
         out["presets"].append({"name": name, "center": c, "width": w, "display_level": round(level, 2),
                                "display_width": round(max(1.0, width), 2)})  # fmt: skip
+    return out
+
+
+def _shutters(ds) -> list[dict[str, Any]]:
+    """The Display Shutter module's shapes in 0-based pixel coordinates (x = column, y = row): what
+    lies outside any of them is shown dark, as the modality meant (collimated borders)."""
+    shapes = {str(s).strip().upper() for s in _many(ds.get("ShutterShape"))}
+    out: list[dict[str, Any]] = []
+    if "RECTANGULAR" in shapes:
+        edges = [_numbers(ds.get(f"Shutter{e}")) for e in _EDGES]
+        if all(len(e) == 1 for e in edges):
+            (left,), (right,), (upper,), (lower,) = edges
+            if right >= left and lower >= upper:  # edges are 1-based and inclusive
+                out.append({"shape": "rectangle", "x0": left - 1, "y0": upper - 1, "x1": right, "y1": lower})
+    if "CIRCULAR" in shapes:
+        centre = _numbers(ds.get("CenterOfCircularShutter"))
+        radius = _numbers(ds.get("RadiusOfCircularShutter"))
+        if len(centre) == 2 and len(radius) == 1 and radius[0] > 0:
+            out.append({"shape": "circle", "x": centre[1] - 0.5, "y": centre[0] - 0.5, "r": radius[0]})
+    if "POLYGONAL" in shapes:
+        vertices = _numbers(ds.get("VerticesOfThePolygonalShutter"))
+        if len(vertices) >= 6 and len(vertices) % 2 == 0:
+            points = [[vertices[i + 1] - 0.5, vertices[i] - 0.5] for i in range(0, len(vertices), 2)]
+            out.append({"shape": "polygon", "points": points})
     return out
 
 

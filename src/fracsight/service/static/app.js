@@ -695,6 +695,7 @@ class Viewport {
       ctx.globalAlpha = 1;
       this.drawPeak(ctx);
     }
+    this.drawShutters(ctx);
     this.drawOutline(ctx);
     this.drawMeasure(ctx);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -705,6 +706,38 @@ class Viewport {
     this.canvas.dataset.zoom = this.zoom.toFixed(3);
     this.canvas.dataset.flip = this.flip;
     this.canvas.dataset.turns = this.turns;
+  }
+
+  // The DICOM shutters: outside them (collimated borders) is dark, heat map included.
+  drawShutters(ctx) {
+    const display = this.image.display || {};
+    const shutters = display.shutters || [];
+    this.canvas.dataset.shutters = shutters.length;
+    if (!shutters.length || !display.columns) return;
+    const fx = this.width / display.columns;
+    const fy = this.height / display.rows;
+    ctx.save();
+    ctx.fillStyle = "#000";
+    for (const s of shutters) { // outside each shape dark: shown is what all of them let through
+      ctx.beginPath();
+      ctx.rect(0, 0, this.width, this.height);
+      if (s.shape === "rectangle") {
+        ctx.moveTo(s.x0 * fx, s.y0 * fy);
+        ctx.lineTo(s.x0 * fx, s.y1 * fy);
+        ctx.lineTo(s.x1 * fx, s.y1 * fy);
+        ctx.lineTo(s.x1 * fx, s.y0 * fy);
+        ctx.closePath();
+      } else if (s.shape === "circle") {
+        ctx.moveTo((s.x + s.r) * fx, s.y * fy);
+        ctx.ellipse(s.x * fx, s.y * fy, s.r * fx, s.r * fy, 0, 0, 2 * Math.PI, true);
+        ctx.closePath();
+      } else if (s.shape === "polygon") {
+        s.points.forEach(([x, y], i) => (i ? ctx.lineTo(x * fx, y * fy) : ctx.moveTo(x * fx, y * fy)));
+        ctx.closePath();
+      }
+      ctx.fill("evenodd");
+    }
+    ctx.restore();
   }
 
   drawMeasure(ctx) {
