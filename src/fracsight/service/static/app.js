@@ -329,7 +329,8 @@ async function openStudy(key) {
   const rank = { fracture: 0, doubt: 1, no_fracture: 2, out_of_scope: 3 };
   const order = (image) => (image.category in rank ? rank[image.category] : 4);
   const images = [...study.images].sort((a, b) => order(a) - order(b) || (b.probability || 0) - (a.probability || 0));
-  state.layout = state.layout || Math.min(images.length, 2);
+  // the reader's chosen layout, else as many views as the study has, up to two
+  state.layout = state.chosenLayout || Math.max(1, Math.min(images.length, 2));
   for (const image of images) {
     const vp = new Viewport(image, generation);
     container.append(vp.element);
@@ -410,7 +411,7 @@ function setActive(index) {
 // shown is the one holding the active view.
 function setLayout(n) {
   if (n !== 1) state.lastLayout = n;
-  state.layout = n;
+  state.layout = state.chosenLayout = n;
   showLayout();
   state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
 }
