@@ -191,6 +191,7 @@ class Store(Protocol):
     def requeue_interrupted(self) -> tuple[int, int]: ...
     def get_image(self, image_id: str) -> ImageRecord | None: ...
     def heatmap(self, image_id: str) -> np.ndarray | None: ...
+    def name_upload(self, image_id: str, name: str) -> None: ...
     def images_of_study(self, study_key: str) -> list[ImageRecord]: ...
     def studies(self, query: WorklistQuery | None = None) -> list[dict[str, Any]]: ...
     def study_page(self, query: WorklistQuery) -> StudyPage: ...
@@ -648,6 +649,19 @@ class SqliteStore(SendQueue):
         )
         return self._record(row) if row else None
 
+    def name_upload(self, image_id: str, name: str) -> None:
+        """Keep the file name an uploader gave an image without a DICOM header as its study
+        description, so the worklist tells such uploads apart and finds them by name (a name is
+        patient data as much as a header is: shown, searched, never logged)."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE images SET study_description = ? "
+                "WHERE id = ? AND kind != 'dicom' AND study_description = ''",
+                (name, image_id),
+            ).rowcount
+            if changed:
+                self._refresh_studies(db, self._study_keys(db, [image_id]))
+
     def heatmap(self, image_id: str) -> np.ndarray | None:
         row = (
             self._connection()
@@ -690,7 +704,8 @@ class SqliteStore(SendQueue):
                     **{c: r[c] for c in _STUDY_INFO},
                     "regions": ",".join(sorted(set((r["regions"] or "").split(",")) - {""})),
                     "day": _day(r["study_date"], r["received_at"]),
-                    "search": " ".join((r["patient_name"], r["patient_id"], r["accession_number"])).lower(),
+                    "search": " ".join((r["patient_name"], r["patient_id"], r["accession_number"],
+                                        r["study_description"], r["regions"] or "")).lower(),  # fmt: skip
                     "received_at": r["received_at"],
                     "n_images": r["n_images"],
                     "n_pending": n_pending,
@@ -1016,7 +1031,9 @@ counts AS (
         SUM(status IN ('queued', 'analysing')) AS n_pending,
         SUM(status IN ('refused', 'failed')) AS n_refused,
         SUM(status = 'done') AS n_done,
-        GROUP_CONCAT(DISTINCT LOWER(NULLIF(body_part, ''))) AS regions
+        -- the header's body part, else the region head's answer (images without a header)
+        GROUP_CONCAT(DISTINCT LOWER(NULLIF(COALESCE(NULLIF(body_part, ''),
+            CASE WHEN json_valid(result) THEN json_extract(result, '$.scope.region') END), ''))) AS regions
     FROM imgs GROUP BY study_key
 )
 SELECT c.*, """

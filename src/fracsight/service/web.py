@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from fracsight.decide import Category, vocabulary
-from fracsight.explain import heatmap_layer
+from fracsight.explain import OVERLAY_FLOOR, heatmap_layer, heatmap_outline
 from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
@@ -213,7 +213,9 @@ def create_app(
         """Store one image (multipart field ``file``: DICOM, PNG, JPEG, TIFF) and queue it (202).
         A DICOM instance kept already (same SOP Instance UID) is not kept twice: 200, with the
         kept image's id and ``"duplicate": true``."""
-        received = await _receive_upload(request, store, max_upload_bytes)
+        received, name = await _receive_upload(request, store, max_upload_bytes)
+        if not received.duplicate and name and received.record.kind != "dicom":
+            store.name_upload(received.id, name)  # the only name such an upload has
         ack = {"id": received.id, "study": received.record.info.study_key}
         if received.duplicate:
             return JSONResponse({**ack, "duplicate": True}, 200)
@@ -329,7 +331,7 @@ def create_app(
     def categories(_: SignedIn) -> dict[str, Any]:
         """What each answer means, its rank and colour (fracsight.decide): the page shows these
         words and colours rather than keeping its own."""
-        return {"categories": vocabulary()}
+        return {"categories": vocabulary(), "heatmap_scale": heatmap_scale()}
 
     @app.get("/api/performance")
     def performance_report(_: SignedIn) -> Response:
@@ -422,9 +424,19 @@ async def _receive_upload(request: Request, store: Store, max_bytes: int):
             while chunk := upload.file.read(1 << 20):
                 yield chunk
 
-        return receive_stream(store, chunks(), max_bytes)  # UploadRefused: answered with its error_code
+        # UploadRefused: answered with its error_code
+        return receive_stream(store, chunks(), max_bytes), upload_name(upload.filename)
     finally:
         await form.close()
+
+
+def upload_name(given: str | None) -> str:
+    """The file name as the uploader gave it, without any folder part or control characters, and
+    at most 200 characters: shown in the worklist, never logged."""
+    if not given:
+        return ""
+    base = given.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in base if c.isprintable()).strip()[:200]
 
 
 def _refusal(exc: UploadRefused) -> JSONResponse:
@@ -453,9 +465,196 @@ def _detail(store: Store, record) -> dict[str, Any]:
         for f in store.feedback(record.id)
     ]  # fmt: skip
     out = {**record.to_api(), "feedback": verdicts}
+    out.update(_finding_shape(store, record))
+    if record.kind == "dicom" and record.status == "done":
+        shown = display_header(store.data_dir / record.file)
+        if shown:
+            out["display"] = shown
     if record.results is not None:  # received over DICOM: what was sent back to the PACS
         out["deliveries"] = [s.to_api() for s in store.sends(image_id=record.id)]
     return out
+
+
+_EDGES = ("LeftVerticalEdge", "RightVerticalEdge", "UpperHorizontalEdge", "LowerHorizontalEdge")
+_HEADER_TAGS = ["Rows", "Columns", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+                "VOILUTSequence", "VOILUTFunction", "PhotometricInterpretation", "PixelSpacing",
+                "ImagerPixelSpacing", "ImageLaterality", "Laterality", "ViewPosition", "StudyDate",
+                "AcquisitionDate", "ContentDate", "BodyPartExamined", "ShutterShape",
+                *(f"Shutter{e}" for e in _EDGES), "CenterOfCircularShutter", "RadiusOfCircularShutter",
+                "VerticesOfThePolygonalShutter"]  # fmt: skip
+
+
+def _many(value: Any) -> list[Any]:
+    """A header value of one or many items as a list (none: [])."""
+    from pydicom.multival import MultiValue
+
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+
+
+def _numbers(value: Any) -> list[float]:
+    """A DS value (one or many) as floats; [] when missing or malformed."""
+    try:
+        return [float(v) for v in _many(value)]
+    except (TypeError, ValueError):
+        return []
+
+
+@lru_cache(maxsize=256)
+def display_header(path: Path) -> dict[str, Any] | None:
+    """What a PACS viewer shows of a DICOM image beside its pixels, from its header (no pixels are
+    read): the window presets on the viewer's display scale, pixel spacing, laterality, view, date.
+
+    The display pixels are the header's first window mapped to [0, 1] (io.dicom_display), so a
+    preset (centre c, width w) is placed on that scale by the standard's LINEAR formula: the first
+    preset is the whole scale, others where their edges fall on it (clipped there). With a VOI LUT
+    table or no window the display scale is not a window: no presets then.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except Exception:  # noqa: BLE001 - a header the reader refused: nothing more to show
+        return None
+
+    def text(keyword: str) -> str:
+        value = ds.get(keyword)
+        return str(value).strip() if value is not None else ""
+
+    out: dict[str, Any] = {
+        "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0),
+        "laterality": text("ImageLaterality") or text("Laterality"),
+        "view": text("ViewPosition"),
+        "date": text("StudyDate") or text("AcquisitionDate") or text("ContentDate"),
+        "body_part": text("BodyPartExamined"),
+        "pixel_spacing_mm": None,
+        "spacing_source": None,
+        "presets": [],
+    }
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):  # as dicom_reader reads them
+        spacing = _numbers(ds.get(keyword))
+        if len(spacing) == 2 and all(v > 0 for v in spacing):
+            out["pixel_spacing_mm"], out["spacing_source"] = spacing, keyword
+            break
+    out["shutters"] = _shutters(ds)
+    centres, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
+    if ds.get("VOILUTSequence") or not centres or not widths or widths[0] <= 1:
+        return out
+    names = [str(n) for n in _many(ds.get("WindowCenterWidthExplanation"))]
+    inverted = text("PhotometricInterpretation") == "MONOCHROME1"
+    c1, w1 = centres[0], widths[0]
+    top = 65535.0
+    out["window"] = {"center": c1, "width": w1, "inverted": inverted}
+    # a SIGMOID window is not a straight line: only the first (the whole scale) is placed exactly
+    count = 1 if text("VOILUTFunction").upper() == "SIGMOID" else len(centres)
+    for i, (c, w) in enumerate(zip(centres[:count], widths[:count], strict=False)):
+        if w <= 1:
+            continue
+        level = ((c - c1) / (w1 - 1) + 0.5) * top
+        width = (w - 1) / (w1 - 1) * top
+        if inverted:
+            level = top - level
+        name = names[i] if i < len(names) and names[i].strip() else f"header window {i + 1}"
+        out["presets"].append({"name": name, "center": c, "width": w, "display_level": round(level, 2),
+                               "display_width": round(max(1.0, width), 2)})  # fmt: skip
+    return out
+
+
+def _shutters(ds) -> list[dict[str, Any]]:
+    """The Display Shutter module's shapes in 0-based pixel coordinates (x = column, y = row): what
+    lies outside any of them is shown dark, as the modality meant (collimated borders)."""
+    shapes = {str(s).strip().upper() for s in _many(ds.get("ShutterShape"))}
+    out: list[dict[str, Any]] = []
+    if "RECTANGULAR" in shapes:
+        edges = [_numbers(ds.get(f"Shutter{e}")) for e in _EDGES]
+        if all(len(e) == 1 for e in edges):
+            (left,), (right,), (upper,), (lower,) = edges
+            if right >= left and lower >= upper:  # edges are 1-based and inclusive
+                out.append({"shape": "rectangle", "x0": left - 1, "y0": upper - 1, "x1": right, "y1": lower})
+    if "CIRCULAR" in shapes:
+        centre = _numbers(ds.get("CenterOfCircularShutter"))
+        radius = _numbers(ds.get("RadiusOfCircularShutter"))
+        if len(centre) == 2 and len(radius) == 1 and radius[0] > 0:
+            out.append({"shape": "circle", "x": centre[1] - 0.5, "y": centre[0] - 0.5, "r": radius[0]})
+    if "POLYGONAL" in shapes:
+        vertices = _numbers(ds.get("VerticesOfThePolygonalShutter"))
+        if len(vertices) >= 6 and len(vertices) % 2 == 0:
+            points = [[vertices[i + 1] - 0.5, vertices[i] - 0.5] for i in range(0, len(vertices), 2)]
+            out.append({"shape": "polygon", "points": points})
+    return out
+
+
+def _finding_shape(store: Store, record) -> dict[str, Any]:
+    """What the viewer draws of a scored finding: the hot region's outline (the polygon the DICOM
+    presentation state draws, in original image pixels) and the measured rates of the operating
+    point that gave the answer (so "doubt at 0.18" comes with what doubt means in numbers)."""
+    if record.status != "done" or not record.result or record.category == Category.OUT_OF_SCOPE.value:
+        return {}
+    out: dict[str, Any] = {}
+    heat = store.heatmap(record.id)
+    if heat is not None and "letterbox" in record.result:
+        polygon = heatmap_outline(heat, Letterbox(**record.result["letterbox"]))
+        out["outline"] = [[round(x, 1), round(y, 1)] for x, y in polygon]
+    point = operating_point(record.category or "", (record.result.get("model") or {}).get("id"))
+    if point is not None:
+        out["operating_point"] = point
+    return out
+
+
+# The operating point whose measured rates explain each answer: "no fracture" is below the
+# doubt threshold, so the doubt point's sensitivity is how often a fracture is not called that.
+_POINT_OF = {Category.FRACTURE.value: "fracture", Category.DOUBT.value: "doubt",
+             Category.NO_FRACTURE.value: "doubt"}  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _card_choice() -> tuple[str, dict[str, Any], str] | None:
+    """(model id, the card's threshold_choice, what the rates were measured on) of the shipped
+    model's card; None for a card without measured operating points."""
+    from fracsight.model_card import ModelCard
+
+    try:
+        card = ModelCard.for_model()
+        choice = card["threshold_choice"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return card.model_id, choice, card.threshold_source
+
+
+def operating_point(category: str, model_id: str | None) -> dict[str, Any] | None:
+    """The measured sensitivity and specificity (with 95% intervals) at the operating point behind
+    ``category``, naming the data they were measured on; None when the card has none for the model."""
+    known = _card_choice()
+    name = _POINT_OF.get(category)
+    if known is None or name is None or (model_id is not None and model_id != known[0]):
+        return None
+    card_model, choice, source = known
+    rates = (choice.get(name) or {}).get("rates")
+    if not rates:
+        return None
+
+    def rate(key: str) -> dict[str, Any]:
+        r = rates[key]
+        return {"value": r["value"], "lower": r["lower"], "upper": r["upper"], "k": r["k"], "n": r["n"]}
+
+    return {"name": name, "threshold": rates["threshold"], "sensitivity": rate("sensitivity"),
+            "specificity": rate("specificity"), "measured_on": source}  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def heatmap_scale(steps: int = 9) -> dict[str, Any]:
+    """The heat-map layer's fixed colour scale, made by :func:`heatmap_layer` itself from maps of
+    one value each, so the viewer's legend shows exactly the colours the overlay uses (the map is
+    a probability per cell: the same value is the same colour on every image)."""
+    stops = []
+    for i in range(steps):  # from the floor (below it nothing is drawn) to the top
+        value = OVERLAY_FLOOR + (1.0 - OVERLAY_FLOOR) * i / (steps - 1)
+        one = Letterbox(size=4, scale=1.0, pad_x=0, pad_y=0, height=4, width=4)
+        r, g, b, a = heatmap_layer(np.full((4, 4), value, np.float32), one, (1, 1)).getpixel((0, 0))
+        stops.append({"value": round(value, 4), "rgba": [r, g, b, a]})
+    return {"floor": OVERLAY_FLOOR, "stops": stops}
 
 
 # Answers a reader cannot agree or disagree with: they give their own call (fracture yes or no).

@@ -6,7 +6,8 @@
 const state = {
   token: null, reader: null, study: null, viewports: [], active: 0, generation: 0,
   // the worklist page shown: sort, paging, and the change cursor it is current to
-  list: { sort: "priority", order: "asc", offset: 0, total: 0, cursor: 0, seq: 0 },
+  list: { sort: "priority", order: "asc", offset: 0, total: 0, cursor: 0, seq: 0, keys: [], selected: -1 },
+  heatScale: null, // the heat-map layer's fixed colour scale (GET /api/categories)
 };
 const PAGE = 100; // studies per worklist page
 const POLL_MS = 2000; // how often the open worklist asks what changed
@@ -66,7 +67,9 @@ $("#sign-in-form").addEventListener("submit", async (event) => {
 $("#sign-out").addEventListener("click", () => signOut(""));
 
 async function loadCategories() {
-  const { categories } = await apiJson("/api/categories");
+  const { categories, heatmap_scale: scale } = await apiJson("/api/categories");
+  state.heatScale = scale || null;
+  renderLegend();
   const css = { fracture: "--fracture", doubt: "--doubt", no_fracture: "--none", out_of_scope: "--scope" };
   for (const c of categories) {
     MEANING[c.category] = `${c.word}: ${c.meaning}`;
@@ -143,19 +146,23 @@ async function loadWorklist() {
 function renderWorklist(studies) {
   const body = $("#worklist tbody");
   body.replaceChildren();
+  const previous = state.list.keys[state.list.selected];
+  state.list.keys = studies.map((s) => s.study);
+  state.list.selected = previous === undefined ? -1 : state.list.keys.indexOf(previous);
   for (const s of studies) {
     const row = document.createElement("tr");
     row.dataset.study = s.study;
     row.dataset.category = s.category || "";
     if (s.read) row.classList.add("read");
     const status = s.category ? null : s.n_pending ? "pending" : "refused";
+    const upload = s.study.startsWith("upload-"); // no DICOM header: named by its file, dated by its upload
     const cells = [
       badge(s.category, status),
       s.probability == null ? "" : s.probability.toFixed(2),
-      s.patient_name || "(no name)",
+      s.patient_name || (upload ? "(upload, no header)" : "(no name)"),
       s.patient_id,
       s.study_description || s.modality || "",
-      formatDate(s.study_date),
+      formatDate(s.study_date) || (upload ? "uploaded " + new Date(s.received_at).toLocaleDateString() : ""),
       (s.regions || []).join(", "),
       `${s.n_images}` + (s.n_pending ? ` (${s.n_pending} pending)` : "") + (s.n_refused ? ` (${s.n_refused} refused)` : "") +
         (s.n_undelivered ? ` (${s.n_undelivered} results not yet delivered to the PACS)` : ""),
@@ -182,6 +189,7 @@ function renderWorklist(studies) {
     row.addEventListener("click", () => (location.hash = "#/study/" + encodeURIComponent(s.study)));
     body.append(row);
   }
+  selectRow(state.list.selected);
   const { offset, total } = state.list;
   $("#page-info").textContent = total ? `${offset + 1}–${offset + studies.length} of ${total}` : "no studies";
   $("#page-prev").disabled = offset === 0;
@@ -209,6 +217,28 @@ async function pollChanges() {
   } finally {
     if (!$("#list-view").hidden && state.token) startPolling();
   }
+}
+
+// Worklist keyboard: up/down arrows choose a study, Enter opens it.
+function selectRow(index) {
+  const rows = document.querySelectorAll("#worklist tbody tr");
+  state.list.selected = rows.length ? Math.max(0, Math.min(index, rows.length - 1)) : -1;
+  if (index < 0) state.list.selected = -1;
+  rows.forEach((row, i) => row.classList.toggle("selected", i === state.list.selected));
+  const chosen = rows[state.list.selected];
+  if (chosen) chosen.scrollIntoView({ block: "nearest" });
+}
+
+function worklistKey(event) {
+  if (event.key === "ArrowDown") selectRow(state.list.selected + 1);
+  else if (event.key === "ArrowUp") selectRow(Math.max(0, state.list.selected - 1));
+  else if (event.key === "Enter" && state.list.selected >= 0) openKey(state.list.keys[state.list.selected]);
+  else return;
+  event.preventDefault();
+}
+
+function openKey(key) {
+  location.hash = "#/study/" + encodeURIComponent(key);
 }
 
 function formatDate(text) {
@@ -289,12 +319,19 @@ async function openStudy(key) {
   }
   if (generation !== state.generation) return;
   state.study = study;
-  $("#study-title").textContent = [study.patient_name, study.patient_id, study.study_description, formatDate(study.study_date)]
-    .filter(Boolean).join(" · ") || "Uploaded image";
+  const uploaded = study.study.startsWith("upload-") ? "uploaded " + new Date(study.received_at).toLocaleString() : "";
+  $("#study-title").textContent = [study.patient_name, study.patient_id, study.study_description,
+    formatDate(study.study_date) || uploaded, (study.regions || []).join(", ")].filter(Boolean).join(" · ") || "Uploaded image";
   $("#mark-read").textContent = study.read ? "Mark study unread" : "Mark study read";
   $("#mark-read").disabled = false;
   const container = $("#viewports");
-  for (const image of study.images) {
+  // the views with a finding first (fracture, doubt, then the rest), the most suspicious first
+  const rank = { fracture: 0, doubt: 1, no_fracture: 2, out_of_scope: 3 };
+  const order = (image) => (image.category in rank ? rank[image.category] : 4);
+  const images = [...study.images].sort((a, b) => order(a) - order(b) || (b.probability || 0) - (a.probability || 0));
+  // the reader's chosen layout, else as many views as the study has, up to two
+  state.layout = state.chosenLayout || Math.max(1, Math.min(images.length, 2));
+  for (const image of images) {
     const vp = new Viewport(image, generation);
     container.append(vp.element);
     state.viewports.push(vp);
@@ -311,20 +348,113 @@ function clearStudy() {
   $("#study-title").textContent = "";
   $("#study-error").hidden = true;
   $("#study-error").textContent = "";
+  $("#study-note").textContent = "";
   $("#mark-read").disabled = true;
 }
 
 $("#back").addEventListener("click", () => (location.hash = "#/"));
 $("#mark-read").addEventListener("click", async () => {
   if (!state.study) return;
-  await markRead(state.study.study, !state.study.read);
-  location.hash = "#/";
+  const reading = !state.study.read;
+  await markRead(state.study.study, reading);
+  if (reading) nextUnread(true);
+  else location.hash = "#/";
 });
+$("#prev-study").addEventListener("click", () => stepStudy(-1));
+$("#next-study").addEventListener("click", () => stepStudy(1));
+
+// The worklist's order (its filters and sort) is the reading order; a study opened by its link
+// finds its place in the first page.
+async function worklistKeys() {
+  if (!state.list.keys.length) {
+    const page = await apiJson("/api/worklist?" + listParams());
+    state.list.keys = page.studies.map((s) => s.study);
+  }
+  return state.list.keys;
+}
+
+async function stepStudy(step) {
+  if (!state.study) return;
+  const keys = await worklistKeys();
+  const here = keys.indexOf(state.study.study);
+  const next = keys[here < 0 ? (step > 0 ? 0 : keys.length - 1) : here + step];
+  if (next !== undefined) {
+    state.list.selected = keys.indexOf(next);
+    openKey(next);
+  } else {
+    $("#study-note").textContent = step > 0 ? "This is the last study of the worklist page." : "This is the first study.";
+  }
+}
+
+// Mark the open study read (if asked) and open the worklist's next unread study, in its order.
+async function nextUnread(alreadyMarked = false) {
+  if (!state.study) return;
+  const current = state.study.study;
+  if (!alreadyMarked && !state.study.read) await markRead(current, true);
+  const params = listParams();
+  params.set("read", "false");
+  params.set("offset", 0);
+  const page = await apiJson("/api/worklist?" + params);
+  state.list.keys = [];  // the list changed: it is asked again when needed
+  const next = page.studies.map((s) => s.study).find((key) => key !== current);
+  if (next) openKey(next);
+  else location.hash = "#/";
+}
 
 function setActive(index) {
   state.active = Math.max(0, Math.min(index, state.viewports.length - 1));
   state.viewports.forEach((vp, i) => vp.element.classList.toggle("active", i === state.active));
+  showLayout();
 }
+
+// Hanging: 1, 2, 3 or 4 views side by side, the ones with a finding first; the page of views
+// shown is the one holding the active view.
+function setLayout(n) {
+  if (n !== 1) state.lastLayout = n;
+  state.layout = state.chosenLayout = n;
+  showLayout();
+  state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
+}
+
+function showLayout() {
+  const n = state.layout || 1;
+  const first = Math.floor(state.active / n) * n;
+  $("#viewports").style.gridTemplateColumns = `repeat(${Math.min(n, Math.max(1, state.viewports.length))}, minmax(0, 1fr))`;
+  $("#viewports").dataset.layout = n;
+  let changed = false;
+  state.viewports.forEach((vp, i) => {
+    const hidden = i < first || i >= first + n;
+    if (vp.element.hidden !== hidden) changed = true;
+    vp.element.hidden = hidden;
+  });
+  if (changed) state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
+  document.querySelectorAll("#layout button").forEach((b) => b.classList.toggle("on", Number(b.dataset.layout) === n));
+}
+
+function setMeasuring(on) {
+  state.measuring = on;
+  $("#measure").classList.toggle("on", on);
+  $("#viewports").classList.toggle("measuring", on);
+}
+
+function toggleFullScreen() {
+  const on = !document.body.classList.contains("fullscreen");
+  document.body.classList.toggle("fullscreen", on);
+  try {
+    if (on && document.documentElement.requestFullscreen) document.documentElement.requestFullscreen().catch(() => {});
+    else if (!on && document.fullscreenElement) document.exitFullscreen().catch(() => {});
+  } catch (error) {
+    // the page fills the window even where the browser refuses full screen
+  }
+  state.viewports.forEach((vp) => !vp.element.hidden && vp.fit());
+}
+
+$("#measure").addEventListener("click", () => setMeasuring(!state.measuring));
+$("#flip").addEventListener("click", () => activeViewport() && activeViewport().orient(true, false));
+$("#rotate").addEventListener("click", () => activeViewport() && activeViewport().orient(false, true));
+$("#preset").addEventListener("click", () => activeViewport() && activeViewport().cyclePreset());
+$("#full").addEventListener("click", toggleFullScreen);
+document.querySelectorAll("#layout button").forEach((b) => b.addEventListener("click", () => setLayout(Number(b.dataset.layout))));
 
 function activeViewport() {
   return state.viewports[state.active];
@@ -336,15 +466,36 @@ $("#reset").addEventListener("click", () => activeViewport() && activeViewport()
 $("#invert").addEventListener("click", () => activeViewport() && activeViewport().toggleInvert());
 
 document.addEventListener("keydown", (event) => {
-  if ($("#viewer-view").hidden || event.target.matches("input[type=text], textarea")) return;
+  if (!state.token || event.target.matches("input[type=text], input[type=search], input[type=password], textarea")) return;
+  if (event.key === "?") {
+    $("#help").hidden = !$("#help").hidden;
+    return;
+  }
+  if (event.key === "Escape" && !$("#help").hidden) {
+    $("#help").hidden = true;
+    return;
+  }
+  if (!$("#list-view").hidden && !event.target.matches("select, button")) return worklistKey(event);
+  if ($("#viewer-view").hidden) return;
   const vp = activeViewport();
-  if (event.key === "h" || event.key === "H") {
+  if (event.key === "n" || event.key === "N" || event.key === "PageDown") stepStudy(1);
+  else if (event.key === "p" || event.key === "P" || event.key === "PageUp") stepStudy(-1);
+  else if (event.key === "u" || event.key === "U") nextUnread();
+  else if (event.key === "h" || event.key === "H") {
     $("#heat-toggle").checked = !$("#heat-toggle").checked;
     state.viewports.forEach((v) => v.draw());
   } else if ((event.key === "r" || event.key === "R") && vp) vp.reset();
   else if ((event.key === "i" || event.key === "I") && vp) vp.toggleInvert();
+  else if ((event.key === "w" || event.key === "W") && vp) vp.cyclePreset();
+  else if ((event.key === "x" || event.key === "X") && vp) vp.orient(true, false);
+  else if ((event.key === "t" || event.key === "T") && vp) vp.orient(false, true);
+  else if (event.key === "m" || event.key === "M") setMeasuring(!state.measuring);
+  else if (["1", "2", "3", "4"].includes(event.key)) setLayout(Number(event.key));
+  else if (event.key === "s" || event.key === "S") setLayout(state.layout === 1 ? state.lastLayout || 2 : 1);
+  else if (event.key === "f" || event.key === "F") toggleFullScreen();
   else if (event.key === "ArrowRight") setActive(state.active + 1);
   else if (event.key === "ArrowLeft") setActive(state.active - 1);
+  else if (event.key === "Escape" && document.body.classList.contains("fullscreen")) toggleFullScreen();
   else if (event.key === "Escape") location.hash = "#/";
 });
 
@@ -386,7 +537,6 @@ class Viewport {
     this.source = document.createElement("canvas");
     this.source.width = width;
     this.source.height = height;
-    this.defaultWindow();
     if (this.image.status === "done" && this.image.category !== "out_of_scope") {  // not scored: no map
       const overlay = await api(`/api/images/${this.image.id}/overlay.png`);
       if (overlay.ok) {
@@ -394,6 +544,34 @@ class Viewport {
       }
     }
     this.reset();
+  }
+
+  // The DICOM header's window presets (on the display scale, from the service), then the window
+  // the model sees; the first is applied on open, W cycles through them.
+  presets() {
+    const header = (this.image.display && this.image.display.presets) || [];
+    return [...header.map((p) => ({ name: p.name, level: p.display_level, width: p.display_width })),
+      { name: "auto (image percentiles)" }];
+  }
+
+  applyPreset(index) {
+    const presets = this.presets();
+    this.presetIndex = ((index % presets.length) + presets.length) % presets.length;
+    const preset = presets[this.presetIndex];
+    if (preset.width) {
+      this.windowWidth = preset.width;
+      this.windowLevel = preset.level;
+    } else {
+      this.defaultWindow();
+    }
+    this.canvas.dataset.preset = preset.name;
+  }
+
+  cyclePreset() {
+    if (!this.pixels) return;
+    this.applyPreset(this.presetIndex + 1);
+    this.render();
+    this.draw();
   }
 
   defaultWindow() {
@@ -432,16 +610,65 @@ class Viewport {
 
   reset() {
     if (!this.pixels) return;
-    this.defaultWindow();
+    this.applyPreset(0);
     this.invert = false;
+    this.flip = false;
+    this.turns = 0; // quarter turns clockwise
+    this.measure = null;
+    this.render();
+    this.fit();
+  }
+
+  // The whole image in the canvas, centred (after a layout change too).
+  fit() {
+    if (!this.pixels) return;
     const rect = this.canvas.getBoundingClientRect();
     this.canvas.width = Math.max(1, Math.round(rect.width));
     this.canvas.height = Math.max(1, Math.round(rect.height));
-    this.zoom = Math.min(this.canvas.width / this.width, this.canvas.height / this.height);
-    this.panX = (this.canvas.width - this.width * this.zoom) / 2;
-    this.panY = (this.canvas.height - this.height * this.zoom) / 2;
-    this.render();
+    const [w, h] = this.turns % 2 ? [this.height, this.width] : [this.width, this.height];
+    this.zoom = Math.min(this.canvas.width / w, this.canvas.height / h);
+    this.cx = this.canvas.width / 2;
+    this.cy = this.canvas.height / 2;
     this.draw();
+  }
+
+  // Display pixels -> canvas: centre at (cx, cy), zoom, quarter turns, then the horizontal flip.
+  matrix() {
+    return new DOMMatrix().translate(this.cx, this.cy).scale(this.zoom).rotate(90 * this.turns)
+      .scale(this.flip ? -1 : 1, 1).translate(-this.width / 2, -this.height / 2);
+  }
+
+  toImage(e) {
+    const rect = this.canvas.getBoundingClientRect();
+    const x = ((e.clientX - rect.left) * this.canvas.width) / rect.width;
+    const y = ((e.clientY - rect.top) * this.canvas.height) / rect.height;
+    const p = this.matrix().inverse().transformPoint(new DOMPoint(x, y));
+    return { x: p.x, y: p.y, cx: x, cy: y };
+  }
+
+  orient(flip, turn) {
+    if (!this.pixels) return;
+    if (flip) this.flip = !this.flip;
+    if (turn) this.turns = (this.turns + 1) % 4;
+    this.fit();
+  }
+
+  // A measured length: mm where the header gives the pixel spacing, else pixels, labelled so.
+  length(m) {
+    const display = this.image.display || {};
+    const fx = display.columns ? display.columns / this.width : 1;
+    const fy = display.rows ? display.rows / this.height : 1;
+    const dx = (m.x1 - m.x0) * fx;
+    const dy = (m.y1 - m.y0) * fy;
+    const spacing = display.pixel_spacing_mm;
+    if (!spacing) {
+      const size = this.image.size;
+      const f = size ? size.width / this.width : 1;
+      return { value: null, text: `${(Math.hypot(m.x1 - m.x0, m.y1 - m.y0) * f).toFixed(0)} px (uncalibrated: no pixel spacing)` };
+    }
+    const mm = Math.hypot(dx * spacing[1], dy * spacing[0]); // [row spacing, column spacing]
+    const where = display.spacing_source === "ImagerPixelSpacing" ? " (at the detector)" : "";
+    return { value: mm, text: `${mm.toFixed(1)} mm${where}` };
   }
 
   toggleInvert() {
@@ -456,7 +683,8 @@ class Viewport {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
-    ctx.setTransform(this.zoom, 0, 0, this.zoom, this.panX, this.panY);
+    const m = this.matrix();
+    ctx.setTransform(m);
     ctx.imageSmoothingEnabled = this.zoom < 1;
     ctx.drawImage(this.source, 0, 0);
     const heatOn = $("#heat-toggle").checked && this.overlay;
@@ -468,12 +696,124 @@ class Viewport {
       ctx.globalAlpha = 1;
       this.drawPeak(ctx);
     }
+    this.drawShutters(ctx);
+    this.drawOutline(ctx);
+    this.drawMeasure(ctx);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    this.drawText(ctx);
+    // where the original image's pixels are on the canvas (tests and tools read these)
+    this.canvas.dataset.scale = this.image.size ? this.width / this.image.size.width : 1;
+    this.canvas.dataset.matrix = JSON.stringify([m.a, m.b, m.c, m.d, m.e, m.f]);
     this.canvas.dataset.zoom = this.zoom.toFixed(3);
+    this.canvas.dataset.flip = this.flip;
+    this.canvas.dataset.turns = this.turns;
+  }
+
+  // The DICOM shutters: outside them (collimated borders) is dark, heat map included.
+  drawShutters(ctx) {
+    const display = this.image.display || {};
+    const shutters = display.shutters || [];
+    this.canvas.dataset.shutters = shutters.length;
+    if (!shutters.length || !display.columns) return;
+    const fx = this.width / display.columns;
+    const fy = this.height / display.rows;
+    ctx.save();
+    ctx.fillStyle = "#000";
+    for (const s of shutters) { // outside each shape dark: shown is what all of them let through
+      ctx.beginPath();
+      ctx.rect(0, 0, this.width, this.height);
+      if (s.shape === "rectangle") {
+        ctx.moveTo(s.x0 * fx, s.y0 * fy);
+        ctx.lineTo(s.x0 * fx, s.y1 * fy);
+        ctx.lineTo(s.x1 * fx, s.y1 * fy);
+        ctx.lineTo(s.x1 * fx, s.y0 * fy);
+        ctx.closePath();
+      } else if (s.shape === "circle") {
+        ctx.moveTo((s.x + s.r) * fx, s.y * fy);
+        ctx.ellipse(s.x * fx, s.y * fy, s.r * fx, s.r * fy, 0, 0, 2 * Math.PI, true);
+        ctx.closePath();
+      } else if (s.shape === "polygon") {
+        s.points.forEach(([x, y], i) => (i ? ctx.lineTo(x * fx, y * fy) : ctx.moveTo(x * fx, y * fy)));
+        ctx.closePath();
+      }
+      ctx.fill("evenodd");
+    }
+    ctx.restore();
+  }
+
+  drawMeasure(ctx) {
+    if (!this.measure) return;
+    const m = this.measure;
+    ctx.save();
+    ctx.strokeStyle = "#0f0";
+    ctx.lineWidth = 1.5 / this.zoom;
+    ctx.beginPath();
+    ctx.moveTo(m.x0, m.y0);
+    ctx.lineTo(m.x1, m.y1);
+    ctx.stroke();
+    ctx.restore();
+    const length = this.length(m);
+    this.canvas.dataset.measure = length.value == null ? "uncalibrated" : length.value.toFixed(2);
+    this.canvas.dataset.measureText = length.text;
+  }
+
+  // What a PACS writes on the image: laterality, view, body part and date at the top; the window
+  // (in the header's units where it gave one), zoom and orientation at the bottom; the measurement.
+  drawText(ctx) {
+    const d = this.image.display || {};
+    const top = [d.laterality, d.view, d.body_part].filter(Boolean).join("  ");
+    let wl;
+    if (d.window) {
+      const unit = (d.window.width - 1) / 65535;
+      const level = d.window.inverted ? 65535 - this.windowLevel : this.windowLevel;
+      wl = `W ${Math.round(this.windowWidth * unit + 1)}  L ${Math.round(d.window.center - 0.5 + (level - 32767.5) * unit)}`;
+    } else {
+      wl = `W ${(this.windowWidth / 655.35).toFixed(0)}%  L ${(this.windowLevel / 655.35).toFixed(0)}%`;
+    }
+    const bottom = `${wl}  Zoom ${this.zoom.toFixed(2)}×` + (this.flip ? "  flipped" : "") +
+      (this.turns ? `  ${this.turns * 90}°` : "");
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.fillStyle = "#ff0";
+    ctx.shadowColor = "#000";
+    ctx.shadowBlur = 3;
+    ctx.textBaseline = "top";
+    ctx.fillText(top, 8, 6);
+    const date = formatDate(d.date || "");
+    ctx.fillText(date, this.canvas.width - 8 - ctx.measureText(date).width, 6);
+    ctx.textBaseline = "bottom";
+    ctx.fillText(bottom, 8, this.canvas.height - 6);
+    if (this.measure) {
+      const text = this.length(this.measure).text;
+      ctx.fillText(text, this.canvas.width - 8 - ctx.measureText(text).width, this.canvas.height - 6);
+    }
+    ctx.shadowBlur = 0;
+    this.canvas.dataset.overlay = [top, date, bottom].filter(Boolean).join(" | ");
+  }
+
+  // The hot region's outline, as the DICOM presentation state draws it: solid for "fracture",
+  // dashed for "doubt", nothing for "no fracture" and "not scored".
+  drawOutline(ctx) {
+    const style = { fracture: "solid", doubt: "dashed" }[this.image.category];
+    const points = this.image.outline;
+    this.canvas.dataset.outline = style && points && points.length > 2 ? style : "none";
+    if (this.canvas.dataset.outline === "none") return;
+    const scale = this.image.size ? this.width / this.image.size.width : 1;
+    ctx.save();
+    ctx.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue(
+      this.image.category === "fracture" ? "--fracture" : "--doubt").trim() || "#f00";
+    ctx.lineWidth = 2.5 / this.zoom;
+    ctx.setLineDash(style === "dashed" ? [10 / this.zoom, 7 / this.zoom] : []);
+    ctx.beginPath();
+    points.forEach(([x, y], i) => (i ? ctx.lineTo(x * scale, y * scale) : ctx.moveTo(x * scale, y * scale)));
+    ctx.closePath();
+    ctx.stroke();
+    ctx.restore();
   }
 
   drawPeak(ctx) {
     const peak = this.image.peak;
-    const box = this.image.status === "done" && peak;
+    // No crosshair where the model found nothing: a point there would read as a finding.
+    const box = this.image.status === "done" && ["fracture", "doubt"].includes(this.image.category) && peak;
     if (!box) return;
     // The peak is in the original image's pixels; the displayed pixels may be reduced.
     const scale = this.image.size ? this.width / this.image.size.width : 1;
@@ -497,17 +837,30 @@ class Viewport {
     this.canvas.addEventListener("mousedown", (e) => {
       setActive(state.viewports.indexOf(this));
       const pan = e.button === 1 || e.button === 2 || e.shiftKey;
-      drag = { pan, x: e.clientX, y: e.clientY, width: this.windowWidth, level: this.windowLevel, panX: this.panX, panY: this.panY };
       e.preventDefault();
+      if (!pan && state.measuring && this.pixels) {
+        const p = this.toImage(e);
+        this.measure = { x0: p.x, y0: p.y, x1: p.x, y1: p.y };
+        drag = { measure: true };
+        return;
+      }
+      drag = { pan, x: e.clientX, y: e.clientY, width: this.windowWidth, level: this.windowLevel, cx: this.cx, cy: this.cy };
     });
     window.addEventListener("mouseup", () => (drag = null));
     window.addEventListener("mousemove", (e) => {
       if (!drag || !this.pixels) return;
+      if (drag.measure) {
+        const p = this.toImage(e);
+        this.measure.x1 = p.x;
+        this.measure.y1 = p.y;
+        this.draw();
+        return;
+      }
       const dx = e.clientX - drag.x;
       const dy = e.clientY - drag.y;
       if (drag.pan) {
-        this.panX = drag.panX + dx;
-        this.panY = drag.panY + dy;
+        this.cx = drag.cx + dx;
+        this.cy = drag.cy + dy;
         this.draw();
       } else {
         // Horizontal: window width; vertical: level (as in common PACS viewers).
@@ -524,8 +877,8 @@ class Viewport {
       const mx = ((e.clientX - rect.left) * this.canvas.width) / rect.width;
       const my = ((e.clientY - rect.top) * this.canvas.height) / rect.height;
       const factor = e.deltaY < 0 ? 1.15 : 1 / 1.15;
-      this.panX = mx - (mx - this.panX) * factor;
-      this.panY = my - (my - this.panY) * factor;
+      this.cx = mx - (mx - this.cx) * factor;
+      this.cy = my - (my - this.cy) * factor;
       this.zoom *= factor;
       this.draw();
     }, { passive: false });
@@ -555,6 +908,7 @@ class Viewport {
       const version = image.model.version ? ` version ${image.model.version}` : "";
       model.textContent = `Model ${image.model.id}${version}. AI result, an aid, not a diagnosis.`;
       this.info.append(head, meaning, model, this.feedbackForm());
+      if (image.operating_point) meaning.after(operatingPoint(image.operating_point));
     } else if (image.status === "refused" || image.status === "failed") {
       head.append(badge(null, "refused"), " not analysed: ", image.error || "");
       this.info.append(head);
@@ -642,6 +996,52 @@ class Viewport {
     return form;
   }
 }
+
+// ---- the answer's meaning in numbers, the heat map's legend, the shortcuts -----------------------
+
+function percent(rate) {
+  return `${Math.round(rate.value * 100)}% (${Math.round(rate.lower * 100)}–${Math.round(rate.upper * 100)}%)`;
+}
+
+// The operating point behind the answer with its measured sensitivity and specificity, and the data
+// they were measured on.
+function operatingPoint(point) {
+  const div = document.createElement("div");
+  div.className = "operating-point";
+  const word = WORD[point.name] || point.name;
+  div.textContent = `${word} threshold ${point.threshold.toFixed(2)}: sensitivity ${percent(point.sensitivity)}, ` +
+    `specificity ${percent(point.specificity)}, 95% intervals; measured on ${point.measured_on}.`;
+  div.dataset.sensitivity = point.sensitivity.value;
+  div.dataset.specificity = point.specificity.value;
+  return div;
+}
+
+// The heat map's colours, fixed (the map is a probability per cell): a weak map looks weak.
+function renderLegend() {
+  const legend = $("#legend");
+  legend.replaceChildren();
+  if (!state.heatScale) return;
+  const label = document.createElement("span");
+  label.textContent = "Heat map:";
+  legend.append(label);
+  for (const stop of state.heatScale.stops) {
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    const [r, g, b, a] = stop.rgba;
+    swatch.dataset.value = stop.value;
+    swatch.dataset.rgba = stop.rgba.join(",");
+    const colour = `rgba(${r}, ${g}, ${b}, ${(a / 255).toFixed(3)})`;
+    swatch.style.backgroundImage = `linear-gradient(${colour}, ${colour})`; // over a mid-gray ground
+    swatch.title = `cell value ${stop.value}`;
+    legend.append(swatch);
+  }
+  const ends = document.createElement("span");
+  ends.textContent = `${state.heatScale.floor} → 1 per cell (nothing drawn below ${state.heatScale.floor})`;
+  legend.append(ends);
+}
+
+$("#help-close").addEventListener("click", () => ($("#help").hidden = true));
+$("#help-open").addEventListener("click", () => ($("#help").hidden = false));
 
 // ---- start ---------------------------------------------------------------------------------------
 
