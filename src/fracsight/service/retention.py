@@ -64,7 +64,7 @@ class Retention(QueueLoop):
         self.free_bytes = free_bytes or (lambda: shutil.disk_usage(store.data_dir).free)
         self._warned_at: float | None = None
         with store._transaction() as db:
-            db.executescript(PURGED_SCHEMA)
+            db.execute(PURGED_SCHEMA)
         super().__init__(poll_s)
 
     @property
