@@ -273,3 +273,41 @@ def test_the_store_is_owner_only(node: Node) -> None:
     for path in (root / "fracsight.db", *(root / "images").rglob("*")):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path.relative_to(root)} is {oct(mode)}"
+
+
+def test_a_refusal_is_logged_with_its_reason_code(node: Node, caplog) -> None:
+    ct = renamed(DICOM / CT)
+    with caplog.at_level("INFO", logger="fracsight.service.worker"):
+        assert send(node.port, [ct]) == [0]
+        (record,) = node.wait_finished([str(ct.SOPInstanceUID)])
+    code = json.loads(node.store._connection().execute(
+        "SELECT result FROM images WHERE id = ?", (record.id,)).fetchone()[0])["error_code"]  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.name == "fracsight.service.worker"]
+    assert any(line.startswith(f"an image refused ({code}) in ") for line in lines), lines
+    assert not any("analysed" in line for line in lines), lines
+    assert not any(record.id in line or str(ct.SOPInstanceUID) in line for line in lines)
+
+
+@pytest.mark.slow
+def test_a_node_alone_serves_health_from_start_to_stop(tmp_path: Path) -> None:
+    from fracsight.service.server import Service
+    from fracsight.service.settings import DicomSettings, Peer
+
+    service = Service(
+        ServiceSettings(
+            data_dir=tmp_path, web=False, dicom=DicomSettings(port=0, allow=(Peer("MODALITY"),)),
+            health_port=0, retention_s=60.0,
+        )
+    )  # fmt: skip
+    service.start()
+    try:
+        assert service.health is not None and service.retention.alive
+        status, body, _ = _get(f"http://127.0.0.1:{service.health.port}/health")
+        assert status in (200, 503) and json.loads(body)["worker"] == "running"
+        status, body, _ = _get(f"http://127.0.0.1:{service.health.port}/metrics")
+        assert status == 200 and _value(_families(body.decode()), "fracsight_queue_depth") == 0
+        assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700  # the store owner-only from the start
+    finally:
+        service.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{service.health.port}/health", timeout=2)

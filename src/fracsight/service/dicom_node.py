@@ -310,9 +310,11 @@ def _is_own_result(header) -> bool:
 
 def quiet_network_logs() -> None:
     """pynetdicom logs data sets (patient data) at debug level and every message at info, highdicom
-    the UIDs it copies: the node logs what matters itself, without patient data."""
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    the UIDs it copies: the node logs what matters itself, without patient data. A level the site
+    set (fracsight.service.logs, ``network_level``) is kept."""
+    for name in ("pynetdicom", "highdicom"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class DicomNode:

@@ -53,23 +53,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each line (not the one of when it was made)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _replaced(handler: logging.Handler) -> bool:
+    """A handler this one takes the place of: ``logging.basicConfig``'s, or one made here before
+    (others, such as a test runner's, stay)."""
+    return handler.get_name() == _HANDLER_NAME or type(handler) is logging.StreamHandler
+
+
 def configure_logging(settings: LogSettings, stream=None) -> logging.Handler:
-    """Send the root logger's lines where ``settings`` says, replacing any handler set before
-    (``logging.basicConfig`` in the CLI); returns the handler (tests read or close it)."""
+    """Send the root logger's lines where ``settings`` says, in place of ``logging.basicConfig``'s
+    handler (set by the CLI); returns the handler (tests read or close it)."""
     if settings.file is not None:
         settings.file.parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
             settings.file, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8"
         )
     else:
-        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+        handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
-        if old.get_name() == _HANDLER_NAME:
-            old.close()
+        if _replaced(old):
+            root.removeHandler(old)
+            if old.get_name() == _HANDLER_NAME:
+                old.close()
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
     import pydicom.config  # noqa: F401 - pydicom sets its logger's level on import: import it first
