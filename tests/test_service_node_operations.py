@@ -311,3 +311,79 @@ def test_a_node_alone_serves_health_from_start_to_stop(tmp_path: Path) -> None:
         service.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{service.health.port}/health", timeout=2)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_command_runs_from_a_site_file_with_json_logs_and_health(tmp_path: Path, dicom_dir: Path) -> None:
+    """``fracsight dicom-node --config`` as systemd would start it: the file's settings, a flag that
+    wins over it, JSON lines in a log file without patient data, /health and /metrics."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pynetdicom import AE
+
+    port, health = _free_port(), _free_port()
+    log_file = tmp_path / "log" / "node.log"
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'data = "store"\n[dicom]\nport = {port}\naet = "SITE_NODE"\nallow = ["MODALITY"]\n'
+        f'max_associations = 4\n[logging]\nformat = "text"\nfile = "log/node.log"\n'
+        f'[health]\nport = {health}\n[retention]\nkeep_images_days = 30\n'
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fracsight", "dicom-node", "--config", str(site), "--log-format", "json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    secret = "Secretname^Patientsecret"
+    try:
+        base = f"http://127.0.0.1:{health}"
+
+        def up() -> bool:
+            assert process.poll() is None, process.stderr.read().decode(errors="replace")
+            try:
+                return _get(base + "/health")[0] == 200
+            except urllib.error.URLError:
+                return False
+
+        wait_until(up, 90, "the node's /health")
+        sent = [renamed(DICOM / RADIOGRAPH, PatientName=secret), renamed(DICOM / CT, PatientName=secret)]
+        assert send(port, sent, called="SITE_NODE") == [0, 0]
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assert ae.associate("127.0.0.1", port, ae_title="FRACSIGHT").is_rejected  # not its AE title
+
+        def analysed() -> bool:
+            families = _families(_get(base + "/metrics")[1].decode())
+            return (
+                _value(families, "fracsight_queue_images", state="done") == 1
+                and sum(s.value for s in families["fracsight_refusals"].samples) == 1
+            )
+
+        wait_until(analysed, 90, "both images finished")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert process.returncode == 0, process.stderr.read().decode(errors="replace")
+    lines = log_file.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line a JSON object
+    assert all(e["time"].endswith("+00:00") and e["level"] and e["logger"] for e in entries)
+    messages = [e["message"] for e in entries]
+    assert any(m.startswith("an image refused (") for m in messages), messages
+    assert any(m.startswith("an image analysed in ") for m in messages), messages
+    assert any("called AE title 'FRACSIGHT' is not this node's" in m for m in messages), messages
+    text = log_file.read_text()
+    for ds in sent:
+        assert str(ds.SOPInstanceUID) not in text and str(ds.StudyInstanceUID) not in text
+    assert "Secretname" not in text and "Patientsecret" not in text
+    assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o700
