@@ -4,8 +4,9 @@ About 10 MB are kept per image (the original as received, its display copy); a n
 them for ever stops at its disk floor, where every C-STORE is refused with Out of Resources.
 :class:`Retention` deletes, in a background thread, the original and the display copy of every
 image received more than :attr:`ServiceSettings.retention_s` ago, but only once nothing waits for
-them: the analysis is over, the result objects are made (or none are due) and every one of them
-has been delivered to the PACS. What is kept: the image's row (its finding, heat map and worklist
+them, in the whole study: every image of it is that old, analysed, its result objects made (or
+none due) and delivered to the PACS (results made again for a study, after a late image, read
+its sources). What is kept: the image's row (its finding, heat map and worklist
 entry), the result objects, readers' marks and feedback (the audit trail). Purged images are
 listed in the ``purged`` table of the store's database, so a pass looks at each image once.
 
@@ -89,12 +90,14 @@ class Retention(QueueLoop):
             self.store._connection()
             .execute(
                 "SELECT i.id, i.file FROM images i WHERE i.received_at < ? "
-                "AND i.status IN ('done', 'refused', 'failed') "
-                "AND (i.results IS NULL OR i.results IN ('made', 'none')) "
-                "AND NOT EXISTS (SELECT 1 FROM sends s WHERE s.image_id = i.id AND s.status != 'sent') "
                 "AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.image_id = i.id) "
+                # the whole study waits: results made again for it (a late image) read its sources
+                "AND NOT EXISTS (SELECT 1 FROM images j WHERE j.study_key = i.study_key AND ("
+                "j.received_at >= ? OR j.status IN ('queued', 'analysing') "
+                "OR j.results IN ('pending', 'failed') "
+                "OR EXISTS (SELECT 1 FROM sends s WHERE s.image_id = j.id AND s.status != 'sent'))) "
                 "ORDER BY i.received_at LIMIT ?",
-                (cutoff, BATCH),
+                (cutoff, cutoff, BATCH),
             )
             .fetchall()
         )
