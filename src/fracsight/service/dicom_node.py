@@ -170,10 +170,10 @@ class StorageSCP:
 
         ae = AE(ae_title=self.settings.aet)
         ae.require_calling_aet = sorted({peer.aet for peer in self.settings.allow})
-        ae.maximum_associations = 16
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
-        ae.network_timeout = 120
+        ae.maximum_associations = self.settings.max_associations
+        ae.acse_timeout = self.settings.acse_timeout_s
+        ae.dimse_timeout = self.settings.dimse_timeout_s
+        ae.network_timeout = self.settings.network_timeout_s
         ae.add_supported_context(Verification)
         for sop_class in [*RADIOGRAPH_CLASSES, *OTHER_IMAGE_CLASSES]:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
@@ -211,8 +211,15 @@ class StorageSCP:
     # -- handlers: each turns every exception into a status and a log line ------------------
 
     def _on_requested(self, event) -> None:
-        """Reject an association whose calling AE title (and host) is not allowed."""
+        """Reject an association to another called AE title, or whose calling AE title (and host)
+        is not allowed, each with the standard reason (PS3.8 9.3.4)."""
         try:
+            called = _aet(event.assoc.requestor.primitive.called_ae_title)
+            if called != self.settings.aet:
+                log.warning("association rejected: called AE title %r is not this node's", called)
+                event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # permanent, called AE not recognised
+                event.assoc.kill()
+                return
             aet = _aet(event.assoc.requestor.primitive.calling_ae_title)
             address = str(event.assoc.requestor.address)
             if self.settings.admits(aet, address):
@@ -303,9 +310,11 @@ def _is_own_result(header) -> bool:
 
 def quiet_network_logs() -> None:
     """pynetdicom logs data sets (patient data) at debug level and every message at info, highdicom
-    the UIDs it copies: the node logs what matters itself, without patient data."""
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    the UIDs it copies: the node logs what matters itself, without patient data. A level the site
+    set (fracsight.service.logs, ``network_level``) is kept."""
+    for name in ("pynetdicom", "highdicom"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class DicomNode:

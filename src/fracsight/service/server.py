@@ -53,6 +53,20 @@ class Service:
 
             self.token, self.token_created = load_token(settings.data_dir, settings.token)
             self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
+        # Operations: retention and the disk watch; /health and /metrics on the web app, or on a
+        # listener of their own for a node alone (settings.health_port).
+        from fracsight.service.metrics import HealthServer, Monitor, add_routes
+        from fracsight.service.retention import Retention
+
+        self.retention = Retention(self.store, settings)
+        self.monitor = Monitor(
+            self.store, settings, worker_alive=lambda: self.worker.alive, purged=self.retention.purged_count
+        )
+        self.health: HealthServer | None = None
+        if self.app is not None:
+            add_routes(self.app, self.monitor)
+        elif settings.health_port is not None:
+            self.health = HealthServer(self.monitor, settings.health_host, settings.health_port)
         self._server = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -90,14 +104,20 @@ class Service:
         return uvicorn.Server(config)
 
     def _start_back(self) -> None:
-        """What every front stands on: the worker, then the DICOM node."""
+        """What every front stands on: the worker, retention, the DICOM node, the health listener."""
         self.worker.start()
+        self.retention.start()
         if self.dicom is not None:
             self.dicom.start()
+        if self.health is not None:
+            self.health.start()
 
     def _stop_back(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         if self.dicom is not None:
             self.dicom.stop()
+        self.retention.stop()
         self.worker.stop()
         self.analyser.close()  # the decoder processes
 

@@ -54,8 +54,25 @@ class ServiceSettings:
     http_body_idle_s: float = HTTP_BODY_IDLE_S
     http_keep_alive_s: float = HTTP_KEEP_ALIVE_S
     http_max_connections: int = HTTP_MAX_CONNECTIONS
+    # Retention (fracsight.service.retention): originals and display copies older than this are
+    # deleted once nothing waits for them (results, worklist entries and the audit trail are kept);
+    # None keeps them for ever.
+    retention_s: float | None = None
+    # The data folder's disk is reported (health, metrics, a log warning) once less than this is
+    # free: before the DICOM node's floor (DicomSettings.min_free_bytes) refuses every instance.
+    disk_warning_bytes: int = 1024 * 1024 * 1024
+    # /health and /metrics of a node without the web front: a small HTTP listener (None: none).
+    # With the web front they are served by the web app itself.
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
+        if self.retention_s is not None and self.retention_s <= 0:
+            raise ValueError(f"retention {self.retention_s} s must be above 0 (or none: kept for ever)")
+        if self.disk_warning_bytes < 0:
+            raise ValueError(f"disk_warning_bytes {self.disk_warning_bytes} must be at least 0")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            raise ValueError(f"health port {self.health_port} is not in 0..65535")
         if not self.web and self.dicom is None:
             raise ValueError("a service without the web front needs the DICOM node (dicom settings)")
         if not 0 <= self.port <= 65535:
@@ -245,10 +262,21 @@ class DicomSettings:
     # TLS for associations the node accepts; ``forward_tls`` sends results over TLS too.
     tls: DicomTls | None = None
     forward_tls: bool = False
+    # pynetdicom's timeouts (seconds): an association's negotiation (ACSE), a reply to a message
+    # (DIMSE), a silent connection (network); and how many associations the node serves at once.
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 120.0
+    max_associations: int = 16
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"DICOM port {self.port} is not in 0..65535")
+        for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} {getattr(self, name)} must be above 0 seconds")
+        if self.max_associations < 1:
+            raise ValueError(f"max_associations {self.max_associations} must be at least 1")
         object.__setattr__(self, "aet", check_aet(self.aet, "the node's AE title"))
         if not self.allow and self.forward is not None:
             object.__setattr__(self, "allow", (Peer(self.forward.aet, _ip_or_none(self.forward.host)),))
@@ -288,3 +316,34 @@ def _beyond_loopback(host: str) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: assume it resolves beyond this machine
         return True
+
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where the service's log lines go and how they look (fracsight.service.logs).
+
+    ``file`` None: standard error; else a file rotated at ``max_bytes`` with ``backups`` kept.
+    ``network_level`` is pynetdicom's and pydicom's level: above info, since they log data sets
+    (patient data) at debug and every message at info.
+    """
+
+    format: str = "text"
+    level: str = "info"
+    file: Path | None = None
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    network_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ValueError(f"log format {self.format!r}: expected one of {', '.join(LOG_FORMATS)}")
+        for name in ("level", "network_level"):
+            if getattr(self, name) not in LOG_LEVELS:
+                given = getattr(self, name)
+                raise ValueError(f"log {name} {given!r}: expected one of {', '.join(LOG_LEVELS)}")
+        if self.max_bytes < 1024 or self.backups < 0:
+            raise ValueError("log max_bytes must be at least 1024 and backups at least 0")

@@ -62,8 +62,9 @@ class AnalysisWorker(QueueLoop):
         if record is None:
             return False
         started = time.perf_counter()
-        self._analyse(record)
-        log.info("an image analysed in %.0f ms", (time.perf_counter() - started) * 1e3)  # never its id
+        outcome = self._analyse(record)
+        # never its id; a refusal with its reason code (words may quote a header: the code only)
+        log.info("an image %s in %.0f ms", outcome, (time.perf_counter() - started) * 1e3)
         for listener in self.listeners:
             try:
                 listener(record.id)
@@ -72,26 +73,27 @@ class AnalysisWorker(QueueLoop):
                 log.error("a listener after an analysis failed (%s)", type(exc).__name__)
         return True
 
-    def _analyse(self, record: ImageRecord) -> None:
+    def _analyse(self, record: ImageRecord) -> str:
+        """Analyse one image and record its result; returns what happened, for the log line."""
         path = self.store.data_dir / record.file
         try:
             radiograph = self.analyser.read(path, name="a received image")  # no id in any message
         except RefusedInput as exc:
             self.store.refuse(record.id, exc.reason, code=exc.code)
-            return
+            return f"refused ({exc.code})"
         except Exception as exc:  # noqa: BLE001 - an unexpected decoder error is this file's refusal
             self.store.refuse(record.id, f"could not be read ({type(exc).__name__})", code=READ_ERROR)
-            return
+            return f"refused ({READ_ERROR})"
         _write_display(display_path(self.store, record.id), radiograph.pixels)
         try:
             outcome = self.analyser.outcome(radiograph)
         except Exception as exc:  # noqa: BLE001 - the model failing is the service's fault, not the file's
             log.error("the analysis of an image failed (%s)", type(exc).__name__)
             self.store.refuse(record.id, f"analysis failed ({type(exc).__name__})", status="failed")
-            return
+            return f"failed ({type(exc).__name__})"
         if isinstance(outcome, Refusal):  # blank, tiny or strip-shaped
             self.store.refuse(record.id, outcome.reason, code=outcome.code)
-            return
+            return f"refused ({outcome.code})"
         box = outcome.letterbox
         result = {
             **outcome.to_record(),
@@ -111,6 +113,7 @@ class AnalysisWorker(QueueLoop):
             record.id,
             Analysis(outcome.probability, outcome.category.value, outcome.model_id, result, outcome.heatmap),
         )
+        return "analysed"
 
 
 
