@@ -64,7 +64,7 @@ def test_failed_results_show_in_the_api_and_the_resend_action_makes_them(
     token = "t" * 24
     forward = Destination("PACS", "127.0.0.1", pacs.port)
     dicom = DicomSettings(port=0, allow=(Peer("MODALITY"),), forward=forward, batch_idle_s=1.0,
-                          retry_base_s=0.2, retry_max_s=0.5)  # fmt: skip
+                          study_quiet_s=1.0, retry_base_s=0.2, retry_max_s=0.5)  # fmt: skip
     service = Service(ServiceSettings(data_dir=tmp_path, port=0, token=token, dicom=dicom))
     service.start()
     auth = {"Authorization": f"Bearer {token}"}

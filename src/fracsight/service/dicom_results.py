@@ -1,13 +1,16 @@
-"""One analysed radiograph -> the DICOM objects a PACS receives back (built with highdicom).
+"""Analysed radiographs -> the DICOM objects a PACS receives back (built with highdicom).
 
-* a **Secondary Capture**: the image with the heat map, the category and probability burned in
-  and the caption "AI result, an aid, not a diagnosis"; same patient and study, a series of its
-  own, the source image referenced;
-* a **Comprehensive SR** following TID 1500 (Measurement Report), as the IHE Radiology AI Results
-  (AIR) profile uses it: the algorithm as observer device and in the finding's algorithm
-  identification (model name, version, sha256 and operating points), the finding "fracture of
-  bone" with the probability, the category, the two operating points and the heat-map peak as a
-  point on the source image, and, once its images are analysed, the study's category;
+* a **Secondary Capture** per image: the image with the heat map, the category and probability
+  burned in and the caption "AI result, an aid, not a diagnosis"; same patient and study, in the
+  study's result series (the node passes the study as the UIDs' group), the source image
+  referenced;
+* a **Comprehensive SR** per study (:func:`study_report`) following TID 1500 (Measurement
+  Report), as the IHE Radiology AI Results (AIR) profile uses it: the algorithm as observer
+  device and in each finding's algorithm identification (model name, version, sha256 and
+  operating points); per analysed image the finding "fracture of bone" with the probability, the
+  category, the two operating points and the heat-map peak as a point on that image; per image
+  not analysed "not analysed: <reason>"; and the study's category once. A later version names
+  the one it replaces (Predecessor Documents Sequence);
 * a **Grayscale Softcopy Presentation State** for images in category fracture or doubt: the
   outline of the hot region (heat-map cells at half the peak's value or more, around the peak), a
   circle at the peak and the category drawn on the original image, for the PACS viewer to switch
