@@ -216,3 +216,22 @@ def test_other_objects_of_a_study_are_kept_not_analysed_and_own_results_dropped(
     assert len({d.SOPInstanceUID for d in _of_study(pacs, study) if d.SOPClassUID == SR_CLASS}) == 1, (
         "no new report for objects that are not images"
     )
+
+
+def test_a_refused_image_is_in_the_studys_sr_as_not_analysed_with_its_reason(
+    node: Node, pacs: FakePacs, tmp_path: Path
+) -> None:
+    study = generate_uid()
+    (image,) = _copies(1, study)
+    ct = renamed(DICOM / "pyd_CT_small.dcm", study=study)
+    assert send(node.port, [image, ct]) == [0x0000, 0x0000]
+    analysed, refused = node.wait_finished([image.SOPInstanceUID, ct.SOPInstanceUID])
+    assert analysed.results == "made" and refused.status == "refused" and refused.results == "none"
+    wait_until(lambda: [d for d in _of_study(pacs, study) if d.SOPClassUID == SR_CLASS], 30, "the SR")
+    (sr,) = [d for d in _of_study(pacs, study) if d.SOPClassUID == SR_CLASS]
+    (said,) = [t for t in _texts(sr) if ct.SOPInstanceUID in t]
+    assert "not analysed: " in said and "computed tomography" in said and refused.error in said
+    assert any("of 1 analysed images" in t for t in _texts(sr)), "the study's answer is the analysed image's"
+    scs = [d for d in _of_study(pacs, study) if d.SOPClassUID == SC_CLASS]
+    assert len(scs) == 1 and not referencing(scs, ct.SOPInstanceUID), "no SC for the refused image"
+    _check_sr(sr, [image, ct], tmp_path)
