@@ -185,6 +185,7 @@ class Node:
             retry_base_s=0.2,
             retry_max_s=0.5,
             batch_idle_s=2.0,
+            study_quiet_s=1.0,
             min_free_bytes=0,
         )
         options.update(settings)

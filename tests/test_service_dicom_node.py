@@ -78,6 +78,22 @@ def _named(items: list[pydicom.Dataset], meaning: str) -> list[pydicom.Dataset]:
     ]
 
 
+def _newest(objects: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """The latest version of a study's SR among those received."""
+    return max(objects, key=lambda d: int(d.InstanceNumber))
+
+
+def _image_group(sr: pydicom.Dataset, sop_instance_uid: str) -> pydicom.Dataset:
+    """The SR's measurement group about one image: the one whose region lies on it."""
+    groups = [
+        i for i in _named(_items(sr), "Measurement Group")
+        if any(r.ReferencedSOPInstanceUID == sop_instance_uid
+               for j in _items(i) for r in j.get("ReferencedSOPSequence", []))
+    ]  # fmt: skip
+    assert len(groups) == 1, f"{len(groups)} groups about the image"
+    return groups[0]
+
+
 def _inside(point: np.ndarray, polygon: np.ndarray) -> bool:
     """Ray casting: True when ``point`` lies inside the closed ``polygon`` (N x 2)."""
     x, y = point
@@ -108,7 +124,7 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
     for source, record in zip(sources, records, strict=True):
         name = Path(source.filename).name if source.filename else "RLE copy"
         (sc,) = referencing(scs, source.SOPInstanceUID)
-        (sr,) = referencing(srs, source.SOPInstanceUID)
+        sr = _newest(referencing(srs, source.SOPInstanceUID))
         gsps = referencing(states, source.SOPInstanceUID)
         for made in (sc, sr, *gsps):
             assert made.StudyInstanceUID == source.StudyInstanceUID, name
@@ -123,8 +139,9 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
         assert sc.BurnedInAnnotation == "YES" and CAPTION in sc.ImageComments
         assert sc.PhotometricInterpretation == "RGB" and max(sc.Rows, sc.Columns) <= 1024
         assert sc.pixel_array.shape == (sc.Rows, sc.Columns, 3)
-        # The SR: TID 1500 with the finding, the operating points, the model and the peak on the source.
-        items = _items(sr)
+        # The study's SR: TID 1500 with, for this image, the finding, the operating points, the model
+        # and the peak on it.
+        items = _items(_image_group(sr, source.SOPInstanceUID))
         assert (
             sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeValue == "126000"
         )  # Imaging Measurement Report
@@ -152,7 +169,7 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
             point.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
             == source.SOPInstanceUID
         )
-        assert _named(items, "fracsight study category"), "each image is its own study here"
+        assert len(_named(_items(sr), "fracsight study category")) == 1, "the study's answer, once"
         # The presentation state: only where the model points at something.
         assert len(gsps) == (record.category in ("fracture", "doubt")), (name, record.category)
         for state in gsps:
@@ -189,7 +206,7 @@ def test_study_answer_is_its_most_suspicious_image(node: Node, pacs: FakePacs) -
     worst = min(records, key=lambda r: (rank(r.category), -r.probability))
     for source in sources:
         wait_until(lambda s=source: referencing(pacs.of_class(SR_CLASS), s.SOPInstanceUID), 30, "the SR")
-        (sr,) = referencing(pacs.of_class(SR_CLASS), source.SOPInstanceUID)
+        (sr,) = referencing(pacs.of_class(SR_CLASS), source.SOPInstanceUID)  # one SR for the study
         items = _items(sr)
         (answer,) = _named(items, "fracsight study category")
         assert answer.ConceptCodeSequence[0].CodeValue == CATEGORIES[Category(worst.category)].dicom_code
@@ -209,7 +226,16 @@ def test_non_radiographs_and_broken_files_are_kept_and_refused_with_the_reason(
         assert record.results == "none"
         assert (node.store.data_dir / record.file).stat().st_size > 0
     time.sleep(1.0)
-    assert all(not referencing([d for _, d in pacs.received[before:]], s.SOPInstanceUID) for s in sources)
+    received = [d for _, d in pacs.received[before:]]
+    for source, reason in zip(sources, REFUSED.values(), strict=True):
+        assert not [d for d in referencing(received, source.SOPInstanceUID) if d.SOPClassUID != SR_CLASS]
+        # The study's SR answers for the refused image too: "not analysed" with the reason.
+        wait_until(lambda s=source: referencing(pacs.of_class(SR_CLASS), s.SOPInstanceUID), 30, "the SR")
+        sr = _newest(referencing(pacs.of_class(SR_CLASS), source.SOPInstanceUID))
+        said = [i.TextValue for i in _items(sr) if source.SOPInstanceUID in str(i.get("TextValue", ""))]
+        assert len(said) == 1 and "not analysed: " in said[0] and reason in said[0], said
+        codes = [i.ConceptCodeSequence[0].CodeValue for i in _named(_items(sr), "fracsight category")]
+        assert "not-analysed" in codes
     assert associate(node.port, "MODALITY").send_c_echo().Status == 0x0000, "the node goes on"
 
 
@@ -470,6 +496,6 @@ def test_an_image_still_queued_keeps_waiting_for_its_results(tmp_path: Path, def
         )
     store.claim_next()
     store.refuse("a1", "not a radiograph")
-    ResultsStage(store, default_analyser, settings).make("s1", "b1")
+    ResultsStage(store, default_analyser, settings).make("s1")
     assert store.get_image("a1").results == "none"
     assert store.get_image("a2").results == "pending", "queued: its results come once it is analysed"

@@ -8,8 +8,9 @@ presentation state) must arrive in the right study, read back with pydicom and p
 CT and broken files must be refused analysis with a reason. Images with gaps in their header (no
 Patient ID, Patient Name, Study Date, Study Time, Accession Number or Study ID) and with a VOI LUT
 (16 and 12 bits) get theirs too, the presentation state rendering through DCMTK's dcmp2pgm with
-the grey levels of the image. Then the faults: Orthanc down (the results wait and arrive when it
-is back) and a calling AE title that is not allowed.
+the grey levels of the image. A study holding fracsight's own results and another system's report
+is sent from Orthanc ("send study") with success. Then the faults: Orthanc down (the results wait
+and arrive when it is back) and a calling AE title that is not allowed.
 Skips without root, ``ip``, Orthanc or storescu (``.ci/run`` installs them).
 """
 
@@ -269,6 +270,47 @@ def test_radiographs_from_storescu_get_their_results_in_their_study(site: Site, 
         60,
         "results of the image Orthanc sent",
     )
+
+
+def test_a_study_with_fracsights_own_results_in_it_is_sent_from_orthanc(site: Site, tmp_path: Path) -> None:
+    """"Send study to fracsight" once the study holds fracsight's SC, SR and presentation state and
+    another system's report: Orthanc's send succeeds; the node drops its own results, keeps the
+    other report without analysing it, and makes no new report (nothing new to say)."""
+    ds = renamed(DICOM / "pljd_RG3_J2KR.dcm")  # "fracture": SC, SR and a presentation state
+    ds.save_as(tmp_path / "image.dcm", enforce_file_format=True)
+    def to_orthanc(path: Path) -> None:
+        assert all(r.returncode == 0 for r in site.storescu([path], called="ORTHANC", port=4242))
+
+    to_orthanc(tmp_path / "image.dcm")
+    query = {"Level": "Study", "Query": {"StudyInstanceUID": ds.StudyInstanceUID}}
+    (study,) = site.rest("/tools/find", "POST", json.dumps(query))
+    send = json.dumps({"Resources": [study], "Synchronous": True})
+    site.rest("/modalities/fracsight/store", "POST", send)
+
+    def results() -> list[pydicom.Dataset]:
+        objects = _study_objects(site, ds.StudyInstanceUID, tmp_path)
+        return [o for o in objects if o.get("Manufacturer") == "fracsight"]
+
+    wait_until(lambda: {o.SOPClassUID for o in results()} == {SC_CLASS, SR_CLASS, GSPS_CLASS}, 120, "results")
+    (report,) = [o for o in results() if o.SOPClassUID == SR_CLASS]
+    other = report.copy()
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    other.SeriesInstanceUID = pydicom.uid.generate_uid()
+    other.Manufacturer = "Another vendor"
+    other.save_as(tmp_path / "other.dcm", enforce_file_format=True)
+    to_orthanc(tmp_path / "other.dcm")
+    with site.node_db() as db:
+        images_before = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    answer = site.rest("/modalities/fracsight/store", "POST", send)  # raises unless HTTP success
+    assert answer is not None
+    with site.node_db() as db:
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == images_before, "nothing analysed"
+    kept = [pydicom.dcmread(p, stop_before_pixels=True) for p in (site.data / "objects").rglob("*.dcm")]
+    kept_uids = {k.SOPInstanceUID for k in kept}
+    assert other.SOPInstanceUID in kept_uids, "the other system's report is kept with the study"
+    assert not kept_uids & {o.SOPInstanceUID for o in results()}, "fracsight's own results are dropped"
+    wait_until(lambda: _all_delivered(site), 60, "nothing left to deliver")
+    assert len([o for o in results() if o.SOPClassUID == SR_CLASS]) == 1, "no new report"
 
 
 def test_results_wait_while_orthanc_is_down_and_arrive_when_it_is_back(site: Site, tmp_path: Path) -> None:

@@ -6,19 +6,28 @@ to one host address) get an association; any other is rejected at association ti
 "calling AE title not recognised"), and every C-STORE checks the peer again. The node binds to
 loopback unless told otherwise.
 
-**What it takes.** C-ECHO, and C-STORE of radiographs: Computed Radiography, Digital X-Ray (for
-presentation and for processing, and intra-oral; not mammography) and Secondary Capture, in the
-common transfer syntaxes (uncompressed, deflated, RLE, JPEG baseline, extended and lossless,
-JPEG-LS, JPEG 2000). CT, MR, ultrasound, nuclear medicine, PET, angiography and fluoroscopy images
-are taken too, so a PACS that routes a whole study does not see failures: they are kept and
-refused analysis with the reason, as are multi-frame objects and files that cannot be decoded.
-Objects of other classes (mammography, reports, presentation states) are not accepted.
+**What it takes.** C-ECHO, and C-STORE of every storage SOP class pynetdicom knows
+(``AllStoragePresentationContexts``), in the common transfer syntaxes (uncompressed, deflated,
+RLE, JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000), so a PACS that routes a whole
+study ("send study") never sees a failure. What happens to an instance depends on its class:
+
+* radiographs (Computed Radiography, Digital X-Ray for presentation and for processing, and
+  intra-oral; Secondary Capture) are kept and analysed;
+* CT, MR, ultrasound, nuclear medicine, PET, angiography and fluoroscopy images are kept and
+  refused analysis with the reason (the study's SR says "not analysed: <reason>"), as are
+  multi-frame objects and files that cannot be decoded;
+* every other object of the study (structured reports, presentation states, Key Object
+  Selection, encapsulated documents, mammography, ...) is kept with the study's files
+  (``objects/`` in the data folder) and not analysed: it is not an image of the worklist and gets
+  no results;
+* fracsight's own results routed back (Manufacturer "fracsight" and a series fracsight made for
+  that study, or a SOP Instance UID it sent) are acknowledged and dropped; an object another
+  fracsight made is kept as an object, never analysed.
 
 **Durability.** A C-STORE is answered Success only after the instance is on disk and recorded
 (:func:`fracsight.service.intake.receive_dicom`); a disk that cannot take it (with the reserve
 the database needs) gets 0xA700 Out of Resources; any other failure 0x0110 Processing Failure.
-An instance received again (same SOP Instance UID) is acknowledged and not kept twice, and
-fracsight's own results, routed back by a PACS, are acknowledged and dropped. Nothing a handler
+An instance received again (same SOP Instance UID) is acknowledged and not kept twice. Nothing a handler
 meets escapes into the server: every exception becomes a status and a log line without patient
 data.
 
@@ -28,15 +37,18 @@ analysis worker; the web service runs the same node when given a DICOM port.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
+import shutil
 import threading
 import uuid
+from pathlib import Path
 
 import pydicom
 from pydicom.uid import (
     JPEG2000,
-    ComprehensiveSRStorage,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -48,7 +60,6 @@ from pydicom.uid import (
     EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -70,11 +81,13 @@ from pydicom.uid import (
     XRayAngiographicImageStorage,
     XRayRadiofluoroscopicImageStorage,
 )
+from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
 
-from fracsight.service.dicom_results import MANUFACTURER
-from fracsight.service.intake import OutOfSpace, receive_dicom
+from fracsight.io.durable import fsync_folder
+from fracsight.service.dicom_results import MANUFACTURER, result_series_uids
+from fracsight.service.intake import OutOfSpace, receive_dicom, study_info
 from fracsight.service.results_stage import ResultsStage
 from fracsight.service.sender import Sender
 from fracsight.service.settings import DicomSettings
@@ -125,12 +138,12 @@ TRANSFER_SYNTAXES = [
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 ]
-# What fracsight itself sends (Secondary Capture, SR, presentation state): routed back, it is dropped.
-_OWN_RESULT_CLASSES = {
-    SecondaryCaptureImageStorage,
-    ComprehensiveSRStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-}
+# Images: kept in the worklist and analysed (radiographs) or refused analysis with the reason.
+IMAGE_CLASSES = frozenset({*RADIOGRAPH_CLASSES, *OTHER_IMAGE_CLASSES})
+# Every storage class a PACS may send in a study; those not in IMAGE_CLASSES are kept as objects.
+STORAGE_CLASSES = tuple(
+    dict.fromkeys([*IMAGE_CLASSES, *(str(c.abstract_syntax) for c in AllStoragePresentationContexts)])
+)
 
 
 def _storage_status(meaning: str) -> int:
@@ -175,7 +188,7 @@ class StorageSCP:
         ae.dimse_timeout = self.settings.dimse_timeout_s
         ae.network_timeout = self.settings.network_timeout_s
         ae.add_supported_context(Verification)
-        for sop_class in [*RADIOGRAPH_CLASSES, *OTHER_IMAGE_CLASSES]:
+        for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         return ae
 
@@ -241,8 +254,13 @@ class StorageSCP:
                 return NOT_AUTHORISED
             data = event.encoded_dataset()
             header = _header(data)
-            if header is not None and _is_own_result(header):
+            if header is not None and self._is_own_result(header):
                 log.info("an object fracsight made came back from %r: acknowledged, not kept", aet)
+                return SUCCESS
+            sop_class = str(event.request.AffectedSOPClassUID)
+            if header is not None and (sop_class not in IMAGE_CLASSES or _made_by_fracsight(header)):
+                keep_object(self.store, data, header, self.settings.min_free_bytes)
+                log.info("an object of the study received from %r: kept, not analysed", aet)
                 return SUCCESS
             received = receive_dicom(
                 self.store,
@@ -268,6 +286,16 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001 - one bad instance must never stop the node
             log.error("instance refused with Processing Failure (%s)", type(exc).__name__)
             return PROCESSING_FAILURE
+
+    def _is_own_result(self, header) -> bool:
+        """One of fracsight's own results: its Manufacturer, and a series it makes for that study or
+        a SOP Instance UID it has sent."""
+        if str(header.get("Manufacturer", "")) != MANUFACTURER:
+            return False
+        study_key = study_info(None, "own", dataset=header).study_key
+        if str(header.get("SeriesInstanceUID", "")) in result_series_uids(study_key):
+            return True
+        return self.store.sent_instance(str(header.get("SOPInstanceUID", "")))
 
     def _batch(self, assoc, aet: str) -> str:
         with self._lock:
@@ -302,10 +330,35 @@ def _header(data: bytes):
         return None
 
 
-def _is_own_result(header) -> bool:
-    return str(header.get("Manufacturer", "")) == MANUFACTURER and str(header.get("SOPClassUID", "")) in (
-        _OWN_RESULT_CLASSES
-    )
+def _made_by_fracsight(header) -> bool:
+    return str(header.get("Manufacturer", "")) == MANUFACTURER
+
+
+def keep_object(store: Store, data: bytes, header, min_free_bytes: int) -> Path:
+    """Keep an object of a study that is not analysed (a report, a presentation state, a key
+    object selection...) as received, under ``objects/`` in the data folder, one file per SOP
+    Instance UID (received again, it is written again), on disk when this returns. Raises
+    :class:`OutOfSpace` when the disk would keep less than ``min_free_bytes`` free."""
+    study = study_info(None, "object", dataset=header).study_key
+    instance = str(header.get("SOPInstanceUID", "")) or uuid.uuid4().hex
+    folder = store.data_dir / "objects" / hashlib.sha256(study.encode()).hexdigest()[:32]
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    free = shutil.disk_usage(folder).free
+    if free < len(data) + min_free_bytes:
+        raise OutOfSpace(len(data) + min_free_bytes, free)
+    target = folder / f"{hashlib.sha256(instance.encode()).hexdigest()[:32]}.dcm"
+    partial = target.with_suffix(f".{uuid.uuid4().hex}.partial")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    fsync_folder(folder)
+    return target
 
 
 def quiet_network_logs() -> None:

@@ -1,13 +1,16 @@
-"""One analysed radiograph -> the DICOM objects a PACS receives back (built with highdicom).
+"""Analysed radiographs -> the DICOM objects a PACS receives back (built with highdicom).
 
-* a **Secondary Capture**: the image with the heat map, the category and probability burned in
-  and the caption "AI result, an aid, not a diagnosis"; same patient and study, a series of its
-  own, the source image referenced;
-* a **Comprehensive SR** following TID 1500 (Measurement Report), as the IHE Radiology AI Results
-  (AIR) profile uses it: the algorithm as observer device and in the finding's algorithm
-  identification (model name, version, sha256 and operating points), the finding "fracture of
-  bone" with the probability, the category, the two operating points and the heat-map peak as a
-  point on the source image, and, once its images are analysed, the study's category;
+* a **Secondary Capture** per image: the image with the heat map, the category and probability
+  burned in and the caption "AI result, an aid, not a diagnosis"; same patient and study, in the
+  study's result series (the node passes the study as the UIDs' group), the source image
+  referenced;
+* a **Comprehensive SR** per study (:func:`study_report`) following TID 1500 (Measurement
+  Report), as the IHE Radiology AI Results (AIR) profile uses it: the algorithm as observer
+  device and in each finding's algorithm identification (model name, version, sha256 and
+  operating points); per analysed image the finding "fracture of bone" with the probability, the
+  category, the two operating points and the heat-map peak as a point on that image; per image
+  not analysed "not analysed: <reason>"; and the study's category once. A later version names
+  the one it replaces (Predecessor Documents Sequence);
 * a **Grayscale Softcopy Presentation State** for images in category fracture or doubt: the
   outline of the hot region (heat-map cells at half the peak's value or more, around the peak), a
   circle at the peak and the category drawn on the original image, for the PACS viewer to switch
@@ -74,6 +77,7 @@ PROBABILITY = hd.sr.CodedConcept(codes.DCM.Probability.value, "DCM", codes.DCM.P
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 CATEGORY = hd.sr.CodedConcept("category", SCHEME, "fracsight category")
 STUDY_CATEGORY = hd.sr.CodedConcept("study-category", SCHEME, "fracsight study category")
+NOT_ANALYSED = hd.sr.CodedConcept("not-analysed", SCHEME, "Not analysed")
 OPERATING_POINTS = {
     "fracture": hd.sr.CodedConcept("op-fracture", SCHEME, "Fracture operating point (high specificity)"),
     "doubt": hd.sr.CodedConcept("op-doubt", SCHEME, "Doubt operating point (high sensitivity)"),
@@ -123,8 +127,9 @@ class ResultUIDs:
 
     @classmethod
     def derived(cls, image_id: str, group: str, model: Algorithm) -> ResultUIDs:
-        """UIDs that follow from the image and its group (study and batch): made again after a
-        restart they are the same, so the PACS keeps one copy of each object."""
+        """UIDs that follow from the image and its group (the node's is the study key: one series
+        of each kind per study): made again after a restart they are the same, so the PACS keeps
+        one copy of each object."""
 
         def uid(*parts: str) -> str:
             return derived_uid("fracsight", *parts)
@@ -135,9 +140,15 @@ class ResultUIDs:
             gsps=uid(image_id, "gsps"),
             sc_series=uid(group, "sc-series"),
             sr_series=uid(group, "sr-series"),
-            gsps_series=uid(group, "gsps-series"),
+            gsps_series=uid(group, "gsps-series"),  # (result_series_uids says the same)
             device=uid("device", model.sha256),
         )
+
+
+def result_series_uids(study_key: str) -> set[str]:
+    """The Series Instance UIDs of the result series fracsight makes for a study (SC, SR, GSPS):
+    how the node knows its own results when a PACS sends them back."""
+    return {derived_uid("fracsight", study_key, f"{kind}-series") for kind in KINDS}
 
 
 @dataclass(frozen=True)
@@ -329,11 +340,13 @@ def build_results(
     instance_number: int = 1,
     study: StudyAnswer | None = None,
     sc_max_side: int = 1024,
+    kinds: tuple[str, ...] = KINDS,
 ) -> ResultObjects:
     """The result objects of one analysed image, each made on its own: one that fails leaves the
     others and its reason in :attr:`ResultObjects.failures`. ``source``: its header (no pixels
     needed, left unchanged); ``pixels``: the image as analysed (float in [0, 1], any resolution of
-    the same aspect)."""
+    the same aspect); ``kinds``: which to make (the node makes the SR per study, with
+    :func:`study_report`, and asks for SC and GSPS only)."""
     try:
         ref = reference_header(source)
     except Exception as exc:  # noqa: BLE001 - reported as every object's failure
@@ -350,6 +363,8 @@ def build_results(
     made: dict[str, Dataset | None] = dict.fromkeys(KINDS)
     failures: dict[str, str] = {}
     for kind, make in makers.items():
+        if kind not in kinds:
+            continue
         try:
             made[kind] = make()
         except Exception as exc:  # noqa: BLE001 - one object failing must not cost the others
@@ -485,6 +500,41 @@ def _algorithm(model: Algorithm) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version, parameters=parameters)
 
 
+@dataclass(frozen=True)
+class StudyImage:
+    """One image of a study as its structured report tells it: analysed (``finding``) or not
+    (``reason``, words without patient data). ``source``: its header, None where unreadable."""
+
+    source: Dataset | None
+    sop_instance_uid: str
+    finding: Finding | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportUIDs:
+    """The UIDs of one version of a study's structured report."""
+
+    sr: str
+    series: str
+    device: str
+    predecessor: str | None = None  # the version it replaces
+
+    @classmethod
+    def derived(
+        cls, study_key: str, content: str, model: Algorithm, predecessor: str | None = None
+    ) -> ReportUIDs:
+        """UIDs that follow from the study and what the report covers (``content``: its images and
+        their states): the same series for every version (the study's report series), a new
+        instance only for new content, so a report made again says nothing twice."""
+        return cls(
+            sr=derived_uid("fracsight", study_key, "sr", content),
+            series=derived_uid("fracsight", study_key, "sr-series"),
+            device=derived_uid("fracsight", "device", model.sha256),
+            predecessor=predecessor,
+        )
+
+
 def structured_report(
     source: Dataset,
     finding: Finding,
@@ -494,6 +544,46 @@ def structured_report(
     instance_number: int,
     study: StudyAnswer | None,
 ) -> Dataset:
+    """The report of a study of one analysed image (:func:`study_report`)."""
+    return study_report(
+        [StudyImage(source, str(source.SOPInstanceUID), finding)],
+        model,
+        ReportUIDs(uids.sr, uids.sr_series, uids.device),
+        when,
+        instance_number,
+        study,
+    )
+
+
+def study_report(
+    images: list[StudyImage],
+    model: Algorithm,
+    uids: ReportUIDs,
+    when: dt.datetime,
+    version: int,
+    study: StudyAnswer | None,
+) -> Dataset:
+    """A study's Comprehensive SR (TID 1500): one finding group per analysed image (probability,
+    category, operating points, the heat-map peak as a point on it), one group per image not
+    analysed saying "not analysed: <reason>", and the study's answer once. ``version`` is its
+    Instance Number; ``uids.predecessor`` the report it replaces (Predecessor Documents
+    Sequence). Patient and study are copied from the first image whose header can be used
+    (:func:`reference_header`); the sources are the evidence."""
+    refs: dict[str, Dataset] = {}
+    first_error: Exception | None = None
+    for image in images:
+        if image.source is None:
+            continue
+        try:
+            refs[image.sop_instance_uid] = reference_header(image.source)
+        except Exception as exc:  # noqa: BLE001 - told as not analysed, or raised if none serves
+            first_error = first_error or exc
+    analysed = [i for i in images if i.finding is not None and i.sop_instance_uid in refs]
+    if not refs:
+        raise first_error or SourceError("no image of the study has a usable header")
+    main = refs[analysed[0].sop_instance_uid] if analysed else next(iter(refs.values()))
+    study_uid = str(main.StudyInstanceUID)
+    evidence = [r for r in refs.values() if str(r.StudyInstanceUID) == study_uid]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -505,36 +595,22 @@ def structured_report(
         ),
     )
     algorithm = _algorithm(model)
-    x, y = peak_on_source(finding, source)
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POINT,
-        graphic_data=np.array([[x, y]], dtype=float),
-        source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
-    )
-    probability = round(finding.probability, 6)
-    measurements = [
-        hd.sr.Measurement(name=PROBABILITY, value=probability, unit=NO_UNITS, algorithm_id=algorithm)
-    ] + [
-        # The threshold as the card gives it (up to 7 decimals): a rounded one could put a
-        # probability on the other side of it from the category fracsight reported.
-        hd.sr.Measurement(name=OPERATING_POINTS[name], value=float(value), unit=NO_UNITS)
-        for name, value in sorted(model.thresholds.items())
-    ]  # fmt: skip
-    groups: list = [
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid(uids.sr, "finding"),
-                identifier="fracture finding, heat-map peak",
-            ),
-            referenced_region=region,
-            finding_type=FRACTURE,
-            algorithm_id=algorithm,
-            measurements=measurements,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=CATEGORY, value=CATEGORY_CODES[finding.category])
-            ],
-        )
-    ]
+    groups: list = []
+    for number, image in enumerate(images, start=1):
+        if image.finding is not None and image.sop_instance_uid in refs:
+            source = refs[image.sop_instance_uid]
+            groups.append(_finding_group(source, image.finding, model, algorithm, number))
+        else:
+            reason = image.reason or "its analysis cannot be reported"
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=derived_uid(image.sop_instance_uid, "not analysed"),
+                        identifier=f"image {number} ({image.sop_instance_uid}): not analysed: {reason}",
+                    ),
+                    qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=CATEGORY, value=NOT_ANALYSED)],
+                )
+            )
     if study is not None:
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -556,17 +632,26 @@ def structured_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=RADIOGRAPHY,
         imaging_measurements=groups,
-        referenced_images=[_library_entry(source)],
+        referenced_images=[_library_entry(refs[i.sop_instance_uid]) for i in analysed] or None,
     )
+    previous = None
+    if uids.predecessor:
+        earlier = Dataset()
+        earlier.StudyInstanceUID = study_uid
+        earlier.SeriesInstanceUID = uids.series
+        earlier.SOPClassUID = SR_CLASS
+        earlier.SOPInstanceUID = uids.predecessor
+        previous = [earlier]
     sr = hd.sr.ComprehensiveSR(
-        evidence=[source],
+        evidence=evidence,
         content=report,
-        series_instance_uid=uids.sr_series,
+        series_instance_uid=uids.series,
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.sr,
-        instance_number=instance_number,
+        instance_number=version,
         manufacturer=MANUFACTURER,
         is_complete=True,
+        previous_versions=previous,
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=SCHEME,
@@ -577,8 +662,43 @@ def structured_report(
         specific_character_set=None,
         **_common(when, model, "sr"),
     )
-    _set_character_set(sr, source)
+    _set_character_set(sr, main)
     return sr
+
+
+def _finding_group(
+    source: Dataset, finding: Finding, model: Algorithm, algorithm: hd.sr.AlgorithmIdentification, number: int
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One analysed image's finding: the probability, the operating points and the category, at
+    the heat-map peak as a point on the image."""
+    x, y = peak_on_source(finding, source)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[x, y]], dtype=float),
+        source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+    )
+    probability = round(finding.probability, 6)
+    measurements = [
+        hd.sr.Measurement(name=PROBABILITY, value=probability, unit=NO_UNITS, algorithm_id=algorithm)
+    ] + [
+        # The threshold as the card gives it (up to 7 decimals): a rounded one could put a
+        # probability on the other side of it from the category fracsight reported.
+        hd.sr.Measurement(name=OPERATING_POINTS[name], value=float(value), unit=NO_UNITS)
+        for name, value in sorted(model.thresholds.items())
+    ]  # fmt: skip
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(str(source.SOPInstanceUID), "finding"),
+            identifier=f"image {number}: fracture finding, heat-map peak",
+        ),
+        referenced_region=region,
+        finding_type=FRACTURE,
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=CATEGORY, value=CATEGORY_CODES[finding.category])
+        ],
+    )
 
 
 def _library_entry(source: Dataset) -> Dataset:

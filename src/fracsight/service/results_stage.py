@@ -1,21 +1,27 @@
 """The results stage: for images received over DICOM, make the objects the PACS gets back and queue
 them for sending, after analysis and without analysing again.
 
-A thread that waits for groups the store says are ready (every image of a study that arrived in
-one association is finished, and the association is over) and, for each analysed image in the
-group, builds the Secondary Capture, the SR and (for fracture and doubt) the presentation state
-(:mod:`fracsight.service.dicom_results`) from what the analysis stored: its result, its heat map
-and the pixels the worker kept for the viewer (decoded again only when those are missing). Each
-object is made and queued on its own: one that cannot be made leaves the image's results
-``failed`` with the reason (``results_error``, shown by the API), the others are still sent, and
-:func:`remake_failed` (``dicom-node --resend``) makes them again after a fix. Files
-are on disk before one transaction marks the group's results made and queues the sends, so a
-stop at any point either repeats the making (same UIDs, same files) or finds it done.
+A thread that waits for studies the store says are complete (every image of the study finished,
+and no new image for :attr:`DicomSettings.study_quiet_s`, whichever associations brought them) and
+makes, for each waiting analysed image, the Secondary Capture and (for fracture and doubt) the
+presentation state, each study's in one series of its kind, numbered in the order the images
+arrived; and for the study one Comprehensive SR (:func:`fracsight.service.dicom_results.study_report`)
+with a finding group per analysed image, "not analysed: <reason>" for each refused one, and the
+study's answer once. An image arriving later makes a new version of the SR (same series, new SOP
+Instance UID, the next Instance Number, the earlier one in its Predecessor Documents Sequence).
+Objects are made from what the analysis stored: its result, its heat map and the pixels the
+worker kept for the viewer (decoded again only when those are missing). Each object is made and
+queued on its own: one that cannot be made leaves the image's results ``failed`` with the reason
+(``results_error``, shown by the API), the others are still sent, and :func:`remake_failed`
+(``dicom-node --resend``) makes them again after a fix. Files are on disk before one transaction
+marks the study's results made and queues the sends, so a stop at any point either repeats the
+making (same UIDs, same files) or finds it done.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -34,9 +40,12 @@ from fracsight.io.durable import fsync_folder
 from fracsight.model_card import ModelIdentity
 from fracsight.service.dicom_results import (
     Algorithm,
+    ReportUIDs,
     ResultUIDs,
+    StudyImage,
     build_results,
     failure_reason,
+    study_report,
 )
 from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
@@ -82,33 +91,43 @@ class ResultsStage(QueueLoop):
         self.clock = clock
         super().__init__(poll_s, retry_s=RETRY_S)
 
-    def run_once(self) -> int:
-        """Make the results of every ready group; returns how many groups were handled."""
-        groups = self.store.results_ready(self.settings.batch_idle_s)
-        for study_key, batch in groups:
+    def run_once(self, quiet_s: float | None = None) -> int:
+        """Make the results of every complete study (quiet for ``quiet_s``, the settings' quiet time
+        unless given); returns how many studies were handled."""
+        studies = self.store.results_ready(self.settings.study_quiet_s if quiet_s is None else quiet_s)
+        for study_key in studies:
             if self.stopping:
                 break
-            self.make(study_key, batch)
-        return len(groups)
+            self.make(study_key)
+        return len(studies)
 
-    def make(self, study_key: str, batch: str) -> None:
-        images = self.store.images_of_batch(study_key, batch)
+    def make(self, study_key: str) -> None:
+        """The study's waiting images get their SC and presentation state (in the study's one series
+        of each), and the study a new version of its SR over every image it has."""
+        images = [
+            i for i in self.store.images_of_study(study_key)
+            if i.source == "dicom" and i.results and i.status not in ("queued", "analysing")
+        ]  # fmt: skip
         waiting = [i for i in images if i.results == "pending"]
-        study = study_answer(self.store.images_of_study(study_key))
+        if not waiting:
+            return
+        study = study_answer(images)
         made: list[str] = []
         none = [i.id for i in waiting if i.status in ("refused", "failed")]
         failed: dict[str, str] = {}
         sends: list[NewSend] = []
         folders: set[Path] = set()
         when = self.clock()
+        headers: dict[str, Dataset | None] = {}
         for number, record in enumerate(images, start=1):
+            headers[record.id] = self._header(record)
             if record.results != "pending" or record.status != "done":
                 continue
             try:
-                files, reasons = self._build(record, number, study, f"{study_key}/{batch}", when)
+                files, reasons = self._build(record, headers[record.id], number, study_key, when)
             except OSError:
-                raise  # the disk, not the image: the group stays pending and is made again later
-            except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the group
+                raise  # the disk, not the image: the study stays pending and is made again later
+            except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the study
                 why = str(exc) if isinstance(exc, CannotMake) else failure_reason(exc)
                 files, reasons = {}, {"all": why}
             for kind, (relative, sop_class, sop_instance) in files.items():
@@ -116,30 +135,104 @@ class ResultsStage(QueueLoop):
                 sends.append(NewSend(record.id, self.destination, kind, relative, sop_class, sop_instance))
             if reasons:
                 failed[record.id] = "; ".join(f"{kind}: {why}" for kind, why in reasons.items())
-                # The reason only: no image id nor patient data in the log (the store and the API
-                # say which image).
-                log.error("result objects of an image could not be made (%s)", failed[record.id])
             else:
                 made.append(record.id)
+        try:
+            report = self._report(study_key, images, headers, study, when)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the study's report failing must not cost the SCs
+            why = str(exc) if isinstance(exc, CannotMake) else failure_reason(exc)
+            # An analysed image's results are incomplete without it; for a refused one there is
+            # nothing else to make (a study of unreadable files has no header to report on).
+            for record in (i for i in waiting if i.status == "done"):
+                earlier = failed.get(record.id)
+                failed[record.id] = f"{earlier}; sr: {why}" if earlier else f"sr: {why}"
+            made = [i for i in made if i not in failed]
+            log.warning("the study's report could not be made (%s)", why)
+        else:
+            if report is not None:
+                relative, sop_class, sop_instance = report
+                folders.add((self.store.data_dir / relative).parent)
+                # Queued with the study's latest waiting image: the one whose arrival made this version.
+                latest = waiting[-1].id
+                sends.append(NewSend(latest, self.destination, "sr", relative, sop_class, sop_instance))
+        for reason in failed.values():
+            # The reason only: no image id nor patient data in the log (the store and the API say
+            # which image).
+            log.error("result objects of an image could not be made (%s)", reason)
         for folder in folders:
             fsync_folder(folder)
         self.store.record_results(made, none, sends, failed=failed)
         if sends:
-            images = len({s.image_id for s in sends})
-            log.info("results of %d image(s) queued for %s", images, self.destination)
+            images_sent = len({s.image_id for s in sends if s.kind != "sr"})
+            log.info(
+                "results of a study (%d image(s) and its report) queued for %s", images_sent, self.destination
+            )
             if self.on_queued is not None:
                 self.on_queued()
 
+    def _header(self, record: ImageRecord) -> Dataset | None:
+        try:
+            return pydicom.dcmread(self.store.data_dir / record.file, stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - the report then says the image was not analysed
+            return None
+
+    def _report(
+        self,
+        study_key: str,
+        images: list[ImageRecord],
+        headers: dict[str, Dataset | None],
+        study: StudyAnswer | None,
+        when: dt.datetime,
+    ) -> tuple[str, str, str] | None:
+        """Write the next version of the study's SR: (file relative to the data folder, SOP class,
+        UID); None when the latest already says all of it (results made again after a failure).
+        A restart before it is recorded writes the same version again (same UID)."""
+        earlier = self.store.study_reports(study_key, self.destination)
+        content = " ".join(f"{i.id}:{i.status}" for i in sorted(images, key=lambda i: i.id))
+        uids = ReportUIDs.derived(
+            study_key, f"{self.model.name} {content}", self.model, earlier[-1] if earlier else None
+        )
+        if uids.sr in earlier:
+            return None
+        version = len(earlier) + 1
+        entries = []
+        for record in images:
+            source = headers.get(record.id)
+            uid = record.info.sop_instance_uid or (str(source.get("SOPInstanceUID", "")) if source else "")
+            if record.status == "done":
+                try:
+                    finding = _finding(self.store, record, self.analyser.identity)
+                    entries.append(StudyImage(source, uid, finding))
+                except CannotMake as exc:
+                    entries.append(StudyImage(source, uid, reason=str(exc)))
+            else:
+                entries.append(StudyImage(source, uid, reason=record.error or record.status))
+        dataset = study_report(
+            entries,
+            self.model,
+            uids,
+            when,
+            version,
+            study,
+        )
+        digest = hashlib.sha256(study_key.encode()).hexdigest()[:32]
+        relative = Path("results") / "studies" / digest[:2] / f"{digest}-sr-{version}.dcm"
+        _write(dataset, self.store.data_dir / relative)
+        return relative.as_posix(), str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)
+
     def _build(
-        self, record: ImageRecord, number: int, study: StudyAnswer | None, group: str, when: dt.datetime
+        self, record: ImageRecord, source: Dataset | None, number: int, study_key: str, when: dt.datetime
     ) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
-        """Write the image's result objects that can be made: (kind -> (file relative to the data
-        folder, SOP class, UID), kind -> why it could not be made)."""
+        """Write the image's SC and presentation state, those that can be made: (kind -> (file
+        relative to the data folder, SOP class, UID), kind -> why it could not be made)."""
         if record.model_id != self.model.name:
             raise CannotMake(f"analysed by model {record.model_id}, the node runs {self.model.name}")
         path = self.store.data_dir / record.file
+        if source is None:
+            raise CannotMake("the image could not be read again")
         try:
-            source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             shown = display_path(self.store, record.id)
             pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
         except OSError as exc:  # the image's own files, gone or unreadable: not worth retrying
@@ -150,18 +243,18 @@ class ResultsStage(QueueLoop):
             pixels,
             finding,
             self.model,
-            ResultUIDs.derived(record.id, group, self.model),
+            ResultUIDs.derived(record.id, study_key, self.model),
             when,
             instance_number=number,
-            study=study,
             sc_max_side=self.settings.sc_max_side,
+            kinds=("sc", "gsps"),
         )
         out = {}
         for kind, dataset in objects.made().items():
             relative = Path("results") / record.id[:2] / f"{record.id}-{kind}.dcm"
             _write(dataset, self.store.data_dir / relative)
             out[kind] = (relative.as_posix(), str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
-        return out, dict(objects.failures)
+        return out, {k: v for k, v in objects.failures.items() if k != "sr"}
 
 
 def remake_failed(store: Store, settings: DicomSettings, make_analyser: Callable[[], Any]) -> int:
@@ -171,7 +264,8 @@ def remake_failed(store: Store, settings: DicomSettings, make_analyser: Callable
     some of them: each object is queued once."""
     due = store.retry_failed_results()
     if due and settings.forward is not None:
-        ResultsStage(store, make_analyser(), settings).run_once()
+        # Their studies were complete when first made: no quiet time to wait for again.
+        ResultsStage(store, make_analyser(), settings).run_once(quiet_s=0.0)
     return due
 
 

@@ -258,6 +258,9 @@ class DicomSettings:
     # A study's results wait for the association that brought its images to end, or for this
     # long without a new image in it (a modality that keeps its association open).
     batch_idle_s: float = 10.0
+    # A study is complete, and its results (one SR for the study) are made, once no new image of it
+    # has arrived for this long; an image arriving later makes a new version of the study's SR.
+    study_quiet_s: float = 10.0
     sc_max_side: int = 1024  # the burned-in Secondary Capture's longer side, px
     # TLS for associations the node accepts; ``forward_tls`` sends results over TLS too.
     tls: DicomTls | None = None
@@ -291,8 +294,11 @@ class DicomSettings:
             raise ValueError(
                 "--forward-tls needs --forward and --tls-cert, --tls-key and --tls-ca (to check the PACS)"
             )
-        if self.min_free_bytes < 0 or self.batch_idle_s <= 0 or self.sc_max_side < 64:
-            raise ValueError("min_free_bytes >= 0, batch_idle_s > 0 and sc_max_side >= 64 are required")
+        quiet = min(self.batch_idle_s, self.study_quiet_s)
+        if self.min_free_bytes < 0 or quiet <= 0 or self.sc_max_side < 64:
+            raise ValueError(
+                "min_free_bytes >= 0, batch_idle_s > 0, study_quiet_s > 0 and sc_max_side >= 64 are required"
+            )
 
     @property
     def binds_beyond_loopback(self) -> bool:

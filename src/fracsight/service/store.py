@@ -14,9 +14,10 @@ stopping the service.
 
 Images received over DICOM also carry the ``batch`` (the association) they arrived in, and a
 ``results`` stage: ``pending`` until the result objects for the PACS are made and queued for
-sending (``made``; ``none`` for an image refused analysis). Results are made once every image of
-a study that arrived in the same batch is finished and the batch is over (the association ended,
-or no image came for a while), so each structured report can carry the study's answer. The
+sending (``made``; ``none`` for an image refused analysis). Results are made per study, once
+every image of the study is finished and none has arrived for a quiet time (however many
+associations brought them), so the study's one structured report carries the study's answer; an
+image arriving later waits for its own results again and the study's report is made anew. The
 outgoing sends live in :mod:`fracsight.service.sends`.
 
 The worklist reads the ``studies`` table: one row per study (its display fields, image counts by
@@ -208,7 +209,9 @@ class Store(Protocol):
     def open_batch(self, batch: str, calling_aet: str) -> None: ...
     def close_batch(self, batch: str) -> None: ...
     def close_open_batches(self) -> int: ...
-    def results_ready(self, idle_s: float) -> list[tuple[str, str]]: ...
+    def results_ready(self, quiet_s: float) -> list[str]: ...
+    def study_reports(self, study_key: str, destination: str) -> list[str]: ...
+    def sent_instance(self, sop_instance_uid: str) -> bool: ...
     def images_of_batch(self, study_key: str, batch: str) -> list[ImageRecord]: ...
     def record_results(
         self,
@@ -910,20 +913,42 @@ class SqliteStore(SendQueue):
         with self._transaction() as db:
             return db.execute("UPDATE batches SET closed_at = ? WHERE closed_at IS NULL", (now(),)).rowcount
 
-    def results_ready(self, idle_s: float) -> list[tuple[str, str]]:
-        """(study key, batch) of every group whose results can be made now, oldest first: some image
-        in it waits for its results, none is still queued or being analysed, and the batch is over
-        (closed, or no image arrived in it for ``idle_s`` seconds)."""
-        rows = self._connection().execute(
-            "SELECT i.study_key, i.batch, MIN(i.received_at) AS first FROM images i "
-            "LEFT JOIN batches b ON b.id = i.batch "
-            "WHERE i.results = 'pending' AND i.status IN ('done', 'refused', 'failed') "
-            "AND (b.id IS NULL OR b.closed_at IS NOT NULL OR b.last_at <= ?) "
-            "AND NOT EXISTS (SELECT 1 FROM images j WHERE j.study_key = i.study_key AND j.batch = i.batch "
-            "AND j.status IN ('queued', 'analysing')) GROUP BY i.study_key, i.batch ORDER BY first",
-            (time.time() - idle_s,),
+    def results_ready(self, quiet_s: float) -> list[str]:
+        """The study keys whose results can be made now, oldest first: some image of the study
+        waits for its results, none is still queued or being analysed, and no image of the study
+        arrived in the last ``quiet_s`` seconds (the study is complete, whichever associations
+        brought it)."""
+        quiet_since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=quiet_s)).isoformat(
+            timespec="milliseconds"
         )
-        return [(r["study_key"], r["batch"]) for r in rows]
+        rows = self._connection().execute(
+            "SELECT i.study_key, MIN(i.received_at) AS first FROM images i "
+            "WHERE i.results = 'pending' AND i.status IN ('done', 'refused', 'failed') "
+            "AND NOT EXISTS (SELECT 1 FROM images j WHERE j.study_key = i.study_key "
+            "AND (j.status IN ('queued', 'analysing') OR j.received_at > ?)) "
+            "GROUP BY i.study_key ORDER BY first",
+            (quiet_since,),
+        )
+        return [r["study_key"] for r in rows]
+
+    def study_reports(self, study_key: str, destination: str) -> list[str]:
+        """The SOP Instance UIDs of the study's structured reports queued for ``destination`` so far,
+        oldest first: the versions a new one replaces."""
+        rows = self._connection().execute(
+            "SELECT s.sop_instance_uid, MIN(s.id) AS first FROM sends s JOIN images i ON i.id = s.image_id "
+            "WHERE i.study_key = ? AND s.destination = ? AND s.kind = 'sr' "
+            "GROUP BY s.sop_instance_uid ORDER BY first",
+            (study_key, destination),
+        )
+        return [r["sop_instance_uid"] for r in rows]
+
+    def sent_instance(self, sop_instance_uid: str) -> bool:
+        """Whether fracsight made and queued an object with this SOP Instance UID (one of its own
+        results, routed back)."""
+        row = self._connection().execute(
+            "SELECT 1 FROM sends WHERE sop_instance_uid = ? LIMIT 1", (sop_instance_uid,)
+        ).fetchone()
+        return row is not None
 
     def images_of_batch(self, study_key: str, batch: str) -> list[ImageRecord]:
         rows = (
