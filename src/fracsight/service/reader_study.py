@@ -512,8 +512,11 @@ def _router(book: StudyBook, store: Store, users: UserDirectory) -> APIRouter:
     def create(body: StudyIn, user: Administrator) -> dict[str, Any]:
         """Make a study from a case list (a CSV or folder on the server, or ``cases``)."""
         for reader in body.readers:
-            if users.get(reader) is None:
-                raise HTTPException(422, f"no user named {reader!r}: make the readers' accounts first")
+            account = users.get(reader)
+            if account is None or account.revoked_at is not None:
+                raise HTTPException(422, f"no active user named {reader!r}: make the readers' accounts first")
+            if account.is_admin:  # administrators are never kept from the AI: they cannot read blind
+                raise HTTPException(422, f"{reader!r} is an administrator: readers need reader accounts")
         try:
             if body.cases:
                 cases = [CaseSpec(c.case, tuple(Path(p) for p in c.path), c.truth, c.region, c.box)
