@@ -92,17 +92,22 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
     from selenium.webdriver.common.keys import Keys
 
     from fracsight.cli import main as cli
+    from fracsight.data.fracatlas import load_fracatlas
     from fracsight.service.reader_study import StudyBook, session_orders
 
-    # -- the case list: 10 fractured and 10 not, with FracAtlas's labels -----------------------------
-    truth: dict[str, int] = {}
-    lines = ["case,path,truth"]
-    for folder, label in (("Fractured", 1), ("Non_fractured", 0)):
-        for path in sorted((fracatlas_dir / folder).glob("*.jpg"))[:N_EACH]:
-            truth[path.stem] = label
-            lines.append(f"{path.stem},{path},{label}")
+    # -- the case list: 10 fractured and 10 not, with FracAtlas's labels and boxes --------------------
+    atlas = sorted(load_fracatlas(fracatlas_dir.parent), key=lambda i: i.image_id)
+    chosen = [i for i in atlas if i.fractured and i.boxes][:N_EACH]
+    chosen += [i for i in atlas if not i.fractured][:N_EACH]
+    truth = {i.path.stem: int(i.fractured) for i in chosen}
+    boxes = {i.path.stem: [list(b) for b in i.boxes] for i in chosen}
     case_csv = tmp_path / "cases.csv"
-    case_csv.write_text("\n".join(lines) + "\n")
+    with case_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "path", "truth", "box"])
+        for i in chosen:
+            box = json.dumps(boxes[i.path.stem]) if i.boxes else ""
+            writer.writerow([i.path.stem, i.path, int(i.fractured), box])
     answers = _scripted(truth)
 
     admin = httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
@@ -151,9 +156,14 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
                 assert body["ai"]["category"] and 0 <= body["ai"]["probability"] <= 1
             assert "truth" not in item.text
             case = key_to_case[body["case"]]
+            rating = answers[name, case, body["arm"]]
+            click = None
+            if rating >= 50 and truth[case]:  # at the centre of the first fracture box
+                x0, y0, x1, y1 = boxes[case][0]
+                click = {"image": 0, "x": (x0 + x1) / 2, "y": (y0 + y1) / 2}
             sent = client.post(f"/api/reader-studies/{study}/reads", json={
-                "case": body["case"], "fracture": answers[name, case, body["arm"]] >= 50,
-                "confidence": answers[name, case, body["arm"]], "time_ms": 1000})  # fmt: skip
+                "case": body["case"], "fracture": rating >= 50, "confidence": rating, "click": click,
+                "time_ms": 1000 if body["arm"] == "aided" else 2000})  # fmt: skip
             assert sent.status_code == 201, sent.text
             again = client.post(f"/api/reader-studies/{study}/reads", json={
                 "case": body["case"], "fracture": True, "confidence": 99, "time_ms": 5})  # fmt: skip
@@ -234,6 +244,7 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
         requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
         urls = [r["params"]["request"]["url"] for r in requests if r["method"] == "Network.requestWillBeSent"]
         assert not any("/api/images/" in u for u in urls)  # only the study's own routes
+        assert not [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
     finally:
         driver.quit()
     assert [(s, p) for s, p, _ in seen] == [(s, p) for s in (1, 2) for p in range(1, 21)]
@@ -255,12 +266,27 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
     clicks = list(csv.DictReader(io.StringIO(admin.get(f"/api/reader-studies/{study}/clicks.csv").text)))
     mine = {f"{c['case']}/{c['modality']}": c for c in clicks if c["reader"] == READERS[0]}
     assert {k for k, c in mine.items() if c["x"]} == clicked
+    for c in clicks:  # a click's hit is whether it lies in a fracture box of the clicked image
+        if c["x"] and boxes.get(c["case"]):
+            x, y = float(c["x"]), float(c["y"])
+            inside = any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in boxes[c["case"]])
+            assert c["hit"] == str(int(inside))
+        if c["reader"] != READERS[0] and c["x"]:
+            assert c["hit"] == "1"
+    (tmp_path / "clicks.csv").write_text(admin.get(f"/api/reader-studies/{study}/clicks.csv").text)
     assert all(c["model_sha256"] for c in clicks if c["modality"] == "aided")
     assert not any(c["model_id"] for c in clicks if c["modality"] == "unaided")
 
     assert cli(["readers", str(tmp_path / "reads.csv"), "--ai", str(tmp_path / "ai.csv"), "--report",
-                str(tmp_path / "report"), "--compare", "aided:unaided", "--no-regions"]) == 0  # fmt: skip
+                str(tmp_path / "report"), "--compare", "aided:unaided", "--no-regions",
+                "--clicks", str(tmp_path / "clicks.csv")]) == 0  # fmt: skip
     report = json.loads((tmp_path / "report" / "readers.json").read_text())
+    reading = report["reading"]
+    assert reading["unaided"]["median_seconds_by_reader"][READERS[1]] == 2.0
+    assert reading["aided"]["median_seconds_by_reader"][READERS[1]] == 1.0
+    scored = [c for c in clicks if c["modality"] == "aided" and c["hit"] != "" and c["truth"] == "1"
+              and c["call"] == "1"]  # fmt: skip
+    assert reading["aided"]["localised"]["scored"] == len(scored) > 0
     auc = next(c for c in report["comparisons"] if c["fom"] == "auc")
     labels = [truth[c] for c in cases]
     direct = {arm: np.mean([_auc([answers[r, c, arm] for c in cases], labels) for r in READERS])

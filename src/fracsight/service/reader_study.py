@@ -78,7 +78,6 @@ CREATE TABLE IF NOT EXISTS reader_study_cases (
     case_key TEXT NOT NULL,
     truth INTEGER NOT NULL CHECK (truth IN (0, 1)),
     region TEXT NOT NULL DEFAULT '',
-    box TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (study_id, case_id),
     UNIQUE (study_id, case_key)
 );
@@ -87,6 +86,7 @@ CREATE TABLE IF NOT EXISTS reader_study_images (
     case_id TEXT NOT NULL,
     ordinal INTEGER NOT NULL,
     image_id TEXT NOT NULL,
+    boxes TEXT NOT NULL DEFAULT '',  -- the fracture boxes on this image, JSON [[x0, y0, x1, y1], ...]
     PRIMARY KEY (study_id, case_id, ordinal)
 );
 CREATE INDEX IF NOT EXISTS reader_study_images_by_image ON reader_study_images (image_id);
@@ -147,13 +147,17 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class CaseSpec:
-    """One case of the case list: its images, truth, and where known its region and fracture box."""
+    """One case of the case list: its images, truth, and where known its region and, per image,
+    the fracture boxes (JSON ``[[x0, y0, x1, y1], ...]`` in the image's pixels, '' when unknown)."""
 
     case_id: str
     paths: tuple[Path, ...]
     truth: int
     region: str = ""
-    box: str = ""
+    boxes: tuple[str, ...] = ()
+
+    def boxes_of(self, ordinal: int) -> str:
+        return self.boxes[ordinal] if ordinal < len(self.boxes) else ""
 
 
 def session_orders(seed: int, n_readers: int, n_cases: int) -> list[list[list[int]]]:
@@ -191,16 +195,27 @@ def read_case_list(source: Path) -> list[CaseSpec]:
         truth = row[truth_col].strip()
         if not case or truth not in ("0", "1"):
             raise StudyError(f"line {line}: a case id and a truth of 0 or 1 are needed")
-        entry = cases.setdefault(case, {"paths": [], "truth": int(truth), "region": "", "box": ""})
+        entry = cases.setdefault(case, {"paths": [], "truth": int(truth), "region": "", "boxes": []})
         if entry["truth"] != int(truth):
             raise StudyError(f"line {line}: the case's truth differs from an earlier row's")
         path = Path(row[path_col].strip())
         entry["paths"].append(path if path.is_absolute() else source.parent / path)
         if region_col and row[region_col].strip():
             entry["region"] = row[region_col].strip()
-        if box_col and row[box_col].strip():
-            entry["box"] = row[box_col].strip()
-    return [CaseSpec(c, tuple(e["paths"]), e["truth"], e["region"], e["box"]) for c, e in cases.items()]
+        entry["boxes"].append(_check_boxes(row[box_col] if box_col else "", line))
+    return [CaseSpec(c, tuple(e["paths"]), e["truth"], e["region"], tuple(e["boxes"]))
+            for c, e in cases.items()]
+
+
+def _check_boxes(text: str, line: int) -> str:
+    """A case-list ``box`` cell as stored: '' or the JSON list of boxes (StudyError when malformed)."""
+    from fracsight.data.boxes import parse_boxes
+
+    try:
+        boxes = parse_boxes(text.strip())
+    except ValueError:
+        raise StudyError(f"line {line}: the box is not a JSON list of [x0, y0, x1, y1]") from None
+    return json.dumps([list(b) for b in boxes]) if boxes else ""
 
 
 def _folder_cases(folder: Path) -> list[CaseSpec]:
@@ -246,10 +261,10 @@ class StudyBook:
             raise StudyError("the cases need both truths (fractured and not) for ROC analysis")
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         study_id = secrets.token_hex(8)
-        images: list[tuple[str, int, str]] = []
+        images: list[tuple[str, int, str, str]] = []
         for number, case in enumerate(cases, start=1):
             for ordinal, path in enumerate(case.paths):
-                images.append((case.case_id, ordinal, _ingest(store, path, number)))
+                images.append((case.case_id, ordinal, _ingest(store, path, number), case.boxes_of(ordinal)))
         orders = session_orders(seed, len(readers), len(cases))
         created = _stamp(_now())
         db = self._db()
@@ -260,13 +275,13 @@ class StudyBook:
                 (study_id, name, created, by, seed, float(washout_days)),
             )
             db.executemany(
-                "INSERT INTO reader_study_cases VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(study_id, i, c.case_id, secrets.token_hex(6), c.truth, c.region, c.box)
+                "INSERT INTO reader_study_cases VALUES (?, ?, ?, ?, ?, ?)",
+                [(study_id, i, c.case_id, secrets.token_hex(6), c.truth, c.region)
                  for i, c in enumerate(cases)],
             )  # fmt: skip
             db.executemany(
-                "INSERT INTO reader_study_images VALUES (?, ?, ?, ?)",
-                [(study_id, case, ordinal, image) for case, ordinal, image in images],
+                "INSERT INTO reader_study_images VALUES (?, ?, ?, ?, ?)",
+                [(study_id, *image) for image in images],
             )
             for index, reader in enumerate(readers):
                 arms = (first_arm(index), ARMS[1 - ARMS.index(first_arm(index))])
@@ -314,8 +329,10 @@ class StudyBook:
 
     def reads(self, study_id: str) -> list[sqlite3.Row]:
         return self._db().execute(
-            "SELECT r.*, c.truth, c.region FROM reader_study_reads r JOIN reader_study_cases c "
-            "ON c.study_id = r.study_id AND c.case_id = r.case_id WHERE r.study_id = ? "
+            "SELECT r.*, c.truth, c.region, i.boxes FROM reader_study_reads r JOIN reader_study_cases c "
+            "ON c.study_id = r.study_id AND c.case_id = r.case_id LEFT JOIN reader_study_images i "
+            "ON i.study_id = r.study_id AND i.case_id = r.case_id AND i.ordinal = r.click_image "
+            "WHERE r.study_id = ? "
             "ORDER BY r.reader, r.session, r.position",
             (study_id,),
         ).fetchall()
@@ -399,7 +416,7 @@ class CaseIn(BaseModel):
     path: list[str] = Field(min_length=1)
     truth: int = Field(ge=0, le=1)
     region: str = Field(default="", max_length=100)
-    box: str = Field(default="", max_length=200)
+    boxes: list[str] = Field(default_factory=list)  # per image: '' or JSON [[x0, y0, x1, y1], ...]
 
 
 class StudyIn(BaseModel):
@@ -519,8 +536,9 @@ def _router(book: StudyBook, store: Store, users: UserDirectory) -> APIRouter:
                 raise HTTPException(422, f"{reader!r} is an administrator: readers need reader accounts")
         try:
             if body.cases:
-                cases = [CaseSpec(c.case, tuple(Path(p) for p in c.path), c.truth, c.region, c.box)
-                         for c in body.cases]  # fmt: skip
+                cases = [CaseSpec(c.case, tuple(Path(p) for p in c.path), c.truth, c.region,
+                                  tuple(_check_boxes(b, n) for b in c.boxes))
+                         for n, c in enumerate(body.cases, start=1)]  # fmt: skip
             elif body.case_list:
                 cases = read_case_list(Path(body.case_list))
             else:
@@ -732,17 +750,28 @@ def _router(book: StudyBook, store: Store, users: UserDirectory) -> APIRouter:
         """Per read: the click on the suspected site (image index, x, y in its pixels), the time
         spent, when, and the model build shown (empty in the unaided arm: none was shown)."""
         a_study(study_id)
-        rows: list[list[Any]] = [["case", "reader", "modality", "session", "position", "image", "x", "y",
-                                  "time_ms", "read_at", "model_id", "model_version", "model_sha256"]]
+        rows: list[list[Any]] = [["case", "truth", "reader", "modality", "session", "position", "call",
+                                  "image", "x", "y", "boxes", "hit", "time_ms", "read_at", "model_id",
+                                  "model_version", "model_sha256"]]
         for r in book.reads(study_id):
-            rows.append([r["case_id"], r["reader"], r["arm"], r["session"], r["position"],
-                         "" if r["click_image"] is None else r["click_image"],
+            rows.append([r["case_id"], r["truth"], r["reader"], r["arm"], r["session"], r["position"],
+                         r["fracture"], "" if r["click_image"] is None else r["click_image"],
                          "" if r["click_x"] is None else f"{r['click_x']:.1f}",
                          "" if r["click_y"] is None else f"{r['click_y']:.1f}",
-                         r["time_ms"], r["read_at"], r["model_id"], r["model_version"], r["model_sha256"]])
+                         r["boxes"] or "", _hit(r), r["time_ms"], r["read_at"], r["model_id"],
+                         r["model_version"], r["model_sha256"]])
         return _csv(rows, "clicks.csv")  # fmt: skip
 
     return router
+
+
+def _hit(read: sqlite3.Row) -> int | str:
+    """1 when the click lies in a fracture box of the clicked image, 0 when not; '' when there is
+    no click or the image has no box to score it against."""
+    if read["click_x"] is None or not read["boxes"]:
+        return ""
+    x, y = read["click_x"], read["click_y"]
+    return int(any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in json.loads(read["boxes"])))
 
 
 def _case_key(book: StudyBook, study_id: str, case_id: str) -> str:

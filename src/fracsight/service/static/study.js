@@ -70,8 +70,9 @@ function message(text) {
 // ---- the image: window/level, zoom, pan, the suspected site -----------------------------------
 
 class View {
-  constructor(holder, index, aided) {
+  constructor(holder, index, aided, size) {
     this.index = index;
+    this.size = size; // the original image's width and height: clicks are given in its pixels
     this.aided = aided;
     this.canvas = document.createElement("canvas");
     this.canvas.className = "study-canvas";
@@ -99,6 +100,8 @@ class View {
     this.low0 = sample[Math.floor(sample.length * 0.005)];
     this.high0 = sample[Math.min(sample.length - 1, Math.floor(sample.length * 0.995))];
     this.resetWindow();
+    // displayed pixels per original pixel (the display copy may be reduced)
+    this.ratio = this.size && this.size.width ? this.width / this.size.width : 1;
     if (this.aided) {
       const layer = await api(`/api/reader-studies/${studyId}/images/${this.index}/overlay.png`);
       if (layer.ok) {
@@ -164,7 +167,8 @@ class View {
       ctx.strokeStyle = "#4a90e2";
       ctx.lineWidth = 2;
       ctx.beginPath();
-      ctx.arc(x + state.click.x * scale, y + state.click.y * scale, 14, 0, 2 * Math.PI);
+      const r = this.ratio * scale;
+      ctx.arc(x + state.click.x * r, y + state.click.y * r, 14, 0, 2 * Math.PI);
       ctx.stroke();
     }
     this.canvas.dataset.window = Math.round(this.windowWidth);
@@ -212,8 +216,8 @@ class View {
     const px = (e.clientX - rect.left - x) / scale;
     const py = (e.clientY - rect.top - y) / scale;
     if (px < 0 || py < 0 || px >= this.width || py >= this.height) return;
-    state.click = { image: this.index, x: px, y: py };
-    $("#click-label").textContent = `Suspected site: image ${this.index + 1} at (${Math.round(px)}, ${Math.round(py)})`;
+    state.click = { image: this.index, x: px / this.ratio, y: py / this.ratio };
+    $("#click-label").textContent = `Suspected site: image ${this.index + 1} at (${Math.round(state.click.x)}, ${Math.round(state.click.y)})`;
     for (const v of state.views) v.draw();
   }
 }
@@ -259,7 +263,7 @@ async function loadCase() {
   const holder = $("#study-viewports");
   holder.textContent = "";
   const aided = item.arm === "aided";
-  state.views = item.images.map((_, i) => new View(holder, i, aided));
+  state.views = item.images.map((image, i) => new View(holder, i, aided, image.size));
   setActive(0);
   showAi(item);
   await Promise.all(state.views.map((v) => v.load(state.study)));
