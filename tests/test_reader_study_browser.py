@@ -85,7 +85,21 @@ def service(tmp_path: Path, monkeypatch):
     running.stop()
 
 
-def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture()
+def driver(tmp_path: Path):
+    running = chrome_driver(tmp_path, 1400, 1000)
+    yield running
+    running.quit()
+
+
+def _sign_in(driver, By, token: str) -> None:
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
+
+
+def test_reader_study_end_to_end_in_chromium(service, driver, fracatlas_dir: Path, tmp_path: Path) -> None:
     import httpx
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -111,12 +125,24 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
     answers = _scripted(truth)
 
     admin = httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    made = admin.post("/api/reader-studies", json={
-        "name": "Wrist AI study", "readers": list(READERS), "washout_days": 28, "seed": SEED,
-        "case_list": str(case_csv)})  # fmt: skip
-    assert made.status_code == 201, made.text
-    study = made.json()["id"]
-    assert made.json()["seed"] == SEED and made.json()["cases"] == 20
+    # the administrator makes the study on the page
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTEFACTS.glob("*.png"):
+        old.unlink()
+    driver.get(service.url + "/static/study.html")
+    _sign_in(driver, By, TOKEN)
+    _wait_for(lambda: driver.find_element(By.ID, "admin-view").is_displayed(), what="the admin view")
+    for field, value in (("new-name", "Wrist AI study"), ("new-readers", ", ".join(READERS)),
+                         ("new-cases", str(case_csv)), ("new-seed", str(SEED))):  # fmt: skip
+        driver.find_element(By.ID, field).send_keys(value)
+    driver.find_element(By.ID, "new-washout").clear()
+    driver.find_element(By.ID, "new-washout").send_keys("28")
+    driver.find_element(By.CSS_SELECTOR, "#create-form button").click()
+    _wait_for(lambda: "study=" in driver.current_url, timeout=120, what="the study to be made")
+    study = driver.current_url.split("study=")[1]
+    made = admin.get(f"/api/reader-studies/{study}")
+    assert made.json()["seed"] == SEED and made.json()["cases"] == 20 and made.json()["washout_days"] == 28
+    _wait_for(lambda: "power" in driver.find_element(By.ID, "plan-output").text, what="the plan")
     _wait_for(lambda: admin.get(f"/api/reader-studies/{study}").json()["images"].get("done") == 20,
               timeout=240, what="the worker to analyse the study's images")  # fmt: skip
 
@@ -182,8 +208,6 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
         assert refused.json()["opens_at"] > dt.datetime.now(dt.timezone.utc).isoformat()
 
     # -- reader 1 in the browser: session 1 (unaided), with a reload mid-session ----------------------
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    driver = chrome_driver(tmp_path, 1400, 1000)
     seen: list[tuple[int, int, str]] = []
     clicked: set[str] = set()
 
@@ -216,7 +240,8 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
             body.send_keys("y" if rating >= 50 else "n", key_for)
             if position == 3 and session == 1:
                 driver.save_screenshot(str(ARTEFACTS / "reading-unaided.png"))
-            if position == 2 and session == 2:
+            badge = driver.find_elements(By.CSS_SELECTOR, "#ai-answer .badge.fracture")
+            if arm == "aided" and badge and not (ARTEFACTS / "reading-aided.png").exists():
                 driver.save_screenshot(str(ARTEFACTS / "reading-aided.png"))
             body.send_keys(Keys.ENTER)
             _wait_for(lambda p=position: view("state") != "reading" or int(view("position")) != p
@@ -224,35 +249,39 @@ def test_reader_study_end_to_end_in_chromium(service, fracatlas_dir: Path, tmp_p
             if stop_after is not None and position == stop_after:
                 return
 
-    try:
-        driver.get(service.url + f"/static/study.html?study={study}")
-        driver.find_element(By.ID, "token").send_keys(service.tokens[READERS[0]])
-        driver.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
-        read_in_page(1, stop_after=7)
-        _wait_for(lambda: view("state") == "reading" and view("position") == "8", what="case 8")
-        driver.refresh()  # mid-session: resumes at case 8, nothing lost, nothing read twice
-        _wait_for(lambda: view("state") == "reading", what="the resumed case")
-        assert view("position") == "8" and view("session") == "1"
-        read_in_page(1)
-        _wait_for(lambda: view("state") == "washout", what="the washout refusal")
-        assert "opens on" in driver.find_element(By.ID, "case-message").text
+    driver.get(service.url + f"/static/study.html?study={study}")
+    _sign_in(driver, By, service.tokens[READERS[0]])
+    read_in_page(1, stop_after=7)
+    _wait_for(lambda: view("state") == "reading" and view("position") == "8", what="case 8")
+    driver.refresh()  # mid-session: resumes at case 8, nothing lost, nothing read twice
+    _wait_for(lambda: view("state") == "reading", what="the resumed case")
+    assert view("position") == "8" and view("session") == "1"
+    read_in_page(1)
+    _wait_for(lambda: view("state") == "washout", what="the washout refusal")
+    assert "opens on" in driver.find_element(By.ID, "case-message").text
 
-        service.clock["offset"] = dt.timedelta(days=29)  # a month later
-        driver.refresh()
-        read_in_page(2)
-        _wait_for(lambda: view("state") == "done", what="the end of the study")
-        requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
-        urls = [r["params"]["request"]["url"] for r in requests if r["method"] == "Network.requestWillBeSent"]
-        assert not any("/api/images/" in u for u in urls)  # only the study's own routes
-        assert not [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
-    finally:
-        driver.quit()
+    service.clock["offset"] = dt.timedelta(days=29)  # a month later
+    driver.refresh()
+    read_in_page(2)
+    _wait_for(lambda: view("state") == "done", what="the end of the study")
+    requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+    urls = [r["params"]["request"]["url"] for r in requests if r["method"] == "Network.requestWillBeSent"]
+    assert not any("/api/images/" in u for u in urls)  # only the study's own routes
+    assert not [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
     assert [(s, p) for s, p, _ in seen] == [(s, p) for s in (1, 2) for p in range(1, 21)]
 
     # readers 2 and 3, their second sessions (the clock is a month on)
     for name in READERS[1:]:
         read_session_by_api(name)
         assert api_reader(name).get(f"/api/reader-studies/{study}/next").json()["done"] is True
+
+    # the administrator's view: every reader done, the plan for this size
+    driver.get(service.url + f"/static/study.html?study={study}")
+    _sign_in(driver, By, TOKEN)
+    _wait_for(lambda: "power" in driver.find_element(By.ID, "plan-output").text, what="the progress")
+    progress = driver.find_element(By.ID, "progress-table").text
+    assert progress.count("unaided: 20/20") == 3 and progress.count("aided: 20/20") == 6  # "unaided" too
+    driver.save_screenshot(str(ARTEFACTS / "admin.png"))
 
     # -- the export, analysed by fracsight readers ------------------------------------------------------
     reads_csv = admin.get(f"/api/reader-studies/{study}/reads.csv").text

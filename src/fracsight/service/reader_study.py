@@ -582,7 +582,8 @@ def _router(book: StudyBook, store: Store, users: UserDirectory) -> APIRouter:
             "readers": list(readers.values()),
             "plan_command": f"fracsight readers --plan --readers {n_readers}-{max(n_readers, 15)} "
             "--effect 0.05",
-            "analyse_command": "fracsight readers reads.csv --ai ai.csv --report report/",
+            "analyse_command": "fracsight readers reads.csv --ai ai.csv --clicks clicks.csv "
+            "--compare aided:unaided --report report/",
         }
 
     @router.get("/{study_id}/plan")
