@@ -266,7 +266,8 @@ async function loadCase() {
   state.views = item.images.map((image, i) => new View(holder, i, aided, image.size));
   setActive(0);
   showAi(item);
-  await Promise.all(state.views.map((v) => v.load(state.study)));
+  const loaded = await Promise.allSettled(state.views.map((v) => v.load(state.study)));
+  if (loaded.some((r) => r.status === "rejected")) message("An image of this case could not be shown.");
   $("#read-form").hidden = false;
   const view = $("#reader-view");
   view.dataset.case = item.case;
