@@ -101,6 +101,9 @@ CREATE TABLE IF NOT EXISTS reader_study_sessions (
     finished_at TEXT,
     PRIMARY KEY (study_id, reader, session)
 );
+-- the guard asks on every reader's API call whether an unaided session is still open
+CREATE INDEX IF NOT EXISTS reader_study_sessions_by_reader
+    ON reader_study_sessions (reader, arm, finished_at);
 CREATE TABLE IF NOT EXISTS reader_study_reads (
     study_id TEXT NOT NULL,
     reader TEXT NOT NULL,
