@@ -86,10 +86,19 @@ def service(tmp_path: Path, monkeypatch):
 
 
 @pytest.fixture()
-def driver(tmp_path: Path):
+def driver(tmp_path: Path, request):
+    """Chromium; after a failed test its screen, page and console go to the artefacts."""
     running = chrome_driver(tmp_path, 1400, 1000)
+    failed_before = request.session.testsfailed
     yield running
-    running.quit()
+    try:
+        if request.session.testsfailed > failed_before:  # the call's report is counted before teardown
+            ARTEFACTS.mkdir(parents=True, exist_ok=True)
+            running.save_screenshot(str(ARTEFACTS / "failure.png"))
+            (ARTEFACTS / "failure.html").write_text(running.page_source)
+            (ARTEFACTS / "failure-console.json").write_text(json.dumps(running.get_log("browser"), indent=1))
+    finally:
+        running.quit()
 
 
 def _sign_in(driver, By, token: str) -> None:
