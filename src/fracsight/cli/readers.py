@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fracsight predictions CSV (case_id or path, probability): the AI-alone arm",
     )
     p.add_argument(
+        "--clicks",
+        type=an_existing_file("clicks CSV"),
+        help="clicks CSV of a study run in fracsight serve: reading times and localisation added",
+    )
+    p.add_argument(
         "--ai-threshold",
         type=a_number(0, 1),
         help="AI operating point: call fracture when probability >= this (default: the model card's)",
@@ -218,6 +223,13 @@ def _analyse(args: argparse.Namespace) -> int:
     write_html(analysis, out / "report.html")
     for line in document["summary"]:
         print(line)
+    if args.clicks:
+        from fracsight.reader_study.clicks import describe, summarise_clicks
+
+        document["reading"] = summarise_clicks(args.clicks)
+        (out / "readers.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        for line in describe(document["reading"]):
+            print(line)
     print(f"wrote {out / 'readers.json'} and {out / 'report.html'}")
     return 0
 

@@ -34,6 +34,7 @@ from fracsight.preprocess import Letterbox, stretch_contrast
 from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
 from fracsight.service.monitoring import site_performance
+from fracsight.service.reader_study import install as install_reader_studies
 from fracsight.service.store import SORTS, Feedback, Store, WorklistQuery, now
 from fracsight.service.users import ROLES, SITE_TOKEN_USER, User, UserDirectory, UserError, UserExists
 from fracsight.service.worker import AnalysisWorker, display_path, read_display
@@ -169,6 +170,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    install_reader_studies(app, store, users)  # before the guard below, which signs the user in first
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
