@@ -105,6 +105,7 @@ FILE_KEYS = {
     ("dicom", "dimse_timeout_s"): "dimse_timeout_s",
     ("dicom", "network_timeout_s"): "network_timeout_s",
     ("dicom", "max_associations"): "max_associations",
+    ("dicom", "study_quiet_s"): "study_quiet_s",
     ("retention", "keep_images_days"): "keep_images_days",
     ("retention", "disk_warning_mb"): "disk_warning_mb",
     ("logging", "format"): "log_format",
@@ -128,6 +129,7 @@ DEFAULTS = {
     "dimse_timeout_s": 60.0,
     "network_timeout_s": 120.0,
     "max_associations": 16,
+    "study_quiet_s": 10.0,
     "disk_warning_mb": 1024,
     "log_format": "text",
     "log_level": "info",
@@ -220,6 +222,7 @@ def dicom_settings(args: argparse.Namespace, port: int | None = None, prefix: st
         dimse_timeout_s=args.dimse_timeout_s,
         network_timeout_s=args.network_timeout_s,
         max_associations=args.max_associations,
+        study_quiet_s=args.study_quiet_s,
     )
 
 
