@@ -53,6 +53,7 @@ class Service:
 
             self.token, self.token_created = load_token(settings.data_dir, settings.token)
             self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
+            self.app.state.forward_results = settings.dicom is not None and settings.dicom.forward is not None
         self._server = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from fracsight.decide import Category, vocabulary
 from fracsight.explain import heatmap_layer
 from fracsight.preprocess import Letterbox, stretch_contrast
+from fracsight.service import dicomweb
 from fracsight.service.auth import identify
 from fracsight.service.intake import UploadRefused, receive_stream
 from fracsight.service.store import SORTS, Feedback, Store, WorklistQuery, now
@@ -192,6 +193,8 @@ def create_app(
             log.error("%s %s failed: %s", request.method, _route(request), type(exc).__name__)
             response = JSONResponse({"detail": "internal error; the service goes on"}, 500)
         return _log(request, response, started)
+
+    app.include_router(dicomweb.router(store, worker, token, users, max_upload_bytes))  # STOW-RS
 
     @app.exception_handler(UploadRefused)
     async def refused_upload(request: Request, exc: UploadRefused) -> JSONResponse:

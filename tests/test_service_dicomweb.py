@@ -1,0 +1,209 @@
+"""DICOMweb: STOW-RS uploads to the web service, and how the sender reads a STOW-RS answer.
+
+The app runs in-process (FastAPI's TestClient) over a real SQLite store and the real analysis
+worker with the shipped model; the instances are the bundled DX radiograph with new UIDs. The
+archive side (results delivered by STOW-RS, read back with QIDO-RS) is tested against Orthanc in
+tests/test_service_dicom_orthanc.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+import pydicom  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+from fracsight.service.sender import _OUT_OF_RESOURCES  # noqa: E402
+from fracsight.service.settings import StowDestination  # noqa: E402
+from fracsight.service.store import SqliteStore  # noqa: E402
+from fracsight.service.stow import Answer, outcome, read_answer  # noqa: E402
+from fracsight.service.web import create_app  # noqa: E402
+from fracsight.service.worker import AnalysisWorker  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "fracsight" / "samples" / "hd_dx_image.dcm"
+TOKEN = "s" * 24
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, default_analyser):
+    store = SqliteStore(tmp_path_factory.mktemp("dicomweb"))
+    worker = AnalysisWorker(store, default_analyser, poll_s=0.2)
+    worker.start()
+    client = TestClient(create_app(store, worker, TOKEN, 64 * 1024 * 1024))
+    yield client, store
+    worker.stop()
+
+
+def _instance(study: str | None = None) -> tuple[bytes, pydicom.Dataset]:
+    ds = pydicom.dcmread(SAMPLE)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue(), ds
+
+
+def _multipart(parts: list[bytes], part_type: str = "application/dicom") -> tuple[bytes, str]:
+    boundary = secrets.token_hex(8)
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + part + b"\r\n" for part in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), (
+        f'multipart/related; type="application/dicom"; boundary="{boundary}"'
+    )
+
+
+def _stow(client: TestClient, parts: list[bytes], path: str = "/dicomweb/studies", **kwargs):
+    body, content_type = _multipart(parts, **kwargs)
+    return client.post(path, content=body, headers={**AUTH, "Content-Type": content_type})
+
+
+def _uids(answer: dict, sequence: str) -> dict[str, int | None]:
+    """SOP Instance UID -> Failure Reason (None in ReferencedSOPSequence) of a DICOM JSON answer."""
+    tag = {"referenced": "00081199", "failed": "00081198"}[sequence]
+    items = answer.get(tag, {}).get("Value", [])
+    return {
+        item["00081155"]["Value"][0]: (item["00081197"]["Value"][0] if "00081197" in item else None)
+        for item in items
+        if "00081155" in item
+    }
+
+
+def _analysed(client: TestClient, store, uid: str, timeout: float = 90.0) -> dict:
+    record = store.find_instance(uid)
+    assert record is not None, "the instance was not kept"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/images/{record.id}", headers=AUTH).json()
+        if body["status"] not in ("queued", "analysing"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError("not analysed in time")
+
+
+def test_stow_rs_upload_is_kept_once_and_analysed(service) -> None:
+    client, store = service
+    data, ds = _instance()
+    answer = _stow(client, [data])
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/dicom+json")
+    assert _uids(answer.json(), "referenced") == {ds.SOPInstanceUID: None}
+    assert "00081198" not in answer.json()
+    body = _analysed(client, store, ds.SOPInstanceUID)
+    assert body["status"] == "done", body
+    # the same instance again: acknowledged, not kept twice
+    again = _stow(client, [data])
+    assert again.status_code == 200
+    assert _uids(again.json(), "referenced") == {ds.SOPInstanceUID: None}
+    with sqlite3.connect(store.data_dir / "fracsight.db") as db:
+        query = "SELECT COUNT(*), MAX(analyses) FROM images WHERE sop_instance_uid = ?"
+        assert db.execute(query, (ds.SOPInstanceUID,)).fetchone() == (1, 1)
+
+
+def test_two_instances_of_one_study_in_one_request(service) -> None:
+    client, store = service
+    study = generate_uid()
+    (first, a), (second, b) = _instance(study), _instance(study)
+    answer = _stow(client, [first, second], path=f"/dicomweb/studies/{study}")
+    assert answer.status_code == 200, answer.text
+    assert set(_uids(answer.json(), "referenced")) == {a.SOPInstanceUID, b.SOPInstanceUID}
+    for uid in (a.SOPInstanceUID, b.SOPInstanceUID):
+        assert _analysed(client, store, uid)["status"] == "done"
+
+
+def test_some_failed_is_202_none_kept_is_409(service) -> None:
+    client, _ = service
+    data, ds = _instance()
+    mixed = _stow(client, [data, b"not a DICOM file at all"])
+    assert mixed.status_code == 202, mixed.text
+    assert _uids(mixed.json(), "referenced") == {ds.SOPInstanceUID: None}
+    assert len(mixed.json()["00081198"]["Value"]) == 1
+    assert mixed.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert _stow(client, [b"garbage", b"more garbage"]).status_code == 409
+
+
+def test_an_instance_of_another_study_than_the_url_fails(service) -> None:
+    client, _ = service
+    data, ds = _instance()
+    answer = _stow(client, [data], path=f"/dicomweb/studies/{generate_uid()}")
+    assert answer.status_code == 409, answer.text
+    assert _uids(answer.json(), "failed") == {ds.SOPInstanceUID: 0xA900}
+
+
+def test_refusals_by_the_standard(service) -> None:
+    client, _ = service
+    data, _ = _instance()
+    body, content_type = _multipart([data])
+    anonymous = {"Content-Type": content_type}
+    assert client.post("/dicomweb/studies", content=body, headers=anonymous).status_code == 401
+    wrong = {**AUTH, "Authorization": "Bearer " + "x" * 24, "Content-Type": content_type}
+    assert client.post("/dicomweb/studies", content=body, headers=wrong).status_code == 401
+    json_type = {**AUTH, "Content-Type": "application/dicom+json"}
+    assert client.post("/dicomweb/studies", content=b"[]", headers=json_type).status_code == 415
+    no_parts = {**AUTH, "Content-Type": 'multipart/related; type="application/dicom"; boundary=abc'}
+    assert client.post("/dicomweb/studies", content=b"--abc--\r\n", headers=no_parts).status_code == 400
+    assert client.post(
+        "/dicomweb/studies/not-a-uid", content=body, headers={**AUTH, "Content-Type": content_type}
+    ).status_code == 400
+    # a part of another type fails alone
+    other = _stow(client, [data], part_type="application/octet-stream")
+    assert other.status_code == 409
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_read_answer_and_outcome_map_like_c_store_statuses() -> None:
+    uid = generate_uid()
+    stored = pydicom.Dataset()
+    item = pydicom.Dataset()
+    item.ReferencedSOPInstanceUID = uid
+    stored.ReferencedSOPSequence = [item]
+    ok = read_answer(200, json.dumps(stored.to_json_dict()).encode(), uid)
+    assert outcome(ok, _OUT_OF_RESOURCES)[0] == "delivered"
+    failed = pydicom.Dataset()
+    bad = pydicom.Dataset()
+    bad.ReferencedSOPInstanceUID = uid
+    bad.FailureReason = 0xA700
+    failed.FailedSOPSequence = [bad]
+    full = read_answer(409, json.dumps(failed.to_json_dict()).encode(), uid)
+    assert outcome(full, _OUT_OF_RESOURCES)[0] == "retry"
+    bad.FailureReason = 0xC000
+    refused = read_answer(409, json.dumps(failed.to_json_dict()).encode(), uid)
+    assert outcome(refused, _OUT_OF_RESOURCES) == (
+        "rejected", "refused by the archive (HTTP 409, failure reason 0xC000)"
+    )
+    assert outcome(Answer(503, False, None), _OUT_OF_RESOURCES)[0] == "retry"
+    assert outcome(Answer(401, False, None), _OUT_OF_RESOURCES)[0] == "retry"
+    assert outcome(Answer(415, False, None), _OUT_OF_RESOURCES)[0] == "rejected"
+    assert outcome(read_answer(200, b"", uid), _OUT_OF_RESOURCES)[0] == "delivered"
+    assert outcome(read_answer(202, b"<html>", uid), _OUT_OF_RESOURCES)[0] == "retry"
+
+
+def test_stow_destination_settings(tmp_path: Path) -> None:
+    assert str(StowDestination("http://127.0.0.1:8042/dicom-web/")) == "http://127.0.0.1:8042/dicom-web"
+    for bad in ("ftp://host/x", "http://user:pw@host/dicom-web", "https:///dicom-web", "http://h:99999/x"):
+        with pytest.raises(ValueError):
+            StowDestination(bad)
+    token = tmp_path / "token"
+    token.write_text("Bearer abc.def\n")
+    assert StowDestination.auth_from_file(token) == "Bearer abc.def"
+    token.write_text("basic orthanc:secret\n")
+    assert StowDestination.auth_from_file(token) == "Basic b3J0aGFuYzpzZWNyZXQ="
+    token.write_text("just-a-token")
+    assert StowDestination.auth_from_file(token) == "Bearer just-a-token"
+    with pytest.raises(ValueError, match="clear text"):
+        StowDestination("http://192.0.2.1/dicom-web", "Bearer x")
+    assert StowDestination("http://127.0.0.1/dicom-web", "Bearer x").authorization == "Bearer x"
+    assert "Bearer" not in repr(StowDestination("https://192.0.2.1/dicom-web", "Bearer x"))
