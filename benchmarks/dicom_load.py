@@ -199,6 +199,12 @@ def main() -> None:
         for uid in sent
         if uid in rows and rows[uid][3] and len(pacs.arrivals.get(uid, [])) >= rows[uid][3]
     ]
+    # the sender's part: from the image's analysis to the last of its results at the PACS
+    delivery = [
+        max(pacs.arrivals[uid]) - _epoch(rows[uid][2])
+        for uid in sent
+        if uid in rows and rows[uid][2] and rows[uid][3] and len(pacs.arrivals.get(uid, [])) >= rows[uid][3]
+    ]
     complete = sum(1 for uid in sent if uid in rows and rows[uid][0] == 1 and rows[uid][3] >= 2)
     names = ", ".join(p.name for p in paths)
     print(
@@ -213,6 +219,7 @@ def main() -> None:
     for name, values, target in (
         ("C-STORE acknowledged", acks, ""),
         ("receipt to results stored in the PACS", latencies, " (target 5000 / 10000)"),
+        ("of which analysed to results stored in the PACS", delivery, ""),
     ):
         if values:
             p50, p95 = np.percentile(np.array(values) * 1e3, [50, 95])

@@ -207,3 +207,19 @@ def test_stow_destination_settings(tmp_path: Path) -> None:
         StowDestination("http://192.0.2.1/dicom-web", "Bearer x")
     assert StowDestination("http://127.0.0.1/dicom-web", "Bearer x").authorization == "Bearer x"
     assert "Bearer" not in repr(StowDestination("https://192.0.2.1/dicom-web", "Bearer x"))
+
+
+def test_fracsight_s_own_results_coming_back_are_acknowledged_not_kept(service) -> None:
+    pytest.importorskip("highdicom")
+    from fracsight.service.dicom_results import MANUFACTURER, SC_CLASS
+
+    client, store = service
+    _, ds = _instance()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SC_CLASS
+    ds.Manufacturer = MANUFACTURER
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    answer = _stow(client, [out.getvalue()])
+    assert answer.status_code == 200, answer.text
+    assert _uids(answer.json(), "referenced") == {ds.SOPInstanceUID: None}
+    assert store.find_instance(ds.SOPInstanceUID) is None

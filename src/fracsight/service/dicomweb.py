@@ -154,6 +154,9 @@ def _keep_all(
                 reason = CANNOT_UNDERSTAND
             elif study is not None and str(header.get("StudyInstanceUID", "")) != study:
                 reason = DOES_NOT_MATCH
+            elif _own_result(header):
+                log.info("STOW-RS: an object fracsight made came back: acknowledged, not kept")
+                kept += 1
             else:
                 try:
                     received = receive_dicom(store, data, header, batch=batch, wants_results=wants_results)
@@ -178,6 +181,16 @@ def _keep_all(
     if failures:
         answer.FailedSOPSequence = failures
     return answer, kept, new
+
+
+def _own_result(header: Dataset) -> bool:
+    """One of fracsight's own result objects (an archive routing a whole study back): as the DICOM
+    node does, acknowledged and not kept."""
+    try:
+        from fracsight.service.dicom_node import _is_own_result
+    except ImportError:  # no 'dicom' extra: no node, so no results of ours to come back
+        return False
+    return _is_own_result(header)
 
 
 def _header(data: bytes) -> Dataset | None:
