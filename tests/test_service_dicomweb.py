@@ -223,3 +223,36 @@ def test_fracsight_s_own_results_coming_back_are_acknowledged_not_kept(service) 
     assert answer.status_code == 200, answer.text
     assert _uids(answer.json(), "referenced") == {ds.SOPInstanceUID: None}
     assert store.find_instance(ds.SOPInstanceUID) is None
+
+
+def test_forward_stow_options(tmp_path: Path) -> None:
+    pytest.importorskip("pynetdicom")
+    from fracsight.cli import build_parser
+    from fracsight.cli.dicom_node import dicom_settings
+    from fracsight.cli.serve import service_settings
+
+    def node(*options: str):
+        args = build_parser().parse_args(["dicom-node", "--data", str(tmp_path), *options])
+        return dicom_settings(args, args.port)
+
+    auth = tmp_path / "auth"
+    auth.write_text("Basic pacs:secret\n")
+    settings = node("--allow", "MODALITY", "--forward-stow", "https://192.0.2.1/dicom-web/",
+                    "--forward-stow-auth", str(auth))  # fmt: skip
+    assert isinstance(settings.forward, StowDestination)
+    assert str(settings.forward) == "https://192.0.2.1/dicom-web"
+    assert settings.forward.authorization.startswith("Basic ")
+    with pytest.raises(ValueError, match="one destination"):
+        node("--allow", "M", "--forward", "PACS@127.0.0.1:4242", "--forward-stow", "http://127.0.0.1/dw")
+    with pytest.raises(ValueError, match="go with --forward-stow"):
+        node("--allow", "M", "--forward-stow-auth", str(auth))
+    with pytest.raises(ValueError, match="no calling AE title"):
+        node("--forward-stow", "http://127.0.0.1/dicom-web")  # who sends by C-STORE must be named
+    with pytest.raises(ValueError, match="--forward-tls needs"):
+        node("--allow", "M", "--forward-stow", "http://127.0.0.1/dicom-web", "--forward-tls")
+    with pytest.raises(ValueError, match="give --dicom-port too"):
+        service_settings(build_parser().parse_args(
+            ["serve", "--data", str(tmp_path), "--forward-stow", "http://127.0.0.1/dicom-web"]))  # fmt: skip
+    served = build_parser().parse_args(["serve", "--data", str(tmp_path), "--dicom-port", "11112",
+                                        "--dicom-allow", "M", "--forward-stow", "http://127.0.0.1:8042/dicom-web"])
+    assert str(service_settings(served).dicom.forward) == "http://127.0.0.1:8042/dicom-web"
