@@ -100,6 +100,8 @@ def test_stow_rs_upload_is_kept_once_and_analysed(service) -> None:
     answer = _stow(client, [data])
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("application/dicom+json")
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
     assert _uids(answer.json(), "referenced") == {ds.SOPInstanceUID: None}
     assert "00081198" not in answer.json()
     body = _analysed(client, store, ds.SOPInstanceUID)
@@ -256,3 +258,12 @@ def test_forward_stow_options(tmp_path: Path) -> None:
     served = build_parser().parse_args(["serve", "--data", str(tmp_path), "--dicom-port", "11112",
                                         "--dicom-allow", "M", "--forward-stow", "http://127.0.0.1:8042/dicom-web"])
     assert str(service_settings(served).dicom.forward) == "http://127.0.0.1:8042/dicom-web"
+
+
+def test_an_upload_over_the_limit_is_refused_with_413(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "small")
+    client = TestClient(create_app(store, None, TOKEN, 4096))
+    data, ds = _instance()
+    answer = _stow(client, [data])
+    assert answer.status_code == 413, answer.text
+    assert store.find_instance(ds.SOPInstanceUID) is None

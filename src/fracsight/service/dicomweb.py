@@ -85,7 +85,8 @@ def router(
         failed = len(parts) - kept
         log.info("STOW-RS: %d instance(s) kept (%d new), %d failed", kept, new, failed)
         status = 200 if not failed else (202 if kept else 409)
-        return JSONResponse(answer.to_json_dict(), status, media_type=DICOM_JSON)
+        # UIDs of patients' studies: not kept by browsers or proxies (as the /api answers)
+        return JSONResponse(answer.to_json_dict(), status, {"Cache-Control": "no-store"}, DICOM_JSON)
 
     @api.post("/studies", response_class=JSONResponse)
     async def stow_studies(request: Request) -> JSONResponse:
