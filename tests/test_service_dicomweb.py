@@ -267,3 +267,104 @@ def test_an_upload_over_the_limit_is_refused_with_413(tmp_path: Path) -> None:
     answer = _stow(client, [data])
     assert answer.status_code == 413, answer.text
     assert store.find_instance(ds.SOPInstanceUID) is None
+
+
+class _Archive:
+    """A DICOMweb archive on loopback that answers each STOW-RS request with the next scripted answer
+    (HTTP status, Failure Reason or None: stored), noting what it was sent."""
+
+    def __init__(self, answers: list[tuple[int, int | None]]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.answers = answers
+        self.requests: list[dict] = []
+        archive = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as archives do
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                archive.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                status, reason = archive.answers.pop(0)
+                start = body.index(b"\r\n\r\n") + 4
+                ds = pydicom.dcmread(io.BytesIO(body[start:]), stop_before_pixels=True)
+                item = pydicom.Dataset()
+                item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+                answer = pydicom.Dataset()
+                if reason is None:
+                    answer.ReferencedSOPSequence = [item]
+                else:
+                    item.FailureReason = reason
+                    answer.FailedSOPSequence = [item]
+                content = json.dumps(answer.to_json_dict()).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_sender_maps_stow_rs_answers_to_delivered_retry_and_refused(tmp_path: Path) -> None:
+    pytest.importorskip("pynetdicom")
+    from fracsight.service.sender import Sender, resend
+    from fracsight.service.sends import NewSend, insert_sends
+    from fracsight.service.settings import DicomSettings, Peer
+
+    store = SqliteStore(tmp_path / "node")
+    client = TestClient(create_app(store, None, TOKEN, 64 * 1024 * 1024))
+    data, source = _instance()
+    assert _stow(client, [data]).status_code == 200
+    image = store.find_instance(source.SOPInstanceUID)
+    # first 503 then 200 for the SC; 409 with 0xC000 (refused), then 409 with 0xA700 (retried) for the SR
+    archive = _Archive([(503, None), (409, 0xC000), (200, None), (409, 0xA700), (200, None)])
+    files = []
+    for kind in ("sc", "sr"):
+        result, ds = _instance(source.StudyInstanceUID)
+        (store.data_dir / f"{kind}.dcm").write_bytes(result)
+        files.append(NewSend(image.id, archive.url, kind, f"{kind}.dcm", ds.SOPClassUID, ds.SOPInstanceUID))
+    try:
+        settings = DicomSettings(
+            allow=(Peer("MODALITY"),),
+            forward=StowDestination(archive.url, "Bearer archive-token"),
+            retry_base_s=0.01,
+            retry_max_s=0.01,
+        )
+        with store._connection() as db:
+            insert_sends(db, files, "2026-12-07T00:00:00")
+        sender = Sender(store, settings)
+        assert sender.run_once() == 2
+        states = {s.kind: s for s in store.sends(image_id=image.id)}
+        assert states["sc"].status == "pending" and "HTTP 503" in states["sc"].last_error
+        assert states["sr"].status == "rejected" and "0xC000" in states["sr"].last_error
+        time.sleep(0.05)
+        assert sender.run_once() == 1  # the SC again; the refused SR waits for a resend
+        assert {s.kind: s.status for s in store.sends(image_id=image.id)} == {"sc": "sent", "sr": "rejected"}
+        resend(store, settings, deadline_s=10)  # answered 0xA700: out of resources, retried ...
+        deadline = time.monotonic() + 10
+        while archive.answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+            Sender(store, settings).run_once()  # ... and then stored
+        assert {s.kind: s.status for s in store.sends(image_id=image.id)} == {"sc": "sent", "sr": "sent"}
+        assert not archive.answers
+    finally:
+        archive.close()
+    assert all(r["path"] == "/dicom-web/studies" for r in archive.requests)
+    first = archive.requests[0]["headers"]
+    assert first["Authorization"] == "Bearer archive-token"
+    assert first["Content-Type"].startswith('multipart/related; type="application/dicom"; boundary=')
+    assert first["Accept"] == "application/dicom+json"
+
