@@ -41,8 +41,9 @@ ALLOWED: dict[str, set[str]] = {
     "reader_study": {"reporting", "data", "evaluation", "decide", "model_card"},
     "training": {"io", "data", "evaluation", "preprocess", "decide", "model_card"},
     # Delivery: the services and the Ray engine wrap the core; the command line wraps everything.
-    # The service reports its site's measured performance with evaluation's statistics (CIs).
-    "service": {"io", "data", "evaluation", *CORE},
+    # The service reports its site's measured performance with evaluation's statistics (CIs) and
+    # runs reader studies with reader_study's case lists and power plan.
+    "service": {"io", "data", "evaluation", "reader_study", *CORE},
     "batch": {"io", *CORE},
     "cli": {
         "io",

@@ -42,6 +42,22 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         metavar="AET@HOST:PORT",
         help="where results (Secondary Capture, SR, presentation state) are sent by C-STORE",
     )
+    p.add_argument(
+        "--forward-stow",
+        metavar="URL",
+        help="send results by STOW-RS to this DICOMweb archive instead (its base URL, http(s)://.../"
+        "dicom-web: results go to URL/studies); needs --allow",
+    )
+    p.add_argument(
+        "--forward-stow-auth",
+        type=Path,
+        metavar="FILE",
+        help="credentials for --forward-stow: a file whose first line is 'Bearer TOKEN' or "
+        "'Basic USER:PASSWORD'",
+    )
+    p.add_argument(
+        "--forward-stow-ca", type=Path, metavar="PEM", help="CA an https --forward-stow is checked against"
+    )
     # dicom_tls_*, never tls_*: in ``serve`` the web side's --tls-cert/--tls-key are separate options.
     p.add_argument(
         f"--{prefix}tls-cert",
@@ -197,7 +213,7 @@ def resolve(args: argparse.Namespace, keys: dict, defaults: dict) -> argparse.Na
 def dicom_settings(args: argparse.Namespace, port: int | None = None, prefix: str = ""):
     """The node's settings from the options of :func:`add_dicom_options` (``prefix`` as given there)
     and the configuration file; ``port`` None: the resolved ``--port``."""
-    from fracsight.service.settings import Destination, DicomSettings, DicomTls, Peer
+    from fracsight.service.settings import Destination, DicomSettings, DicomTls, Peer, StowDestination
 
     resolve(args, NODE_KEYS, NODE_DEFAULTS)
     port = args.port if port is None else port
@@ -207,12 +223,22 @@ def dicom_settings(args: argparse.Namespace, port: int | None = None, prefix: st
             f"--{prefix}tls-cert and --{prefix}tls-key go together (and --{prefix}tls-ca needs them)"
         )
     tls = DicomTls(cert, key, ca) if cert else None
+    forward = Destination.parse(args.forward) if args.forward else None
+    if args.forward_stow:
+        if forward is not None:
+            raise ValueError("--forward and --forward-stow: give one destination for the results")
+        auth = args.forward_stow_auth
+        forward = StowDestination(
+            args.forward_stow, StowDestination.auth_from_file(auth) if auth else None, args.forward_stow_ca
+        )
+    elif args.forward_stow_auth or args.forward_stow_ca:
+        raise ValueError("--forward-stow-auth and --forward-stow-ca go with --forward-stow")
     return DicomSettings(
         port=port,
         host=args.dicom_host,
         aet=args.dicom_aet,
         allow=tuple(Peer.parse(p) for p in args.dicom_allow),
-        forward=Destination.parse(args.forward) if args.forward else None,
+        forward=forward,
         retry_base_s=min(2.0, args.retry_max_s),
         retry_max_s=args.retry_max_s,
         min_free_bytes=args.min_free_mb * 1024 * 1024,

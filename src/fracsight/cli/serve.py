@@ -84,6 +84,7 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
     resolve(args, SERVE_KEYS, SERVE_DEFAULTS)
     dicom = None
     node_only = (args.forward, args.dicom_allow, args.dicom_tls_cert, args.dicom_tls_key, args.dicom_tls_ca)
+    node_only += (args.forward_stow,)
     if not args.dicom_port and (any(node_only) or args.forward_tls):
         raise ValueError(
             "--forward, --dicom-allow and --dicom-tls-* configure the DICOM node: give --dicom-port too"

@@ -254,11 +254,11 @@ class StorageSCP:
                 return NOT_AUTHORISED
             data = event.encoded_dataset()
             header = _header(data)
-            if header is not None and self._is_own_result(header):
+            kind = route(self.store, header, str(event.request.AffectedSOPClassUID))
+            if kind == OWN_RESULT:
                 log.info("an object fracsight made came back from %r: acknowledged, not kept", aet)
                 return SUCCESS
-            sop_class = str(event.request.AffectedSOPClassUID)
-            if header is not None and (sop_class not in IMAGE_CLASSES or _made_by_fracsight(header)):
+            if kind == STUDY_OBJECT:
                 keep_object(self.store, data, header, self.settings.min_free_bytes)
                 log.info("an object of the study received from %r: kept, not analysed", aet)
                 return SUCCESS
@@ -286,16 +286,6 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001 - one bad instance must never stop the node
             log.error("instance refused with Processing Failure (%s)", type(exc).__name__)
             return PROCESSING_FAILURE
-
-    def _is_own_result(self, header) -> bool:
-        """One of fracsight's own results: its Manufacturer, and a series it makes for that study or
-        a SOP Instance UID it has sent."""
-        if str(header.get("Manufacturer", "")) != MANUFACTURER:
-            return False
-        study_key = study_info(None, "own", dataset=header).study_key
-        if str(header.get("SeriesInstanceUID", "")) in result_series_uids(study_key):
-            return True
-        return self.store.sent_instance(str(header.get("SOPInstanceUID", "")))
 
     def _batch(self, assoc, aet: str) -> str:
         with self._lock:
@@ -332,6 +322,29 @@ def _header(data: bytes):
 
 def _made_by_fracsight(header) -> bool:
     return str(header.get("Manufacturer", "")) == MANUFACTURER
+
+
+# What an instance received (over DIMSE or STOW-RS) is to the node.
+OWN_RESULT = "own result"  # one of fracsight's own result objects coming back: acknowledged, dropped
+STUDY_OBJECT = "study object"  # a report, presentation state, other image...: kept, not analysed
+IMAGE = "image"  # kept and analysed (or refused analysis with the reason)
+
+
+def route(store: Store, header, sop_class: str) -> str:
+    """Where an instance goes: :data:`OWN_RESULT` when fracsight made it (its Manufacturer) and it is
+    in a result series fracsight makes for that study or was sent by this node; :data:`STUDY_OBJECT`
+    for a class the node does not analyse or another fracsight's object; else :data:`IMAGE` (a
+    header that cannot be read is an image, refused on analysis with its reason)."""
+    if header is None:
+        return IMAGE
+    if _made_by_fracsight(header):
+        study_key = study_info(None, "own", dataset=header).study_key
+        if str(header.get("SeriesInstanceUID", "")) in result_series_uids(study_key):
+            return OWN_RESULT
+        if store.sent_instance(str(header.get("SOPInstanceUID", ""))):
+            return OWN_RESULT
+        return STUDY_OBJECT
+    return IMAGE if sop_class in IMAGE_CLASSES else STUDY_OBJECT
 
 
 def keep_object(store: Store, data: bytes, header, min_free_bytes: int) -> Path:

@@ -33,10 +33,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -46,6 +46,7 @@ from fracsight.explain import heatmap_layer
 from fracsight.preprocess import Letterbox
 from fracsight.reader_study.data import UNSPECIFIED_REGION
 from fracsight.service.connections import close_thread_connection, thread_connection
+from fracsight.service.identity import Administrator, SignedIn
 from fracsight.service.intake import UploadRefused, receive_stream
 from fracsight.service.store import Store
 from fracsight.service.users import User, UserDirectory
@@ -445,20 +446,6 @@ class ReadIn(BaseModel):
     time_ms: int = Field(ge=0, le=24 * 3600 * 1000)
 
 
-def _signed_in(request: Request) -> User:
-    return request.state.user
-
-
-SignedIn = Annotated[User, Depends(_signed_in)]
-
-
-def _administrator(user: SignedIn) -> User:
-    if not user.is_admin:
-        raise HTTPException(403, "administrators only")
-    return user
-
-
-Administrator = Annotated[User, Depends(_administrator)]
 
 
 def install(app: FastAPI, store: Store, users: UserDirectory) -> StudyBook:

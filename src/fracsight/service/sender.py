@@ -1,4 +1,4 @@
-"""The sender: delivers queued result objects to their destination by C-STORE, with retries.
+"""The sender: delivers queued result objects to their destination by C-STORE (or STOW-RS), with retries.
 
 A thread claims due sends from the store, opens one association per destination and sends
 each file. Delivered: ``sent``. Not delivered because the destination could not be reached,
@@ -8,7 +8,9 @@ as long as it takes (a PACS down for the night gets its results in the morning).
 the destination with a failure status: ``rejected``, kept until a resend
 (:func:`resend`, ``fracsight dicom-node --resend``, or the worklist's resend action), since
 the same object would be refused again. Every outcome is logged with the image id, the object
-kind and the destination; never patient data.
+kind and the destination; never patient data. A destination that is a URL (``--forward-stow``) is
+a DICOMweb archive: the same queue, batches, retries and resends, over STOW-RS
+(:mod:`fracsight.service.stow`), HTTP statuses and failure reasons mapped to the same outcomes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CL
 
 from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import STALE_CLAIM_S, Send
-from fracsight.service.settings import Destination, DicomSettings
+from fracsight.service.settings import Destination, DicomSettings, StowDestination
 from fracsight.service.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class Sender(QueueLoop):
     # -- one destination -----------------------------------------------------------------
 
     def _deliver(self, destination: str, sends: list[Send]) -> None:
+        if destination.startswith(("http://", "https://")):
+            self._deliver_stow(destination, sends)
+            return
         try:
             target = Destination.parse(destination)
         except ValueError as exc:
@@ -158,6 +163,51 @@ class Sender(QueueLoop):
             self._failed(send, f"destination out of resources (status 0x{code:04X})")
         else:
             self._rejected(send, f"refused by the destination (status 0x{code:04X})")
+
+    # -- a DICOMweb archive (STOW-RS) ------------------------------------------------------
+
+    def _deliver_stow(self, destination: str, sends: list[Send]) -> None:
+        """Each object posted in turn over one kept-alive connection; its answer mapped as a C-STORE
+        status is (:func:`fracsight.service.stow.outcome`)."""
+        from fracsight.service.stow import StowClient, outcome
+
+        forward = self.settings.forward
+        try:  # the configured archive's credentials; a send queued for another URL goes without
+            target = forward if isinstance(forward, StowDestination) and str(forward) == destination else (
+                StowDestination(destination)
+            )
+        except ValueError as exc:
+            for send in sends:
+                self._rejected(send, str(exc))
+            return
+        client = StowClient(target)
+        try:
+            for index, send in enumerate(sends):
+                try:
+                    data = (self.store.data_dir / send.file).read_bytes()
+                except FileNotFoundError:
+                    self._rejected(send, "the result file is missing from the data folder")
+                    continue
+                except OSError as exc:
+                    self._rejected(send, f"the result file could not be read ({type(exc).__name__})")
+                    continue
+                try:
+                    answer = client.post(data, send.sop_instance_uid)
+                except OSError as exc:
+                    reason = f"archive not reachable or no answer ({type(exc).__name__})"
+                    for rest in sends[index:]:  # the next would most likely fail the same way now
+                        self._failed(rest, reason)
+                    return
+                result, reason = outcome(answer, _OUT_OF_RESOURCES)
+                if result == "delivered":
+                    self.store.send_succeeded(send.id, now())
+                    log.info("a result (%s) delivered to %s by STOW-RS", send.kind, send.destination)
+                elif result == "retry":
+                    self._failed(send, reason)
+                else:
+                    self._rejected(send, reason)
+        finally:
+            client.close()
 
     def _failed(self, send: Send, reason: str) -> None:
         wait = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** min(send.attempts, 30))

@@ -53,6 +53,7 @@ class Service:
 
             self.token, self.token_created = load_token(settings.data_dir, settings.token)
             self.app = create_app(self.store, self.worker, self.token, settings.max_upload_bytes)
+            self.app.state.forward_results = settings.dicom is not None and settings.dicom.forward is not None
         # Operations: retention and the disk watch; /health and /metrics on the web app, or on a
         # listener of their own for a node alone (settings.health_port).
         from fracsight.service.metrics import HealthServer, Monitor, add_routes

@@ -7,10 +7,12 @@ sends to, :class:`DicomTls` the certificates of its TLS connections.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # An upload larger than this is refused before it is stored: a 3000 x 3000 16-bit DICOM is
 # 18 MB uncompressed; 200 MB leaves room for large uncompressed studies, not for abuse.
@@ -172,6 +174,66 @@ class Destination:
         return f"{self.aet}@{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class StowDestination:
+    """Where results are sent by STOW-RS (PS3.18 10.5): a DICOMweb archive's base URL (``http`` or
+    ``https``), e.g. ``https://pacs.example/dicom-web``; results are posted to ``URL/studies``.
+
+    ``authorization`` is the ``Authorization`` header value (``Bearer ...`` or ``Basic ...``), read
+    from a file (:meth:`auth_from_file`) so that it never shows in a process list; ``ca`` the CA
+    file an https archive's certificate is checked against (None: the system's trusted CAs).
+    """
+
+    url: str
+    authorization: str | None = field(default=None, repr=False)
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"STOW-RS destination {self.url!r}: expected http(s)://HOST[:PORT]/PATH")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(
+                "STOW-RS destination: no credentials, query or fragment in the URL (credentials go in "
+                "--forward-stow-auth FILE)"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValueError(f"STOW-RS destination {self.url!r}: the port is not in 1..65535") from None
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+        if self.ca is not None and not Path(self.ca).is_file():
+            raise ValueError(f"STOW-RS CA file {self.ca}: no such file")
+        if self.authorization is not None and parts.scheme == "http" and _beyond_loopback(parts.hostname):
+            raise ValueError("STOW-RS credentials would travel in clear text: use an https:// URL")
+
+    @staticmethod
+    def auth_from_file(path: Path) -> str:
+        """The ``Authorization`` value of a file's first line: ``Bearer TOKEN``, ``Basic USER:PASSWORD``
+        (encoded here) or a bare token (taken as a bearer token)."""
+        try:
+            line = Path(path).read_text(encoding="utf-8").strip().splitlines()[0].strip()
+        except (OSError, UnicodeError, IndexError):
+            raise ValueError(f"STOW-RS credentials file {path}: missing, unreadable or empty") from None
+        scheme, _, value = line.partition(" ")
+        if scheme.lower() == "basic" and ":" in value.strip():
+            return "Basic " + base64.b64encode(value.strip().encode("utf-8")).decode("ascii")
+        if scheme.lower() == "bearer" and value.strip():
+            return "Bearer " + value.strip()
+        if " " not in line and ":" not in line:
+            return "Bearer " + line
+        raise ValueError(
+            f"STOW-RS credentials file {path}: expected 'Bearer TOKEN', 'Basic USER:PASSWORD' or a token"
+        )
+
+    @property
+    def studies_url(self) -> str:
+        return self.url + "/studies"
+
+    def __str__(self) -> str:
+        return self.url
+
+
 def _same_address(a: str, b: str) -> bool:
     try:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
@@ -241,14 +303,16 @@ class DicomSettings:
     accepted; every other association is rejected. With no ``allow`` given, the node accepts
     only the ``forward`` destination's AE title (from its host): the PACS that receives the
     results is usually the one that sends the images. ``forward`` None keeps results in the
-    store only (the worklist shows them; nothing is sent).
+    store only (the worklist shows them; nothing is sent). ``forward`` is a C-STORE
+    :class:`Destination` or a DICOMweb archive (:class:`StowDestination`, results sent by STOW-RS;
+    ``allow`` must then be given).
     """
 
     port: int = 11112
     host: str = "127.0.0.1"
     aet: str = "FRACSIGHT"
     allow: tuple[Peer, ...] = ()
-    forward: Destination | None = None
+    forward: Destination | StowDestination | None = None
     # An instance is refused with "out of resources" rather than stored when the data folder's
     # disk would keep less than this free: the store's own database must still be able to commit.
     min_free_bytes: int = 256 * 1024 * 1024
@@ -281,7 +345,7 @@ class DicomSettings:
         if self.max_associations < 1:
             raise ValueError(f"max_associations {self.max_associations} must be at least 1")
         object.__setattr__(self, "aet", check_aet(self.aet, "the node's AE title"))
-        if not self.allow and self.forward is not None:
+        if not self.allow and isinstance(self.forward, Destination):
             object.__setattr__(self, "allow", (Peer(self.forward.aet, _ip_or_none(self.forward.host)),))
         if not self.allow:
             raise ValueError(
@@ -290,7 +354,8 @@ class DicomSettings:
             )
         if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
             raise ValueError(f"retry times {self.retry_base_s} / {self.retry_max_s} s: need 0 < base <= max")
-        if self.forward_tls and (self.tls is None or self.tls.ca is None or self.forward is None):
+        c_store = isinstance(self.forward, Destination)
+        if self.forward_tls and (self.tls is None or self.tls.ca is None or not c_store):
             raise ValueError(
                 "--forward-tls needs --forward and --tls-cert, --tls-key and --tls-ca (to check the PACS)"
             )

@@ -31,7 +31,9 @@ from pydantic import BaseModel, Field
 from fracsight.decide import Category, vocabulary
 from fracsight.explain import OVERLAY_FLOOR, heatmap_layer, heatmap_outline
 from fracsight.preprocess import Letterbox, stretch_contrast
+from fracsight.service import dicomweb
 from fracsight.service.auth import identify
+from fracsight.service.identity import Administrator, SignedIn
 from fracsight.service.intake import UploadRefused, receive_stream
 from fracsight.service.monitoring import site_performance
 from fracsight.service.reader_study import install as install_reader_studies
@@ -128,21 +130,6 @@ class UserIn(BaseModel):
     role: str = Field(pattern="^(" + "|".join(ROLES) + ")$")
 
 
-def signed_in(request: Request) -> User:
-    """The user the request's token signed in as (the guard refused the request otherwise)."""
-    return request.state.user
-
-
-SignedIn = Annotated[User, Depends(signed_in)]
-
-
-def administrator(user: SignedIn) -> User:
-    if not user.is_admin:
-        raise HTTPException(403, "administrators only")
-    return user
-
-
-Administrator = Annotated[User, Depends(administrator)]
 
 
 def _as_signed_in(user: User, given: str | None) -> str:
@@ -195,6 +182,8 @@ def create_app(
             log.error("%s %s failed: %s", request.method, _route(request), type(exc).__name__)
             response = JSONResponse({"detail": "internal error; the service goes on"}, 500)
         return _log(request, response, started)
+
+    app.include_router(dicomweb.router(store, worker, token, users, max_upload_bytes))  # STOW-RS
 
     @app.exception_handler(UploadRefused)
     async def refused_upload(request: Request, exc: UploadRefused) -> JSONResponse:
