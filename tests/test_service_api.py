@@ -110,6 +110,9 @@ def test_jpeg_upload_is_analysed_as_predict_analyses_it(
     record = store.get_image(ack["id"])
     assert "any name" not in record.file and (store.data_dir / record.file).read_bytes() == jpeg.read_bytes()
     assert record.analyses == 1
+    # What site monitoring watches in the inputs: no manufacturer in a JPEG, its mean brightness.
+    inputs = record.result["inputs"]
+    assert inputs["manufacturer"] is None and 0.0 < inputs["brightness"] < 1.0
 
 
 def test_dicom_upload_fills_the_worklist_from_its_header(service, sample_images: list[Path]) -> None:

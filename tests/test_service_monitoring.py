@@ -220,7 +220,7 @@ def test_drift_gives_exactly_the_expected_alerts(drifted) -> None:
     found = {(a["month"], a["name"]) for a in report["drift"]["alerts"]}
     # A darker exposure moves what the model says, not what it is shown: the probabilities alert
     # (KS p about 3e-5); the shares of categories move less (chi-square p about 0.04, above the
-    # per-test 0.002) and the inputs not at all.
+    # per-test 0.0014) and the inputs not at all.
     assert found == {(MONTHS[1], "probability")}
     assert report["drift"]["reference_month"] == MONTHS[0]
     for alert in report["drift"]["alerts"]:
@@ -352,3 +352,25 @@ def test_region_falls_back_to_the_dicom_body_part_and_dicom_images_count(tmp_pat
     report = site_performance(store)
     assert sorted(report["by_region"]) == ["hand", "unknown", "wrist"]
     assert report["overall"]["analysed"] == 3 and report["overall"]["with_verdict"] == 0
+
+
+def test_a_new_scanner_or_a_darker_exposure_alerts_on_the_inputs() -> None:
+    """Manufacturer mix and mean brightness (kept by the worker in each result) are watched too:
+    a second vendor's darker images alert on exactly those two inputs, nothing else."""
+    rng = np.random.default_rng(5)
+
+    def month(name: str, n: int, vendor_b: float, brightness: float) -> list:
+        return [
+            monitoring.Case(
+                month=name, region="hand", body_part="HAND", category="no_fracture",
+                probability=float(rng.uniform(0, 0.1)), label=None,
+                manufacturer="B" if rng.random() < vendor_b else "A",
+                brightness=float(np.clip(rng.normal(brightness, 0.05), 0, 1)),
+            )
+            for _ in range(n)
+        ]  # fmt: skip
+
+    steady = month("2026-10", 200, 0.0, 0.45) + month("2026-11", 200, 0.0, 0.45)
+    assert monitoring.drift(steady)["alerts"] == []
+    moved = month("2026-10", 200, 0.0, 0.45) + month("2026-11", 200, 0.5, 0.35)
+    assert {a["name"] for a in monitoring.drift(moved)["alerts"]} == {"manufacturer_mix", "brightness"}

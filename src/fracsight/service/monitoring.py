@@ -43,10 +43,9 @@ OPERATING_POINT_MEANING = {
     "fracture": "the AI's call is positive when its category is fracture (its high-specificity call)",
     "doubt_or_fracture": "the AI's call is positive for doubt or fracture (its high-sensitivity call)",
 }
-NOT_MONITORED = {
-    "manufacturer": "not kept by the store (no Manufacturer column)",
-    "image brightness": "not kept in the stored result",
-}
+# Inputs not watched (each analysed image's manufacturer and mean brightness are kept since the
+# store keeps them in its result; images analysed before that count as "not given").
+NOT_MONITORED: dict[str, str] = {}
 _OUT = Category.OUT_OF_SCOPE.value
 _UNKNOWN = "unknown"
 
@@ -61,6 +60,8 @@ class Case:
     category: str
     probability: float
     label: int | None  # the latest reader's verdict: 1 fracture, 0 none; None without a verdict
+    manufacturer: str = "not given"  # DICOM Manufacturer as the equipment gives it
+    brightness: float | None = None  # mean of the decoded image's pixels in [0, 1] (exposure, window)
 
     @property
     def out_of_scope(self) -> bool:
@@ -79,6 +80,8 @@ def case_of(row: dict[str, Any]) -> Case:
         category=str(row["category"]),
         probability=float(row["probability"]),
         label=None if label is None else int(label),
+        manufacturer=str(row.get("manufacturer") or "not given"),
+        brightness=None if row.get("brightness") is None else float(row["brightness"]),
     )
 
 
@@ -238,6 +241,15 @@ def _probabilities(reference: Sequence[Case], current: Sequence[Case]) -> dict[s
             "current": {"n": len(cur), "median": float(np.median(cur)) if cur else None}}  # fmt: skip
 
 
+def _brightness(reference: Sequence[Case], current: Sequence[Case]) -> dict[str, Any]:
+    ref = [c.brightness for c in reference if c.brightness is not None]
+    cur = [c.brightness for c in current if c.brightness is not None]
+    statistic, p = ks_two_sample(ref, cur)
+    return {"statistic": statistic, "p_value": p,
+            "reference": {"n": len(ref), "median": float(np.median(ref)) if ref else None},
+            "current": {"n": len(cur), "median": float(np.median(cur)) if cur else None}}  # fmt: skip
+
+
 DRIFT_TESTS: tuple[DriftTest, ...] = (
     DriftTest("out_of_scope_rate", "input", "share of images set aside as out of scope",
               "chi-square test of homogeneity (2 x 2)",
@@ -246,6 +258,10 @@ DRIFT_TESTS: tuple[DriftTest, ...] = (
               "chi-square test of homogeneity", _mix(lambda c: c.region)),
     DriftTest("body_part_mix", "input", "mix of DICOM Body Part Examined",
               "chi-square test of homogeneity", _mix(lambda c: c.body_part)),
+    DriftTest("manufacturer_mix", "input", "mix of equipment manufacturers (DICOM Manufacturer)",
+              "chi-square test of homogeneity", _mix(lambda c: c.manufacturer)),
+    DriftTest("brightness", "input", "distribution of the images' mean brightness (exposure, window)",
+              "two-sample Kolmogorov-Smirnov (two-sided, asymptotic)", _brightness),
     DriftTest("probability", "output", "distribution of the AI's probability (images in scope)",
               "two-sample Kolmogorov-Smirnov (two-sided, asymptotic)", _probabilities),
     DriftTest("category_rates", "output", "shares of fracture, doubt and no fracture (images in scope)",

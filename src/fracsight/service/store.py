@@ -883,7 +883,10 @@ class SqliteStore(SendQueue):
         in Python: a year's images stay quick)."""
         rows = self._connection().execute(
             "SELECT i.id, i.received_at, i.source, i.probability, i.category, i.body_part, i.modality, "
-            "json_extract(i.result, '$.scope.region') AS region, (SELECT f.reader_label FROM feedback f "
+            "json_extract(i.result, '$.scope.region') AS region, "
+            "json_extract(i.result, '$.inputs.manufacturer') AS manufacturer, "
+            "json_extract(i.result, '$.inputs.brightness') AS brightness, "
+            "(SELECT f.reader_label FROM feedback f "
             "WHERE f.image_id = i.id ORDER BY f.id DESC LIMIT 1) AS reader_label "
             "FROM images i WHERE i.status = 'done' ORDER BY i.received_at, i.rowid"
         )

@@ -10,6 +10,7 @@ itself. ONNX Runtime runs with few threads (:attr:`ServiceSettings.analysis_thre
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +109,11 @@ class AnalysisWorker(QueueLoop):
                 "width": box.width,
             },
             "display": {"height": int(radiograph.shape[0]), "width": int(radiograph.shape[1])},
+            # What site monitoring watches for drift in the inputs (fracsight.service.monitoring).
+            "inputs": {
+                "manufacturer": _manufacturer(radiograph.dicom),
+                "brightness": round(float(np.mean(radiograph.pixels)), 4),
+            },
         }
         self.store.finish(
             record.id,
@@ -116,6 +122,19 @@ class AnalysisWorker(QueueLoop):
         return "analysed"
 
 
+
+
+# A manufacturer's name as a site's equipment reports it: short printable text, else not kept (a
+# stretched element may hold the next elements, a patient's name among them).
+_MANUFACTURER = re.compile(r"[A-Za-z0-9 .,&()/_+-]{1,64}")
+
+
+def _manufacturer(header) -> str | None:
+    """DICOM Manufacturer (0008,0070) when it is plain equipment text; None without one."""
+    if header is None:
+        return None
+    value = str(header.get("Manufacturer", "") or "").strip()
+    return value if _MANUFACTURER.fullmatch(value) else None
 
 
 def _write_display(path: Path, pixels: np.ndarray) -> None:
