@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,39 @@ def make_test_pki(folder: Path) -> Path:
         _issue(folder, name, "ca")
     _issue(folder, "intruder", None)
     return folder
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"):
+    """Poll ``condition`` until it gives something true (returned) or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def service_with_reader(tmp_path: Path, token: str) -> Iterator:
+    """A running ``fracsight serve`` on a free loopback port with site token ``token`` and one
+    reader account, "Dr Test", whose token is ``.reader_token``; stopped when the fixture ends."""
+    from fracsight.service.server import Service
+    from fracsight.service.settings import ServiceSettings
+    from fracsight.service.users import UserDirectory
+
+    running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=token))
+    _, running.reader_token = UserDirectory.of_data_dir(tmp_path / "data").add("Dr Test", "reader")
+    running.start()
+    yield running
+    running.stop()
+
+
+def image_analysed(client, image_id: str, headers: dict[str, str], timeout: float = 60.0) -> dict:
+    """``GET /api/images/{id}`` (a TestClient or httpx client) until the image is no longer queued
+    or being analysed: its answer, analysed or refused."""
+
+    def finished() -> dict | None:
+        body = client.get(f"/api/images/{image_id}", headers=headers).json()
+        return body if body["status"] not in ("queued", "analysing") else None
+
+    return wait_for(finished, timeout, f"image {image_id} to be analysed")

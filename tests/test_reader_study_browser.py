@@ -17,12 +17,12 @@ import csv
 import datetime as dt
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import HAVE_CHROMIUM, REPO_ROOT, chrome_driver
+from conftest import wait_for as _wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -57,14 +57,6 @@ def _auc(ratings: list[int], truth: list[int]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def _wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()

@@ -9,10 +9,10 @@ stage, sender) between a pynetdicom modality and a FakePacs on loopback.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
+from conftest import image_analysed
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -47,14 +47,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, default_analyser):
 def _analysed(client: TestClient, path: Path, timeout: float = 90.0) -> dict:
     response = client.post("/api/images", files={"file": (path.name, path.read_bytes())}, headers=AUTH)
     assert response.status_code == 202, response.text
-    image_id = response.json()["id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/images/{image_id}", headers=AUTH).json()
-        if body["status"] not in ("queued", "analysing"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{path.name} still {body['status']} after {timeout} s")
+    return image_analysed(client, response.json()["id"], AUTH, timeout)
 
 
 def test_the_dog_is_out_of_scope_through_the_api(service: TestClient, samples_dir: Path) -> None:

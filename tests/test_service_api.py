@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import image_analysed
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -46,13 +46,7 @@ def _upload(client: TestClient, name: str, data: bytes, expect: int = 202) -> di
 
 
 def _wait(client: TestClient, image_id: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/images/{image_id}", headers=AUTH).json()
-        if body["status"] not in ("queued", "analysing"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"image {image_id} still {body['status']} after {timeout} s")
+    return image_analysed(client, image_id, AUTH, timeout)
 
 
 def _still_serving(client: TestClient) -> None:

@@ -8,11 +8,11 @@ feedback under the reader's name, reloads and finds it kept. Screenshots go to
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_CHROMIUM, REPO_ROOT, chrome_driver
+from conftest import HAVE_CHROMIUM, REPO_ROOT, chrome_driver, service_with_reader
+from conftest import wait_for as _wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -25,25 +25,9 @@ TOKEN = "browser-test-token-0123456789"
 
 @pytest.fixture()
 def service(tmp_path: Path):
-    from fracsight.service.server import Service
-    from fracsight.service.settings import ServiceSettings
-    from fracsight.service.users import UserDirectory
-
-    running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=TOKEN))
-    _, running.reader_token = UserDirectory.of_data_dir(tmp_path / "data").add("Dr Test", "reader")
-    running.start()
-    yield running
-    running.stop()
+    yield from service_with_reader(tmp_path, TOKEN)
 
 
-def _wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _sign_in(driver, By, token: str) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import image_analysed
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -85,13 +86,7 @@ def _uids(answer: dict, sequence: str) -> dict[str, int | None]:
 def _analysed(client: TestClient, store, uid: str, timeout: float = 90.0) -> dict:
     record = store.find_instance(uid)
     assert record is not None, "the instance was not kept"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/images/{record.id}", headers=AUTH).json()
-        if body["status"] not in ("queued", "analysing"):
-            return body
-        time.sleep(0.2)
-    raise AssertionError("not analysed in time")
+    return image_analysed(client, record.id, AUTH, timeout)
 
 
 def test_stow_rs_upload_is_kept_once_and_analysed(service) -> None:

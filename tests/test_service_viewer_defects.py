@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_CHROMIUM, chrome_driver
+from conftest import HAVE_CHROMIUM, chrome_driver, service_with_reader
+from conftest import wait_for as _wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -31,15 +32,7 @@ PATIENT = "AVeryGood"  # the bundled DICOM sample's patient name (Dog^AVeryGood)
 
 @pytest.fixture()
 def service(tmp_path: Path):
-    from fracsight.service.server import Service
-    from fracsight.service.settings import ServiceSettings
-    from fracsight.service.users import UserDirectory
-
-    running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=TOKEN))
-    _, running.reader_token = UserDirectory.of_data_dir(tmp_path / "data").add("Dr Test", "reader")
-    running.start()
-    yield running
-    running.stop()
+    yield from service_with_reader(tmp_path, TOKEN)
 
 
 @pytest.fixture()
@@ -57,14 +50,6 @@ def browser(service, tmp_path: Path):
         driver.quit()
 
 
-def _wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _dicom(sample_images: list[Path], new_instance: bool = False) -> bytes:

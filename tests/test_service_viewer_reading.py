@@ -14,11 +14,10 @@ Screenshots go to ``test-artefacts/serve/``.
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_CHROMIUM, REPO_ROOT, chrome_driver
+from conftest import HAVE_CHROMIUM, REPO_ROOT, chrome_driver, service_with_reader, wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -35,25 +34,11 @@ SAMPLES = {"IMG0000001.jpg": "no_fracture", "IMG0000020.jpg": "fracture", "IMG00
 
 @pytest.fixture()
 def service(tmp_path: Path):
-    from fracsight.service.server import Service
-    from fracsight.service.settings import ServiceSettings
-    from fracsight.service.users import UserDirectory
-
-    running = Service(ServiceSettings(data_dir=tmp_path / "data", port=0, token=TOKEN))
-    _, running.reader_token = UserDirectory.of_data_dir(tmp_path / "data").add("Dr Test", "reader")
-    running.start()
-    yield running
-    running.stop()
+    yield from service_with_reader(tmp_path, TOKEN)
 
 
 def _wait_for(condition, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(condition, timeout, what)
 
 
 def _upload_samples(service, sample_images: list[Path]) -> dict[str, dict]:
