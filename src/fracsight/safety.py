@@ -87,11 +87,7 @@ class ScopeCheck:
 
     def score(self, features: np.ndarray) -> float:
         """Distance of one image's pooled features from the development data (about 2 inside)."""
-        x = np.sqrt(np.maximum(np.asarray(features, dtype=np.float64).reshape(-1), 0.0)) - self.mean
-        z = self.components @ x
-        inside = float(np.mean(z * z / self.variances))
-        outside = float(x @ x - z @ z) / self.residual_scale
-        return inside + outside
+        return float(self.scores(np.asarray(features).reshape(1, -1))[0])
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """:meth:`score` of each row of ``features`` (N, D)."""

@@ -158,7 +158,7 @@ function alertList(drift, method) {
     ? drift.note
     : `Each month is compared with ${reference} (the first month with at least ${method.min_drift_cases} ` +
       `analysed images); a month with fewer is not tested. ${method.tests.length} tests a month, each at ` +
-      `p < ${drift.per_test_alpha} (${method.correction}): at most a ${pct(method.family_alpha)} chance of a false alarm a month.`;
+      `p < ${drift.per_test_alpha.toPrecision(2)} (${method.correction}): at most a ${pct(method.family_alpha)} chance of a false alarm a month.`;
   if (!drift.alerts.length) {
     list.appendChild(html("li", reference === null ? "Nothing tested yet." : "No drift found."));
     return;
@@ -166,7 +166,7 @@ function alertList(drift, method) {
   for (const a of drift.alerts) {
     list.appendChild(html("li",
       `${a.month}: ${a.what} moved (${a.kind}), against ${a.reference_month}: ${a.test}, ` +
-      `statistic ${a.statistic.toFixed(3)}, p = ${a.p_value.toExponential(2)} (alert below ${a.alpha}); ` +
+      `statistic ${a.statistic.toFixed(3)}, p = ${a.p_value.toExponential(2)} (alert below ${a.alpha.toPrecision(2)}); ` +
       `every analysed image at this site, ${a.n_month} images against ${a.n_reference}.`,
       { "data-name": a.name, "data-month": a.month, class: "alert" }));
   }
