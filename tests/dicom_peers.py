@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import pydicom
-from conftest import SHARED_DATA
+from conftest import REPO_ROOT, SHARED_DATA
 from pydicom.uid import generate_uid
 
 DICOM = SHARED_DATA / "dicom"
+# The shared set's hd_dx_image.dcm, bundled as a sample (the same bytes): for tests that need one
+# real DX and must run without ../shared.
+SAMPLE_DX = REPO_ROOT / "src" / "fracsight" / "samples" / "hd_dx_image.dcm"
 # Radiographs of the shared set in several transfer syntaxes and both monochrome conventions.
 RADIOGRAPHS = {
     "hd_dx_image.dcm": "explicit VR LE, DX, MONOCHROME1",

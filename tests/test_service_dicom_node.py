@@ -24,6 +24,7 @@ from dicom_peers import (  # noqa: E402
     DICOM,
     RADIOGRAPHS,
     REFUSED,
+    SAMPLE_DX,
     FakePacs,
     Node,
     associate,
@@ -373,7 +374,7 @@ def test_results_are_made_after_a_restart_between_analysis_and_results(
 def test_without_a_destination_images_are_only_kept_and_analysed(tmp_path: Path, default_analyser) -> None:
     plain = Node(tmp_path, default_analyser, None)
     try:
-        ds = renamed(DICOM / "hd_dx_image.dcm")
+        ds = renamed(SAMPLE_DX)
         assert send(plain.port, [ds]) == [0x0000]
         wait_until(lambda: plain.record(ds.SOPInstanceUID).status == "done", 60, "analysis")
         assert plain.record(ds.SOPInstanceUID).results is None and plain.store.sends() == []

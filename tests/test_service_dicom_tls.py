@@ -17,7 +17,7 @@ pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
 from conftest import OPENSSL, make_test_pki  # noqa: E402
-from dicom_peers import DICOM, FakePacs, Node, renamed, send, wait_until  # noqa: E402
+from dicom_peers import SAMPLE_DX, FakePacs, Node, renamed, send, wait_until  # noqa: E402
 
 from fracsight.service.dicom_results import SR_CLASS  # noqa: E402
 from fracsight.service.settings import DicomSettings, DicomTls, Peer  # noqa: E402
@@ -49,7 +49,7 @@ def test_tls_in_and_out(pki: Path, tmp_path: Path, default_analyser) -> None:
         forward_tls=True,
     )
     try:
-        radiograph = renamed(DICOM / "hd_dx_image.dcm")
+        radiograph = renamed(SAMPLE_DX)
         radiograph.save_as(tmp_path / "in.dcm", enforce_file_format=True)
         sent = _storescu(node.port, pki, tmp_path / "in.dcm", "modality")
         assert sent.returncode == 0, sent.stderr
@@ -61,15 +61,15 @@ def test_tls_in_and_out(pki: Path, tmp_path: Path, default_analyser) -> None:
 
         # No TLS at all, or a certificate the site's CA did not sign: no association, nothing kept.
         for identity in (None, "intruder"):
-            other = renamed(DICOM / "hd_dx_image.dcm")
+            other = renamed(SAMPLE_DX)
             other.save_as(tmp_path / "other.dcm", enforce_file_format=True)
             refused = _storescu(node.port, pki, tmp_path / "other.dcm", identity)
             assert refused.returncode != 0, identity
             assert node.record(other.SOPInstanceUID) is None, identity
         with pytest.raises(ConnectionRefusedError):
-            send(node.port, [renamed(DICOM / "hd_dx_image.dcm")])  # plain pynetdicom, no TLS
+            send(node.port, [renamed(SAMPLE_DX)])  # plain pynetdicom, no TLS
         # The node is still serving after the refusals.
-        again = renamed(DICOM / "hd_dx_image.dcm")
+        again = renamed(SAMPLE_DX)
         again.save_as(tmp_path / "again.dcm", enforce_file_format=True)
         assert _storescu(node.port, pki, tmp_path / "again.dcm", "modality").returncode == 0
         wait_until(lambda: node.record(again.SOPInstanceUID) is not None, 30, "the second instance kept")
