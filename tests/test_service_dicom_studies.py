@@ -235,3 +235,33 @@ def test_a_refused_image_is_in_the_studys_sr_as_not_analysed_with_its_reason(
     scs = [d for d in _of_study(pacs, study) if d.SOPClassUID == SC_CLASS]
     assert len(scs) == 1 and not referencing(scs, ct.SOPInstanceUID), "no SC for the refused image"
     _check_sr(sr, [image, ct], tmp_path)
+
+
+def test_an_images_own_results_do_not_wait_for_the_study_to_be_quiet(
+    tmp_path: Path, default_analyser, pacs: FakePacs
+) -> None:
+    quiet_s = 6.0
+    slow = Node(tmp_path / "node", default_analyser, pacs, study_quiet_s=quiet_s)
+    try:
+        study = generate_uid()
+        (source,) = _copies(1, study)
+        assert send(slow.port, [source]) == [0x0000]
+        sent = time.time()
+        kinds = {SC_CLASS, GSPS_CLASS}
+        wait_until(lambda: {d.SOPClassUID for d in _of_study(pacs, study)} >= kinds, 30, "SC and GSPS")
+        record = slow.record(source.SOPInstanceUID)
+        assert not [d for d in _of_study(pacs, study) if d.SOPClassUID == SR_CLASS], "the SR waits"
+        assert record.results == "pending" and record.objects_at is not None, "objects made, the SR to come"
+        with pacs._lock:
+            first = min(t for t, d in pacs.received if d.StudyInstanceUID == study)
+        assert first - sent < quiet_s
+        (record,) = slow.wait_finished([source.SOPInstanceUID], timeout=60)
+        assert record.results == "made"
+        wait_until(lambda: [d for d in _of_study(pacs, study) if d.SOPClassUID == SR_CLASS], 30, "the SR")
+        with pacs._lock:
+            reports = [t for t, d in pacs.received if d.StudyInstanceUID == study and d.SOPClassUID == SR_CLASS]
+        sr_at = min(reports)
+        assert sr_at - sent >= quiet_s - 0.5, "the report once the study was quiet"
+        assert len({d.SOPInstanceUID for d in _of_study(pacs, study) if d.SOPClassUID == SC_CLASS}) == 1
+    finally:
+        slow.stop()

@@ -226,8 +226,9 @@ def heatmap_layer(heatmap: np.ndarray, box: Letterbox, size: tuple[int, int]) ->
     width, height = size
     scaled = Letterbox(box.size, box.scale * box.width / width, box.pad_x, box.pad_y, height, width)
     heat = heatmap_to_image(heatmap, scaled)
-    alpha = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255).astype(np.uint8)
-    rgba = np.dstack([_colormap(heat), alpha])
+    rgba = np.empty(heat.shape + (4,), dtype=np.uint8)  # filled channel by channel: no stacked copies
+    rgba[..., :3] = _colormap(heat)
+    rgba[..., 3] = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255)
     return Image.fromarray(rgba, mode="RGBA")
 
 

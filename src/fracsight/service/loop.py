@@ -38,6 +38,9 @@ class QueueLoop:
         """Seconds to sleep when there was nothing to do (a wake ends the sleep sooner)."""
         return self.poll_s
 
+    def finish_in_hand(self) -> None:
+        """After the loop ends on :meth:`stop`: finish what was taken from the queue ahead."""
+
     def start(self) -> None:
         self.resume()
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
@@ -82,3 +85,4 @@ class QueueLoop:
             if not worked:
                 self._wake.wait(self.idle_wait())
                 self._wake.clear()
+        self.finish_in_hand()

@@ -1,11 +1,12 @@
 """The results stage: for images received over DICOM, make the objects the PACS gets back and queue
 them for sending, after analysis and without analysing again.
 
-A thread that waits for studies the store says are complete (every image of the study finished,
-and no new image for :attr:`DicomSettings.study_quiet_s`, whichever associations brought them) and
-makes, for each waiting analysed image, the Secondary Capture and (for fracture and doubt) the
-presentation state, each study's in one series of its kind, numbered in the order the images
-arrived; and for the study one Comprehensive SR (:func:`fracsight.service.dicom_results.study_report`)
+A thread that makes, as soon as an image is analysed, its Secondary Capture and (for fracture and
+doubt) its presentation state, each study's in one series of its kind, numbered in the order the
+images arrived, so the reader sees an image's result seconds after the modality sent it; and that
+waits for studies the store says are complete (every image of the study finished, and no new image
+for :attr:`DicomSettings.study_quiet_s`, whichever associations brought them) to make for each
+study one Comprehensive SR (:func:`fracsight.service.dicom_results.study_report`)
 with a finding group per analysed image, "not analysed: <reason>" for each refused one, and the
 study's answer once. An image arriving later makes a new version of the SR (same series, new SOP
 Instance UID, the next Instance Number, the earlier one in its Predecessor Documents Sequence).
@@ -92,18 +93,62 @@ class ResultsStage(QueueLoop):
         super().__init__(poll_s, retry_s=RETRY_S)
 
     def run_once(self, quiet_s: float | None = None) -> int:
-        """Make the results of every complete study (quiet for ``quiet_s``, the settings' quiet time
-        unless given); returns how many studies were handled."""
+        """Make the objects of every image analysed since, then the report of every complete study
+        (quiet for ``quiet_s``, the settings' quiet time unless given); returns how many images
+        and studies were handled."""
+        images = self.store.objects_ready()
+        for image_id in images:
+            if self.stopping:
+                return len(images)
+            self.make_objects(image_id)
         studies = self.store.results_ready(self.settings.study_quiet_s if quiet_s is None else quiet_s)
         for study_key in studies:
             if self.stopping:
                 break
             self.make(study_key)
-        return len(studies)
+        return len(images) + len(studies)
+
+    def make_objects(self, image_id: str) -> None:
+        """One analysed image's SC and presentation state, in its study's series of each, queued at
+        once; what cannot be made is noted for the study's report to settle."""
+        record = self.store.get_image(image_id)
+        if record is None or record.results != "pending" or record.objects_at is not None:
+            return
+        study = self.store.images_of_study(record.info.study_key)
+        number = next(n for n, i in enumerate(study, start=1) if i.id == record.id)
+        files, error = self._objects(
+            record, self._header(record), number, record.info.study_key, self.clock()
+        )
+        sends = [
+            NewSend(record.id, self.destination, kind, relative, sop_class, sop_instance)
+            for kind, (relative, sop_class, sop_instance) in files.items()
+        ]
+        for relative, *_ in files.values():
+            fsync_folder((self.store.data_dir / relative).parent)
+        if error:
+            log.error("result objects of an image could not be made (%s)", error)  # the reason only
+        if self.store.record_objects(record.id, sends, error) and sends and self.on_queued is not None:
+            self.on_queued()
+
+    def _objects(
+        self, record: ImageRecord, header: Dataset | None, number: int, study_key: str, when: dt.datetime
+    ) -> tuple[dict[str, tuple[str, str, str]], str | None]:
+        """Write the image's SC and presentation state, those that can be made: (kind -> (file, SOP
+        class, UID), why some could not be made or None). The disk failing raises (made again
+        later); anything else about the image is its reason."""
+        try:
+            files, reasons = self._build(record, header, number, study_key, when)
+        except OSError:
+            raise  # the disk, not the image: the image stays waiting and is made again later
+        except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the others
+            why = str(exc) if isinstance(exc, CannotMake) else failure_reason(exc)
+            files, reasons = {}, {"all": why}
+        return files, "; ".join(f"{kind}: {why}" for kind, why in reasons.items()) or None
 
     def make(self, study_key: str) -> None:
-        """The study's waiting images get their SC and presentation state (in the study's one series
-        of each), and the study a new version of its SR over every image it has."""
+        """The study a new version of its SR over every image it has, once it is complete; the
+        waiting images' own objects are made first where they were not yet (results made again
+        after a failure), and the images settled: made, none (refused) or failed with the reason."""
         images = [
             i for i in self.store.images_of_study(study_key)
             if i.source == "dicom" and i.results and i.status not in ("queued", "analysing")
@@ -123,18 +168,18 @@ class ResultsStage(QueueLoop):
             headers[record.id] = self._header(record)
             if record.results != "pending" or record.status != "done":
                 continue
-            try:
-                files, reasons = self._build(record, headers[record.id], number, study_key, when)
-            except OSError:
-                raise  # the disk, not the image: the study stays pending and is made again later
-            except Exception as exc:  # noqa: BLE001 - one image's results failing must not stop the study
-                why = str(exc) if isinstance(exc, CannotMake) else failure_reason(exc)
-                files, reasons = {}, {"all": why}
-            for kind, (relative, sop_class, sop_instance) in files.items():
-                folders.add((self.store.data_dir / relative).parent)
-                sends.append(NewSend(record.id, self.destination, kind, relative, sop_class, sop_instance))
-            if reasons:
-                failed[record.id] = "; ".join(f"{kind}: {why}" for kind, why in reasons.items())
+            error = record.results_error
+            if record.objects_at is None:
+                files, error = self._objects(record, headers[record.id], number, study_key, when)
+                if error:  # the reason only: no image id nor patient data (the store and API say which)
+                    log.error("result objects of an image could not be made (%s)", error)
+                for kind, (relative, sop_class, sop_instance) in files.items():
+                    folders.add((self.store.data_dir / relative).parent)
+                    sends.append(
+                        NewSend(record.id, self.destination, kind, relative, sop_class, sop_instance)
+                    )
+            if error:
+                failed[record.id] = error
             else:
                 made.append(record.id)
         try:
@@ -157,18 +202,11 @@ class ResultsStage(QueueLoop):
                 # Queued with the study's latest waiting image: the one whose arrival made this version.
                 latest = waiting[-1].id
                 sends.append(NewSend(latest, self.destination, "sr", relative, sop_class, sop_instance))
-        for reason in failed.values():
-            # The reason only: no image id nor patient data in the log (the store and the API say
-            # which image).
-            log.error("result objects of an image could not be made (%s)", reason)
         for folder in folders:
             fsync_folder(folder)
         self.store.record_results(made, none, sends, failed=failed)
         if sends:
-            images_sent = len({s.image_id for s in sends if s.kind != "sr"})
-            log.info(
-                "results of a study (%d image(s) and its report) queued for %s", images_sent, self.destination
-            )
+            log.info("the report of a study of %d image(s) queued for %s", len(images), self.destination)
             if self.on_queued is not None:
                 self.on_queued()
 

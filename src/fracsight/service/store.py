@@ -14,10 +14,11 @@ stopping the service.
 
 Images received over DICOM also carry the ``batch`` (the association) they arrived in, and a
 ``results`` stage: ``pending`` until the result objects for the PACS are made and queued for
-sending (``made``; ``none`` for an image refused analysis). Results are made per study, once
-every image of the study is finished and none has arrived for a quiet time (however many
-associations brought them), so the study's one structured report carries the study's answer; an
-image arriving later waits for its own results again and the study's report is made anew. The
+sending (``made``; ``none`` for an image refused analysis). An analysed image's own objects (its
+Secondary Capture and presentation state) are made as soon as it is analysed (``objects_at``);
+the study's structured report waits until every image of the study is finished and none has
+arrived for a quiet time (however many associations brought them), so it carries the study's
+answer once; an image arriving later gets its own objects and the study's report is made anew. The
 outgoing sends live in :mod:`fracsight.service.sends`.
 
 The worklist reads the ``studies`` table: one row per study (its display fields, image counts by
@@ -120,6 +121,8 @@ class ImageRecord:
     results: str | None = None
     # why some result object could not be made (no patient data); None when all were
     results_error: str | None = None
+    # when the image's own objects (SC, presentation state) were made; the study's SR comes later
+    objects_at: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The image as ``GET /api/images/{id}`` returns it."""
@@ -210,6 +213,8 @@ class Store(Protocol):
     def close_batch(self, batch: str) -> None: ...
     def close_open_batches(self) -> int: ...
     def results_ready(self, quiet_s: float) -> list[str]: ...
+    def objects_ready(self) -> list[str]: ...
+    def record_objects(self, image_id: str, sends: list[NewSend], error: str | None = None) -> bool: ...
     def study_reports(self, study_key: str, destination: str) -> list[str]: ...
     def sent_instance(self, sop_instance_uid: str) -> bool: ...
     def images_of_batch(self, study_key: str, batch: str) -> list[ImageRecord]: ...
@@ -308,7 +313,8 @@ CREATE TABLE IF NOT EXISTS images (
     batch TEXT NOT NULL DEFAULT '',
     results TEXT,
     results_at TEXT,
-    results_error TEXT
+    results_error TEXT,
+    objects_at TEXT
 );
 CREATE INDEX IF NOT EXISTS images_status ON images (status, received_at);
 CREATE INDEX IF NOT EXISTS images_study ON images (study_key);
@@ -393,7 +399,7 @@ _INFO = [f.name for f in fields(StudyInfo)]
 _COLUMNS = [
     "id", "received_at", "source", "file", "kind", "size_bytes", *_INFO, "status", "attempts",
     "analyses", "error", "probability", "category", "model_id", "result", "analysed_at", "batch", "results",
-    "results_error",
+    "results_error", "objects_at",
 ]  # fmt: skip
 # Columns added after the first release of the store: an older database gets them at open.
 _ADDED_COLUMNS = {
@@ -401,6 +407,7 @@ _ADDED_COLUMNS = {
     "results": "TEXT",
     "results_at": "TEXT",
     "results_error": "TEXT",  # why result objects could not be made
+    "objects_at": "TEXT",  # when the image's own result objects were made (the SR may wait)
 }
 
 
@@ -642,6 +649,7 @@ class SqliteStore(SendQueue):
             batch=row["batch"],
             results=row["results"],
             results_error=row["results_error"],
+            objects_at=row["objects_at"],
         )
 
     def get_image(self, image_id: str) -> ImageRecord | None:
@@ -934,6 +942,38 @@ class SqliteStore(SendQueue):
         )
         return [r["study_key"] for r in rows]
 
+    def objects_ready(self) -> list[str]:
+        """The analysed images whose own result objects (SC, presentation state) are to be made
+        now, oldest analysis first: their results wait, and none were made for this analysis."""
+        rows = self._connection().execute(
+            "SELECT id FROM images WHERE results = 'pending' AND status = 'done' AND objects_at IS NULL "
+            "ORDER BY analysed_at, rowid"
+        )
+        return [r["id"] for r in rows]
+
+    def record_objects(self, image_id: str, sends: list[NewSend], error: str | None = None) -> bool:
+        """In one transaction: the image's own objects are made, queued as ``sends`` (an object
+        already queued for its destination is not queued again), and ``error`` says which could
+        not be (kept until its study's report settles the image's results). Only an image still
+        waiting for them changes; returns whether it did."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE images SET objects_at = ?, results_error = ? "
+                "WHERE id = ? AND results = 'pending' AND objects_at IS NULL",
+                (now(), error[:500] if error else None, image_id),
+            ).rowcount
+            if changed:
+                queued = {
+                    (r["destination"], r["sop_instance_uid"])
+                    for r in db.execute(
+                        "SELECT destination, sop_instance_uid FROM sends WHERE image_id = ?", (image_id,)
+                    )
+                }
+                insert_sends(
+                    db, [s for s in sends if (s.destination, s.sop_instance_uid) not in queued], now()
+                )
+        return bool(changed)
+
     def study_reports(self, study_key: str, destination: str) -> list[str]:
         """The SOP Instance UIDs of the study's structured reports queued for ``destination`` so far,
         oldest first: the versions a new one replaces."""
@@ -1013,7 +1053,9 @@ class SqliteStore(SendQueue):
         """Images whose result objects could not be made wait for them again (after a fix): the
         results stage makes them at its next pass. Returns how many."""
         with self._transaction() as db:
-            return db.execute("UPDATE images SET results = 'pending' WHERE results = 'failed'").rowcount
+            return db.execute(
+                "UPDATE images SET results = 'pending', objects_at = NULL WHERE results = 'failed'"
+            ).rowcount
 
 
 _STEPS = {

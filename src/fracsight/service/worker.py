@@ -3,8 +3,12 @@
 One background thread per service. It decodes through the analyser (in decoder processes,
 so a file that crashes a native decoder costs only that file), runs the model, and writes the
 result and the pixels the viewer shows, so the web side never decodes an untrusted file
-itself. ONNX Runtime runs with few threads (:attr:`ServiceSettings.analysis_threads`): on a
-2-core machine the HTTP side keeps a core and stays responsive while the queue is worked off.
+itself. The next queued images are decoded (and their viewer copies written) in reader threads
+while the model runs on the current one, as many as there are decoder processes: a 2000-pixel
+JPEG 2000 takes longer to decode than to analyse, so a burst of studies is worked off at the
+speed of the slower of the two, not of their sum. ONNX Runtime runs with few threads
+(:attr:`ServiceSettings.analysis_threads`): on a 2-core machine the HTTP side keeps a core and
+stays responsive while the queue is worked off.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +26,7 @@ import numpy as np
 from fracsight.decide import CATEGORIES
 from fracsight.finding import READ_ERROR, Refusal
 from fracsight.inference import Analyser
-from fracsight.io import RefusedInput
+from fracsight.io import Radiograph, RefusedInput
 from fracsight.preprocess import resize_gray
 from fracsight.service.loop import QueueLoop
 from fracsight.service.store import Analysis, ImageRecord, Store
@@ -51,6 +57,10 @@ class AnalysisWorker(QueueLoop):
         self.store = store
         self.analyser = analyser
         self.listeners: list[Callable[[str], None]] = []
+        self._in_hand: deque[tuple[ImageRecord, Future]] = deque()
+        self._readers = ThreadPoolExecutor(
+            max_workers=analyser.decoders.workers, thread_name_prefix="fracsight-read"
+        )
 
     def resume(self) -> None:
         requeued, failed = self.store.requeue_interrupted()
@@ -58,12 +68,17 @@ class AnalysisWorker(QueueLoop):
             log.info("resuming: %d interrupted analyses queued again, %d given up", requeued, failed)
 
     def run_once(self) -> bool:
-        """Analyse the oldest queued image; False when there was none."""
-        record = self.store.claim_next()
-        if record is None:
+        """Analyse the oldest claimed image, claiming and starting to read the next ones first;
+        False when there was none."""
+        if not self.stopping:
+            self._read_ahead()
+        if not self._in_hand:
             return False
+        record, reading = self._in_hand.popleft()
+        if not self.stopping:
+            self._read_ahead()  # keep the decoders busy while the model runs on this one
         started = time.perf_counter()
-        outcome = self._analyse(record)
+        outcome = self._analyse(record, reading)
         # never its id; a refusal with its reason code (words may quote a header: the code only)
         log.info("an image %s in %.0f ms", outcome, (time.perf_counter() - started) * 1e3)
         for listener in self.listeners:
@@ -74,18 +89,47 @@ class AnalysisWorker(QueueLoop):
                 log.error("a listener after an analysis failed (%s)", type(exc).__name__)
         return True
 
-    def _analyse(self, record: ImageRecord) -> str:
-        """Analyse one image and record its result; returns what happened, for the log line."""
-        path = self.store.data_dir / record.file
+    def finish_in_hand(self) -> None:
+        """On stop: the images already claimed are analysed (their reads are under way), so none
+        is left ``analysing`` to count as an interrupted attempt at the next start."""
+        while self._in_hand:
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - what is left stays analysing: queued again at the next start
+                log.exception("stopping: an image in hand could not be finished")
+                break
+        self._readers.shutdown(wait=True)
+
+    def _read_ahead(self) -> None:
+        """Claim queued images until one more than there are decoders is in hand, each read in a
+        reader thread."""
+        while len(self._in_hand) <= self.analyser.decoders.workers:
+            record = self.store.claim_next()
+            if record is None:
+                return
+            self._in_hand.append((record, self._readers.submit(self._read, record)))
+
+    def _read(self, record: ImageRecord) -> Radiograph:
+        """Decode the image (in a decoder process) and keep its pixels for the viewer."""
+        radiograph = self.analyser.read(self.store.data_dir / record.file, name="a received image")
         try:
-            radiograph = self.analyser.read(path, name="a received image")  # no id in any message
+            _write_display(display_path(self.store, record.id), radiograph.pixels)
+        except OSError as exc:  # the disk, not the file: analysed all the same (results decode again)
+            log.error(
+                "the viewer's copy of an image could not be written (%s)", exc.strerror or type(exc).__name__
+            )
+        return radiograph
+
+    def _analyse(self, record: ImageRecord, reading: Future) -> str:
+        """Analyse one image and record its result; returns what happened, for the log line."""
+        try:
+            radiograph = reading.result()
         except RefusedInput as exc:
             self.store.refuse(record.id, exc.reason, code=exc.code)
             return f"refused ({exc.code})"
         except Exception as exc:  # noqa: BLE001 - an unexpected decoder error is this file's refusal
             self.store.refuse(record.id, f"could not be read ({type(exc).__name__})", code=READ_ERROR)
             return f"refused ({READ_ERROR})"
-        _write_display(display_path(self.store, record.id), radiograph.pixels)
         try:
             outcome = self.analyser.outcome(radiograph)
         except Exception as exc:  # noqa: BLE001 - the model failing is the service's fault, not the file's
@@ -122,8 +166,6 @@ class AnalysisWorker(QueueLoop):
         return "analysed"
 
 
-
-
 # A manufacturer's name as a site's equipment reports it: short printable text, else not kept (a
 # stretched element may hold the next elements, a patient's name among them).
 _MANUFACTURER = re.compile(r"[A-Za-z0-9 .,&()/_+-]{1,64}")
@@ -143,11 +185,15 @@ def _write_display(path: Path, pixels: np.ndarray) -> None:
     scale = min(1.0, DISPLAY_MAX_SIDE / max(h, w))
     if scale < 1.0:
         pixels = resize_gray(pixels, max(1, round(w * scale)), max(1, round(h * scale)))
-    values = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0) * _DISPLAY_LEVELS + 0.5
+    # One scratch array, each step in place: this runs for every image, at full resolution.
+    values = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    values *= _DISPLAY_LEVELS
+    values += 0.5
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = np.array(values.shape, dtype="<u4").tobytes()
     partial = path.with_suffix(".partial")
-    partial.write_bytes(header + values.astype("<u2").tobytes())
+    with open(partial, "wb") as fh:
+        fh.write(np.array(values.shape, dtype="<u4").tobytes())
+        fh.write(values.astype("<u2").data)
     partial.replace(path)
 
 
