@@ -259,7 +259,8 @@ def test_an_images_own_results_do_not_wait_for_the_study_to_be_quiet(
         assert record.results == "made"
         wait_until(lambda: [d for d in _of_study(pacs, study) if d.SOPClassUID == SR_CLASS], 30, "the SR")
         with pacs._lock:
-            reports = [t for t, d in pacs.received if d.StudyInstanceUID == study and d.SOPClassUID == SR_CLASS]
+            arrived = list(pacs.received)
+        reports = [t for t, d in arrived if d.StudyInstanceUID == study and d.SOPClassUID == SR_CLASS]
         sr_at = min(reports)
         assert sr_at - sent >= quiet_s - 0.5, "the report once the study was quiet"
         assert len({d.SOPInstanceUID for d in _of_study(pacs, study) if d.SOPClassUID == SC_CLASS}) == 1
