@@ -56,3 +56,15 @@ def render(image: Path, out: Path, state: Path | None = None) -> np.ndarray:
     width, height = int(header[1]), int(header[2])
     grey = np.frombuffer(data, dtype=np.uint8, count=width * height, offset=header.end())
     return grey.reshape(height, width)
+
+
+def sc_and_rendering_grey(sc: np.ndarray, rendered: np.ndarray) -> tuple[float, float]:
+    """Mean grey of an RGB Secondary Capture outside its heat map's colours and its caption box,
+    and of a rendering of the source image (any size) over the same region."""
+    sc = sc.astype(np.float32)
+    grey = (sc[..., 0] == sc[..., 1]) & (sc[..., 1] == sc[..., 2])  # not under the heat map's colours
+    caption = int(np.argmax(sc[:, 0].sum(axis=1) > 0))  # the black box at the top holds the caption
+    grey[:caption] = False
+    rows = (np.arange(rendered.shape[0]) * sc.shape[0] // rendered.shape[0])[:, None]
+    columns = (np.arange(rendered.shape[1]) * sc.shape[1] // rendered.shape[1])[None, :]
+    return float(sc[..., 0][grey].mean()), float(rendered[grey[rows, columns]].mean())

@@ -25,7 +25,14 @@ import pytest
 pytest.importorskip("highdicom")
 
 import pydicom  # noqa: E402
-from dicom_checks import DCIODVFY, dciodvfy_errors, split_inherited  # noqa: E402
+from dicom_checks import (  # noqa: E402
+    DCIODVFY,
+    DCMP2PGM,
+    dciodvfy_errors,
+    render,
+    sc_and_rendering_grey,
+    split_inherited,
+)
 from pydicom.dataset import Dataset  # noqa: E402
 
 from fracsight.finding import Finding  # noqa: E402
@@ -319,3 +326,46 @@ def test_errors_inherited_from_sources_are_only_those_of_the_source(
     assert any("Modality LUT" in line for line in inherited["fod_CR-ModalitySequenceLUT.dcm gsps"])
     # type 2 elements the source lacks are present (empty) in every result: nothing missing
     assert not any("Missing attribute" in line for lines in inherited.values() for line in lines)
+
+
+def _twelve_bit_voi_lut(ds: Dataset) -> None:
+    """The VOI LUT as 12 bits an entry (LUT Data as US), the same curve."""
+    item = ds.VOILUTSequence[0]
+    item.LUTDescriptor = [int(item.LUTDescriptor[0]), int(item.LUTDescriptor[1]), 12]
+    item["LUTData"].value = [int(v) >> 4 for v in item.LUTData]
+
+
+@pytest.mark.skipif(not DCMP2PGM, reason="DCMTK's dcmp2pgm is not installed")
+@pytest.mark.parametrize(
+    "name, change",
+    [("pdd_vlut_04.dcm", None), ("pdd_vlut_04.dcm", _twelve_bit_voi_lut), ("pljd_RG2_JPLL.dcm", None),
+     ("pljd_RG3_J2KR.dcm", None), ("hd_dx_image.dcm", None)],
+    ids=["VOI LUT 16 bits", "VOI LUT 12 bits", "window, CR", "window, JPEG 2000", "MONOCHROME1 DX"],
+)  # fmt: skip
+def test_the_presentation_state_and_the_sc_show_the_image_s_own_grey_levels(
+    analysed: dict[str, Dataset], dicom_dir: Path, default_analyser, tmp_path: Path, name: str, change
+) -> None:
+    """Rendered by DCMTK through the presentation state, the image keeps the grey levels it has
+    without it (a VOI LUT copied faithfully, not made almost black), and the SC shows the same
+    grey levels outside the heat map (mean within 10 %); the outline is a doubt's, whatever the
+    model says of the image."""
+    source = pydicom.dcmread(dicom_dir / name)
+    if change is not None:
+        change(source)
+    if source.file_meta.TransferSyntaxUID.is_compressed:  # dcmp2pgm decodes few compressed forms
+        source.decompress()
+    shown = tmp_path / "source.dcm"
+    source.save_as(shown, enforce_file_format=True)
+    pixels = default_analyser.read(shown).pixels
+    finding = _finding(source, default_analyser.identity, Category.DOUBT)
+    model = Algorithm.of(default_analyser.identity, "test")
+    objects = build_results(source, pixels, finding, model, ResultUIDs.derived(name, "g", model), WHEN)
+    made = objects.made()
+    assert {"sc", "gsps"} <= set(made), objects.failures
+    state = tmp_path / "state.dcm"
+    made["gsps"].save_as(state, enforce_file_format=True)
+    plain = render(shown, tmp_path / "plain.pgm")
+    through = render(shown, tmp_path / "through.pgm", state)
+    assert abs(through.mean() - plain.mean()) <= 0.1 * plain.mean(), (through.mean(), plain.mean())
+    sc_grey, ps_grey = sc_and_rendering_grey(_read_back(made["sc"]).pixel_array, through)
+    assert abs(ps_grey - sc_grey) <= 0.1 * sc_grey, (ps_grey, sc_grey)

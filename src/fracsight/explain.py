@@ -184,29 +184,35 @@ def _display_scale(height: int, width: int, max_side: int) -> float:
     return max(1.0, min(MIN_DISPLAY_SIDE / min(height, width), max_side / max(height, width)))
 
 
-def _display_gray(pixels: np.ndarray, size: tuple[int, int]) -> Image.Image:
+def _display_gray(pixels: np.ndarray, size: tuple[int, int], stretch: bool = True) -> Image.Image:
     """The radiograph as 8-bit gray at ``size``, windowed to its own intensity percentiles as the
-    model sees it: a 16-bit file holding 12-bit data would otherwise show almost black.
+    model sees it (``stretch``): a 16-bit file holding 12-bit data would otherwise show almost
+    black. Without ``stretch`` the pixels are shown as given (a DICOM image's own window or VOI
+    LUT already put its grey levels where its modality wants them).
 
     Resized (as the model input is) before the stretch: the percentiles barely move, and the
     per-pixel work is done on the overlay's pixels, not the file's.
     """
-    shown = stretch_contrast(resize_gray(pixels, *size))
+    shown = resize_gray(pixels, *size)
+    shown = stretch_contrast(shown) if stretch else np.clip(shown, 0.0, 1.0)
     return Image.fromarray((shown * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
-def overlay_image(pixels: np.ndarray, finding: Explained, max_side: int = 1024) -> Image.Image:
+def overlay_image(
+    pixels: np.ndarray, finding: Explained, max_side: int = 1024, stretch: bool = True
+) -> Image.Image:
     """The radiograph with the heat map in colour and the probability and category written on it.
 
     Kept at the input's aspect ratio; large images are reduced to ``max_side`` so a folder of
     3000-pixel studies does not become gigabytes of PNG, and small ones enlarged to
     :data:`MIN_DISPLAY_SIDE` so the caption stays legible. Blending is done by Pillow in uint8:
     this runs once per image in ``predict``, so it must cost little next to the model.
+    ``stretch``: see :func:`_display_gray`.
     """
     h, w = pixels.shape
     scale = _display_scale(h, w, max_side)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    gray = _display_gray(pixels, size).convert("RGBA")
+    gray = _display_gray(pixels, size, stretch).convert("RGBA")
     if finding.category == Category.OUT_OF_SCOPE:  # not scored: a heat map would suggest a finding
         image = gray.convert("RGB")
     else:

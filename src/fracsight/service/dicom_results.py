@@ -405,6 +405,13 @@ def _set_character_set(ds: Dataset, ref: Dataset) -> None:
         del ds.SpecificCharacterSet
 
 
+def _has_voi(source: Dataset) -> bool:
+    """Whether the image defines its display window: a VOI LUT or a Window Center and Width."""
+    if source.get("VOILUTSequence"):
+        return True
+    return all(source.get(keyword, None) not in (None, "") for keyword in ("WindowCenter", "WindowWidth"))
+
+
 def secondary_capture(
     source: Dataset,
     pixels: np.ndarray,
@@ -415,7 +422,11 @@ def secondary_capture(
     instance_number: int,
     max_side: int,
 ) -> Dataset:
-    picture = np.asarray(overlay_image(pixels, finding, max_side=max_side).convert("RGB"))
+    # The source's own window or VOI LUT gives the grey levels its viewer and the presentation
+    # state show: the SC keeps them. Without one, fracsight's contrast stretch (the stored range
+    # of a 16-bit file holding 12-bit data would show almost black).
+    stretch = not _has_voi(source)
+    picture = np.asarray(overlay_image(pixels, finding, max_side=max_side, stretch=stretch).convert("RGB"))
     orientation = _orientation(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
