@@ -156,34 +156,13 @@ def _drained(data: Path) -> bool:
         ).fetchone()[0]
 
 
-def _percentiles(values: list[float]) -> str:
-    if not values:
-        return "none"
-    p50, p95 = np.percentile(np.array(values) * 1e3, [50, 95])
-    return f"{p50:.0f} / {p95:.0f}"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=3, help="associations in parallel (default 3)")
-    parser.add_argument(
-        "--images", dest="count", type=int, default=20, help="images sent in each association (default 20)"
-    )
-    parser.add_argument(
-        "--one-study",
-        action="store_true",
-        help="each association's images are one study (default: each its own)",
-    )
-    parser.add_argument(
-        "--quiet", type=float, default=None, help="the node's study quiet time, s (default: its own)"
-    )
-    parser.add_argument("images", nargs="*", type=Path, help="DICOM radiographs to send (default: samples)")
-    args = parser.parse_args()
-    paths = args.images or [p for p in DEFAULT_IMAGES if p.exists()]
-    images = [pydicom.dcmread(p) for p in paths]
+def _round(args: argparse.Namespace, images: list[pydicom.Dataset]) -> dict[str, float]:
+    """One burst on a freshly started node: its measures, by name (times in ms)."""
     pacs = Pacs()
     with tempfile.TemporaryDirectory() as folder:
         data, port = Path(folder) / "data", _free_port()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own_before = resource.getrusage(resource.RUSAGE_SELF)
         node = _start(data, port, pacs.port, args.quiet)
         try:
             acks: list[float] = []
@@ -211,12 +190,14 @@ def main() -> None:
             node.terminate()
             node.wait(60)
             pacs.server.shutdown()
-        # CPU seconds of the node (with its decoder processes) and of this process (the modality
-        # clients and the PACS, which in a hospital run on other machines)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        own_use = resource.getrusage(resource.RUSAGE_SELF)
-        node_cpu = children.ru_utime + children.ru_stime
-        bench_cpu = own_use.ru_utime + own_use.ru_stime
+        # CPU of the node (with its decoder processes; its start included) and of this process (the
+        # modality clients and the PACS, which in a hospital run on other machines)
+        after, own_after = (
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+            resource.getrusage(resource.RUSAGE_SELF),
+        )
+        node_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        bench_cpu = own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
         with sqlite3.connect(data / "fracsight.db") as db:
             rows = {
                 r[0]: (r[1], r[2], _epoch(r[3]), _epoch(r[4]) if r[4] else None, r[5])
@@ -229,11 +210,10 @@ def main() -> None:
     own: dict[str, list[str]] = {}  # image id -> its own objects' UIDs
     reports: dict[str, list[float]] = {}  # study -> arrival times of its reports at the PACS
     for image_id, kind, uid in sends:
-        if kind == "sr":
-            if uid in pacs.arrivals:
-                reports.setdefault(rows[image_id][4], []).append(pacs.arrivals[uid])
-        else:
+        if kind != "sr":
             own.setdefault(image_id, []).append(uid)
+        elif uid in pacs.arrivals:
+            reports.setdefault(rows[image_id][4], []).append(pacs.arrivals[uid])
     by_uid = {r[0]: image_id for image_id, r in rows.items()}
     first = min(r[2] for r in rows.values())
     analysed = [r[3] for r in rows.values() if r[3]]
@@ -254,31 +234,67 @@ def main() -> None:
         if later:
             report_latency.append(min(later) - received)
         complete += analyses == 1 and bool(arrivals) and all(arrivals) and bool(later)
+
+    def pct(values: list[float], q: float) -> float:
+        return float(np.percentile(np.array(values) * 1e3, q)) if values else float("nan")
+
+    return {
+        "instances acknowledged per second": len(sent) / sending,
+        "instances analysed per second": len(analysed) / max(analysing, 1e-3),
+        "CPU per image, the node (with its decoders, its start included), ms": node_cpu / len(rows) * 1e3,
+        "CPU per image, this benchmark's clients and PACS, ms": bench_cpu / len(rows) * 1e3,
+        "C-STORE acknowledged, median ms": pct(acks, 50),
+        "**receipt to the image's results (SC, GSPS) in the PACS, median ms** (target 5000)": (
+            pct(image_latency, 50)
+        ),
+        "**receipt to the image's results in the PACS, p95 ms** (target 10000)": pct(image_latency, 95),
+        "of which analysed to results in the PACS, median ms": pct(delivery, 50),
+        "receipt to the first study report covering the image in the PACS, median ms": pct(
+            report_latency, 50
+        ),
+        "receipt to the first study report covering the image in the PACS, p95 ms": pct(report_latency, 95),
+        "acknowledged instances analysed once, all results delivered, %": 100.0
+        * complete
+        / max(1, len(sent)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=3, help="associations in parallel (default 3)")
+    parser.add_argument(
+        "--images", dest="count", type=int, default=20, help="images sent in each association (default 20)"
+    )
+    parser.add_argument(
+        "--one-study",
+        action="store_true",
+        help="each association's images are one study (default: each its own)",
+    )
+    parser.add_argument(
+        "--quiet", type=float, default=None, help="the node's study quiet time, s (default: its own)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="bursts, each on a fresh node (default 3)")
+    parser.add_argument("images", nargs="*", type=Path, help="DICOM radiographs to send (default: samples)")
+    args = parser.parse_args()
+    paths = args.images or [p for p in DEFAULT_IMAGES if p.exists()]
+    images = [pydicom.dcmread(p) for p in paths]
+    rounds = [_round(args, images) for _ in range(args.rounds)]
     names = ", ".join(p.name for p in paths)
     quiet = f"{args.quiet:g} s" if args.quiet is not None else "the default 10 s"
     layout = "one study per association" if args.one_study else "each image its own study"
     print(
         f"# fracsight dicom-node under load, {dt.date.today()}: {platform.machine()}, {os.cpu_count()} cores "
         f"(load average {os.getloadavg()[0]:.1f}), {args.clients} associations in parallel x {args.count} "
-        f"images, {layout}, study quiet time {quiet}; images: {names}; loopback"
+        f"images, {layout}, study quiet time {quiet}; images: {names}; loopback; {args.rounds} rounds, "
+        "each on a freshly started node"
     )
-    print("| measure | value |")
-    print("|---|---|")
-    print(f"| instances acknowledged per second | {len(sent) / sending:.2f} |")
-    print(f"| instances analysed per second | {len(analysed) / max(analysing, 1e-3):.2f} |")
-    print(f"| CPU per image: the node (with its decoders) / the clients and PACS of this benchmark, ms | "
-          f"{node_cpu / len(rows) * 1e3:.0f} / {bench_cpu / len(rows) * 1e3:.0f} |")  # fmt: skip
-    print(f"| C-STORE acknowledged: median / p95 ms | {_percentiles(acks)} |")
-    print(
-        "| receipt to the image's results (SC, presentation state) stored in the PACS: median / p95 ms "
-        f"(target 5000 / 10000) | {_percentiles(image_latency)} |"
-    )
-    print(f"| of which analysed to results stored in the PACS: median / p95 ms | {_percentiles(delivery)} |")
-    print(
-        "| receipt to the first study report covering the image stored in the PACS: median / p95 ms "
-        f"(made after the quiet time) | {_percentiles(report_latency)} |"
-    )
-    print(f"| acknowledged instances analysed once, all results delivered | {complete} of {len(sent)} |")
+    print("| measure | " + " | ".join(f"round {n}" for n in range(1, args.rounds + 1)) + " | median |")
+    print("|---" * (args.rounds + 2) + "|")
+    for name in rounds[0]:
+        values = [r[name] for r in rounds]
+        digits = 2 if name.endswith("per second") else 0
+        cells = [f"{v:.{digits}f}" for v in [*values, float(np.median(values))]]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

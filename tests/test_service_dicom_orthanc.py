@@ -8,9 +8,9 @@ presentation state) must arrive in the right study, read back with pydicom and p
 CT and broken files must be refused analysis with a reason. Images with gaps in their header (no
 Patient ID, Patient Name, Study Date, Study Time, Accession Number or Study ID) and with a VOI LUT
 (16 and 12 bits) get theirs too, the presentation state rendering through DCMTK's dcmp2pgm with
-the grey levels of the image and of its SC. A study holding fracsight's own results and another system's report
-is sent from Orthanc ("send study") with success. Then the faults: Orthanc down (the results wait
-and arrive when it is back) and a calling AE title that is not allowed.
+the grey levels of the image and of its SC. A study holding fracsight's own results and another
+system's report is sent from Orthanc ("send study") with success. Then the faults: Orthanc down
+(the results wait and arrive when it is back) and a calling AE title that is not allowed.
 Skips without root, ``ip``, Orthanc or storescu (``.ci/run`` installs them).
 """
 

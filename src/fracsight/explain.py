@@ -10,6 +10,7 @@ without this module knowing it (not even for type checking).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Protocol
@@ -257,6 +258,16 @@ def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` px, loaded once per size (loading it costs more than
+    drawing a caption)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size only
+        return ImageFont.load_default()
+
+
 def _caption(image: Image.Image, finding: Explained) -> None:
     draw = ImageDraw.Draw(image)
     if finding.category == Category.OUT_OF_SCOPE:
@@ -265,10 +276,7 @@ def _caption(image: Image.Image, finding: Explained) -> None:
     else:
         parts = [CATEGORIES[finding.category].word, f"p={finding.probability:.2f}", CAPTION]
     font_size = max(12, image.width // 40)
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size only
-        font = ImageFont.load_default()
+    font = _font(font_size)
     pad = max(3, font_size // 4)
     text = _wrap(draw, parts, font, image.width - 2 * pad)
     left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, spacing=CAPTION_SPACING)

@@ -309,6 +309,12 @@ class Analyser:
         features = None if outputs.features is None else outputs.features[index]
         return check_scope(self.scope_check, features, regions, body_part)
 
+    def warm_up(self) -> None:
+        """Start the decoder processes and run the model once, so a service's first images are not
+        slower than the rest (a process start and the model's first run cost a second or so)."""
+        self.decoders.start()
+        self.run_outputs(np.zeros((1, self.size, self.size), dtype=np.float32))
+
     def read(self, source: Source, name: str | None = None) -> Radiograph:
         """An input as this model needs it, decoded in a worker process (:meth:`Preparer.read`)."""
         return self.preparer.read(source, name)

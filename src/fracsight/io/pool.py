@@ -203,6 +203,18 @@ class DecoderPool:
         """:func:`~fracsight.io.read_radiograph_bytes` in a worker process."""
         return self._run(Job(name, None, bytes(data), max_pixels, needed_side))
 
+    def start(self) -> None:
+        """Start every worker now rather than at the first files (a service's first images would
+        otherwise wait for a process start and its decoders' loading)."""
+        with self._lock:
+            missing = self.workers - len(self._idle) - len(self._running)
+            closed = self._closed
+        if closed:
+            return
+        started = [_Worker(self.memory_bytes) for _ in range(max(0, missing))]
+        with self._lock:
+            self._idle.extend(started)
+
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for measuring their memory)."""
         with self._lock:

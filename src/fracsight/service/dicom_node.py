@@ -92,7 +92,7 @@ from fracsight.service.results_stage import ResultsStage
 from fracsight.service.sender import Sender
 from fracsight.service.settings import DicomSettings
 from fracsight.service.store import Store
-from fracsight.service.worker import AnalysisWorker
+from fracsight.service.worker import AnalysisWorker, RecentPixels
 
 log = logging.getLogger(__name__)
 
@@ -395,11 +395,16 @@ class DicomNode:
         self.worker = worker
         self.settings = settings
         self.sender = Sender(store, settings) if settings.forward is not None else None
-        self.results = (
-            ResultsStage(store, analyser, settings, on_queued=self.sender.wake if self.sender else None)
-            if settings.forward is not None
-            else None
-        )
+        self.results = None
+        if settings.forward is not None:
+            worker.recent = RecentPixels()  # the SCs are made from the pixels just analysed
+            self.results = ResultsStage(
+                store,
+                analyser,
+                settings,
+                on_queued=self.sender.wake if self.sender else None,
+                recent=worker.recent,
+            )
         self.scp = StorageSCP(
             store,
             settings,

@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from fracsight._version import __version__
-from fracsight.decide import StudyAnswer
+from fracsight.decide import Category, StudyAnswer
 from fracsight.decide import study_answer as decide_study_answer
 from fracsight.finding import Finding
 from fracsight.io.durable import fsync_folder
@@ -52,10 +53,12 @@ from fracsight.service.loop import QueueLoop
 from fracsight.service.sends import NewSend
 from fracsight.service.settings import DicomSettings
 from fracsight.service.store import ImageRecord, Store
-from fracsight.service.worker import display_path, read_display
+from fracsight.service.worker import RecentPixels, display_path, read_display
 
 log = logging.getLogger(__name__)
 RETRY_S = 10.0  # after the disk or the store failed
+WARM_UP_SAMPLE = "hd_dx_image.dcm"  # a bundled DX: its results are made once at start, not kept
+BUSY_QUIET_FACTOR = 3.0  # a study's report waits this much longer while other images wait for analysis
 
 
 class CannotMake(ValueError):
@@ -80,6 +83,7 @@ class ResultsStage(QueueLoop):
         on_queued: Callable[[], None] | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         poll_s: float = 1.0,
+        recent: RecentPixels | None = None,
     ) -> None:
         if settings.forward is None:
             raise ValueError("the results stage needs a destination (--forward) to make results for")
@@ -90,23 +94,50 @@ class ResultsStage(QueueLoop):
         self.model = Algorithm.of(analyser.identity, __version__)
         self.on_queued = on_queued
         self.clock = clock
+        self.recent = recent  # the pixels the worker just analysed, if it keeps them
         super().__init__(poll_s, retry_s=RETRY_S)
+
+    def resume(self) -> None:
+        """Make (and drop) the results of the bundled sample radiograph once, so the first images
+        a started node receives do not pay for loading the DICOM libraries' tables and fonts."""
+        sample = Path(str(files("fracsight.samples") / WARM_UP_SAMPLE))
+        try:
+            header = pydicom.dcmread(sample, stop_before_pixels=True)
+            radiograph = self.analyser.read(sample)
+            finding = replace(self.analyser.analyse(radiograph), category=Category.DOUBT)  # all kinds
+            build_results(header, radiograph.pixels, finding, self.model,
+                          ResultUIDs.derived("warm-up", "warm-up", self.model), self.clock(),
+                          instance_number=1, sc_max_side=self.settings.sc_max_side)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - only the first results are slower without it
+            log.warning("warming up the results stage failed (%s)", type(exc).__name__)
 
     def run_once(self, quiet_s: float | None = None) -> int:
         """Make the objects of every image analysed since, then the report of every complete study
         (quiet for ``quiet_s``, the settings' quiet time unless given); returns how many images
-        and studies were handled."""
+        and studies were handled.
+
+        Images come first: while other images wait for analysis, a study's report waits up to
+        :data:`BUSY_QUIET_FACTOR` times the quiet time, and a newly analysed image's objects are
+        made before the next report, so a burst of images is not slowed by the reports of the
+        studies it completed."""
         images = self.store.objects_ready()
         for image_id in images:
             if self.stopping:
                 return len(images)
             self.make_objects(image_id)
-        studies = self.store.results_ready(self.settings.study_quiet_s if quiet_s is None else quiet_s)
+        quiet = self.settings.study_quiet_s if quiet_s is None else quiet_s
+        if quiet_s is None and self.store.analysis_waiting():
+            quiet *= BUSY_QUIET_FACTOR
+        studies = self.store.results_ready(quiet)
+        done = 0
         for study_key in studies:
             if self.stopping:
                 break
+            if quiet_s is None and self.store.objects_ready():
+                return len(images) + done + 1  # more work now: no idle wait before the next pass
             self.make(study_key)
-        return len(images) + len(studies)
+            done += 1
+        return len(images) + done
 
     def make_objects(self, image_id: str) -> None:
         """One analysed image's SC and presentation state, in its study's series of each, queued at
@@ -270,9 +301,11 @@ class ResultsStage(QueueLoop):
         path = self.store.data_dir / record.file
         if source is None:
             raise CannotMake("the image could not be read again")
+        pixels = self.recent.take(record.id) if self.recent is not None else None
         try:
-            shown = display_path(self.store, record.id)
-            pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
+            if pixels is None:
+                shown = display_path(self.store, record.id)
+                pixels = read_display(shown) if shown.exists() else self.analyser.read(path).pixels
         except OSError as exc:  # the image's own files, gone or unreadable: not worth retrying
             raise CannotMake(f"the image could not be read again ({type(exc).__name__})") from exc
         finding = _finding(self.store, record, self.analyser.identity)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,11 +44,32 @@ def display_path(store: Store, image_id: str) -> Path:
     return store.data_dir / "display" / image_id[:2] / f"{image_id}.u16"
 
 
+class RecentPixels:
+    """The pixels of the last few analysed images, for the DICOM results stage that makes their
+    Secondary Captures moments later (else it reads the viewer's copy back from disk)."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, image_id: str, pixels: np.ndarray) -> None:
+        with self._lock:
+            self._pixels[image_id] = pixels
+            while len(self._pixels) > self.keep:
+                self._pixels.popitem(last=False)
+
+    def take(self, image_id: str) -> np.ndarray | None:
+        with self._lock:
+            return self._pixels.pop(image_id, None)
+
+
 class AnalysisWorker(QueueLoop):
     """Works off the store's queue in a thread until :meth:`stop`; :meth:`wake` after each intake.
 
     ``listeners`` are called with each image's id once it is finished (analysed or refused): the
-    DICOM node's results stage listens there, so analysis itself is never repeated for it.
+    DICOM node's results stage listens there, so analysis itself is never repeated for it, and
+    takes the image's pixels from ``recent`` when it set one.
     """
 
     name = "fracsight-analysis"
@@ -57,12 +79,14 @@ class AnalysisWorker(QueueLoop):
         self.store = store
         self.analyser = analyser
         self.listeners: list[Callable[[str], None]] = []
+        self.recent: RecentPixels | None = None  # kept only when someone takes them (the DICOM node)
         self._in_hand: deque[tuple[ImageRecord, Future]] = deque()
         self._readers = ThreadPoolExecutor(
             max_workers=analyser.decoders.workers, thread_name_prefix="fracsight-read"
         )
 
     def resume(self) -> None:
+        self.analyser.warm_up()
         requeued, failed = self.store.requeue_interrupted()
         if requeued or failed:
             log.info("resuming: %d interrupted analyses queued again, %d given up", requeued, failed)
@@ -159,6 +183,8 @@ class AnalysisWorker(QueueLoop):
                 "brightness": round(float(np.mean(radiograph.pixels)), 4),
             },
         }
+        if self.recent is not None:
+            self.recent.put(record.id, radiograph.pixels)
         self.store.finish(
             record.id,
             Analysis(outcome.probability, outcome.category.value, outcome.model_id, result, outcome.heatmap),
