@@ -238,8 +238,9 @@ def test_a_refused_image_is_in_the_studys_sr_as_not_analysed_with_its_reason(
 
 
 def test_an_images_own_results_do_not_wait_for_the_study_to_be_quiet(
-    tmp_path: Path, default_analyser, pacs: FakePacs
+    tmp_path: Path, default_analyser, pacs: FakePacs, dicom_dir: Path
 ) -> None:
+    # dicom_dir: the sample comes from ../shared; without it the test skips (as the node fixture does).
     quiet_s = 6.0
     slow = Node(tmp_path / "node", default_analyser, pacs, study_quiet_s=quiet_s)
     try:
