@@ -48,7 +48,7 @@ from fracsight.reader_study.data import UNSPECIFIED_REGION
 from fracsight.service.connections import close_thread_connection, thread_connection
 from fracsight.service.identity import Administrator, SignedIn
 from fracsight.service.intake import UploadRefused, receive_stream
-from fracsight.service.store import Store
+from fracsight.service.store import STUDY_SOURCE, Store
 from fracsight.service.users import User, UserDirectory
 from fracsight.service.worker import display_path
 
@@ -400,11 +400,12 @@ class StudyBook:
 
 
 def _ingest(store: Store, path: Path, number: int) -> str:
-    """One case image through the normal upload intake (the worker analyses it); its image id."""
+    """One case image through the upload intake as a study case (the worker analyses it, no
+    worklist shows it); its image id."""
     try:
         with open(path, "rb") as fh:
             chunks = iter(lambda: fh.read(1 << 20), b"")
-            received = receive_stream(store, chunks, MAX_CASE_FILE_BYTES, "upload")
+            received = receive_stream(store, chunks, MAX_CASE_FILE_BYTES, STUDY_SOURCE)
     except OSError:
         raise StudyError(f"case {number}: an image file could not be read") from None
     except UploadRefused as exc:
