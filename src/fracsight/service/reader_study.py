@@ -42,7 +42,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from fracsight.decide import Category, study_answer
-from fracsight.explain import heatmap_layer
+from fracsight.explain import heatmap_layer, heatmap_outline
 from fracsight.preprocess import Letterbox
 from fracsight.reader_study.data import UNSPECIFIED_REGION
 from fracsight.service.connections import close_thread_connection, thread_connection
@@ -619,7 +619,7 @@ def _router(book: StudyBook, store: Store, users: UserDirectory) -> APIRouter:
             if ready and record.status == "done":
                 shown["size"] = (record.result or {}).get("display")
             if session["arm"] == AIDED and ready:
-                shown["ai"] = _ai_shown(record)
+                shown["ai"] = _ai_shown(record, store.heatmap(image_id))
             images.append(shown)
         out: dict[str, Any] = {
             "study": study_id, "name": study["name"], "session": session["session"], "arm": session["arm"],
@@ -783,13 +783,19 @@ def _summary(study: sqlite3.Row) -> dict[str, Any]:
             "design": "fully crossed: readers x cases x {unaided, aided}"}  # fmt: skip
 
 
-def _ai_shown(record) -> dict[str, Any]:
-    """The AI's answer on one image as the viewer shows it (aided arm only)."""
+def _ai_shown(record, heat: np.ndarray | None) -> dict[str, Any]:
+    """The AI's answer on one image as the viewer shows it (aided arm only): with the hot region's
+    outline in the original image's pixels, as the viewer's ``/api/images/{id}`` gives it (one
+    :func:`heatmap_outline`, the polygon the DICOM presentation state draws)."""
     if record.status != "done":
         return {"category": None, "probability": None, "error": record.error}
-    return {"category": record.category, "probability": record.probability,
-            "heatmap": record.category != Category.OUT_OF_SCOPE.value,
-            "model": (record.result or {}).get("model", {"id": record.model_id})}  # fmt: skip
+    scored = record.category != Category.OUT_OF_SCOPE.value
+    out = {"category": record.category, "probability": record.probability, "heatmap": scored,
+           "model": (record.result or {}).get("model", {"id": record.model_id})}  # fmt: skip
+    if scored and heat is not None and "letterbox" in (record.result or {}):
+        polygon = heatmap_outline(heat, Letterbox(**record.result["letterbox"]))
+        out["outline"] = [[round(x, 1), round(y, 1)] for x, y in polygon]
+    return out
 
 
 def _overlay_png(heat: np.ndarray, letterbox: dict[str, Any]) -> bytes:
