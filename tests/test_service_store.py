@@ -375,3 +375,21 @@ def test_upgrade_moves_uploaded_study_cases_out_of_the_worklist(tmp_path: Path) 
     assert upgraded.study(_info(1, 1).study_key)["images"] == ["p2"]
     assert [r["id"] for r in upgraded.monitored_images()] == ["p1", "p2"]
     assert {s["study"] for s in upgraded.changes(0)[0]} == before
+
+
+def test_retention_keeps_reader_study_cases(tmp_path: Path) -> None:
+    """A study's cases are read for months (the washout): retention deletes a patient's original,
+    never a case's."""
+    import time
+
+    from fracsight.service.retention import Retention
+    from fracsight.service.settings import ServiceSettings
+
+    store = SqliteStore(tmp_path)
+    for image_id, source in (("p1", "upload"), ("s1", STUDY_SOURCE)):
+        (tmp_path / image_id).write_bytes(b"x")
+        store.add_image(image_id, source, image_id, "png", 1, StudyInfo(study_key=f"upload-{image_id}"))
+    _finish_all(store)
+    settings = ServiceSettings(data_dir=tmp_path, retention_s=60.0)
+    Retention(store, settings, clock=lambda: time.time() + 61).run_once()
+    assert not (tmp_path / "p1").exists() and (tmp_path / "s1").exists()
