@@ -17,7 +17,9 @@ when, and which model build (id, version, ONNX SHA-256) was shown.
 
 The tables live in the store's SQLite file, made here with ``CREATE TABLE IF NOT EXISTS`` on this
 module's own connections (as :mod:`fracsight.service.users` does), so the store's schema does not
-need to know them.
+need to know them (only its schema step 4 reads ``reader_study_images``, to move cases kept as
+uploads before they had a source of their own). A case's images are kept with source
+:data:`~fracsight.service.store.STUDY_SOURCE`: analysed, but in no worklist or site monitoring.
 """
 
 from __future__ import annotations
