@@ -67,6 +67,29 @@ def test_reader_study_api(service, samples_dir: Path, sample_labels: dict[str, i
         time.sleep(0.3)
     book = StudyBook(Path(service.settings.data_dir) / "fracsight.db")
     image_ids = [i for row in book.cases(study) for i in book.case_images(study, row["case_id"])]
+
+    # The study's cases are no patients: never in the worklist, its change feed, site monitoring or
+    # the queue counts; a patient's upload of the same image is there, apart from them.
+    def clinical_views() -> tuple:
+        listed = [i for s in admin.get("/api/studies").json() for i in s["images"]]
+        feed = admin.get("/api/changes", params={"since": 0}).json()["studies"]
+        fed = [i for s in feed for i in s["images"]]
+        months = admin.get("/api/performance").json()["by_month"].values()
+        analysed = sum(sum(m["categories"].values()) for m in months)
+        return listed, fed, analysed, admin.get("/api/health").json()["queue"]["done"]
+
+    assert clinical_views() == ([], [], 0, 0)
+    name = sorted(sample_labels)[0]
+    upload = admin.post("/api/images", files={"file": (name, (samples_dir / name).read_bytes())})
+    assert upload.status_code == 202, upload.text
+    patient = upload.json()["id"]
+    while admin.get(f"/api/images/{patient}").json()["status"] in ("queued", "analysing"):
+        assert time.monotonic() < deadline, "the worker did not analyse the upload"
+        time.sleep(0.3)
+    assert clinical_views() == ([patient], [patient], 1, 1)
+    assert patient not in image_ids
+    assert all(admin.get(f"/api/images/{i}").json()["source"] == "study" for i in image_ids)
+    assert admin.get(f"/api/reader-studies/{study}").json()["images"].get("done") == 5  # the study has them
     assert [s["arm"] for s in book.sessions(study)] == ["unaided", "aided", "aided", "unaided"]
 
     # A reads unaided first: no AI anywhere, the rest of the API closed, the current case only
@@ -102,6 +125,12 @@ def test_reader_study_api(service, samples_dir: Path, sample_labels: dict[str, i
     assert item["arm"] == "aided" and item["ai"]["category"] and "probability" in item["images"][0]["ai"]
     assert b.get(f"/api/images/{image_ids[0]}").status_code == 403
     overlay = b.get(f"/api/reader-studies/{study}/images/0/overlay.png")
+    # the hot region's outline as the clinical viewer gets it: the same polygon
+    case_of = {row["case_key"]: row["case_id"] for row in book.cases(study)}
+    for shown, image_id in zip(item["images"], book.case_images(study, case_of[item["case"]]), strict=True):
+        viewer = admin.get(f"/api/images/{image_id}").json()
+        assert shown["ai"].get("outline") == viewer.get("outline")
+        assert ("outline" in viewer) == (viewer["category"] != "out_of_scope")
     assert overlay.status_code in (200, 404) and "truth" not in str(item)
 
     # both read everything (a washout of 0 days opens the second session at once)

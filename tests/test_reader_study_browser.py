@@ -59,6 +59,16 @@ def _auc(ratings: list[int], truth: list[int]) -> float:
 
 
 
+def _outline_pixels(png: Path) -> int:
+    """Saturated red pixels of a canvas screenshot: the fracture outline's colour (the heat map's
+    red is drawn at half opacity over grey, so it is never as saturated)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((r > 200) & (g < 80) & (b < 80)).sum())
+
+
 @pytest.fixture()
 def service(tmp_path: Path, monkeypatch):
     from fracsight.service import reader_study
@@ -152,6 +162,9 @@ def test_reader_study_end_to_end_in_chromium(service, driver, fracatlas_dir: Pat
     cases = [c["case_id"] for c in book.cases(study)]
     key_to_case = {c["case_key"]: c["case_id"] for c in book.cases(study)}
     image_ids = {i for c in cases for i in book.case_images(study, c)}
+    # the study's cases are in no worklist; their answers as the clinical viewer gets them
+    assert admin.get("/api/studies").json() == []
+    viewer = {c: admin.get(f"/api/images/{book.case_images(study, c)[0]}").json() for c in cases}
     expected = session_orders(SEED, 3, 20)
     orders = {}
     for s in book.sessions(study):
@@ -211,6 +224,7 @@ def test_reader_study_end_to_end_in_chromium(service, driver, fracatlas_dir: Pat
     # -- reader 1 in the browser: session 1 (unaided), with a reload mid-session ----------------------
     seen: list[tuple[int, int, str]] = []
     clicked: set[str] = set()
+    outlines: list[str] = []
 
     def view(attribute: str) -> str:
         return driver.find_element(By.ID, "reader-view").get_attribute("data-" + attribute) or ""
@@ -231,6 +245,16 @@ def test_reader_study_end_to_end_in_chromium(service, driver, fracatlas_dir: Pat
                 assert "probability" not in page
             else:
                 assert ai_box.is_displayed() and "probability" in ai_box.text
+            # the viewer's outline of the hot region: drawn in the aided arm (solid for fracture,
+            # dashed for doubt), never in the unaided one
+            canvas = driver.find_element(By.CSS_SELECTOR, "#study-viewports canvas")
+            style = {"fracture": "solid", "doubt": "dashed"}.get(viewer[case]["category"], "none")
+            expected = style if arm == "aided" and len(viewer[case].get("outline") or []) > 2 else "none"
+            assert (canvas.get_attribute("data-outline") or "none") == expected
+            outlines.append(expected)
+            if expected == "solid" and not (ARTEFACTS / "outline.png").exists():
+                canvas.screenshot(str(ARTEFACTS / "outline.png"))
+                assert _outline_pixels(ARTEFACTS / "outline.png") > 50  # red drawn on the grey image
             rating = answers[READERS[0], case, arm]
             body = driver.find_element(By.TAG_NAME, "body")
             if rating >= 50:
@@ -270,6 +294,7 @@ def test_reader_study_end_to_end_in_chromium(service, driver, fracatlas_dir: Pat
     assert not any("/api/images/" in u for u in urls)  # only the study's own routes
     assert not [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
     assert [(s, p) for s, p, _ in seen] == [(s, p) for s in (1, 2) for p in range(1, 21)]
+    assert "solid" in outlines  # some aided case showed a fracture's outline
 
     # readers 2 and 3, their second sessions (the clock is a month on)
     for name in READERS[1:]:

@@ -158,3 +158,43 @@ def test_plan_from_a_pilot_file(ai_study, capsys):
     printed = capsys.readouterr().out
     assert "reads.csv (auc, jackknife)" in printed and "fixed readers" in printed
     assert len(re.findall(r"^\s+[456]\s+\d+\s+0\.\d{3}$", printed, flags=re.M)) == 3
+
+
+def test_report_shows_reading_times_and_clicks(ai_study, tmp_path):
+    """With --clicks, report.html has, per arm, the median seconds per read with IQR and range and
+    the clicks scored, and names the file they were measured on."""
+    reads = list(csv.DictReader((ai_study / "reads.csv").open()))
+    clicks = tmp_path / "study-clicks.csv"
+    with clicks.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", "truth", "reader", "modality", "call", "image", "x", "y", "hit", "time_ms"])
+        for n, r in enumerate(reads):
+            aided = r["modality"] == "aided"
+            # aided reads 4.0, 5.0, ..., 13.0 s; unaided 20.0, 22.0, ..., 38.0 s (repeating)
+            ms = (4000 + 1000 * (n % 10)) if aided else (20000 + 2000 * (n % 10))
+            clicked = r["truth"] == "1" and r["call"] == "1"
+            hit = "" if not clicked else ("1" if aided or n % 2 else "0")
+            site = [0, 10, 20] if clicked else ["", "", ""]
+            writer.writerow([r["case_id"], r["truth"], r["reader"], r["modality"], r["call"], *site, hit, ms])
+    out = tmp_path / "report"
+    assert main(["readers", str(ai_study / "reads.csv"), "--report", str(out), "--compare", "aided:unaided",
+                 "--no-regions", "--clicks", str(clicks)]) == 0  # fmt: skip
+    reading = json.loads((out / "readers.json").read_text())["reading"]
+    html = (out / "report.html").read_text()
+    section = html[html.index('id="reading"'):]
+    section = section[: section.index("</section>")]
+    assert "Reading time and clicks" in section and "study-clicks.csv: 1080 reads, 5 readers" in section
+    assert "from the case&#x27;s images shown" in section or "from the case's images shown" in section
+    times = section[section.index('id="reading-times"'):]
+    for arm, median, iqr, span in (("aided", "8.5", "6.0 to 11.0", "4.0 to 13.0"),
+                                   ("unaided", "29.0", "24.0 to 34.0", "20.0 to 38.0")):  # fmt: skip
+        assert reading[arm]["median_seconds"] == float(median)
+        counts = r"</th><td[^>]*>540</td><td[^>]*>5</td>"
+        assert re.search(rf"{arm}{counts}<td>{median}</td><td>{iqr}</td><td>{span}</td>", times), arm
+        scored = reading[arm]["localised"]["scored"]
+        assert scored > 0 and reading[arm]["clicked"] == scored
+        share = f"{100 * reading[arm]['localised']['rate']:.0f}%"
+        cells = [reading[arm]["reads"], scored, scored, reading[arm]["localised"]["hits"]]
+        row = rf"{arm}</th>" + "".join(rf"<td[^>]*>{c}</td>" for c in cells) + f"<td>{share}</td>"
+        assert re.search(row, section), arm
+    assert reading["aided"]["localised"]["rate"] == 1.0 and reading["unaided"]["localised"]["rate"] < 1.0

@@ -17,6 +17,7 @@ import pytest
 
 from fracsight.service.store import (
     SCHEMA_VERSION,
+    STUDY_SOURCE,
     Analysis,
     DuplicateInstance,
     SqliteStore,
@@ -315,3 +316,80 @@ def test_predictions_in_worklist_order(tmp_path: Path) -> None:
         if store.get_image(image_id).status in ("done", "refused", "failed")
     ]
     assert [r["id"] for r in store.finished_images()] == expected
+
+
+def _finish_all(store: SqliteStore) -> None:
+    while (record := store.claim_next()) is not None:
+        store.finish(record.id, Analysis(0.9, "fracture", "m", {}, HEAT))
+
+
+def test_reader_study_cases_stay_out_of_the_clinical_views(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.add_image("p1", "dicom", "f", "dicom", 1, _info(1, 1))
+    store.mark_read(_info(1, 1).study_key, "Dr R", True)
+    cursor = store.change_cursor()
+    # a study case of its own, and one from the same DICOM study as the patient's image
+    store.add_image("s1", STUDY_SOURCE, "f", "png", 1, StudyInfo(study_key="upload-s1"))
+    store.add_image("s2", STUDY_SOURCE, "f", "dicom", 1, _info(1, 2))
+    assert store.claim_next().id == "p1"  # the patient's image before the study's cases
+    store.requeue_interrupted()
+    store.add_image("p2", "upload", "f", "dicom", 1, _info(2, 1), unique_instance=True)
+    _finish_all(store)
+    assert store.get_image("s1").status == store.get_image("s2").status == "done"  # analysed all the same
+    assert sorted(s["study"] for s in store.studies()) == [_info(1, 1).study_key, _info(2, 1).study_key]
+    assert store.study(_info(1, 1).study_key)["images"] == ["p1"]
+    assert store.study(_info(1, 1).study_key)["read"]  # a study case does not reopen it
+    assert store.study("upload-s1") is None and not store.mark_read("upload-s1", "Dr R", True)
+    assert [i.id for i in store.images_of_study(_info(1, 1).study_key)] == ["p1"]
+    changed, _, _ = store.changes(cursor)
+    assert all(not {"s1", "s2"} & set(s["images"]) for s in changed) and "upload-s1" not in str(changed)
+    assert [r["id"] for r in store.monitored_images()] == ["p1", "p2"]
+    assert sorted(r["id"] for r in store.finished_images()) == ["p1", "p2"]
+    assert store.counts()["done"] == 2
+    # the same instance as a study case is no duplicate of a patient's upload, nor the reverse
+    assert store.find_instance(_info(1, 2).sop_instance_uid, dicom_only=False) is None
+    store.add_image("s3", STUDY_SOURCE, "f", "dicom", 1, _info(2, 1))
+    assert store.find_instance(_info(2, 1).sop_instance_uid, dicom_only=False).id == "p2"
+
+
+def test_upgrade_moves_uploaded_study_cases_out_of_the_worklist(tmp_path: Path) -> None:
+    # A version 3 store whose reader study's cases were kept as uploads.
+    store = SqliteStore(tmp_path)
+    store.add_image("p1", "upload", "f", "png", 1, StudyInfo(study_key="upload-p1"))
+    store.add_image("s1", "upload", "f", "png", 1, StudyInfo(study_key="upload-s1"))
+    store.add_image("s2", "upload", "f", "dicom", 1, _info(1, 2))
+    store.add_image("p2", "dicom", "f", "dicom", 1, _info(1, 1))
+    _finish_all(store)
+    store.close()
+    db = sqlite3.connect(tmp_path / "fracsight.db")
+    db.execute("CREATE TABLE reader_study_images (study_id, case_id, ordinal, image_id)")
+    db.executemany("INSERT INTO reader_study_images VALUES ('x', ?, 0, ?)", [("c1", "s1"), ("c2", "s2")])
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    before = {s["study"] for s in SqliteStore(tmp_path).studies()}
+    assert before == {"upload-p1", _info(1, 1).study_key}  # moved when opened
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    upgraded = SqliteStore(tmp_path)
+    assert {upgraded.get_image(i).source for i in ("s1", "s2")} == {STUDY_SOURCE}
+    assert upgraded.get_image("p1").source == "upload"
+    assert upgraded.study(_info(1, 1).study_key)["images"] == ["p2"]
+    assert [r["id"] for r in upgraded.monitored_images()] == ["p1", "p2"]
+    assert {s["study"] for s in upgraded.changes(0)[0]} == before
+
+
+def test_retention_keeps_reader_study_cases(tmp_path: Path) -> None:
+    """A study's cases are read for months (the washout): retention deletes a patient's original,
+    never a case's."""
+    import time
+
+    from fracsight.service.retention import Retention
+    from fracsight.service.settings import ServiceSettings
+
+    store = SqliteStore(tmp_path)
+    for image_id, source in (("p1", "upload"), ("s1", STUDY_SOURCE)):
+        (tmp_path / image_id).write_bytes(b"x")
+        store.add_image(image_id, source, image_id, "png", 1, StudyInfo(study_key=f"upload-{image_id}"))
+    _finish_all(store)
+    settings = ServiceSettings(data_dir=tmp_path, retention_s=60.0)
+    Retention(store, settings, clock=lambda: time.time() + 61).run_once()
+    assert not (tmp_path / "p1").exists() and (tmp_path / "s1").exists()

@@ -219,16 +219,21 @@ def _analyse(args: argparse.Namespace) -> int:
     )
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
+    reading = None
+    if args.clicks:
+        from fracsight.reader_study.clicks import summarise_clicks
+
+        reading = summarise_clicks(args.clicks)
     document = write_json(analysis, out / "readers.json")
-    write_html(analysis, out / "report.html")
+    write_html(analysis, out / "report.html", reading, Path(args.clicks).name if args.clicks else "")
     for line in document["summary"]:
         print(line)
-    if args.clicks:
-        from fracsight.reader_study.clicks import describe, summarise_clicks
+    if reading is not None:
+        from fracsight.reader_study.clicks import describe
 
-        document["reading"] = summarise_clicks(args.clicks)
+        document["reading"] = reading
         (out / "readers.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-        for line in describe(document["reading"]):
+        for line in describe(reading):
             print(line)
     print(f"wrote {out / 'readers.json'} and {out / 'report.html'}")
     return 0

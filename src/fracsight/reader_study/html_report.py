@@ -2,15 +2,17 @@
 
 Shows the "without AI / with AI / AI alone" bars with CIs, each reader's ROC operating
 point over the AI's ROC curve, a plain-language summary stating the test and its result,
-and the tables behind them.
+and the tables behind them; with a clicks CSV, the reading times and clicks per modality.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from fracsight.reader_study.analysis import AI_LABEL, AI_METHOD, MODALITY_METHOD
+from fracsight.reader_study.clicks import CLICK_MEANING, TIME_MEANING
 from fracsight.reader_study.fom import FigureOfMerit, roc_points
 from fracsight.reader_study.report import REFERENCES
 from fracsight.reader_study.results import GroupResult, StudyAnalysis
@@ -291,6 +293,61 @@ def _ai_table(group: GroupResult, alpha: float) -> Markup:
     )
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def reading_section(reading: dict[str, Any], source: str) -> Markup:
+    """Per modality (arm): the median reading time with its quartiles and range, and the clicks
+    (:func:`fracsight.reader_study.clicks.summarise_clicks`), naming the file they come from."""
+    times, clicks = [], []
+    for name, s in reading.items():
+        iqr, span = s.get("iqr_seconds"), s.get("range_seconds")
+        times.append([name, s["reads"], s.get("readers", ""), _seconds(s["median_seconds"]),
+                      f"{_seconds(iqr[0])} to {_seconds(iqr[1])}" if iqr else "n/a",
+                      f"{_seconds(span[0])} to {_seconds(span[1])}" if span else "n/a"])  # fmt: skip
+        where = s["localised"]
+        rate = "n/a" if where["rate"] is None else f"{100 * where['rate']:.0f}%"
+        clicked = s.get("clicked")
+        clicked = "n/a" if clicked is None else clicked
+        clicks.append([name, s["reads"], clicked, where["scored"], where["hits"], rate])
+    readers = {who for s in reading.values() for who in s["median_seconds_by_reader"]}
+    data = f"{source}: {sum(s['reads'] for s in reading.values())} reads, {len(readers)} readers"
+    by_reader = [
+        [name, who, _seconds(seconds)]
+        for name, s in reading.items()
+        for who, seconds in s["median_seconds_by_reader"].items()
+    ]
+    return section(
+        "Reading time and clicks",
+        [
+            facts([("data", data), ("reading time", TIME_MEANING), ("clicks", CLICK_MEANING)]),
+            table(
+                ["modality", "reads", "readers", "median s per read", "IQR, s", "range, s"],
+                times,
+                caption="Seconds per read, by modality (all reads)",
+                element_id="reading-times",
+            ),
+            table(
+                ["modality", "reads", "reads with a click", "clicks scored", "in a fracture box", "share"],
+                clicks,
+                caption="Clicks on the suspected site, by modality",
+                element_id="reading-clicks",
+            ),
+            table(
+                ["modality", "reader", "median s per read"],
+                by_reader,
+                caption="Median seconds per read, by reader",
+            ),
+            note(
+                "Reading times are descriptive: they are not part of the ROC test, and a second session "
+                "is read by readers who have seen the cases before (after the washout).",
+            ),
+        ],
+        element_id="reading",
+    )
+
+
 def _group_tables(group: GroupResult, alpha: float) -> list[Markup]:
     parts = [_summary_table(group, alpha)]
     if group.comparisons:
@@ -301,8 +358,8 @@ def _group_tables(group: GroupResult, alpha: float) -> list[Markup]:
     return parts
 
 
-def render(analysis: StudyAnalysis) -> str:
-    """The complete HTML page."""
+def render(analysis: StudyAnalysis, reading: dict[str, Any] | None = None, reading_source: str = "") -> str:
+    """The complete HTML page; ``reading``: the clicks CSV's summary (from ``reading_source``)."""
     study = analysis.study
     summary = plain_summary(analysis)
     data_facts = [
@@ -334,6 +391,8 @@ def render(analysis: StudyAnalysis) -> str:
         section("Variance components", [_variance_table(analysis.overall)], element_id="variance"),
         section("Per reader", [_reader_table(analysis.overall, analysis.alpha)], element_id="readers"),
     ]
+    if reading:
+        body.append(reading_section(reading, reading_source))
     if analysis.regions:
         body.append(
             section(
@@ -361,5 +420,7 @@ def render(analysis: StudyAnalysis) -> str:
     return page("Reader study", body, subtitle=study.describe(), footer=footer)
 
 
-def write_html(analysis: StudyAnalysis, path: str | Path) -> None:
-    Path(path).write_text(render(analysis), encoding="utf-8")
+def write_html(
+    analysis: StudyAnalysis, path: str | Path, reading: dict[str, Any] | None = None, reading_source: str = ""
+) -> None:
+    Path(path).write_text(render(analysis, reading, reading_source), encoding="utf-8")

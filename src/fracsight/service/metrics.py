@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from fracsight.service.settings import ServiceSettings
-from fracsight.service.store import SqliteStore
+from fracsight.service.store import STUDY_SOURCE, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Monitor:
             str(r["code"] or "unknown"): r["n"]
             for r in db.execute(
                 "SELECT json_extract(result, '$.error_code') AS code, COUNT(*) AS n FROM images "
-                "WHERE status = 'refused' GROUP BY code"
+                f"WHERE status = 'refused' AND source != '{STUDY_SOURCE}' GROUP BY code"
             )
         }
         failed = db.execute("SELECT COUNT(*) FROM images WHERE results = 'failed'").fetchone()[0]

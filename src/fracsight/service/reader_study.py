@@ -17,7 +17,9 @@ when, and which model build (id, version, ONNX SHA-256) was shown.
 
 The tables live in the store's SQLite file, made here with ``CREATE TABLE IF NOT EXISTS`` on this
 module's own connections (as :mod:`fracsight.service.users` does), so the store's schema does not
-need to know them.
+need to know them (only its schema step 4 reads ``reader_study_images``, to move cases kept as
+uploads before they had a source of their own). A case's images are kept with source
+:data:`~fracsight.service.store.STUDY_SOURCE`: analysed, but in no worklist or site monitoring.
 """
 
 from __future__ import annotations
@@ -42,13 +44,13 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from fracsight.decide import Category, study_answer
-from fracsight.explain import heatmap_layer
+from fracsight.explain import heatmap_layer, heatmap_outline
 from fracsight.preprocess import Letterbox
 from fracsight.reader_study.data import UNSPECIFIED_REGION
 from fracsight.service.connections import close_thread_connection, thread_connection
 from fracsight.service.identity import Administrator, SignedIn
 from fracsight.service.intake import UploadRefused, receive_stream
-from fracsight.service.store import Store
+from fracsight.service.store import STUDY_SOURCE, Store
 from fracsight.service.users import User, UserDirectory
 from fracsight.service.worker import display_path
 
@@ -400,11 +402,12 @@ class StudyBook:
 
 
 def _ingest(store: Store, path: Path, number: int) -> str:
-    """One case image through the normal upload intake (the worker analyses it); its image id."""
+    """One case image through the upload intake as a study case (the worker analyses it, no
+    worklist shows it); its image id."""
     try:
         with open(path, "rb") as fh:
             chunks = iter(lambda: fh.read(1 << 20), b"")
-            received = receive_stream(store, chunks, MAX_CASE_FILE_BYTES, "upload")
+            received = receive_stream(store, chunks, MAX_CASE_FILE_BYTES, STUDY_SOURCE)
     except OSError:
         raise StudyError(f"case {number}: an image file could not be read") from None
     except UploadRefused as exc:
@@ -618,7 +621,7 @@ def _router(book: StudyBook, store: Store, users: UserDirectory) -> APIRouter:
             if ready and record.status == "done":
                 shown["size"] = (record.result or {}).get("display")
             if session["arm"] == AIDED and ready:
-                shown["ai"] = _ai_shown(record)
+                shown["ai"] = _ai_shown(record, store.heatmap(image_id))
             images.append(shown)
         out: dict[str, Any] = {
             "study": study_id, "name": study["name"], "session": session["session"], "arm": session["arm"],
@@ -782,13 +785,19 @@ def _summary(study: sqlite3.Row) -> dict[str, Any]:
             "design": "fully crossed: readers x cases x {unaided, aided}"}  # fmt: skip
 
 
-def _ai_shown(record) -> dict[str, Any]:
-    """The AI's answer on one image as the viewer shows it (aided arm only)."""
+def _ai_shown(record, heat: np.ndarray | None) -> dict[str, Any]:
+    """The AI's answer on one image as the viewer shows it (aided arm only): with the hot region's
+    outline in the original image's pixels, as the viewer's ``/api/images/{id}`` gives it (one
+    :func:`heatmap_outline`, the polygon the DICOM presentation state draws)."""
     if record.status != "done":
         return {"category": None, "probability": None, "error": record.error}
-    return {"category": record.category, "probability": record.probability,
-            "heatmap": record.category != Category.OUT_OF_SCOPE.value,
-            "model": (record.result or {}).get("model", {"id": record.model_id})}  # fmt: skip
+    scored = record.category != Category.OUT_OF_SCOPE.value
+    out = {"category": record.category, "probability": record.probability, "heatmap": scored,
+           "model": (record.result or {}).get("model", {"id": record.model_id})}  # fmt: skip
+    if scored and heat is not None and "letterbox" in (record.result or {}):
+        polygon = heatmap_outline(heat, Letterbox(**record.result["letterbox"]))
+        out["outline"] = [[round(x, 1), round(y, 1)] for x, y in polygon]
+    return out
 
 
 def _overlay_png(heat: np.ndarray, letterbox: dict[str, Any]) -> bytes:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from fracsight.service.loop import QueueLoop
 from fracsight.service.settings import ServiceSettings
-from fracsight.service.store import SqliteStore
+from fracsight.service.store import STUDY_SOURCE, SqliteStore
 from fracsight.service.worker import display_path
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class Retention(QueueLoop):
             self.store._connection()
             .execute(
                 "SELECT i.id, i.file FROM images i WHERE i.received_at < ? "
+                # a reader study's cases are read for months (the washout): kept for it
+                f"AND i.source != '{STUDY_SOURCE}' "
                 "AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.image_id = i.id) "
                 # the whole study waits: results made again for it (a late image) read its sources
                 "AND NOT EXISTS (SELECT 1 FROM images j WHERE j.study_key = i.study_key AND ("

@@ -26,6 +26,11 @@ status, its most suspicious answer, read state, a change counter), written in th
 transaction as every image insert, result, refusal and read mark, so filtering, sorting, paging
 and "what changed since" are single indexed queries however many images the store keeps. The
 schema's version is ``PRAGMA user_version``; :data:`_STEPS` upgrade an older store when opened.
+
+Images uploaded as a reader study's cases have source :data:`STUDY_SOURCE`: the worker analyses
+them like any other (after the clinical images waiting), but they are no patient's care, so the
+worklist and its change feed, a study's images, instance matching, site monitoring and the
+refusal metrics leave them out; the reader-study pages read them by image id.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from fracsight.service.connections import close_thread_connection, thread_connec
 from fracsight.service.sends import SENDS_SCHEMA, NewSend, SendQueue, insert_sends
 
 MAX_ATTEMPTS = 3
+# The source of a reader study's case images (others: "upload", "dicom"); see the module's description.
+STUDY_SOURCE = "study"
 STATUSES = ("queued", "analysing", "done", "refused", "failed")
 # The study-level answer: a study's category is that of its most suspicious analysed image, by
 # fracsight.decide's rank (lowest first), then by probability; here as the SQL needs it.
@@ -102,7 +109,7 @@ class Analysis:
 class ImageRecord:
     id: str
     received_at: str
-    source: str  # "upload" or "dicom"
+    source: str  # "upload", "dicom" or STUDY_SOURCE (a reader study's case)
     file: str  # relative to the data folder
     kind: str  # dicom, png, jpeg, tiff
     size_bytes: int
@@ -395,7 +402,7 @@ CREATE INDEX IF NOT EXISTS studies_description ON studies (study_description, st
 CREATE INDEX IF NOT EXISTS studies_regions ON studies (regions, study_key);
 CREATE INDEX IF NOT EXISTS studies_images ON studies (n_images, study_key);
 """.format(info_columns=",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _STUDY_INFO))
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _INFO = [f.name for f in fields(StudyInfo)]
 _COLUMNS = [
     "id", "received_at", "source", "file", "kind", "size_bytes", *_INFO, "status", "attempts",
@@ -451,6 +458,23 @@ class SqliteStore(SendQueue):
             if statement.strip():
                 db.execute(statement)
         self._refresh_studies(db, None)
+
+    def _step_study_source(self, db: sqlite3.Connection) -> None:
+        """Version 4: reader-study cases uploaded before they had a source of their own (kept as
+        uploads, listed in :mod:`fracsight.service.reader_study`'s ``reader_study_images``) become
+        :data:`STUDY_SOURCE`, and leave the worklist."""
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reader_study_images'"
+        ).fetchone()
+        if not exists:
+            return
+        moved = db.execute(
+            "UPDATE images SET source = ? WHERE source = 'upload' "
+            "AND id IN (SELECT image_id FROM reader_study_images)",
+            (STUDY_SOURCE,),
+        ).rowcount
+        if moved:
+            self._refresh_studies(db, None)
 
     def _add_missing_columns(self, db: sqlite3.Connection) -> None:
         """A database made by an older fracsight gets the columns added since (empty)."""
@@ -521,9 +545,10 @@ class SqliteStore(SendQueue):
             )
             if batch:
                 db.execute("UPDATE batches SET last_at = ? WHERE id = ?", (time.time(), batch))
-            # A new image reopens a study already read: it has not been seen.
-            db.execute("DELETE FROM study_reads WHERE study_key = ?", (info.study_key,))
-            self._refresh_studies(db, [info.study_key])
+            if source != STUDY_SOURCE:  # a study case is in no worklist study
+                # A new image reopens a study already read: it has not been seen.
+                db.execute("DELETE FROM study_reads WHERE study_key = ?", (info.study_key,))
+                self._refresh_studies(db, [info.study_key])
         record = self.get_image(image_id)
         assert record is not None
         return record
@@ -531,7 +556,7 @@ class SqliteStore(SendQueue):
     def _instance(
         self, db: sqlite3.Connection, sop_instance_uid: str, dicom_only: bool = True
     ) -> ImageRecord | None:
-        source = "AND source = 'dicom' " if dicom_only else ""
+        source = "AND source = 'dicom' " if dicom_only else f"AND source != '{STUDY_SOURCE}' "
         row = db.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM images WHERE sop_instance_uid = ? {source}"
             "AND status != 'failed' ORDER BY received_at LIMIT 1",
@@ -541,7 +566,8 @@ class SqliteStore(SendQueue):
 
     def find_instance(self, sop_instance_uid: str, dicom_only: bool = True) -> ImageRecord | None:
         """The kept image with this SOP Instance UID (one that did not fail), if any: received over
-        DICOM, or (``dicom_only=False``) uploaded too."""
+        DICOM, or (``dicom_only=False``) uploaded too; never a reader study's case (a patient's
+        image that is also a study case stays in the worklist)."""
         if not sop_instance_uid:
             return None
         return self._instance(self._connection(), sop_instance_uid, dicom_only)
@@ -555,8 +581,10 @@ class SqliteStore(SendQueue):
         does not hold up the others.
         """
         with self._transaction() as db:
+            # a reader study's cases wait for the clinical images: a patient's image is not held up
             row = db.execute(
-                "SELECT id FROM images WHERE status = 'queued' ORDER BY attempts, received_at, rowid LIMIT 1"
+                f"SELECT id FROM images WHERE status = 'queued' ORDER BY source = '{STUDY_SOURCE}', "
+                "attempts, received_at, rowid LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -685,11 +713,14 @@ class SqliteStore(SendQueue):
         return np.frombuffer(row["heatmap"], dtype=np.float32).reshape(json.loads(row["heatmap_shape"]))
 
     def images_of_study(self, study_key: str) -> list[ImageRecord]:
+        """The study's images, oldest first; a reader study's cases (of the same DICOM study) are
+        not among them."""
         rows = (
             self._connection()
             .execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM images WHERE study_key = ? ORDER BY received_at, rowid",
-                (study_key,),
+                f"SELECT {', '.join(_COLUMNS)} FROM images WHERE study_key = ? AND source != ? "
+                "ORDER BY received_at, rowid",
+                (study_key, STUDY_SOURCE),
             )
             .fetchall()
         )
@@ -699,12 +730,13 @@ class SqliteStore(SendQueue):
 
     def _refresh_studies(self, db: sqlite3.Connection, keys: Sequence[str] | None) -> None:
         """Rewrite the studies rows of ``keys`` (None: every study) from their images, inside the
-        caller's transaction, each with a change number of its own after every one given before."""
+        caller's transaction, each with a change number of its own after every one given before.
+        A reader study's cases count in no study: a key left without other images has no row."""
         if keys is not None and not keys:
             return
-        where, args = "", ()
+        where, args = f"WHERE source != '{STUDY_SOURCE}'", ()
         if keys is not None:
-            where, args = f"WHERE study_key IN ({', '.join('?' * len(keys))})", tuple(keys)
+            where, args = f"{where} AND study_key IN ({', '.join('?' * len(keys))})", tuple(keys)
         change = db.execute("SELECT COALESCE(MAX(change), 0) + 1 FROM studies").fetchone()[0]
         stamp = now()
         rows = []
@@ -737,6 +769,16 @@ class SqliteStore(SendQueue):
                 f"INSERT OR REPLACE INTO studies ({', '.join(_STUDY_COLUMNS)}) "
                 f"VALUES ({', '.join(':' + c for c in _STUDY_COLUMNS)})",
                 rows,
+            )
+        kept = {r["study_key"] for r in rows}
+        if keys is not None:
+            gone = [k for k in keys if k not in kept]
+            if gone:
+                db.execute(f"DELETE FROM studies WHERE study_key IN ({', '.join('?' * len(gone))})", gone)
+        else:
+            db.execute(
+                "DELETE FROM studies WHERE study_key NOT IN "
+                f"(SELECT study_key FROM images WHERE source != '{STUDY_SOURCE}')"
             )
 
     def rebuild_studies(self) -> None:
@@ -812,8 +854,9 @@ class SqliteStore(SendQueue):
         for chunk in (keys[i : i + 500] for i in range(0, len(keys), 500)):
             marks = ", ".join("?" * len(chunk))
             for r in db.execute(
-                f"SELECT study_key, id FROM images WHERE study_key IN ({marks}) ORDER BY received_at, rowid",
-                chunk,
+                f"SELECT study_key, id FROM images WHERE study_key IN ({marks}) AND source != ? "
+                "ORDER BY received_at, rowid",
+                [*chunk, STUDY_SOURCE],
             ):
                 images[r["study_key"]].append(r["id"])
             for r in db.execute(
@@ -830,6 +873,7 @@ class SqliteStore(SendQueue):
         rows = self._connection().execute(
             "SELECT i.id, i.probability, i.category, i.error, i.model_id FROM images i "
             "JOIN studies s ON s.study_key = i.study_key WHERE i.status IN ('done', 'refused', 'failed') "
+            f"AND i.source != '{STUDY_SOURCE}' "
             f"ORDER BY {order}, s.study_key, i.received_at, i.rowid"
         )
         return [dict(r) for r in rows]
@@ -837,7 +881,9 @@ class SqliteStore(SendQueue):
     def mark_read(self, study_key: str, reader: str, read: bool) -> bool:
         """Mark a study read (or unread again); False when there is no such study."""
         with self._transaction() as db:
-            exists = db.execute("SELECT 1 FROM images WHERE study_key = ? LIMIT 1", (study_key,)).fetchone()
+            exists = db.execute(
+                "SELECT 1 FROM images WHERE study_key = ? AND source != ? LIMIT 1", (study_key, STUDY_SOURCE)
+            ).fetchone()
             if not exists:
                 return False
             if read:
@@ -888,7 +934,8 @@ class SqliteStore(SendQueue):
         """Every analysed image with what site monitoring needs, oldest first: when it came, the
         model's answer, the DICOM body part and modality, the region head's answer kept in the
         result (``region``, None without one), and the latest reader's verdict on it
-        (``reader_label``, None where no reader gave one), in one query (results are not parsed
+        (``reader_label``, None where no reader gave one); a reader study's cases are no site
+        traffic and are left out; in one query (results are not parsed
         in Python: a year's images stay quick)."""
         rows = self._connection().execute(
             "SELECT i.id, i.received_at, i.source, i.probability, i.category, i.body_part, i.modality, "
@@ -897,12 +944,17 @@ class SqliteStore(SendQueue):
             "json_extract(i.result, '$.inputs.brightness') AS brightness, "
             "(SELECT f.reader_label FROM feedback f "
             "WHERE f.image_id = i.id ORDER BY f.id DESC LIMIT 1) AS reader_label "
-            "FROM images i WHERE i.status = 'done' ORDER BY i.received_at, i.rowid"
+            f"FROM images i WHERE i.status = 'done' AND i.source != '{STUDY_SOURCE}' "
+            "ORDER BY i.received_at, i.rowid"
         )
         return [dict(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self._connection().execute("SELECT status, COUNT(*) AS n FROM images GROUP BY status")
+        """Clinical images by analysis state (a reader study's cases, analysed after them, are no
+        site traffic: its progress page counts them)."""
+        rows = self._connection().execute(
+            "SELECT status, COUNT(*) AS n FROM images WHERE source != ? GROUP BY status", (STUDY_SOURCE,)
+        )
         found = {r["status"]: r["n"] for r in rows}
         return {status: found.get(status, 0) for status in STATUSES}
 
@@ -1070,6 +1122,7 @@ _STEPS = {
     1: lambda store, db: None,  # the store as first released: the idempotent schema above
     2: SqliteStore._step_studies_table,
     3: lambda store, db: store._refresh_studies(db, None),  # "out_of_scope" joined the worklist order
+    4: SqliteStore._step_study_source,
 }
 
 

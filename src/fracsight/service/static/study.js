@@ -70,10 +70,11 @@ function message(text) {
 // ---- the image: window/level, zoom, pan, the suspected site -----------------------------------
 
 class View {
-  constructor(holder, index, aided, size) {
+  constructor(holder, index, aided, size, ai) {
     this.index = index;
     this.size = size; // the original image's width and height: clicks are given in its pixels
     this.aided = aided;
+    this.ai = aided ? ai || null : null; // the AI's answer on this image (aided arm only)
     this.canvas = document.createElement("canvas");
     this.canvas.className = "study-canvas";
     this.canvas.dataset.index = index;
@@ -163,6 +164,7 @@ class View {
       ctx.drawImage(this.overlay, x, y, this.width * scale, this.height * scale);
       ctx.globalAlpha = 1;
     }
+    this.drawOutline(ctx, x, y, scale);
     if (state.click && state.click.image === this.index) {
       ctx.strokeStyle = "#4a90e2";
       ctx.lineWidth = 2;
@@ -173,6 +175,27 @@ class View {
     }
     this.canvas.dataset.window = Math.round(this.windowWidth);
     this.canvas.dataset.level = Math.round(this.windowLevel);
+  }
+
+  // The hot region's outline as the clinical viewer draws it (the same polygon, from the service):
+  // solid for "fracture", dashed for "doubt", nothing for "no fracture" and "not scored".
+  drawOutline(ctx, x, y, scale) {
+    const ai = this.ai || {};
+    const style = { fracture: "solid", doubt: "dashed" }[ai.category];
+    const points = ai.outline;
+    this.canvas.dataset.outline = style && points && points.length > 2 ? style : "none";
+    if (this.canvas.dataset.outline === "none") return;
+    const r = this.ratio * scale; // canvas pixels per original pixel
+    ctx.save();
+    ctx.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue(
+      ai.category === "fracture" ? "--fracture" : "--doubt").trim() || "#f00";
+    ctx.lineWidth = 2.5;
+    ctx.setLineDash(style === "dashed" ? [10, 7] : []);
+    ctx.beginPath();
+    points.forEach(([px, py], i) => (i ? ctx.lineTo(x + px * r, y + py * r) : ctx.moveTo(x + px * r, y + py * r)));
+    ctx.closePath();
+    ctx.stroke();
+    ctx.restore();
   }
 
   bind() {
@@ -263,7 +286,7 @@ async function loadCase() {
   const holder = $("#study-viewports");
   holder.textContent = "";
   const aided = item.arm === "aided";
-  state.views = item.images.map((image, i) => new View(holder, i, aided, image.size));
+  state.views = item.images.map((image, i) => new View(holder, i, aided, image.size, image.ai));
   setActive(0);
   showAi(item);
   const loaded = await Promise.allSettled(state.views.map((v) => v.load(state.study)));
