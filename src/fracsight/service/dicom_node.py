@@ -87,7 +87,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, Status
 
 from fracsight.io.durable import fsync_folder
 from fracsight.service.dicom_results import MANUFACTURER, result_series_uids
-from fracsight.service.intake import OutOfSpace, receive_dicom, study_info
+from fracsight.service.intake import IMAGE, OWN_RESULT, STUDY_OBJECT, OutOfSpace, receive_dicom, study_info
 from fracsight.service.results_stage import ResultsStage
 from fracsight.service.sender import Sender
 from fracsight.service.settings import DicomSettings
@@ -324,10 +324,6 @@ def _made_by_fracsight(header) -> bool:
     return str(header.get("Manufacturer", "")) == MANUFACTURER
 
 
-# What an instance received (over DIMSE or STOW-RS) is to the node.
-OWN_RESULT = "own result"  # one of fracsight's own result objects coming back: acknowledged, dropped
-STUDY_OBJECT = "study object"  # a report, presentation state, other image...: kept, not analysed
-IMAGE = "image"  # kept and analysed (or refused analysis with the reason)
 
 
 def route(store: Store, header, sop_class: str) -> str:

@@ -27,7 +27,14 @@ from starlette.concurrency import run_in_threadpool
 
 from fracsight.io.safe_text import is_uid
 from fracsight.service.auth import identify
-from fracsight.service.intake import OutOfSpace, _library_messages_withheld, receive_dicom
+from fracsight.service.intake import (
+    IMAGE,
+    OWN_RESULT,
+    STUDY_OBJECT,
+    OutOfSpace,
+    _library_messages_withheld,
+    receive_dicom,
+)
 from fracsight.service.store import Store
 from fracsight.service.users import User, UserDirectory
 from fracsight.service.worker import AnalysisWorker
@@ -155,12 +162,12 @@ def _keep_all(
                 reason = CANNOT_UNDERSTAND
             elif study is not None and str(header.get("StudyInstanceUID", "")) != study:
                 reason = DOES_NOT_MATCH
-            elif (kind := _route(store, header, sop_class)) == "own result":
+            elif (kind := _route(store, header, sop_class)) == OWN_RESULT:
                 log.info("STOW-RS: an object fracsight made came back: acknowledged, not kept")
                 kept += 1
             else:
                 try:
-                    if kind == "study object":
+                    if kind == STUDY_OBJECT:
                         _keep_object(store, data, header)
                         log.info("STOW-RS: an object of the study received: kept, not analysed")
                     else:
@@ -197,7 +204,7 @@ def _route(store: Store, header: Dataset, sop_class: str) -> str:
     try:
         from fracsight.service.dicom_node import route
     except ImportError:
-        return "image"
+        return IMAGE
     return route(store, header, sop_class)
 
 

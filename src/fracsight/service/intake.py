@@ -72,6 +72,13 @@ class Received:
         return self.record.id
 
 
+# What an instance received (over DIMSE or STOW-RS) is to the node
+# (:func:`fracsight.service.dicom_node.route`).
+OWN_RESULT = "own result"  # one of fracsight's own result objects coming back: acknowledged, dropped
+STUDY_OBJECT = "study object"  # a report, presentation state, other image...: kept, not analysed
+IMAGE = "image"  # kept and analysed (or refused analysis with the reason)
+
+
 def new_image_id() -> str:
     return secrets.token_hex(12)
 

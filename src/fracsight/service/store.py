@@ -1005,9 +1005,11 @@ class SqliteStore(SendQueue):
         return [r["id"] for r in rows]
 
     def analysis_waiting(self) -> bool:
-        """Whether some image is queued or being analysed."""
+        """Whether some patient's image is queued or being analysed (reader-study cases wait behind
+        patients' images and do not count)."""
         row = self._connection().execute(
-            "SELECT 1 FROM images WHERE status IN ('queued', 'analysing') LIMIT 1"
+            "SELECT 1 FROM images WHERE status IN ('queued', 'analysing') AND source != ? LIMIT 1",
+            (STUDY_SOURCE,),
         ).fetchone()
         return row is not None
 
