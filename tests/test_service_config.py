@@ -166,6 +166,10 @@ def test_a_bad_file_stops_the_command_with_one_line(tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert "[dicom] max_associations = 0: expected a whole number in 1..1000" in err
     assert "Traceback" not in err
+    path = _write(tmp_path, "[dicom]\nmax_pdu_bytes = 1024\n")
+    assert main(["dicom-node", "--config", str(path), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "[dicom] max_pdu_bytes = 1024: expected a whole number in 4096..16777216" in err
 
 
 # -- log lines ---------------------------------------------------------------------------

@@ -253,6 +253,17 @@ def test_only_allowed_calling_ae_titles_and_hosts_get_an_association(node: Node)
         send(node.port, [DICOM / "hd_dx_image.dcm"], aet="INTRUDER")
 
 
+def test_the_node_announces_its_maximum_pdu_size(node: Node) -> None:
+    """Senders split a radiograph into PDUs of the size the node announces: 128 KiB by default, so
+    a 7 MB image is 55 PDUs, not 430 of pynetdicom's default 16 KiB (each handled in Python)."""
+    assoc = associate(node.port, "MODALITY")
+    try:
+        assert assoc.is_established
+        assert assoc.acceptor.maximum_length == node.settings.max_pdu_bytes == 131072
+    finally:
+        assoc.release()
+
+
 def test_an_instance_sent_twice_is_kept_and_analysed_once(node: Node) -> None:
     ds = renamed(DICOM / "hd_dx_image.dcm")
     assert send(node.port, [ds]) == [0x0000]

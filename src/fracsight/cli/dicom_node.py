@@ -121,6 +121,7 @@ FILE_KEYS = {
     ("dicom", "dimse_timeout_s"): "dimse_timeout_s",
     ("dicom", "network_timeout_s"): "network_timeout_s",
     ("dicom", "max_associations"): "max_associations",
+    ("dicom", "max_pdu_bytes"): "max_pdu_bytes",
     ("dicom", "study_quiet_s"): "study_quiet_s",
     ("retention", "keep_images_days"): "keep_images_days",
     ("retention", "disk_warning_mb"): "disk_warning_mb",
@@ -145,6 +146,7 @@ DEFAULTS = {
     "dimse_timeout_s": 60.0,
     "network_timeout_s": 120.0,
     "max_associations": 16,
+    "max_pdu_bytes": 131072,
     "study_quiet_s": 10.0,
     "disk_warning_mb": 1024,
     "log_format": "text",
@@ -248,6 +250,7 @@ def dicom_settings(args: argparse.Namespace, port: int | None = None, prefix: st
         dimse_timeout_s=args.dimse_timeout_s,
         network_timeout_s=args.network_timeout_s,
         max_associations=args.max_associations,
+        max_pdu_bytes=args.max_pdu_bytes,
         study_quiet_s=args.study_quiet_s,
     )
 

@@ -156,6 +156,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "dimse_timeout_s": _positive(),
         "network_timeout_s": _positive(),
         "max_associations": _whole(1, 1000),
+        "max_pdu_bytes": _whole(4096, 2**24),
         "study_quiet_s": _positive(),
     },
     "retention": {

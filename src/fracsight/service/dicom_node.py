@@ -184,6 +184,7 @@ class StorageSCP:
         ae = AE(ae_title=self.settings.aet)
         ae.require_calling_aet = sorted({peer.aet for peer in self.settings.allow})
         ae.maximum_associations = self.settings.max_associations
+        ae.maximum_pdu_size = self.settings.max_pdu_bytes
         ae.acse_timeout = self.settings.acse_timeout_s
         ae.dimse_timeout = self.settings.dimse_timeout_s
         ae.network_timeout = self.settings.network_timeout_s
