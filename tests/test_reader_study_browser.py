@@ -104,9 +104,22 @@ def driver(tmp_path: Path, request):
 
 
 def _sign_in(driver, By, token: str) -> None:
+    """Sign out whoever the page signed in from the tab's storage, then sign in with ``token``.
+
+    The page first finishes its own sign-in (it writes the token back to the tab's storage once
+    the server has answered): clearing the storage before that would be undone under load."""
+
+    def field():
+        return driver.find_element(By.ID, "token")
+
+    def settled():  # the sign-in form shown, or someone signed in
+        return field().is_displayed() or driver.find_element(By.ID, "who").text
+
+    _wait_for(settled, what="the page to load")
     driver.execute_script("sessionStorage.clear()")
     driver.refresh()
-    driver.find_element(By.ID, "token").send_keys(token)
+    _wait_for(lambda: field().is_displayed(), what="the sign-in form")
+    field().send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
 
 

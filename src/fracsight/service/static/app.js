@@ -52,9 +52,10 @@ function signOut(message) {
 
 $("#sign-in-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  state.token = $("#token").value.trim();
+  const token = (state.token = $("#token").value.trim());
   try {
     const me = await apiJson("/api/me");
+    if (state.token !== token) return; // signed out meanwhile: store nothing
     state.reader = me.name;
     state.role = me.role;
   } catch (error) {

@@ -33,6 +33,7 @@ function show(view) {
 async function signIn(token) {
   state.token = token;
   const me = await apiJson("/api/me");
+  if (state.token !== token) return; // signed out (or in as someone else) meanwhile
   state.name = me.name;
   state.role = me.role;
   sessionStorage.setItem("fracsight", JSON.stringify({ token, reader: me.name, role: me.role }));
@@ -59,6 +60,7 @@ $("#sign-in-form").addEventListener("submit", async (event) => {
 });
 
 $("#sign-out").addEventListener("click", () => {
+  state.token = null; // a sign-in still waiting for the server must not store its token again
   sessionStorage.removeItem("fracsight");
   location.reload();
 });
