@@ -61,8 +61,10 @@ def _texts(ds: pydicom.Dataset) -> list[str]:
 
 
 def _of_study(pacs: FakePacs, study: str) -> list[pydicom.Dataset]:
+    """What the PACS holds of the study: one object per SOP Instance UID (delivery is at least
+    once: an answer lost under load makes the sender try again, and the fake PACS keeps copies)."""
     with pacs._lock:
-        return [d for _, d in pacs.received if d.StudyInstanceUID == study]
+        return list({d.SOPInstanceUID: d for _, d in pacs.received if d.StudyInstanceUID == study}.values())
 
 
 def _copies(n: int, study: str, series: str | None = None) -> list[pydicom.Dataset]:
@@ -118,7 +120,7 @@ def test_a_twenty_image_study_gets_three_result_series_and_one_sr(
     assert len({d.SeriesDescription for d in series.values()}) == 3
     for sop_class in (SC_CLASS, GSPS_CLASS):
         made = [d for d in results if d.SOPClassUID == sop_class]
-        assert len({d.SOPInstanceUID for d in made}) == 20
+        assert len(made) == 20
         assert sorted(int(d.InstanceNumber) for d in made) == list(range(1, 21)), "numbered in the series"
     (sr,) = [d for d in results if d.SOPClassUID == SR_CLASS]
     findings = [t for t in _texts(sr) if "fracture finding" in t]
