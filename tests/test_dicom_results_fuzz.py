@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset  # noqa: E402
 
 from fracsight.finding import Finding  # noqa: E402
 from fracsight.io import RefusedInput  # noqa: E402
+from fracsight.io.dicom_display import through_own_voi  # noqa: E402
 from fracsight.model_card import Category  # noqa: E402
 from fracsight.preprocess import Letterbox, NotAnalysable  # noqa: E402
 from fracsight.service.dicom_results import (  # noqa: E402
@@ -356,10 +357,12 @@ def test_the_presentation_state_and_the_sc_show_the_image_s_own_grey_levels(
         source.decompress()
     shown = tmp_path / "source.dcm"
     source.save_as(shown, enforce_file_format=True)
-    pixels = default_analyser.read(shown).pixels
+    radiograph = default_analyser.read(shown)
     finding = _finding(source, default_analyser.identity, Category.DOUBT)
     model = Algorithm.of(default_analyser.identity, "test")
-    objects = build_results(source, pixels, finding, model, ResultUIDs.derived(name, "g", model), WHEN)
+    windowed = through_own_voi(radiograph.metadata.get("voi"))
+    objects = build_results(source, radiograph.pixels, finding, model, ResultUIDs.derived(name, "g", model),
+                            WHEN, windowed=windowed)  # fmt: skip
     made = objects.made()
     assert {"sc", "gsps"} <= set(made), objects.failures
     state = tmp_path / "state.dcm"

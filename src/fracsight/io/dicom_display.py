@@ -68,6 +68,12 @@ class VoiSource(str, enum.Enum):
     STORED_RANGE = "stored-range"  # no usable VOI: the whole storable range
 
 
+def through_own_voi(voi: str | None) -> bool:
+    """Whether display values came through the image's own VOI LUT or window (``metadata["voi"]``),
+    so they already sit where its modality wants them; not for the stored range, nor non-DICOM."""
+    return voi in (VoiSource.VOI_LUT, VoiSource.WINDOW)
+
+
 @dataclass(frozen=True)
 class DisplayTransform:
     """The display value in [0, 1] of every storable value, as one float32 lookup table."""

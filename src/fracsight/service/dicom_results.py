@@ -341,12 +341,15 @@ def build_results(
     study: StudyAnswer | None = None,
     sc_max_side: int = 1024,
     kinds: tuple[str, ...] = KINDS,
+    windowed: bool = False,
 ) -> ResultObjects:
     """The result objects of one analysed image, each made on its own: one that fails leaves the
     others and its reason in :attr:`ResultObjects.failures`. ``source``: its header (no pixels
     needed, left unchanged); ``pixels``: the image as analysed (float in [0, 1], any resolution of
     the same aspect); ``kinds``: which to make (the node makes the SR per study, with
-    :func:`study_report`, and asks for SC and GSPS only)."""
+    :func:`study_report`, and asks for SC and GSPS only); ``windowed``: the pixels came through
+    the image's own VOI LUT or window (:func:`fracsight.io.dicom_display.through_own_voi`), so the
+    SC shows them as they are, with the grey levels of the presentation state."""
     try:
         ref = reference_header(source)
     except Exception as exc:  # noqa: BLE001 - reported as every object's failure
@@ -354,7 +357,7 @@ def build_results(
         return ResultObjects(None, None, None, {kind: reason for kind in KINDS})
     makers = {
         "sc": lambda: secondary_capture(
-            ref, pixels, finding, model, uids, when, instance_number, sc_max_side
+            ref, pixels, finding, model, uids, when, instance_number, sc_max_side, windowed
         ),
         "sr": lambda: structured_report(ref, finding, model, uids, when, instance_number, study),
     }
@@ -405,13 +408,6 @@ def _set_character_set(ds: Dataset, ref: Dataset) -> None:
         del ds.SpecificCharacterSet
 
 
-def _has_voi(source: Dataset) -> bool:
-    """Whether the image defines its display window: a VOI LUT or a Window Center and Width."""
-    if source.get("VOILUTSequence"):
-        return True
-    return all(source.get(keyword, None) not in (None, "") for keyword in ("WindowCenter", "WindowWidth"))
-
-
 def secondary_capture(
     source: Dataset,
     pixels: np.ndarray,
@@ -421,12 +417,13 @@ def secondary_capture(
     when: dt.datetime,
     instance_number: int,
     max_side: int,
+    windowed: bool = False,
 ) -> Dataset:
-    # The source's own window or VOI LUT gives the grey levels its viewer and the presentation
-    # state show: the SC keeps them. Without one, fracsight's contrast stretch (the stored range
-    # of a 16-bit file holding 12-bit data would show almost black).
-    stretch = not _has_voi(source)
-    picture = np.asarray(overlay_image(pixels, finding, max_side=max_side, stretch=stretch).convert("RGB"))
+    # Pixels through the source's own window or VOI LUT have the grey levels its viewer and the
+    # presentation state show: the SC keeps them. Otherwise fracsight's contrast stretch (the
+    # stored range of a 16-bit file holding 12-bit data would show almost black).
+    shown = overlay_image(pixels, finding, max_side=max_side, stretch=not windowed)
+    picture = np.asarray(shown.convert("RGB"))
     orientation = _orientation(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,

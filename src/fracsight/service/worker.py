@@ -176,7 +176,9 @@ class AnalysisWorker(QueueLoop):
                 "height": box.height,
                 "width": box.width,
             },
-            "display": {"height": int(radiograph.shape[0]), "width": int(radiograph.shape[1])},
+            # "voi": which VOI step made the display values (the SC keeps the image's own window)
+            "display": {"height": int(radiograph.shape[0]), "width": int(radiograph.shape[1]),
+                        "voi": radiograph.metadata.get("voi")},  # fmt: skip
             # What site monitoring watches for drift in the inputs (fracsight.service.monitoring).
             "inputs": {
                 "manufacturer": _manufacturer(radiograph.dicom),
