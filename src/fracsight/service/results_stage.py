@@ -38,6 +38,7 @@ from fracsight._version import __version__
 from fracsight.decide import Category, StudyAnswer
 from fracsight.decide import study_answer as decide_study_answer
 from fracsight.finding import Finding
+from fracsight.io.dicom_display import through_own_voi
 from fracsight.io.durable import fsync_folder
 from fracsight.model_card import ModelIdentity
 from fracsight.service.dicom_results import (
@@ -107,7 +108,8 @@ class ResultsStage(QueueLoop):
             finding = replace(self.analyser.analyse(radiograph), category=Category.DOUBT)  # all kinds
             build_results(header, radiograph.pixels, finding, self.model,
                           ResultUIDs.derived("warm-up", "warm-up", self.model), self.clock(),
-                          instance_number=1, sc_max_side=self.settings.sc_max_side)  # fmt: skip
+                          instance_number=1, sc_max_side=self.settings.sc_max_side,
+                          windowed=through_own_voi(radiograph.metadata.get("voi")))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - only the first results are slower without it
             log.warning("warming up the results stage failed (%s)", type(exc).__name__)
 
@@ -145,7 +147,7 @@ class ResultsStage(QueueLoop):
         record = self.store.get_image(image_id)
         if record is None or record.results != "pending" or record.objects_at is not None:
             return
-        study = self.store.images_of_study(record.info.study_key)
+        study = self._result_images(record.info.study_key)
         number = next(n for n, i in enumerate(study, start=1) if i.id == record.id)
         files, error = self._objects(
             record, self._header(record), number, record.info.study_key, self.clock()
@@ -176,14 +178,18 @@ class ResultsStage(QueueLoop):
             files, reasons = {}, {"all": why}
         return files, "; ".join(f"{kind}: {why}" for kind, why in reasons.items()) or None
 
+    def _result_images(self, study_key: str) -> list[ImageRecord]:
+        """The study's images that get result objects, in arrival order: their place is their
+        Instance Number in the study's result series, whichever pass makes their objects."""
+        return [i for i in self.store.images_of_study(study_key) if i.source == "dicom" and i.results]
+
     def make(self, study_key: str) -> None:
         """The study a new version of its SR over every image it has, once it is complete; the
         waiting images' own objects are made first where they were not yet (results made again
         after a failure), and the images settled: made, none (refused) or failed with the reason."""
-        images = [
-            i for i in self.store.images_of_study(study_key)
-            if i.source == "dicom" and i.results and i.status not in ("queued", "analysing")
-        ]  # fmt: skip
+        every = self._result_images(study_key)
+        numbers = {i.id: n for n, i in enumerate(every, start=1)}
+        images = [i for i in every if i.status not in ("queued", "analysing")]
         waiting = [i for i in images if i.results == "pending"]
         if not waiting:
             return
@@ -195,13 +201,13 @@ class ResultsStage(QueueLoop):
         folders: set[Path] = set()
         when = self.clock()
         headers: dict[str, Dataset | None] = {}
-        for number, record in enumerate(images, start=1):
+        for record in images:
             headers[record.id] = self._header(record)
             if record.results != "pending" or record.status != "done":
                 continue
             error = record.results_error
             if record.objects_at is None:
-                files, error = self._objects(record, headers[record.id], number, study_key, when)
+                files, error = self._objects(record, headers[record.id], numbers[record.id], study_key, when)
                 if error:  # the reason only: no image id nor patient data (the store and API say which)
                     log.error("result objects of an image could not be made (%s)", error)
                 for kind, (relative, sop_class, sop_instance) in files.items():
@@ -319,6 +325,8 @@ class ResultsStage(QueueLoop):
             instance_number=number,
             sc_max_side=self.settings.sc_max_side,
             kinds=("sc", "gsps"),
+            # analysed before the store kept "voi": fracsight's contrast stretch, as then
+            windowed=through_own_voi(record.result.get("display", {}).get("voi")),
         )
         out = {}
         for kind, dataset in objects.made().items():
