@@ -106,6 +106,17 @@ def assert_refused(path: Path, error: type[RefusedInput], reason: str, **kwargs:
     return caught.value
 
 
+@pytest.fixture(scope="module")
+def pacs():
+    """A storage SCP on loopback that keeps what it receives (dicom_peers.FakePacs), one per
+    test module."""
+    from dicom_peers import FakePacs
+
+    server = FakePacs().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def default_analyser():
     """The shipped default model, loaded once per session."""

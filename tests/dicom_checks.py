@@ -58,6 +58,15 @@ def render(image: Path, out: Path, state: Path | None = None) -> np.ndarray:
     return grey.reshape(height, width)
 
 
+def sr_items(ds) -> list:
+    """Every content item of an SR, depth first."""
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out.extend(sr_items(item))
+    return out
+
+
 def sc_and_rendering_grey(sc: np.ndarray, rendered: np.ndarray) -> tuple[float, float]:
     """Mean grey of an RGB Secondary Capture outside its heat map's colours and its caption box,
     and of a rendering of the source image (any size) over the same region."""

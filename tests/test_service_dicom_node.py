@@ -20,6 +20,7 @@ pytest.importorskip("highdicom")
 
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
+from dicom_checks import sr_items  # noqa: E402
 from dicom_peers import (  # noqa: E402
     DICOM,
     RADIOGRAPHS,
@@ -49,26 +50,10 @@ OUT_OF_RESOURCES = 0xA700
 
 
 @pytest.fixture(scope="module")
-def pacs():
-    server = FakePacs().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, default_analyser, pacs: FakePacs, dicom_dir: Path):
     running = Node(tmp_path_factory.mktemp("node"), default_analyser, pacs)
     yield running
     running.stop()
-
-
-def _items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
-    """Every content item of an SR, depth first."""
-    out = []
-    for item in ds.get("ContentSequence", []):
-        out.append(item)
-        out.extend(_items(item))
-    return out
 
 
 def _named(items: list[pydicom.Dataset], meaning: str) -> list[pydicom.Dataset]:
@@ -87,9 +72,9 @@ def _newest(objects: list[pydicom.Dataset]) -> pydicom.Dataset:
 def _image_group(sr: pydicom.Dataset, sop_instance_uid: str) -> pydicom.Dataset:
     """The SR's measurement group about one image: the one whose region lies on it."""
     groups = [
-        i for i in _named(_items(sr), "Measurement Group")
+        i for i in _named(sr_items(sr), "Measurement Group")
         if any(r.ReferencedSOPInstanceUID == sop_instance_uid
-               for j in _items(i) for r in j.get("ReferencedSOPSequence", []))
+               for j in sr_items(i) for r in j.get("ReferencedSOPSequence", []))
     ]  # fmt: skip
     assert len(groups) == 1, f"{len(groups)} groups about the image"
     return groups[0]
@@ -142,7 +127,7 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
         assert sc.pixel_array.shape == (sc.Rows, sc.Columns, 3)
         # The study's SR: TID 1500 with, for this image, the finding, the operating points, the model
         # and the peak on it.
-        items = _items(_image_group(sr, source.SOPInstanceUID))
+        items = sr_items(_image_group(sr, source.SOPInstanceUID))
         assert (
             sr.ContentSequence and sr.ConceptNameCodeSequence[0].CodeValue == "126000"
         )  # Imaging Measurement Report
@@ -170,7 +155,7 @@ def test_radiographs_come_back_as_results_in_their_study(node: Node, pacs: FakeP
             point.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
             == source.SOPInstanceUID
         )
-        assert len(_named(_items(sr), "fracsight study category")) == 1, "the study's answer, once"
+        assert len(_named(sr_items(sr), "fracsight study category")) == 1, "the study's answer, once"
         # The presentation state: only where the model points at something.
         assert len(gsps) == (record.category in ("fracture", "doubt")), (name, record.category)
         for state in gsps:
@@ -208,7 +193,7 @@ def test_study_answer_is_its_most_suspicious_image(node: Node, pacs: FakePacs) -
     for source in sources:
         wait_until(lambda s=source: referencing(pacs.of_class(SR_CLASS), s.SOPInstanceUID), 30, "the SR")
         (sr,) = referencing(pacs.of_class(SR_CLASS), source.SOPInstanceUID)  # one SR for the study
-        items = _items(sr)
+        items = sr_items(sr)
         (answer,) = _named(items, "fracsight study category")
         assert answer.ConceptCodeSequence[0].CodeValue == CATEGORIES[Category(worst.category)].dicom_code
         assert any("of 3 analysed images" in i.get("TextValue", "") for i in items)
@@ -233,9 +218,9 @@ def test_non_radiographs_and_broken_files_are_kept_and_refused_with_the_reason(
         # The study's SR answers for the refused image too: "not analysed" with the reason.
         wait_until(lambda s=source: referencing(pacs.of_class(SR_CLASS), s.SOPInstanceUID), 30, "the SR")
         sr = _newest(referencing(pacs.of_class(SR_CLASS), source.SOPInstanceUID))
-        said = [i.TextValue for i in _items(sr) if source.SOPInstanceUID in str(i.get("TextValue", ""))]
+        said = [i.TextValue for i in sr_items(sr) if source.SOPInstanceUID in str(i.get("TextValue", ""))]
         assert len(said) == 1 and "not analysed: " in said[0] and reason in said[0], said
-        codes = [i.ConceptCodeSequence[0].CodeValue for i in _named(_items(sr), "fracsight category")]
+        codes = [i.ConceptCodeSequence[0].CodeValue for i in _named(sr_items(sr), "fracsight category")]
         assert "not-analysed" in codes
     assert associate(node.port, "MODALITY").send_c_echo().Status == 0x0000, "the node goes on"
 

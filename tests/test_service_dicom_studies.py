@@ -18,7 +18,7 @@ pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
 import pydicom  # noqa: E402
-from dicom_checks import DCIODVFY, dciodvfy_errors, split_inherited  # noqa: E402
+from dicom_checks import DCIODVFY, dciodvfy_errors, split_inherited, sr_items  # noqa: E402
 from dicom_peers import DICOM, FakePacs, Node, referencing, renamed, send, wait_until  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
@@ -35,29 +35,14 @@ SAMPLE = "pljd_RG2_JPLL.dcm"  # a CR the shipped model calls "doubt": SC, SR and
 
 
 @pytest.fixture(scope="module")
-def pacs():
-    server = FakePacs().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, default_analyser, pacs: FakePacs, dicom_dir: Path):
     running = Node(tmp_path_factory.mktemp("studies"), default_analyser, pacs, study_quiet_s=1.5)
     yield running
     running.stop()
 
 
-def _items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
-    out = []
-    for item in ds.get("ContentSequence", []):
-        out.append(item)
-        out.extend(_items(item))
-    return out
-
-
 def _texts(ds: pydicom.Dataset) -> list[str]:
-    return [str(i.TextValue) for i in _items(ds) if "TextValue" in i]
+    return [str(i.TextValue) for i in sr_items(ds) if "TextValue" in i]
 
 
 def _of_study(pacs: FakePacs, study: str) -> list[pydicom.Dataset]:

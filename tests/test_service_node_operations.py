@@ -30,13 +30,6 @@ CT = "pyd_CT_small.dcm"
 
 
 @pytest.fixture(scope="module")
-def pacs():
-    server = FakePacs().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, default_analyser, pacs: FakePacs, dicom_dir: Path):
     running = Node(
         tmp_path_factory.mktemp("node"),
