@@ -129,3 +129,32 @@ def test_check_onnx_catches_a_different_model(exported: Path) -> None:
         other.cam.bias.add_(1.0)  # shifts every cell logit: cannot agree with the export
     with pytest.raises(RuntimeError, match="disagrees"):
         check_onnx(other, exported, _random_input(2, 64))
+
+
+def test_conv_localisation_head_starts_as_the_coarse_map_and_exports(tmp_path: Path) -> None:
+    """v4's head: zero at the start (training begins from the stride-32 map), trainable, and the
+    same answers from the ONNX graph as from torch."""
+    torch.manual_seed(0)
+    model = FractureNet("lite0", localisation="conv").eval()
+    coarse = FractureNet("lite0", heatmap_stride=32).eval()
+    coarse.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fine_head.")})
+    x = torch.from_numpy(_random_input(2, 96))
+    with torch.no_grad():
+        rough = coarse(x).cells[:, None]
+        expected = torch.nn.functional.interpolate(rough, size=(6, 6), mode="bilinear")[:, 0]
+        torch.testing.assert_close(model(x).cells, expected)
+        model.fine_head.out.bias.add_(0.5)  # no longer zero: the map must move, and the export follow
+        assert not torch.allclose(model(x).cells, expected)
+    model.train()
+    model(x).cells.sum().backward()
+    # Its last convolution starts at zero, so that is what the first step moves (then the rest).
+    assert model.fine_head.out.weight.grad.abs().sum() > 0
+    model.eval()
+    path = tmp_path / "conv.onnx"
+    export_onnx(model, 64, path)
+    assert check_onnx(model, path, _random_input(2, 64)) < 1e-3
+
+
+def test_unknown_localisation_head_is_refused() -> None:
+    with pytest.raises(ValueError, match="localisation 'deep'"):
+        FractureNet("lite0", localisation="deep")

@@ -349,7 +349,7 @@ def resumed(trained: dict) -> dict:
     }
 
 
-def _onnx_vs_checkpoint(onnx_path: Path, checkpoint: Path) -> float:
+def _onnx_vs_checkpoint(onnx_path: Path, checkpoint: Path, localisation: str = "linear") -> float:
     """Largest |ONNX - torch| for the checkpoint's weights (with the graph's flip TTA) on random input."""
     import onnxruntime as ort
     import torch
@@ -357,7 +357,7 @@ def _onnx_vs_checkpoint(onnx_path: Path, checkpoint: Path) -> float:
     from fracsight.training.network import FractureNet
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = FractureNet("lite0")
+    model = FractureNet("lite0", localisation=localisation)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
     x = np.random.default_rng(0).uniform(-1, 1, (3, 1, 64, 64)).astype(np.float32)
@@ -642,3 +642,43 @@ def test_frozen_trunk_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
     with open(out / "predictions_test.csv", newline="") as fh:
         test_rows = list(csv.DictReader(fh))
     assert test_rows and all(0.0 <= float(r["final_turned90"]) <= 1.0 for r in test_rows)
+
+
+@pytest.mark.slow
+def test_fold_average_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
+    """v4's recipe: the conv localisation head, the shipped model the fold models' average (with its
+    own batch-norm statistics), thresholds from the fold models' out-of-fold scores, and a trunk
+    cache kept for the next seed, which reuses it; a cache of other images is refused."""
+    import torch
+
+    from fracsight.cli import main
+
+    cache = tmp_path / "cache"
+    v4 = [*_TRAIN_ARGS, "--frozen-trunk", "--no-distill", "--localisation", "conv", "--point-weight", "0.5",
+          "--final", "fold-average", "--trunk-cache", str(cache)]  # fmt: skip
+    out = tmp_path / "seed0"
+    assert main(["train", str(manifest), "--out", str(out), *v4]) == 0
+    assert sorted(p.parent.name for p in out.glob("*/best.pt")) == ["final", "fold0", "fold1"]
+    assert (cache / "identity.json").is_file() and (cache / "mid.npy").is_file()
+    folds = [torch.load(out / f"fold{k}" / "best.pt", weights_only=True) for k in (0, 1)]
+    final = torch.load(out / "final" / "best.pt", weights_only=True)
+    for key in ("cam.weight", "fine_head.body.1.weight", "backbone._conv_head.weight"):
+        torch.testing.assert_close(final[key].float(), (folds[0][key].float() + folds[1][key].float()) / 2,
+                                   atol=1e-3, rtol=1e-3)  # fmt: skip
+    assert not torch.equal(folds[0]["cam.weight"], folds[1]["cam.weight"])
+    # Its own statistics: not the folds' mean, for a layer the cached batches run through.
+    top_bn = "fine_head.bn.running_var"
+    mean_var = (folds[0][top_bn].float() + folds[1][top_bn].float()) / 2
+    assert not torch.allclose(final[top_bn].float(), mean_var)
+    card = json.loads((out / "model.card.json").read_text())
+    assert "average" in card["recipe"]["final_model"] and "fold models" in card["threshold_source"]
+    assert card["recipe"]["run"]["localisation"] == "conv"
+    assert _onnx_vs_checkpoint(out / "model.onnx", out / "final" / "best.pt", "conv") < 1e-3
+
+    before = (cache / "mid.npy").stat().st_mtime_ns
+    assert main(["train", str(manifest), "--out", str(tmp_path / "seed1"), *v4, "--seed", "1"]) == 0
+    assert (cache / "mid.npy").stat().st_mtime_ns == before  # reused, not recomputed
+
+    other = tmp_path / "other.csv"
+    other.write_text("".join(manifest.read_text().splitlines(keepends=True)[:-2]))  # two images fewer
+    assert main(["train", str(other), "--out", str(tmp_path / "other"), *v4]) == 2

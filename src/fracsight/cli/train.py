@@ -68,6 +68,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--box-weight", type=a_number(0), default=1.0, help="weight of the box-supervised map loss (>= 0)"
     )
     p.add_argument(
+        "--localisation",
+        choices=["linear", "conv"],
+        default="linear",
+        help="the fine heat map's head: 'linear' (a 1x1 convolution on the stride-16 features, v1-v3) "
+        "or 'conv' (two 3x3 convolutions over stride-16 and stride-32 features, v4)",
+    )
+    p.add_argument(
+        "--point-weight",
+        type=a_number(0),
+        default=0.0,
+        help="weight of the pointing loss (the share of the map's softmax inside the boxes), >= 0",
+    )
+    p.add_argument(
+        "--final",
+        choices=["trained", "fold-average"],
+        default="trained",
+        help="the shipped model: 'trained' on all development images after the folds, or "
+        "'fold-average', the fold models' weights averaged (thresholds then come from the fold "
+        "models' out-of-fold scores, on its scale; needs --no-distill)",
+    )
+    p.add_argument(
+        "--trunk-cache",
+        metavar="DIR",
+        help="with --frozen-trunk: keep the trunk cache in DIR and leave it there (several runs of "
+        "one recipe, e.g. seeds, then compute it once); default OUT/trunk-cache, removed at the end",
+    )
+    p.add_argument(
         "--heatmap-stride",
         type=int,
         default=16,
@@ -174,6 +201,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         patience=args.patience,
         box_weight=args.box_weight,
         heatmap_stride=args.heatmap_stride,
+        localisation=args.localisation,
+        point_weight=args.point_weight,
         max_steps=args.max_steps,
         seed=args.seed,
         frozen_trunk=args.frozen_trunk,
@@ -187,6 +216,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         distill=not args.no_distill,
         cross_fit=not args.no_cross_fit,
         final_epochs=args.final_epochs,
+        final=args.final,
+        trunk_cache=args.trunk_cache,
         device=args.device,
         workers=args.workers,
         parallel=args.parallel,

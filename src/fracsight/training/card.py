@@ -120,6 +120,18 @@ def _by_group(rows: list[dict], column: str, score: str, thresholds: dict[str, f
     }
 
 
+def _final_model(cfg, final_epochs: int) -> str:
+    if cfg.final == "fold-average":
+        return (
+            f"the average of the {cfg.folds} fold models' weights, batch-norm statistics recomputed "
+            "on the development images (no further training)"
+        )
+    how = "trained on all development images"
+    if cfg.distill:
+        how = f"distilled from the {cfg.folds} fold models"
+    return f"{how}, {final_epochs} epochs"
+
+
 def write_card(
     cfg,
     out: Path,
@@ -171,6 +183,7 @@ def write_card(
                 "without the fold it scores, though its teachers include fold models that saw it)"
                 if basis == "student"
                 else f"out-of-fold predictions of the {cfg.folds} fold models"
+                + (", whose weights' average is the shipped model" if cfg.final == "fold-average" else "")
             )
             + " on the development split "
             f"(n={choice.n}, {choice.n_positive} fractured): 'doubt' for sensitivity >= "
@@ -203,12 +216,7 @@ def write_card(
                 else asdict(rc.augmentation)
             ),
             "folds": cfg.folds,
-            "final_model": (
-                f"distilled from the {cfg.folds} fold models"
-                if cfg.distill
-                else "trained on all development images"
-            )
-            + f", {final_epochs} epochs",
+            "final_model": _final_model(cfg, final_epochs),
             "onnx_max_abs_diff_vs_torch": onnx_diff,
             "training_device": device,
             "python": platform.python_version(),

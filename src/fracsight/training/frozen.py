@@ -17,6 +17,7 @@ unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -75,8 +76,9 @@ def build_cache(
     import onnxruntime as ort
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg, torch.device("cpu")).eval().to(memory_format=torch.contiguous_format)
     images, masks = data.images.cpu().numpy(), data.masks.cpu()
+    _check_identity(folder, cache_identity(images, masks.numpy(), cfg))
+    model = build_model(cfg, torch.device("cpu")).eval().to(memory_format=torch.contiguous_format)
     n, size = len(images), images.shape[-1]
     onnx_path = folder / "trunk.onnx"
     if not onnx_path.exists():
@@ -131,6 +133,37 @@ def build_cache(
                     say(f"trunk cache: {i + 1}/{n} images ({rate:.1f} images/s)")
     del arrays
     return TrunkCache(*(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("mid", "deep", "cells")))
+
+
+def cache_identity(images: np.ndarray, masks: np.ndarray, cfg: RunConfig) -> dict[str, object]:
+    """What a cache's content depends on: the prepared images and box masks, the input size, the
+    backbone and the heat-map grid. A cache shared between runs (``--trunk-cache``) must match."""
+    digest = hashlib.sha256()
+    for array in (images, masks):
+        digest.update(np.ascontiguousarray(array).data)
+    return {
+        "images_sha256": digest.hexdigest(),
+        "n_images": int(len(images)),
+        "size": cfg.size,
+        "variant": cfg.variant,
+        "heatmap_stride": cfg.heatmap_stride,
+    }
+
+
+def _check_identity(folder: Path, identity: dict[str, object]) -> None:
+    path = folder / "identity.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != identity:
+            changed = ", ".join(k for k in identity if recorded.get(k) != identity[k])
+            raise ValueError(
+                f"{folder}: this trunk cache was computed for other images or settings ({changed}); "
+                "give another --trunk-cache folder or remove this one"
+            )
+    elif any(folder.glob("*.npy")):
+        raise ValueError(f"{folder}: a trunk cache without identity.json (an older fracsight): remove it")
+    else:
+        path.write_text(json.dumps(identity, indent=1))
 
 
 def remove_cache(folder: Path) -> None:

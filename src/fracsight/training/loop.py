@@ -44,6 +44,12 @@ class RunConfig:
     heatmap_stride: int = 16  # 16: 24 x 24 cells at 384 px; 32: 12 x 12 (the v1 model)
     box_weight: float = 1.0
     box_positive_weight: float = 10.0
+    # "linear": a 1x1 convolution reads the stride-16 features (v1-v3); "conv": network.LocalisationHead (v4)
+    localisation: str = "linear"
+    # Weight of the pointing loss: on images with boxes, minus the log of the share of the map's
+    # softmax that falls in a box cell. The box loss above scores every cell on its own; this one
+    # scores what the reader is shown, where the map's maximum lies.
+    point_weight: float = 0.0
     region_weight: float = 0.1  # the region probe reads detached features: this weight never
     # changes the fracture head, it only sets how fast the probe learns
     distill_weight: float = 0.5  # share of the loss taken from the teacher ensemble, when given
@@ -162,7 +168,7 @@ def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> FractureNet:
-    model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride)
+    model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride, localisation=cfg.localisation)
     if cfg.pretrained:
         model.backbone.load_imagenet(cfg.variant)
     model.to(device)
@@ -366,6 +372,11 @@ def _loss(
         weight = 1.0 + (cfg.box_positive_weight - 1.0) * cell_target
         cell_loss = F.binary_cross_entropy_with_logits(cells, cell_target, weight=weight, reduction="none")
         loss = loss + cfg.box_weight * cell_loss[supervised].mean()
+    if cfg.point_weight > 0 and bool(has_box.any()):
+        share = cells[has_box].flatten(1).log_softmax(1)
+        inside = cell_target[has_box].flatten(1) > 0
+        in_box = torch.logsumexp(share.masked_fill(~inside, float("-inf")), dim=1)
+        loss = loss - cfg.point_weight * in_box.mean()
     if soft is not None:
         w = cfg.distill_weight
         loss = (1 - w) * loss + w * (
@@ -432,8 +443,40 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
 
 
+@torch.no_grad()
+def refresh_batch_norm(model: FractureNet, source, idx: np.ndarray, seed: int, batch_size: int = 64) -> None:
+    """Recompute the batch-norm statistics of ``model`` over ``idx``, drawn as in training.
+
+    An average of several models' weights needs its own statistics: the mean of the models'
+    running variances is not the variance its own activations have (SWA's ``update_bn`` step).
+    Only the layers a training batch runs through are recomputed: on the CPU route the frozen
+    trunk is read from the cache, and its statistics stay the ImageNet ones.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kept = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout | torch.nn.Dropout2d):
+            m.eval()
+    gen = torch.Generator(device=next(model.parameters()).device)
+    gen.manual_seed(seed)
+    order = np.random.default_rng(seed).permutation(idx)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        source.batch(model, torch.as_tensor(order[start : start + batch_size], device=device), gen, None)
+    for m, (mean, var, momentum) in zip(norms, kept, strict=True):
+        if int(m.num_batches_tracked) == 0:  # not reached by a training batch: keep what it had
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+        m.momentum = momentum
+    model.eval()
+
+
 def load_trained(state: dict[str, torch.Tensor], cfg: RunConfig, device: torch.device) -> FractureNet:
-    model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride)
+    model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride, localisation=cfg.localisation)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.to(device).eval()
     model.to(memory_format=torch.channels_last)

@@ -9,9 +9,13 @@ method (Grad-CAM and the like) is needed at inference, and the map can be superv
 expert boxes during training.
 
 With ``heatmap_stride=16`` the coarse (stride-32) cell scores are upsampled to the stride-16
-grid and a second 1x1 convolution on the stride-16 features adds a correction per fine cell.
-That correction starts at zero, so training starts from exactly the stride-32 model and only
-learns where the finer grid helps: a 12 x 12 map at 384 px becomes 24 x 24.
+grid and a correction per fine cell is added. That correction starts at zero, so training starts
+from exactly the stride-32 model and only learns where the finer grid helps: a 12 x 12 map at
+384 px becomes 24 x 24. The correction is either a 1x1 convolution on the stride-16 features
+(``localisation="linear"``, v1-v3) or :class:`LocalisationHead` (``"conv"``, v4): two 3x3
+convolutions over the stride-16 features joined with the trained stride-32 features. The CPU
+route freezes the stride-16 features at their ImageNet values, so a linear read-out of them
+cannot learn what a fracture looks like at that scale; a small trained head on top can.
 
 Two more outputs come from the same pass, for the surfaces that need them: the pooled image
 features (1280 numbers, the basis of an out-of-distribution check) and a body-region head
@@ -162,6 +166,40 @@ def imagenet_checkpoint(variant: str) -> str:
     return cls.get_model_file_path()
 
 
+LOCALISATION_HEADS = ("linear", "conv")
+
+
+class LocalisationHead(nn.Module):
+    """The fine (stride-16) heat-map correction of v4: stride-16 features and the trained stride-32
+    features, each projected to ``width`` channels, summed, then two 3x3 convolutions.
+
+    A 3x3 neighbourhood at stride 16 sees about 48 px of the 384-px input around each cell, the
+    scale of a fracture line (FracAtlas boxes: median 29 x 31 px on the original, about 25 px
+    here); the stride-32 features say which coarse cells the image score is made from, so the
+    head learns where inside them the fracture lies. The last convolution starts at zero.
+    """
+
+    def __init__(self, fine_channels: int, deep_channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.fine = nn.Conv2d(fine_channels, width, 1, bias=False)
+        self.deep = nn.Conv2d(deep_channels, width, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width, eps=_BN_EPS)
+        self.body = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.out = nn.Conv2d(width, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, mid: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        deep = F.interpolate(self.deep(features), size=mid.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(self.body(self.bn(self.fine(mid) + deep)))
+
+
 class Outputs(NamedTuple):
     """What one forward pass gives; ``logit`` and ``cells`` are what training optimises."""
 
@@ -174,18 +212,29 @@ class Outputs(NamedTuple):
 class FractureNet(nn.Module):
     """Gray image (N, 1, S, S) in [-1, 1] -> :class:`Outputs` (heat map S/16 or S/32 cells a side)."""
 
-    def __init__(self, variant: str = "lite0", topk_fraction: float = 0.05, heatmap_stride: int = 16) -> None:
+    def __init__(
+        self,
+        variant: str = "lite0",
+        topk_fraction: float = 0.05,
+        heatmap_stride: int = 16,
+        localisation: str = "linear",
+    ) -> None:
         super().__init__()
         if heatmap_stride not in (16, 32):
             raise ValueError(f"heatmap_stride {heatmap_stride}: valid are 16 and 32")
+        if localisation not in LOCALISATION_HEADS:
+            raise ValueError(f"localisation {localisation!r}: valid are {', '.join(LOCALISATION_HEADS)}")
         self.variant = variant
         self.heatmap_stride = heatmap_stride
+        self.localisation = localisation
         self.backbone = EfficientNetLite(variant)
         self.cam = nn.Conv2d(self.backbone.out_channels, 1, 1)
-        if heatmap_stride == 16:
+        if heatmap_stride == 16 and localisation == "linear":
             self.fine_cam = nn.Conv2d(self.backbone.stride16_channels, 1, 1)
             nn.init.zeros_(self.fine_cam.weight)
             nn.init.zeros_(self.fine_cam.bias)
+        elif heatmap_stride == 16:
+            self.fine_head = LocalisationHead(self.backbone.stride16_channels, self.backbone.out_channels)
         self.region = nn.Linear(self.backbone.out_channels, len(REGIONS))
         self.dropout = nn.Dropout2d(0.2)
         self.topk_fraction = topk_fraction
@@ -199,7 +248,10 @@ class FractureNet(nn.Module):
         cells = self.cam(self.dropout(features))  # (N, 1, h, w)
         if self.heatmap_stride == 16:
             cells = F.interpolate(cells, size=mid.shape[-2:], mode="bilinear", align_corners=False)
-            cells = cells + self.fine_cam(self.dropout(mid))
+            if self.localisation == "linear":
+                cells = cells + self.fine_cam(self.dropout(mid))
+            else:
+                cells = cells + self.fine_head(self.dropout(mid), features)
         cells = cells.squeeze(1)
         flat = cells.flatten(1)
         k = max(1, round(self.topk_fraction * int(flat.shape[1])))

@@ -43,6 +43,7 @@ from fracsight.training.loop import (
     TrainingSet,
     load_trained,
     pick_device,
+    refresh_batch_norm,
     save_atomically,
     train_run,
 )
@@ -60,6 +61,13 @@ class TrainConfig:
     distill: bool = True
     cross_fit: bool = True  # thresholds from cross-fitted students (distilled models only)
     final_epochs: int | None = None  # default: median best epoch of the folds, plus one
+    # "trained": one more model trained on all development images (v1-v3); "fold-average": the
+    # shipped model is the average of the fold models' weights (v4), so the fold models'
+    # out-of-fold scores, which set the thresholds, are on its scale.
+    final: str = "trained"
+    # A trunk cache folder shared between runs (the CPU route): kept when the run ends, so the
+    # seeds of one recipe compute it once. Default: OUT/trunk-cache, removed at the end.
+    trunk_cache: str | None = None
     device: str = "auto"
     workers: int = 2
     parallel: int = 1  # runs of one stage trained at once, each in its own process
@@ -85,6 +93,7 @@ class TrainConfig:
 _FREE_ON_RESUME = (
     "cross_fit",
     "out",
+    "trunk_cache",
     "device",
     "workers",
     "parallel",
@@ -238,6 +247,12 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 def _device_for(cfg: TrainConfig) -> torch.device:
     """The training device; the CPU route is checked here, before anything is computed."""
+    if cfg.final not in FINAL_MODELS:
+        raise ValueError(f"final {cfg.final!r}: valid are {', '.join(FINAL_MODELS)}")
+    if cfg.final == "fold-average" and cfg.distill:
+        raise ValueError("--final fold-average averages fold models trained on hard labels: add --no-distill")
+    if cfg.trunk_cache and not cfg.run.frozen_trunk:
+        raise ValueError("--trunk-cache is for the CPU route: add --frozen-trunk")
     if not cfg.run.frozen_trunk:
         return pick_device(cfg.device)
     if cfg.distill:
@@ -253,6 +268,9 @@ def _device_for(cfg: TrainConfig) -> torch.device:
     if cfg.device not in ("auto", "cpu"):
         raise ValueError(f"--frozen-trunk is the CPU route: --device {cfg.device} is not cpu")
     return torch.device("cpu")
+
+
+FINAL_MODELS = ("trained", "fold-average")
 
 
 def run_training(cfg: TrainConfig) -> Path:
@@ -297,7 +315,7 @@ def run_training(cfg: TrainConfig) -> Path:
     if rc.frozen_trunk:
         from fracsight.training.frozen import CacheSource, build_cache
 
-        source = CacheSource(build_cache(tensors, rc, out / "trunk-cache", _say), tensors)
+        source = CacheSource(build_cache(tensors, rc, _cache_folder(cfg), _say), tensors)
     else:
         source = ImageSource(tensors, rc.augmentation)
     if cfg.parallel > 1:
@@ -332,6 +350,8 @@ def run_training(cfg: TrainConfig) -> Path:
 
     best_epochs = [s["best_epoch"] for s in summaries]
     final_epochs = cfg.final_epochs or int(np.median(best_epochs)) + 1
+    if cfg.final == "fold-average":
+        _average_folds(out, fold_jobs, rc, source, dev, device)
     final_cfg = RunConfig(**{**asdict(rc), "epochs": final_epochs, "augmentation": rc.augmentation})
     teachers = tuple(job.folder for job in fold_jobs) if cfg.distill else ()
     # Cross-fitted students: the shipped recipe (distilled from all fold models) trained without
@@ -361,7 +381,8 @@ def run_training(cfg: TrainConfig) -> Path:
     )
     # The final model first: with fewer workers than runs, it is never the one left waiting.
     final_job = _Job("final", final_cfg, dev, None, teachers, final_title)
-    _run_jobs(out, [final_job, *student_jobs], source, device, cfg.parallel)
+    later = [] if cfg.final == "fold-average" else [final_job, *student_jobs]
+    _run_jobs(out, later, source, device, cfg.parallel)
     del fold_models
 
     student_oof = np.full(len(data.labels), np.nan)
@@ -392,10 +413,10 @@ def run_training(cfg: TrainConfig) -> Path:
     diff = check_onnx(final, onnx_path, sample)
     _say(f"ONNX written to {onnx_path} (max |torch - onnx| = {diff:.1e})")
     _remove_arrays(out)
-    if rc.frozen_trunk:
+    if rc.frozen_trunk and not cfg.trunk_cache:
         from fracsight.training.frozen import remove_cache
 
-        remove_cache(out / "trunk-cache")
+        remove_cache(_cache_folder(cfg))
 
     from fracsight.training.card import training_images, write_card
     from fracsight.training.quantise import quantise_after_export
@@ -406,6 +427,42 @@ def run_training(cfg: TrainConfig) -> Path:
     )
     quantise_after_export(onnx_path, data.images[dev], data.images[test_idx], data.labels[test_idx])
     return onnx_path
+
+
+def _cache_folder(cfg: TrainConfig) -> Path:
+    return Path(cfg.trunk_cache) if cfg.trunk_cache else Path(cfg.out) / "trunk-cache"
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of models' weights (integer buffers, batch counters, from the first).
+
+    The fold models start from the same ImageNet weights and the same head initialisation (one
+    seed) and see 80% of the same images, so they stay close enough for their average to be a
+    model that scores like their ensemble, at one model's cost (Wortsman et al., "Model soups",
+    2022, for fine-tuned networks from one pre-trained start).
+    """
+    return {
+        key: torch.stack([s[key].float() for s in states]).mean(0) if states[0][key].is_floating_point()
+        else states[0][key].clone()
+        for key in states[0]
+    }
+
+
+def _average_folds(
+    out: Path, fold_jobs: list, rc: RunConfig, source, dev: np.ndarray, device: torch.device
+) -> None:
+    """``final/best.pt``: the fold models' average, batch-norm statistics recomputed for it."""
+    folder = out / "final"
+    if (folder / "best.pt").exists():
+        return
+    folder.mkdir(exist_ok=True)
+    _say(f"final model: the average of the {len(fold_jobs)} fold models' weights")
+    states = [_load_state(out / j.folder / "best.pt") for j in fold_jobs]
+    model = load_trained(average_states(states), rc, device)
+    refresh_batch_norm(model, source, dev, rc.seed)
+    summary = {"fold_average": [j.folder for j in fold_jobs], "n_batch_norm_images": len(dev)}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    _save_state({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "best.pt")
 
 
 @dataclass(frozen=True)
