@@ -357,3 +357,11 @@ def test_evaluate_runs_the_model_on_a_manifest_with_boxes(tmp_path: Path) -> Non
     if localisation.get("computed"):
         assert localisation["froc"]["n_lesions"] == sum(len(im.boxes) for im in chosen[:8])
         assert localisation["pointing_game"]["strict"]["n"] == 8
+        outline = localisation["outline"]  # the drawn region, beside the pointing game
+        touches, area = outline["touches_box"], outline["median_area_fraction"]
+        assert touches["n"] == 8 and 0 <= touches["k"] <= 8
+        assert touches["lower"] <= touches["value"] <= touches["upper"]
+        q1, q3 = area["quartiles"]
+        assert 0.0 < q1 <= area["value"] <= q3 <= 1.0 and area["lower"] <= area["value"] <= area["upper"]
+        html = (report / "report.html").read_text()
+        assert "Outline contains or touches an expert box" in html and f"{touches['k']}/8)" in html

@@ -3,6 +3,7 @@ JSON that must stay valid, and boxes that localisation cannot score."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -20,13 +21,15 @@ from fracsight.evaluation.adapt import card_with_temperature
 from fracsight.evaluation.calibration import TemperatureFit
 from fracsight.evaluation.datasets import load_dataset
 from fracsight.evaluation.evaluate import EvaluationSettings, evaluate_predictions, user_operating_points
-from fracsight.evaluation.expert_boxes import box_results
+from fracsight.evaluation.expert_boxes import OUTLINE_LEVEL, box_results
 from fracsight.evaluation.groups import group_table
 from fracsight.evaluation.inputs import match_cases, read_labels, read_predictions
 from fracsight.evaluation.metrics import auc_with_ci, bootstrap_auc, delong_ci, wilson_interval
 from fracsight.evaluation.operating_points import OperatingPoint, threshold_for_specificity
 from fracsight.evaluation.report import write_report
-from fracsight.explain import map_peak
+from fracsight.finding import Finding
+from fracsight.model_card import ModelIdentity
+from fracsight.preprocess import letterbox_geometry
 
 
 def _pair(tmp_path: Path, p: list[float], y: list[int], extra: str = "", values: list[str] = ()) -> tuple:
@@ -231,15 +234,18 @@ def test_thresholds_and_calibrate_name_the_data_their_numbers_come_from(tmp_path
     assert str(labels) in err and str(labels) in adapted["data"]
 
 
-def _finding(heat: np.ndarray, probability: float) -> SimpleNamespace:
-    """What box_results reads of a Finding: the map on the image, its peak, its grid and letterbox, the
-    probability."""
-    return SimpleNamespace(
-        heatmap_on_image=lambda: heat,
-        peak=lambda: map_peak(heat),
-        heatmap=np.zeros((4, 4)),
-        letterbox=SimpleNamespace(size=64, scale=1.0),
+THRESHOLDS = {"fracture": 0.6, "doubt": 0.3}
+
+
+def _finding(grid: np.ndarray, probability: float, height: int = 64, width: int = 64) -> Finding:
+    """A real Finding of a hand-made cell map over a 64 px model input (what box_results reads: the
+    map on the image, its peak, its outline, its grid and letterbox, the probability)."""
+    return Finding(
         probability=probability,
+        category=categorise(probability, THRESHOLDS),
+        heatmap=np.asarray(grid, dtype=np.float32),
+        letterbox=letterbox_geometry(height, width, 64),
+        model=ModelIdentity("test-model", None, None, THRESHOLDS),
     )
 
 
@@ -248,13 +254,66 @@ def test_froc_leaves_out_fractured_images_without_boxes() -> None:
     heat = np.zeros((64, 64))
     heat[10:20, 10:20] = 1.0
     cases = SimpleNamespace(ids=["boxed", "unboxed", "normal"], labels=np.array([1, 1, 0]))
-    findings = {case: _finding(heat, 0.9) for case in cases.ids}
+    findings = {case: _finding(heat, 0.9) for case in cases.ids}  # a 64 x 64 grid: one cell per image px
     findings["normal"] = _finding(np.zeros((64, 64)), 0.1)  # flat map: no mark
     result = box_results(cases, findings, {"boxed": [(8.0, 8.0, 22.0, 22.0)]}, n_bootstrap=50)
     froc = result["froc"]
     assert froc["n_images"] == 2 and froc["normalised_area"]["value"] == 1.0  # found before any false mark
     assert froc["curve"]["fp_per_image"] == [0.0]
     assert "1 fractured cases without boxes are left out" in result["data"]
+    outline = result["outline"]["touches_box"]  # the hot square lies inside the box
+    assert (outline["k"], outline["n"]) == (1, 1)
+    assert result["outline"]["median_area_fraction"]["value"] == pytest.approx(100 / 64**2)
+
+
+def test_outline_of_boxed_fractured_images_in_metrics_and_report(tmp_path: Path) -> None:
+    """The outline the viewer draws, scored against the boxes: three fractured images on a 128 x 64
+    image (a 4 x 4 map over a 64 px input: a cell is 32 image px, the image fills grid rows 1 and 2)."""
+    y = [i % 2 for i in range(40)]
+    preds, labels = _pair(tmp_path, [0.2 + 0.5 * v + 0.005 * i for i, v in enumerate(y)], y)
+    evaluation = evaluate_predictions(preds, labels, settings=EvaluationSettings(n_resamples=100))
+
+    def grid(*cells: tuple[int, int]) -> np.ndarray:
+        out = np.full((4, 4), 0.1)
+        for cell in cells:
+            out[cell] = 1.0
+        return out
+
+    findings = {
+        "c1": _finding(grid((1, 0)), 0.9, 64, 128),  # x 0..32, y 0..32
+        "c3": _finding(grid((1, 0), (1, 1)), 0.9, 64, 128),  # x 0..64, y 0..32
+        "c5": _finding(grid((1, 0), (1, 1), (2, 0)), 0.9, 64, 128),  # an L: x 0..64 above, 0..32 below
+        "c0": _finding(grid(), 0.1, 64, 128),
+        "c2": _finding(grid((2, 3)), 0.2, 64, 128),
+    }
+    boxes = {
+        "c1": [(32.0, 10.0, 50.0, 20.0)],  # on the outline's right edge: touches
+        "c3": [(70.0, 0.0, 90.0, 20.0)],  # 6 px to the right: misses
+        "c5": [(40.0, 40.0, 50.0, 50.0)],  # in the notch of the L, inside its bounding box: misses
+    }
+    evaluation.localisation = box_results(evaluation.cases, findings, boxes, n_bootstrap=200)
+    outline = evaluation.localisation["outline"]
+    assert inspect.signature(Finding.outline).parameters["level"].default == OUTLINE_LEVEL
+    assert f"{OUTLINE_LEVEL} x the peak" in outline["description"]
+    assert "presentation state" in outline["description"]
+    touches = outline["touches_box"]
+    assert (touches["k"], touches["n"], touches["value"]) == (1, 3, pytest.approx(1 / 3))
+    assert (touches["lower"], touches["upper"]) == pytest.approx(wilson_interval(1, 3))
+    area = outline["median_area_fraction"]  # areas 1, 2 and 3 cells of 32 x 32 px on 128 x 64 px
+    assert area["value"] == pytest.approx(0.25)
+    assert area["quartiles"] == pytest.approx([0.1875, 0.3125])
+    assert 0.125 <= area["lower"] <= 0.25 <= area["upper"] <= 0.375
+
+    files = write_report(evaluation, tmp_path / "out")
+    written = json.loads(files.metrics_json.read_text())["localisation"]["outline"]
+    assert written["touches_box"]["k"] == 1
+    assert written["median_area_fraction"]["value"] == pytest.approx(0.25)
+    html = files.html.read_text()
+    table = html[html.index('id="localisation-table"') :]
+    assert "Outline contains or touches an expert box" in table
+    assert "33.3% (95% CI" in table and "1/3)" in table
+    assert "Outline area, % of the image: median" in table and "25.0% (95% CI" in table
+    assert "quartiles 18.8\u201331.2%" in table
 
 
 def test_one_fractured_case_is_a_clear_error_naming_the_labels(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Pointing game and FROC on synthetic heat maps whose answers are known by construction."""
+"""Pointing game, FROC and the drawn outline on synthetic heat maps whose answers are known by
+construction."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ from fracsight.evaluation.localisation import (
     heatmap_cell_px,
     iou,
     mark_hits,
+    outline_area,
+    outline_measures,
+    outline_touches,
     pointing_game,
     wilson_interval,
 )
-from fracsight.explain import map_peak
+from fracsight.explain import heatmap_outline, map_peak
+from fracsight.preprocess import letterbox_geometry
 
 H, W = 120, 100
 
@@ -203,3 +208,115 @@ def test_input_errors_name_the_problem() -> None:
         pointing_game([blob(5, 5)], [[(0.0, 0.0, 9.0, 9.0)]], cell_px=[0.0])
     with pytest.raises(LocalisationInputError, match="need one of each per image"):
         froc([blob(5, 5)], [0.5, 0.2], [[]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Outline of the hot region
+
+SQUARE = [(10.0, 10.0), (30.0, 10.0), (30.0, 30.0), (10.0, 30.0), (10.0, 10.0)]
+# An L: the square 0..40 without its lower-right quarter 20..40 x 20..40 (y grows downwards).
+ELL = [(0.0, 0.0), (40.0, 0.0), (40.0, 20.0), (20.0, 20.0), (20.0, 40.0), (0.0, 40.0), (0.0, 0.0)]
+
+
+@pytest.mark.parametrize(
+    ("box", "touches"),
+    [
+        ((15.0, 15.0, 20.0, 20.0), True),  # box inside the outline: no edge meets it
+        ((0.0, 0.0, 40.0, 40.0), True),  # outline inside the box
+        ((5.0, 15.0, 35.0, 20.0), True),  # a band across: edges cross, no corner inside the other
+        ((30.0, 12.0, 40.0, 20.0), True),  # shares part of the right edge only
+        ((30.0, 30.0, 40.0, 40.0), True),  # shares the lower-right corner only
+        ((0.0, 0.0, 10.0, 10.0), True),  # shares the upper-left corner only
+        ((31.0, 12.0, 40.0, 20.0), False),  # one px right of the outline
+        ((31.0, 31.0, 40.0, 40.0), False),  # one px diagonally off the corner
+        ((12.0, 0.0, 20.0, 9.0), False),  # one px above
+    ],
+)
+def test_outline_touches_a_square(box: tuple[float, float, float, float], touches: bool) -> None:
+    assert outline_touches(SQUARE, [box]) is touches
+    open_polygon = SQUARE[:-1]  # the first point need not be repeated
+    assert outline_touches(open_polygon, [box]) is touches
+
+
+def test_outline_touches_follows_the_polygon_not_its_bounding_box() -> None:
+    """A box in the notch of an L lies inside the L's bounding box but outside the L."""
+    assert not outline_touches(ELL, [(25.0, 25.0, 35.0, 35.0)])
+    assert not outline_touches(ELL, [(21.0, 21.0, 39.0, 39.0)])
+    assert outline_touches(ELL, [(20.0, 25.0, 30.0, 30.0)])  # on the notch's left edge
+    assert outline_touches(ELL, [(20.0, 20.0, 30.0, 30.0)])  # at the notch's inner corner
+    assert outline_touches(ELL, [(5.0, 25.0, 10.0, 30.0)])  # inside the L's lower arm
+    assert outline_touches(ELL, [(25.0, 25.0, 35.0, 35.0), (5.0, 5.0, 6.0, 6.0)])  # any box counts
+    assert not outline_touches(ELL, [])
+    assert not outline_touches([], [(0.0, 0.0, 1.0, 1.0)])
+
+
+def test_outline_area_by_shoelace() -> None:
+    assert outline_area(ELL) == pytest.approx(1200.0)  # 40 x 40 less 20 x 20
+    assert outline_area(list(reversed(ELL))) == pytest.approx(1200.0)  # either direction
+    assert outline_area(ELL[:-1]) == pytest.approx(1200.0)  # without the repeated first point
+    assert outline_area(SQUARE) == pytest.approx(400.0)
+    assert outline_area([(0.0, 0.0), (5.0, 0.0), (0.0, 0.0)]) == 0.0  # a collapsed outline
+
+
+def test_drawn_outline_touches_a_box_on_its_edge_through_letterbox_arithmetic() -> None:
+    """The outline of a real map through a letterbox whose scale is not a round number still meets a
+    box drawn on its edge (corners come from cell x scale, with rounding errors)."""
+    box = letterbox_geometry(300, 200, 64)  # scale 64/300, padded left and right
+    grid = np.full((4, 4), 0.1)
+    grid[1, 1] = grid[2, 1] = 1.0
+    outline = heatmap_outline(grid, box)
+    left, right = min(x for x, _ in outline), max(x for x, _ in outline)
+    top, bottom = min(y for _, y in outline), max(y for _, y in outline)
+    assert bottom != 225.0 and round(bottom, 9) == 225.0  # the cells end at image row 225, give or take
+    assert outline_touches(outline, [(left, 225.0, right, 240.0)])  # an expert box drawn from row 225 down
+    assert outline_touches(outline, [(round(right, 9), top, right + 20.0, bottom)])
+    assert not outline_touches(outline, [(right + 1.0, top, right + 20.0, bottom)])
+    assert not outline_touches(outline, [(left, 226.0, right, 240.0)])
+    assert outline_area(outline) == pytest.approx((right - left) * (bottom - top))
+
+
+def test_outline_measures_on_hand_made_maps() -> None:
+    """Three boxed images through the real outline of a 4 x 4 map on a 128 x 64 image (model input 64,
+    so a cell is 32 image px and the image fills grid rows 1 and 2), and one image without boxes."""
+    box = letterbox_geometry(64, 128, 64)
+    assert (box.scale, box.pad_x, box.pad_y) == (0.5, 0, 16)
+
+    def outline(*cells: tuple[int, int]) -> list[tuple[float, float]]:
+        grid = np.full((4, 4), 0.1)
+        for cell in cells:
+            grid[cell] = 1.0
+        return heatmap_outline(grid, box)
+
+    one, two, three = outline((1, 0)), outline((1, 0), (1, 1)), outline((1, 0), (1, 1), (2, 0))
+    assert one == [(0.0, 0.0), (32.0, 0.0), (32.0, 32.0), (0.0, 32.0), (0.0, 0.0)]
+    image = (128, 64)
+    result = outline_measures(
+        [one, two, three, one],
+        [
+            [(32.0, 10.0, 50.0, 20.0)],  # on the right edge of the one cell: touches
+            [(70.0, 0.0, 90.0, 20.0)],  # 6 px right of the two cells: misses
+            [(40.0, 40.0, 50.0, 50.0)],  # in the notch of the three cells' L: misses
+            [],  # no boxes: left out
+        ],
+        [image] * 4,
+        n_bootstrap=500,
+    )
+    fractions = sorted(a / (128 * 64) for a in (32 * 32, 64 * 32, 3 * 32 * 32))
+    assert (result.touches, result.n, result.n_without_boxes) == (1, 3, 1)
+    assert result.rate == pytest.approx(1 / 3)
+    assert result.ci == pytest.approx(wilson_interval(1, 3))
+    assert result.median_area_fraction == pytest.approx(fractions[1])
+    assert result.area_quartiles == pytest.approx(tuple(np.quantile(fractions, [0.25, 0.75])))
+    lower, upper = result.area_ci
+    assert fractions[0] <= lower <= result.median_area_fraction <= upper <= fractions[2]
+    again = outline_measures([one, two, three, one], [[(0, 0, 1, 1)]] * 3 + [[]], [image] * 4, n_bootstrap=0)
+    assert again.touches == 3 and all(np.isnan(again.area_ci))
+
+
+def test_outline_measures_refuse_inputs_that_do_not_fit() -> None:
+    with pytest.raises(LocalisationInputError, match="2 outlines, 1 box lists"):
+        outline_measures([SQUARE, SQUARE], [[(0, 0, 1, 1)]], [(40, 40)])
+    with pytest.raises(LocalisationInputError, match="none of the 1 images has an expert box"):
+        outline_measures([SQUARE], [[]], [(40, 40)])
+    with pytest.raises(LocalisationInputError, match="no area"):
+        outline_measures([SQUARE], [[(0, 0, 1, 1)]], [(0, 40)])

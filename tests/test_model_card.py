@@ -95,6 +95,27 @@ def test_an_evaluation_is_recorded_into_a_card_copy(tmp_path: Path) -> None:
     markdown = (tmp_path / "m.card.md").read_text()
     assert f"{metrics['overall']['auc']['value']:.3f}" in markdown
     assert "region = hand" in markdown and "fracsight evaluate (test)" in markdown
+    assert "outline" not in markdown  # no boxes, no localisation
+
+    # With expert boxes, the outline figures travel to the card beside the pointing game.
+    rate = {"value": 0.5, "lower": 0.3, "upper": 0.7, "k": 5, "n": 10, "method": "Wilson score interval"}
+    metrics["localisation"] = {
+        "computed": True,
+        "data": "10 analysed cases",
+        "pointing_game": {"strict": rate, "within_half_a_cell": rate, "tolerance_px": 12.0},
+        "froc": {"normalised_area": {"value": 0.4, "lower": 0.2, "upper": 0.6}},
+        "outline": {
+            "level": 0.5,
+            "touches_box": {**rate, "value": 0.9, "k": 9, "lower": 0.6, "upper": 0.98},
+            "median_area_fraction": {"value": 0.081, "lower": 0.05, "upper": 0.12, "quartiles": [0.04, 0.2]},
+        },
+    }
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    card = record_evaluation(tmp_path / "m.card.json", report / "metrics.json", "fracsight evaluate (test)")
+    assert card["metrics"]["shipped_model_evaluation"]["localisation"]["outline"]["touches_box"]["k"] == 9
+    markdown = (tmp_path / "m.card.md").read_text()
+    assert "contains or touches an expert box 0.900 [0.600, 0.980] (9/10)" in markdown
+    assert "median area as a share of the image 0.081 [0.050, 0.120], quartiles 0.040-0.200" in markdown
 
 
 def test_region_accuracy_per_region_and_for_several_regions() -> None:

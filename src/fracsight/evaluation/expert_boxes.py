@@ -1,10 +1,10 @@
 """Hands the model's heat maps and the experts' boxes to the localisation measures for the report.
 
-The measures themselves (pointing game, FROC) live in ``fracsight.evaluation.localisation``;
-this module only gathers their inputs from an evaluation run (every analysed case: the
-fractured ones with their boxes, the others with none, so that false marks on them count;
-fractured cases without boxes are left out, as their fracture could be anywhere)
-and returns the results as a JSON-ready dict, each rate with its n and 95% CI.
+The measures themselves (pointing game, FROC, the drawn outline) live in
+``fracsight.evaluation.localisation``; this module only gathers their inputs from an evaluation
+run (every analysed case: the fractured ones with their boxes, the others with none, so that
+false marks on them count; fractured cases without boxes are left out, as their fracture could
+be anywhere) and returns the results as a JSON-ready dict, each rate with its n and 95% CI.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ __all__ = ["box_results"]
 
 log = logging.getLogger(__name__)
 
+# The level of Finding.outline()'s default, the outline the viewer and presentation state draw, for the
+# description (a test keeps the two equal); the outline scored is the drawn one itself.
+OUTLINE_LEVEL = 0.5
+
 
 def _ci(pair: tuple[float, float] | None) -> tuple[float | None, float | None]:
     if pair is None:
@@ -36,7 +40,8 @@ def box_results(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Pointing game and FROC on the analysed cases; ``computed: False`` with a reason when impossible."""
+    """Pointing game, FROC and outline on the analysed cases; ``computed: False`` with a reason when
+    impossible."""
     try:
         localisation = importlib.import_module("fracsight.evaluation.localisation")
     except ModuleNotFoundError as exc:
@@ -70,10 +75,21 @@ def box_results(
         seed=seed,
         peaks=[f.peak() for _, f in analysed],  # the peak the product shows, not one of the resampled map
     )
+    # The outline the viewer and the presentation state draw, from the cell map: cheap, no resampling.
+    boxed = [(f, b) for (_, f), b in zip(analysed, case_boxes, strict=True) if b]
+    outline = localisation.outline_measures(
+        [f.outline() for f, _ in boxed],
+        [b for _, b in boxed],
+        [(f.letterbox.width, f.letterbox.height) for f, _ in boxed],
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
     pointing, froc = result.pointing, result.froc
     p_lo, p_hi = _ci(pointing.ci)
     t_lo, t_hi = _ci(pointing.tolerant_ci)
     f_lo, f_hi = _ci(froc.ci)
+    o_lo, o_hi = _ci(outline.ci)
+    a_lo, a_hi = _ci(outline.area_ci)
     return {
         "computed": True,
         "data": (
@@ -123,5 +139,27 @@ def box_results(
             "n_images": froc.n_images,
             "n_marks": froc.n_marks,
             "curve": {"fp_per_image": froc.fp_per_image.tolist(), "sensitivity": froc.sensitivity.tolist()},
+        },
+        "outline": {
+            "description": (
+                f"the heat-map region the viewer and the DICOM presentation state draw: cells >= "
+                f"{OUTLINE_LEVEL} x the peak cell, connected to it, on fractured images with boxes"
+            ),
+            "level": OUTLINE_LEVEL,
+            "touches_box": {
+                "value": outline.rate,
+                "lower": o_lo,
+                "upper": o_hi,
+                "k": outline.touches,
+                "n": outline.n,
+                "method": "Wilson score interval",
+            },
+            "median_area_fraction": {
+                "value": outline.median_area_fraction,
+                "lower": a_lo,
+                "upper": a_hi,
+                "method": f"bootstrap over images ({outline.n_bootstrap} resamples), percentile",
+                "quartiles": list(outline.area_quartiles),
+            },
         },
     }

@@ -20,6 +20,11 @@ column c) covering [c, c + 1) x [r, r + 1), so its centre is (c + 0.5, r + 0.5).
   positives are per image over all images, negatives included. The area under the FROC up to
   ``max_fppi`` false positives per image is divided by ``max_fppi`` (1 = every lesion found
   before the first false positive), with a bootstrap CI over images.
+* Outline: the region the viewer and the DICOM presentation state draw
+  (:func:`fracsight.explain.heatmap_outline`, a closed polygon in image px). What a reader sees
+  is that region, not the peak, so it is scored by whether it contains or touches an expert box
+  (Wilson interval) and by how much of the image it covers (median with a bootstrap CI): a
+  region that touches every box by covering half the image points nowhere.
 """
 
 from __future__ import annotations
@@ -87,6 +92,23 @@ class FrocResult:
     n_marks: int
     sensitivity_at: dict[float, float] = field(default_factory=dict)
     level: float | None = None  # heat-map level the marks came from, if they did
+    confidence: float = 0.95
+    n_bootstrap: int = 0
+
+
+@dataclass(frozen=True)
+class OutlineResult:
+    """How often the drawn outline meets an expert box, and how much of the image it covers, on the
+    images that have boxes."""
+
+    touches: int
+    n: int
+    rate: float
+    ci: tuple[float, float]
+    median_area_fraction: float
+    area_ci: tuple[float, float]  # bootstrap percentile CI of the median; NaN without resamples
+    area_quartiles: tuple[float, float]
+    n_without_boxes: int
     confidence: float = 0.95
     n_bootstrap: int = 0
 
@@ -473,4 +495,130 @@ def evaluate_localisation(
     return LocalisationResult(
         pointing=_pointing_result(distances, used_cells if cells else None, len(boxes), confidence),
         froc=froc_from_marks(marks, boxes, max_fppi, HIT_MIN_IOU, n_bootstrap, confidence, seed, level),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Outline of the hot region
+
+# Outline corners come from letterbox arithmetic (cell x scale), so a corner meant to lie on a box's
+# edge may miss it by a rounding error; closer than this counts as on it.
+_TOUCH_EPS_PX = 1e-6
+
+
+def _segment_meets_box(a: Point, b: Point, box: Box) -> bool:
+    """Does the closed segment a-b meet the closed box? (Liang-Barsky clipping: some part survives.)"""
+    x0, y0, x1, y1 = box
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    t_in, t_out = 0.0, 1.0
+    for p, q in ((-dx, a[0] - x0), (dx, x1 - a[0]), (-dy, a[1] - y0), (dy, y1 - a[1])):
+        if p == 0.0:
+            if q < 0.0:  # parallel to this side and outside it
+                return False
+            continue
+        t = q / p
+        if p < 0.0:
+            t_in = max(t_in, t)
+        else:
+            t_out = min(t_out, t)
+        if t_in > t_out:
+            return False
+    return True
+
+
+def _inside_polygon(x: float, y: float, polygon: Sequence[Point]) -> bool:
+    """Even-odd rule; only asked for points that lie on no edge, so the boundary case never arises."""
+    inside = False
+    for (ax, ay), (bx, by) in zip(polygon, [*polygon[1:], polygon[0]], strict=True):
+        if (ay > y) != (by > y) and x < ax + (y - ay) * (bx - ax) / (by - ay):
+            inside = not inside
+    return inside
+
+
+def outline_touches(outline: Sequence[Point], boxes: Sequence[Box]) -> bool:
+    """Do the region inside the closed polygon ``outline`` and any closed box share a point?
+
+    Containment either way, crossing, and a shared edge or corner all count: the reader looking
+    inside or along the drawn line would find the fracture. Two closed regions meet exactly when
+    their boundaries meet or one lies inside the other; a polygon inside a box has its edges in
+    the box, so edges meeting the box and a box corner inside the polygon cover every case.
+    """
+    points = [(float(x), float(y)) for x, y in outline]
+    if not points:
+        return False
+    edges = list(zip(points, [*points[1:], points[0]], strict=True))
+    for x0, y0, x1, y1 in boxes:
+        grown = (x0 - _TOUCH_EPS_PX, y0 - _TOUCH_EPS_PX, x1 + _TOUCH_EPS_PX, y1 + _TOUCH_EPS_PX)
+        if any(_segment_meets_box(a, b, grown) for a, b in edges):
+            return True
+        if len(points) >= 3 and _inside_polygon(x0, y0, points):  # no edge meets it: all inside or none
+            return True
+    return False
+
+
+def outline_area(outline: Sequence[Point]) -> float:
+    """Area (square image px) enclosed by the polygon (shoelace formula; the first point may be
+    repeated last), for the share of the image the reader is pointed at."""
+    points = [(float(x), float(y)) for x, y in outline]
+    if len(points) < 3:
+        return 0.0
+    twice = sum(
+        ax * by - bx * ay for (ax, ay), (bx, by) in zip(points, [*points[1:], points[0]], strict=True)
+    )
+    return abs(twice) / 2.0
+
+
+def outline_measures(
+    outlines: Sequence[Sequence[Point]],
+    boxes: Sequence[Sequence[Box]],
+    image_sizes: Sequence[tuple[int, int]],
+    confidence: float = 0.95,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> OutlineResult:
+    """Share of images (with expert boxes) whose outline touches a box, and the outline's area as a
+    fraction of the image (``image_sizes``: width, height), on the same images.
+
+    Both together, because either alone is easy to game: a tight outline off the fracture, or one
+    that covers the image and touches everything. The median area is robust to the few images
+    whose whole map is hot; its CI resamples images.
+    """
+    if not len(outlines) == len(boxes) == len(image_sizes):
+        raise LocalisationInputError(
+            f"{len(outlines)} outlines, {len(boxes)} box lists and {len(image_sizes)} image sizes: "
+            "need one of each per image"
+        )
+    touched, fractions = [], []
+    for i, (outline, image_boxes, size) in enumerate(zip(outlines, boxes, image_sizes, strict=True)):
+        checked = _check_boxes(image_boxes, i)
+        if not checked:
+            continue
+        width, height = (float(v) for v in size)
+        if not (width > 0 and height > 0):
+            raise LocalisationInputError(f"image {i} has no area ({size}), expected width, height > 0")
+        touched.append(outline_touches(outline, checked))
+        fractions.append(outline_area(outline) / (width * height))
+    n = len(touched)
+    if n == 0:
+        raise LocalisationInputError(f"none of the {len(boxes)} images has an expert box: nothing to outline")
+    k = sum(touched)
+    areas = np.asarray(fractions)
+    area_ci = (float("nan"), float("nan"))
+    if n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        medians = np.median(areas[rng.integers(0, n, size=(n_bootstrap, n))], axis=1)
+        alpha = (1 - confidence) / 2
+        area_ci = (float(np.quantile(medians, alpha)), float(np.quantile(medians, 1 - alpha)))
+    q1, q3 = np.quantile(areas, [0.25, 0.75])
+    return OutlineResult(
+        touches=k,
+        n=n,
+        rate=k / n,
+        ci=wilson_interval(k, n, confidence),
+        median_area_fraction=float(np.median(areas)),
+        area_ci=area_ci,
+        area_quartiles=(float(q1), float(q3)),
+        n_without_boxes=len(boxes) - n,
+        confidence=confidence,
+        n_bootstrap=n_bootstrap,
     )

@@ -568,8 +568,22 @@ def _as_estimate(d: dict[str, Any]) -> Estimate:
     )
 
 
+def _fmt_area(e: dict[str, Any]) -> str:
+    """'4.2% (95% CI 3.1\u20135.6%; quartiles 2.0\u20138.9%)': a median share with its spread over images."""
+    if e.get("value") is None:
+        return "n/a"
+    inside = []
+    if e.get("lower") is not None and e.get("upper") is not None:
+        inside.append(f"95% CI {100 * e['lower']:.1f}\u2013{100 * e['upper']:.1f}%")
+    if e.get("quartiles"):
+        q1, q3 = e["quartiles"]
+        inside.append(f"quartiles {100 * q1:.1f}\u2013{100 * q3:.1f}%")
+    return f"{_pct(e['value'])} ({'; '.join(inside)})" if inside else _pct(e["value"])
+
+
 def _known_localisation(loc: dict[str, Any]) -> Markup:
-    """Pointing game and FROC results as written by :func:`fracsight.evaluation.expert_boxes.box_results`."""
+    """Pointing game, FROC and outline results as written by
+    :func:`fracsight.evaluation.expert_boxes.box_results`."""
     pointing, froc = loc["pointing_game"], loc["froc"]
     area = froc["normalised_area"]
     tolerance = pointing.get("tolerance_px")
@@ -592,6 +606,11 @@ def _known_localisation(loc: dict[str, Any]) -> Markup:
             f"{fmt_number(_as_estimate(area))}; {froc['n_lesions']} boxes on {froc['n_images']} images",
         ]
     )
+    outline = loc.get("outline")  # absent from metrics.json files written before it was measured
+    if outline:
+        touches = fmt_proportion(_as_estimate(outline["touches_box"]))
+        rows.append(["Outline contains or touches an expert box", touches])
+        rows.append(["Outline area, % of the image: median", _fmt_area(outline["median_area_fraction"])])
     parts: list[Markup | str] = [
         paragraph(
             "Where the heat map points, compared with the fracture boxes drawn by experts ("
@@ -599,6 +618,7 @@ def _known_localisation(loc: dict[str, Any]) -> Markup:
             + "). FROC "
             + str(froc.get("description", ""))
             + "; points of the curve are in metrics.json."
+            + (f" Outline: {outline.get('description', '')}." if outline else "")
         ),
         table(["Measure", "Value (95% CI; n)"], rows, element_id="localisation-table"),
     ]

@@ -478,7 +478,8 @@ def record_evaluation(
         "calibration": {k: metrics["calibration"][k] for k in ("brier", "ece")},
         # Present only when the evaluated data had expert boxes.
         "localisation": {
-            k: (metrics.get("localisation") or {}).get(k) for k in ("data", "pointing_game", "froc")
+            k: (metrics.get("localisation") or {}).get(k)
+            for k in ("data", "pointing_game", "froc", "outline")
         },
     }
     card["metrics"][key] = entry
@@ -617,6 +618,17 @@ def _evaluation_markdown(ev: dict, previous: dict | None = None) -> list[str]:
                 f"median) {_fmt_est(pg['within_half_a_cell'])}; FROC normalised area up to 1 false mark "
                 f"per image {_fmt_est(loc['froc']['normalised_area'])}.",
             ]
+            outline = loc.get("outline")  # cards recorded before the outline was measured have none
+            if outline:
+                area = outline["median_area_fraction"]
+                q1, q3 = area.get("quartiles") or (None, None)
+                quartiles = f", quartiles {q1:.3f}-{q3:.3f}" if q1 is not None and q3 is not None else ""
+                lines[-1] += (
+                    f" The drawn outline (cells >= {outline.get('level', 0.5)} x the peak, the region the "
+                    f"viewer and the DICOM presentation state show) contains or touches an expert box "
+                    f"{_fmt_est(outline['touches_box'])}; its median area as a share of the image "
+                    f"{_fmt_est(area)}{quartiles}."
+                )
     cal = ev["calibration"]
     lines += [
         f"Calibration: Brier {_fmt_est(cal['brier'])}, ECE {_fmt_est(cal['ece'])}.",
