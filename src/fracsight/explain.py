@@ -230,32 +230,19 @@ def heatmap_layer(heatmap: np.ndarray, box: Letterbox, size: tuple[int, int]) ->
 
     Transparent where the map is below :data:`OVERLAY_FLOOR`, increasingly opaque and red above
     it; a viewer lays it over the radiograph and sets its opacity, ``overlay_image`` burns it in.
-    The map is resampled straight to ``size`` (never to the file's resolution) and coloured by
-    one look-up in :func:`_layer_colours` (:data:`_LAYER_LEVELS` steps: within a grey level of
-    computing each pixel's colour).
+    The map is resampled straight to ``size`` (never to the file's resolution); each channel is
+    computed as one contiguous plane and Pillow interleaves them (filling the four channels of
+    one array in numpy costs several times more, in strided writes).
     """
     width, height = size
     scaled = Letterbox(box.size, box.scale * box.width / width, box.pad_x, box.pad_y, height, width)
     heat = heatmap_to_image(heatmap, scaled)
-    level = np.clip(heat, 0.0, 1.0)
-    level *= np.float32(_LAYER_LEVELS - 1)
-    level += np.float32(0.5)
-    rgba = _layer_colours().take(level.astype(np.uint16))  # one uint32 (R, G, B, A bytes) per pixel
-    return Image.fromarray(rgba.view(np.uint8).reshape(height, width, 4), mode="RGBA")
-
-
-_LAYER_LEVELS = 1024  # map values 0..1 in this many colour steps
-
-
-@functools.cache
-def _layer_colours() -> np.ndarray:
-    """The layer's colour of each of :data:`_LAYER_LEVELS` map values, RGBA packed as uint32 in
-    memory order: yellow to red (:func:`_colormap`), opaque from :data:`OVERLAY_FLOOR` up."""
-    values = np.linspace(0.0, 1.0, _LAYER_LEVELS, dtype=np.float32)
-    rgba = np.empty((_LAYER_LEVELS, 4), dtype=np.uint8)
-    rgba[:, :3] = _colormap(values)
-    rgba[:, 3] = np.clip((values - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255)
-    return rgba.view(np.uint32).reshape(-1)
+    cooler = np.clip(heat, 0.0, 1.0)
+    np.subtract(1.0, cooler, out=cooler)  # 1 - v, as _colormap computes it
+    alpha = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255)
+    planes = [(230.0 * cooler).astype(np.uint8), (40.0 * cooler).astype(np.uint8), alpha.astype(np.uint8)]
+    red = Image.new("L", size, 255)
+    return Image.merge("RGBA", [red, *(Image.fromarray(plane, mode="L") for plane in planes)])
 
 
 def _wrap(draw: ImageDraw.ImageDraw, parts: list[str], font: ImageFont.ImageFont, width: float) -> str:
@@ -317,7 +304,7 @@ def save_png(image: Image.Image, target: Path, text: dict[str, str]) -> None:
     data = encode_png(image, text)
     part = target.with_name(f".{target.name}.part")
     try:
-        part.write_bytes(data)
+        _write_file(part, data)
         os.replace(part, target)
     except BaseException:
         try:
@@ -325,3 +312,9 @@ def save_png(image: Image.Image, target: Path, text: dict[str, str]) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (a function of its own, so a test can make the disk full)."""
+    with open(path, "wb") as out:
+        out.write(data)
