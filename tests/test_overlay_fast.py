@@ -5,6 +5,7 @@ heat-map layer made channel by channel (the pixels of colouring every pixel at o
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,72 @@ def test_layer_ends_of_the_scale() -> None:
     hot = np.asarray(explain.heatmap_layer(np.ones((4, 4), np.float32), box, (8, 8)))
     assert (cold == (255, 230, 40, 0)).all()
     assert (hot == (255, 0, 0, int(0.55 * 255.0))).all()
+
+
+def test_pooled_writer_writes_every_picture_in_input_order(
+    tmp_path: Path, sample_images: list[Path], default_analyser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pictures are written by threads, finished out of order (the first is the slowest), and one
+    fails: every other picture is written, whole, and the rows keep the input order, the failed
+    one with its answer and the reason."""
+    import errno
+    import threading
+    import time
+
+    from fracsight.cli import predict
+    from fracsight.cli.predict_output import HEATMAP_NOT_WRITTEN
+
+    jpegs = [p for p in sample_images if p.suffix == ".jpg"]
+    inputs = []
+    for i, source in enumerate(jpegs * 2):  # ten inputs: more than the writers and a batch
+        inputs.append(tmp_path / "in" / f"{i:02d}_{source.name}")
+        inputs[-1].parent.mkdir(exist_ok=True)
+        inputs[-1].write_bytes(source.read_bytes())
+    failing = inputs[3].name
+    real = explain._write_file
+    threads: set[str] = set()
+
+    def write(path: Path, data: bytes) -> None:
+        threads.add(threading.current_thread().name)
+        if inputs[0].name in path.name:
+            time.sleep(0.3)  # the first picture finishes after later ones
+        if failing in path.name:
+            path.write_bytes(data[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(explain, "_write_file", write)
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    records = list(predict.rows(default_analyser, inputs, heat))
+    assert [Path(r["path"]).name for r in records] == [p.name for p in inputs]
+    assert all(r["probability"] is not None for r in records)
+    failed = [r for r in records if r.get("error_code") == HEATMAP_NOT_WRITTEN]
+    assert [Path(r["path"]).name for r in failed] == [failing]
+    assert "No space left on device" in failed[0]["error"] and failed[0]["heatmap"] is None
+    written = sorted(Path(r["heatmap"]) for r in records if r["heatmap"])
+    assert len(written) == len(inputs) - 1
+    assert sorted(heat.iterdir()) == written  # no partial file left, none missing
+    for path in written:
+        with Image.open(path) as picture:
+            picture.load()  # whole
+    assert all(name.startswith("heatmap") for name in threads)
+
+
+def test_pooled_writer_stops_cleanly_when_the_caller_stops(
+    tmp_path: Path, sample_images: list[Path], default_analyser
+) -> None:
+    """A caller that stops after the first row (Ctrl-C, a closed pipe) leaves no thread writing
+    and no half-written picture."""
+    import threading
+
+    from fracsight.cli import predict
+
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    produced = predict.rows(default_analyser, sample_images * 2, heat)
+    first = next(produced)
+    produced.close()
+    assert first["heatmap"] and Path(first["heatmap"]).exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("heatmap")]
+    assert not [p for p in heat.iterdir() if p.name.endswith(".part")]
