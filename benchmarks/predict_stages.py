@@ -11,9 +11,10 @@ Stages, per image: decode in a decoder worker (``Analyser.read``, as predict rea
 decode in this process (the difference is the transfer from the worker), preprocess, model,
 heat-map layer, overlay drawing (layer, grey image, blend, caption), PNG encoding and writing
 (``save_png``), CSV row; then end to end, ``predict``'s rows (decode ahead, model, pictures
-written, CSV) over a batch of typical images, per image. Inputs: typical FracAtlas JPEGs from
-``../shared/data/fracatlas`` (the bundled samples without it), a 3000 x 3000 16-bit DICOM made
-from a real radiograph and the same as lossless JPEG 2000 (``predict_speed.py`` makes both).
+written, CSV) over a batch of typical images and over four 3000 x 3000 DICOMs, per image.
+Inputs: typical FracAtlas JPEGs from ``../shared/data/fracatlas`` (the bundled samples without
+it), a 3000 x 3000 16-bit DICOM made from a real radiograph and the same as lossless JPEG 2000
+(``predict_speed.py`` makes both).
 """
 
 from __future__ import annotations
@@ -118,19 +119,20 @@ def child(spec: dict) -> dict:
                 times["decode in process"].append(local)
                 times["transfer from the worker"].append(worker - local)
         results[label] = {stage: statistics.median(v) for stage, v in times.items() if v}
-    batch = [Path(p) for p in spec["batch"]]
-    heat = out / "heat"
-    for _ in range(2):  # the first warms the read-ahead threads and the writers
-        for old in heat.glob("*"):
-            old.unlink()
-        heat.mkdir(exist_ok=True)
-        writer = RowWriter(str(out / "rows.csv"), False)
-        t0 = time.perf_counter()
-        for row in predict.rows(analyser, batch, heat):
-            writer.write(row)
-        writer.close()
-        elapsed = (time.perf_counter() - t0) * 1e3 / len(batch)
-    results["typical JPEG"]["end to end: predict's rows, batched"] = elapsed
+    for label, paths in spec["batches"]:
+        batch = [Path(p) for p in paths]
+        heat = out / "heat"
+        for _ in range(2):  # the first warms the read-ahead threads and the writers
+            for old in heat.glob("*"):
+                old.unlink()
+            heat.mkdir(exist_ok=True)
+            writer = RowWriter(str(out / "rows.csv"), False)
+            t0 = time.perf_counter()
+            for row in predict.rows(analyser, batch, heat):
+                writer.write(row)
+            writer.close()
+            elapsed = (time.perf_counter() - t0) * 1e3 / len(batch)
+        results[label][f"end to end: predict's rows, {len(batch)} images"] = elapsed
     analyser.close()
     del np
     return results
@@ -148,7 +150,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        print(json.dumps(child(json.loads(Path(args.child).read_text()))))
         return
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -179,31 +181,39 @@ def main() -> None:
             for k in order:
                 out = folder / f"out{k}"
                 out.mkdir(exist_ok=True)
-                spec = {"inputs": inputs, "batch": [str(p) for p in batch], "out": str(out)}
+                batches = [("typical JPEG", [str(p) for p in batch]), ("3000x3000 DICOM", [str(big)] * 4)]
+                spec = {"inputs": inputs, "batches": batches, "out": str(out)}
                 spec["threads"] = args.threads
+                (folder / "spec.json").write_text(json.dumps(spec))
                 env = {**os.environ, "PYTHONPATH": str(sources[k])}
                 done = subprocess.run(
-                    [sys.executable, __file__, "x", "--child", json.dumps(spec)],
+                    [sys.executable, __file__, "x", "--child", str(folder / "spec.json")],
                     env=env, check=True, capture_output=True, text=True, cwd=folder,
                 )  # fmt: skip
                 per_round[k].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"# round {r + 1} of {args.rounds} done", file=sys.stderr)
-
-    def median(k: int, label: str, stage: str) -> float:
-        return statistics.median(run[label][stage] for run in per_round[k])
-
+            print(f"# after round {r + 1} of {args.rounds}:", file=sys.stderr)
+            _table(revisions, per_round, file=sys.stderr)
     print(
         f"# predict --heatmaps stages, {revisions[0]} vs {revisions[1]}: {os.cpu_count()} cores, "
         f"median of {args.rounds} alternating rounds; typical: {len(typical)} FracAtlas JPEGs, "
         f"batch {args.batch}"
     )
-    print(f"| input | stage | {revisions[0]} ms | {revisions[1]} ms | new / base |")
-    print("|---|---|---|---|---|")
+    _table(revisions, per_round)
+
+
+def _table(revisions: list[str], per_round: list[list[dict]], file=None) -> None:
+    """The medians over the rounds so far, and NEW / BASE, as a Markdown table."""
+
+    def median(k: int, label: str, stage: str) -> float:
+        return statistics.median(run[label][stage] for run in per_round[k])
+
+    print(f"| input | stage | {revisions[0]} ms | {revisions[1]} ms | new / base |", file=file)
+    print("|---|---|---|---|---|", file=file)
     for label in per_round[0][0]:
         for stage in per_round[0][0][label]:
             base, new = median(0, label, stage), median(1, label, stage)
             ratio = f"{new / base:.2f}" if base > 0.01 else "-"
-            print(f"| {label} | {stage} | {base:.2f} | {new:.2f} | {ratio} |")
+            print(f"| {label} | {stage} | {base:.2f} | {new:.2f} | {ratio} |", file=file)
 
 
 if __name__ == "__main__":
