@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -274,7 +275,18 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+# A FreeType face may be used by one thread at a time (FreeType's rule): predict draws overlays
+# from writer threads, the service from its request threads. With the GIL Pillow's text calls
+# hold it anyway; the lock keeps that true on a free-threaded Python. A caption costs ~1 ms.
+_FONT_LOCK = threading.Lock()
+
+
 def _caption(image: Image.Image, finding: Explained) -> None:
+    with _FONT_LOCK:
+        _draw_caption(image, finding)
+
+
+def _draw_caption(image: Image.Image, finding: Explained) -> None:
     draw = ImageDraw.Draw(image)
     if finding.category == Category.OUT_OF_SCOPE:
         reason = finding.scope.reason if finding.scope is not None and finding.scope.reason else ""

@@ -51,7 +51,7 @@ MAX_BATCH_SIZE = 32
 _BATCH_MEMORY = "each holds its decoded pixels, 36 MB for a 3000 x 3000 radiograph"
 # Threads that draw and write heat-map pictures beside the model; as many pictures may be waiting
 # for one, each holding its radiograph's pixels. Two keep the writing off the model's path on a
-# 2-core machine (see benchmarks/predict_speed.py).
+# 2-core machine (benchmarks/predict_stages.py measures it).
 HEATMAP_WRITERS = 2
 
 
