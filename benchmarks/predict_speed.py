@@ -9,7 +9,8 @@ beside the float one (``fracsight quantise``); without it only float32 is measur
 
 Stages: decode (in a decoder worker process, as predict reads: Analyser.read), the same decode
 in this process (read_radiograph: the difference is what the crash isolation costs), preprocess
-(prepare), model (ONNX Runtime, batch 1 and batch 8), heat-map overlay PNG; then end to end
+(prepare), model (ONNX Runtime, batch 1 and batch 8), heat-map overlay PNG (drawn and written as
+predict writes it, ``save_png``); then end to end
 through the same pipeline as the CLI (Analyser.iter_outcomes + overlay written), for typical
 FracAtlas-sized images and for a
 3000 x 3000 16-bit DICOM made from a real radiograph, uncompressed and as lossless JPEG 2000
@@ -43,12 +44,14 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def batched_run(analyser, paths: list[Path], png: Path) -> None:
-    """`predict --heatmaps` over ``paths`` as one batch: decode, model, overlay PNG."""
-    from fracsight.explain import overlay_image
+def batched_run(analyser, paths: list[Path], folder: Path) -> None:
+    """`predict --heatmaps` over ``paths`` as one batch, as the command runs it (its rows: decode
+    ahead, model, overlay PNGs written by its writer threads), without the start-up."""
+    from fracsight.cli.predict import rows
 
-    for f, r in analyser.iter_outcomes(paths):
-        overlay_image(r.pixels, f).save(png, compress_level=1)
+    folder.mkdir(exist_ok=True)
+    for _ in rows(analyser, paths, folder):
+        pass
 
 
 def cli_run(source: Path, n: int, folder: Path, precision: str, model: str | None):
@@ -156,7 +159,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="also measure CPU training images/s")
     args = parser.parse_args()
 
-    from fracsight.explain import overlay_image
+    from fracsight.explain import overlay_image, save_png
     from fracsight.inference import Analyser, model_for_precision
     from fracsight.io import read_radiograph
     from fracsight.preprocess import prepare
@@ -202,7 +205,7 @@ def main() -> None:
             out = tmp_path / "o.png"
             overlays = side_by_side_ms(
                 [
-                    lambda r=rg, f=f, o=out: overlay_image(r.pixels, f).save(o, compress_level=1)
+                    lambda r=rg, f=f, o=out: save_png(overlay_image(r.pixels, f), o, f.png_text())
                     for f in findings
                 ],
                 args.repeats,
@@ -212,15 +215,15 @@ def main() -> None:
             def end_to_end(a, p=path, o=out):
                 def run() -> None:
                     for f, r in a.iter_outcomes([p]):
-                        overlay_image(r.pixels, f).save(o, compress_level=1)
+                        save_png(overlay_image(r.pixels, f), o, f.png_text())
 
                 return run
 
             each(label, "end to end, one image", end_to_end)
         paths = [typical] * args.n_typical
         rounds = max(1, args.repeats // 2)
-        png = tmp_path / "b.png"
-        batched = side_by_side_ms([lambda a=a: batched_run(a, paths, png) for a in analysers], rounds)
+        heat = tmp_path / "batch-heatmaps"
+        batched = side_by_side_ms([lambda a=a: batched_run(a, paths, heat) for a in analysers], rounds)
         rows.append(
             ("typical JPEG", f"end to end, batched ({args.n_typical} images, per image)",
              [ms / args.n_typical for ms in batched])

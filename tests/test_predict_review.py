@@ -231,22 +231,15 @@ def test_heatmap_that_cannot_be_written_goes_into_its_row(
 
     import fracsight.explain
 
-    real = fracsight.explain.overlay_image
-    calls = []
+    real = fracsight.explain._write_file
 
-    def first_fails(pixels, finding):
-        image = real(pixels, finding)
-        calls.append(1)
-        if len(calls) == 1:
+    def first_fails(path, data):  # the first input's picture, whichever writer thread gets it
+        if sample_images[0].name in Path(path).name:
+            Path(path).write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
 
-            def save(target, **_):
-                Path(target).write_bytes(b"partial")
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            image.save = save
-        return image
-
-    monkeypatch.setattr(fracsight.explain, "overlay_image", first_fails)
+    monkeypatch.setattr(fracsight.explain, "_write_file", first_fails)
     out, heat = tmp_path / "out.csv", tmp_path / "heat"
     args = [str(p) for p in sample_images[:2]] + ["--heatmaps", str(heat), "--output", str(out)]
     assert main(["predict", *args, "--no-progress"]) == 1

@@ -131,6 +131,8 @@ def check_analysable(pixels: np.ndarray) -> tuple[float, float]:
 
 def resize_gray(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Float gray pixels resized to ``width`` x ``height`` (bilinear, antialiased when shrinking)."""
+    if pixels.shape == (height, width):  # already that size (a typical overlay): no round trip
+        return np.asarray(pixels, dtype=np.float32)
     image = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F")
     if (width, height) != image.size:
         # Reduce big images by an integer factor first: same antialiasing, a fraction of the time.

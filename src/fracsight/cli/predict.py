@@ -17,7 +17,9 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +49,10 @@ _MAX_OVERLAY_STEM = 120
 # 8 0.36 GB, 32 0.41 GB. Beyond 8 nothing gets faster, so 32 is the ceiling.
 MAX_BATCH_SIZE = 32
 _BATCH_MEMORY = "each holds its decoded pixels, 36 MB for a 3000 x 3000 radiograph"
+# Threads that draw and write heat-map pictures beside the model; as many pictures may be waiting
+# for one, each holding its radiograph's pixels. Two keep the writing off the model's path on a
+# 2-core machine (benchmarks/predict_stages.py measures it).
+HEATMAP_WRITERS = 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -164,16 +170,44 @@ def _heat_dir(raw: str | None) -> Path | None:
 
 
 def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterator[dict]:
-    """One record per input: its Finding's or Refusal's ``to_record()``, plus where its heat map went."""
+    """One record per input, in input order: its Finding's or Refusal's ``to_record()``, plus where
+    its heat map went.
+
+    Heat maps are drawn and written by :data:`HEATMAP_WRITERS` threads while the model goes on to
+    the next inputs (drawing, PNG compression and the model release the GIL); a record comes once
+    its picture is written or has failed (one failed picture costs only its own row's heat map).
+    """
     from fracsight.finding import Finding, write_heatmap
 
     used: set[str] = set()
-    for outcome, radiograph in analyser.iter_outcomes(files):
-        record = {**outcome.to_record(), "heatmap": None}
-        if isinstance(outcome, Finding) and heat_dir is not None and radiograph is not None:
-            target = heat_dir / _overlay_name(Path(outcome.source), used)
-            record.update(write_heatmap(outcome, radiograph.pixels, target))
-        yield record
+    waiting: deque[tuple[dict, Future | None]] = deque()
+    writers = ThreadPoolExecutor(HEATMAP_WRITERS, thread_name_prefix="heatmap") if heat_dir else None
+    try:
+        for outcome, radiograph in analyser.iter_outcomes(files):
+            record = {**outcome.to_record(), "heatmap": None}
+            job = None
+            if isinstance(outcome, Finding) and heat_dir and writers and radiograph is not None:
+                target = heat_dir / _overlay_name(Path(outcome.source), used)
+                job = writers.submit(write_heatmap, outcome, radiograph.pixels, target)
+            waiting.append((record, job))
+            # Give every record whose picture is done; wait only when more pictures are pending
+            # than there are writers (each holds its radiograph's pixels).
+            while waiting and (
+                waiting[0][1] is None or waiting[0][1].done() or len(waiting) > HEATMAP_WRITERS
+            ):
+                yield _with_heatmap(*waiting.popleft())
+        while waiting:
+            yield _with_heatmap(*waiting.popleft())
+    finally:  # stopped early (a signal, a closed pipe): finish the pictures begun, start no other
+        if writers is not None:
+            writers.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_heatmap(record: dict, job: Future | None) -> dict:
+    """``record`` with where its heat map went, or why it is not there (``write_heatmap``'s fields)."""
+    if job is not None:
+        record.update(job.result())
+    return record
 
 
 def run(args: argparse.Namespace) -> int:
