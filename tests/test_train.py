@@ -646,8 +646,8 @@ def test_frozen_trunk_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fold_average_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
-    """v4's recipe: the conv localisation head, the shipped model the fold models' average (with its
-    own batch-norm statistics), thresholds from the fold models' out-of-fold scores, and a trunk
+    """v4's recipe: the conv localisation head, the shipped model the fold models' average (weights
+    and batch-norm statistics), thresholds from the fold models' out-of-fold scores, and a trunk
     cache kept for the next seed, which reuses it; a cache of other images is refused."""
     import torch
 
@@ -666,10 +666,10 @@ def test_fold_average_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(final[key].float(), (folds[0][key].float() + folds[1][key].float()) / 2,
                                    atol=1e-3, rtol=1e-3)  # fmt: skip
     assert not torch.equal(folds[0]["cam.weight"], folds[1]["cam.weight"])
-    # Its own statistics: not the folds' mean, for a layer the cached batches run through.
+    # The batch-norm statistics are averaged too (recomputing them moved the scale: see train.py).
     top_bn = "fine_head.bn.running_var"
     mean_var = (folds[0][top_bn].float() + folds[1][top_bn].float()) / 2
-    assert not torch.allclose(final[top_bn].float(), mean_var)
+    torch.testing.assert_close(final[top_bn].float(), mean_var, atol=1e-3, rtol=1e-3)
     card = json.loads((out / "model.card.json").read_text())
     assert "average" in card["recipe"]["final_model"] and "fold models" in card["threshold_source"]
     assert card["recipe"]["run"]["localisation"] == "conv"

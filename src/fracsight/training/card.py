@@ -123,8 +123,8 @@ def _by_group(rows: list[dict], column: str, score: str, thresholds: dict[str, f
 def _final_model(cfg, final_epochs: int) -> str:
     if cfg.final == "fold-average":
         return (
-            f"the average of the {cfg.folds} fold models' weights, batch-norm statistics recomputed "
-            "on the development images (no further training)"
+            f"the average of the {cfg.folds} fold models' weights and batch-norm statistics "
+            "(no further training)"
         )
     how = "trained on all development images"
     if cfg.distill:

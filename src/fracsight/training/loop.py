@@ -443,38 +443,6 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
 
 
-@torch.no_grad()
-def refresh_batch_norm(model: FractureNet, source, idx: np.ndarray, seed: int, batch_size: int = 64) -> None:
-    """Recompute the batch-norm statistics of ``model`` over ``idx``, drawn as in training.
-
-    An average of several models' weights needs its own statistics: the mean of the models'
-    running variances is not the variance its own activations have (SWA's ``update_bn`` step).
-    Only the layers a training batch runs through are recomputed: on the CPU route the frozen
-    trunk is read from the cache, and its statistics stay the ImageNet ones.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    kept = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over all batches
-    model.train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout | torch.nn.Dropout2d):
-            m.eval()
-    gen = torch.Generator(device=next(model.parameters()).device)
-    gen.manual_seed(seed)
-    order = np.random.default_rng(seed).permutation(idx)
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        source.batch(model, torch.as_tensor(order[start : start + batch_size], device=device), gen, None)
-    for m, (mean, var, momentum) in zip(norms, kept, strict=True):
-        if int(m.num_batches_tracked) == 0:  # not reached by a training batch: keep what it had
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-        m.momentum = momentum
-    model.eval()
-
-
 def load_trained(state: dict[str, torch.Tensor], cfg: RunConfig, device: torch.device) -> FractureNet:
     model = FractureNet(cfg.variant, heatmap_stride=cfg.heatmap_stride, localisation=cfg.localisation)
     model.load_state_dict({k: v.float() for k, v in state.items()})
