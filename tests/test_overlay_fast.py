@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fracsight import explain
-from fracsight.png_encode import encode_png
+from fracsight.io.png_encode import encode_png
 from fracsight.preprocess import Letterbox, letterbox_geometry
 
 

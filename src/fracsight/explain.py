@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fracsight.decide import CATEGORIES, Category
-from fracsight.png_encode import encode_png
+from fracsight.io.png_encode import encode_png
 from fracsight.preprocess import Letterbox, resize_gray, stretch_contrast
 from fracsight.safety import Scope
 
@@ -311,7 +311,7 @@ def _draw_caption(image: Image.Image, finding: Explained) -> None:
 def save_png(image: Image.Image, target: Path, text: dict[str, str]) -> None:
     """Write ``image`` as a PNG under a hidden temporary name, then rename: a full disk or a signal
     leaves no half-written picture. ``text`` goes into PNG text chunks, so the picture names its
-    study and model wherever it goes. Encoded by :func:`fracsight.png_encode.encode_png` (half
+    study and model wherever it goes. Encoded by :func:`fracsight.io.png_encode.encode_png` (half
     of Pillow's time, the same size)."""
     data = encode_png(image, text)
     part = target.with_name(f".{target.name}.part")

@@ -12,6 +12,7 @@ files (``predict``, services) goes through it.
 Conventions and policies live with their code: ``intensity`` (PNG/JPEG/TIFF
 scaling, colour), ``dicom_policy`` (accepted modalities), ``dicom_display``
 (LUTs, windows, MONOCHROME1), ``truncation`` (truncated JPEGs), ``limits``.
+Writing: ``durable`` (files that survive a crash), ``png_encode`` (overlay PNGs, fast).
 """
 
 from fracsight.io.formats import ImageFormat
