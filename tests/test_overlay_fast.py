@@ -75,7 +75,10 @@ def _layer_by_pixel(heatmap: np.ndarray, box: Letterbox, size: tuple[int, int]) 
     scaled = Letterbox(box.size, box.scale * box.width / width, box.pad_x, box.pad_y, height, width)
     heat = explain.heatmap_to_image(heatmap, scaled)
     rgba = np.empty(heat.shape + (4,), dtype=np.uint8)
-    rgba[..., :3] = explain._colormap(heat)
+    v = np.clip(heat, 0.0, 1.0)  # the yellow-to-red ramp as it was written then
+    rgba[..., 0] = 255
+    rgba[..., 1] = (230.0 * (1.0 - v)).astype(np.uint8)
+    rgba[..., 2] = (40.0 * (1.0 - v)).astype(np.uint8)
     floor = explain.OVERLAY_FLOOR
     rgba[..., 3] = np.clip((heat - floor) * (0.55 * 255.0 / (1.0 - floor)), 0, 255)
     return rgba

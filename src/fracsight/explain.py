@@ -170,14 +170,12 @@ def _turns(before: tuple[int, int], at: tuple[int, int], after: tuple[int, int])
     return (at[0] - before[0]) * (after[1] - at[1]) != (at[1] - before[1]) * (after[0] - at[0])
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """A yellow-to-red ramp for values in [0, 1] -> RGB uint8 (hotter = redder)."""
-    v = np.clip(values, 0.0, 1.0)
-    out = np.empty(v.shape + (3,), dtype=np.uint8)
-    out[..., 0] = 255
-    out[..., 1] = (230.0 * (1.0 - v)).astype(np.uint8)
-    out[..., 2] = (40.0 * (1.0 - v)).astype(np.uint8)
-    return out
+def _colour_planes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A yellow-to-red ramp for values in [0, 1] (hotter = redder): the green and blue planes as
+    uint8; red is 255 throughout."""
+    cooler = np.clip(values, 0.0, 1.0)
+    np.subtract(1.0, cooler, out=cooler)
+    return (230.0 * cooler).astype(np.uint8), (40.0 * cooler).astype(np.uint8)
 
 
 def _display_scale(height: int, width: int, max_side: int) -> float:
@@ -238,10 +236,8 @@ def heatmap_layer(heatmap: np.ndarray, box: Letterbox, size: tuple[int, int]) ->
     width, height = size
     scaled = Letterbox(box.size, box.scale * box.width / width, box.pad_x, box.pad_y, height, width)
     heat = heatmap_to_image(heatmap, scaled)
-    cooler = np.clip(heat, 0.0, 1.0)
-    np.subtract(1.0, cooler, out=cooler)  # 1 - v, as _colormap computes it
     alpha = np.clip((heat - OVERLAY_FLOOR) * (0.55 * 255.0 / (1.0 - OVERLAY_FLOOR)), 0, 255)
-    planes = [(230.0 * cooler).astype(np.uint8), (40.0 * cooler).astype(np.uint8), alpha.astype(np.uint8)]
+    planes = [*_colour_planes(heat), alpha.astype(np.uint8)]
     red = Image.new("L", size, 255)
     return Image.merge("RGBA", [red, *(Image.fromarray(plane, mode="L") for plane in planes)])
 
