@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fracsight.data.split_file import read_split_file
 from fracsight.model_card import ModelCard, default_card_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,8 +76,7 @@ def _test_ids(run: Path) -> set[str]:
     split = run / "split.csv"
     if not split.is_file():
         return set()
-    with open(split, newline="") as fh:
-        return {r["image_id"] for r in csv.DictReader(fh) if r.get("split") == "test"}
+    return {ident for ident, name in read_split_file(split).items() if name == "test"}
 
 
 def read_negatives(predictions: Path) -> tuple[list[Row], int]:
