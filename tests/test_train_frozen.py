@@ -141,3 +141,29 @@ def test_cli_refuses_what_the_cpu_route_cannot_do(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "trunk-cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frozen-trunk", "--final", "fold-average"], "--no-distill"),
+        (["--no-distill", "--trunk-cache", "CACHE"], "--frozen-trunk"),
+    ],
+)
+def test_cli_refuses_v4_options_out_of_their_recipe(
+    tmp_path: Path,
+    sample_images: list[Path],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    """Refused before anything is computed, with the option to add, and nothing written to the cache."""
+    from fracsight.cli import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(sample_images)))
+    cache = tmp_path / "cache"
+    args = [str(cache) if a == "CACHE" else a for a in args]
+    assert main(["train", str(manifest), "--out", str(tmp_path / "out"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not cache.exists() and not (tmp_path / "out" / "trunk-cache").exists()

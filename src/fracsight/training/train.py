@@ -51,6 +51,9 @@ from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 log = logging.getLogger(__name__)
 
 
+FINAL_MODELS = ("trained", "fold-average")  # TrainConfig.final
+
+
 @dataclass
 class TrainConfig:
     data: str
@@ -267,9 +270,6 @@ def _device_for(cfg: TrainConfig) -> torch.device:
     if cfg.device not in ("auto", "cpu"):
         raise ValueError(f"--frozen-trunk is the CPU route: --device {cfg.device} is not cpu")
     return torch.device("cpu")
-
-
-FINAL_MODELS = ("trained", "fold-average")
 
 
 def run_training(cfg: TrainConfig) -> Path:
