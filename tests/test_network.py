@@ -158,3 +158,70 @@ def test_conv_localisation_head_starts_as_the_coarse_map_and_exports(tmp_path: P
 def test_unknown_localisation_head_is_refused() -> None:
     with pytest.raises(ValueError, match="localisation 'deep'"):
         FractureNet("lite0", localisation="deep")
+
+
+def _members(shared: bool) -> list[FractureNet]:
+    """Two v4-shaped models with different tops; with ``shared`` the same trunk, as the CPU route's
+    fold models have (the trunk is frozen ImageNet weights)."""
+    from fracsight.training.export import _trunk_state
+
+    torch.manual_seed(3)
+    models = [FractureNet("lite0", localisation="conv").eval() for _ in range(2)]
+    if shared:
+        trunk = _trunk_state(models[0])
+        models[1].backbone.load_state_dict(trunk, strict=False)
+    with torch.no_grad():
+        models[1].fine_head.out.bias.add_(0.7)  # the tops must differ for the test to mean anything
+        models[1].cam.bias.sub_(0.4)
+    return models
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_fold_ensemble_graph_is_the_mean_probability_of_its_members(shared: bool, tmp_path: Path) -> None:
+    """``--final fold-ensemble``: the exported graph's logit is the logit of the members' mean
+    probability (each member mirror-averaged, as their out-of-fold scores were), the heat map their
+    mean; a shared frozen trunk runs once."""
+    from fracsight.training.export import FoldEnsembleTTA
+
+    members = _members(shared)
+    ensemble = FoldEnsembleTTA(members).eval()
+    assert ensemble.shared_trunk is shared
+    path = tmp_path / "ensemble.onnx"
+    export_onnx(ensemble, 64, path)
+    x = _random_input(3, 64, seed=11)
+    assert check_onnx(ensemble, path, x) < 1e-3
+    logits, maps = [], []
+    for k, member in enumerate(members):
+        alone = tmp_path / f"member{k}.onnx"
+        export_onnx(member, 64, alone)
+        logit, heat = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"]).run(
+            ["logit", "heatmap"], {"image": x}
+        )
+        logits.append(logit)
+        maps.append(heat)
+    assert np.abs(logits[0] - logits[1]).max() > 0.1
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logit, heat = session.run(["logit", "heatmap"], {"image": x})
+    mean_p = np.mean([1 / (1 + np.exp(-v)) for v in logits], axis=0)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), mean_p, atol=1e-5)
+    np.testing.assert_allclose(heat, np.mean(maps, axis=0), atol=1e-4)
+    import onnx
+
+    def convs(p: Path) -> int:
+        return sum(n.op_type == "Conv" for n in onnx.load(str(p)).graph.node)
+
+    single = convs(tmp_path / "member0.onnx")
+    assert convs(path) < 2 * single if shared else convs(path) == 2 * single
+
+
+def test_the_8bit_recipe_refuses_an_ensemble_graph(tmp_path: Path) -> None:
+    """Its float-kept nodes are named for a single network's graph: on an ensemble it would keep
+    everything float and call the copy 8-bit."""
+    from fracsight.training.export import FoldEnsembleTTA
+    from fracsight.training.quantise import QuantiseRecipe, quantise_model
+
+    path = tmp_path / "ensemble.onnx"
+    export_onnx(FoldEnsembleTTA(_members(True)).eval(), 64, path)
+    with pytest.raises(ValueError, match="not a single fracsight network"):
+        quantise_model(path, tmp_path / "ensemble.int8.onnx", _random_input(2, 64)[:, 0], QuantiseRecipe())
+    assert not (tmp_path / "ensemble.int8.onnx").exists()

@@ -682,3 +682,43 @@ def test_fold_average_route_end_to_end(manifest: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.csv"
     other.write_text("".join(manifest.read_text().splitlines(keepends=True)[:-2]))  # two images fewer
     assert main(["train", str(other), "--out", str(tmp_path / "other"), *v4]) == 2
+
+
+@pytest.mark.slow
+def test_fold_ensemble_route_ships_the_fold_models(manifest: Path, tmp_path: Path) -> None:
+    """``--final fold-ensemble``: no model is trained after the folds; the ONNX graph is the fold
+    checkpoints' mean probability, the test predictions' "final" column is their ensemble, and
+    the card says so."""
+    import onnxruntime as ort
+    import torch
+
+    from fracsight.cli import main
+    from fracsight.training.export import FoldEnsembleTTA
+    from fracsight.training.network import FractureNet
+
+    out = tmp_path / "run"
+    args = [*_TRAIN_ARGS, "--frozen-trunk", "--no-distill", "--localisation", "conv", "--point-weight", "0.5",
+            "--final", "fold-ensemble"]  # fmt: skip
+    assert main(["train", str(manifest), "--out", str(out), *args]) == 0
+    assert sorted(p.parent.name for p in out.glob("*/best.pt")) == ["fold0", "fold1"]
+    members = []
+    for k in (0, 1):
+        member = FractureNet("lite0", localisation="conv")
+        state = torch.load(out / f"fold{k}" / "best.pt", map_location="cpu", weights_only=True)
+        member.load_state_dict({key: v.float() for key, v in state.items()})
+        members.append(member.eval())
+    ensemble = FoldEnsembleTTA(members).eval()
+    assert ensemble.shared_trunk  # the CPU route's fold models share the frozen trunk
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 1, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        reference = ensemble(torch.from_numpy(x))
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logit, heat = session.run(["logit", "heatmap"], {"image": x})
+    np.testing.assert_allclose(logit, reference.logit.numpy(), atol=1e-3)
+    np.testing.assert_allclose(heat, reference.cells.numpy(), atol=1e-3)
+    with (out / "predictions_test.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(abs(float(r["final"]) - float(r["ensemble"])) < 2e-6 for r in rows)
+    card = json.loads((out / "model.card.json").read_text())
+    assert "ensemble" in card["recipe"]["final_model"]
+    assert "ensemble is the shipped model" in card["threshold_source"]

@@ -147,6 +147,7 @@ def test_cli_refuses_what_the_cpu_route_cannot_do(
     ("args", "message"),
     [
         (["--frozen-trunk", "--final", "fold-average"], "--no-distill"),
+        (["--frozen-trunk", "--final", "fold-ensemble"], "--no-distill"),
         (["--no-distill", "--trunk-cache", "CACHE"], "--frozen-trunk"),
     ],
 )

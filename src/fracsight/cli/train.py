@@ -82,11 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--final",
-        choices=["trained", "fold-average"],
+        choices=["trained", "fold-average", "fold-ensemble"],  # training.train.FINAL_MODELS
         default="trained",
-        help="the shipped model: 'trained' on all development images after the folds, or "
-        "'fold-average', the fold models' weights averaged (thresholds then come from the fold "
-        "models' out-of-fold scores, on its scale; needs --no-distill)",
+        help="the shipped model: 'trained' on all development images after the folds; "
+        "'fold-average', the fold models' weights averaged; or 'fold-ensemble', the fold models in "
+        "one graph, their mean probability (one trunk when it is frozen). The last two take their "
+        "thresholds from the fold models' out-of-fold scores and need --no-distill",
     )
     p.add_argument(
         "--trunk-cache",

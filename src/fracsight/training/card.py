@@ -120,11 +120,23 @@ def _by_group(rows: list[dict], column: str, score: str, thresholds: dict[str, f
     }
 
 
+def _shipped_from_folds(final: str) -> str:
+    return {
+        "fold-average": ", whose weights' average is the shipped model",
+        "fold-ensemble": ", whose ensemble is the shipped model",
+    }.get(final, "")
+
+
 def _final_model(cfg, final_epochs: int) -> str:
     if cfg.final == "fold-average":
         return (
             f"the average of the {cfg.folds} fold models' weights and batch-norm statistics "
             "(no further training)"
+        )
+    if cfg.final == "fold-ensemble":
+        return (
+            f"the ensemble of the {cfg.folds} fold models in one graph: their mean probability, "
+            "heat maps averaged (no further training)"
         )
     how = "trained on all development images"
     if cfg.distill:
@@ -183,7 +195,7 @@ def write_card(
                 "without the fold it scores, though its teachers include fold models that saw it)"
                 if basis == "student"
                 else f"out-of-fold predictions of the {cfg.folds} fold models"
-                + (", whose weights' average is the shipped model" if cfg.final == "fold-average" else "")
+                + _shipped_from_folds(cfg.final)
             )
             + " on the development split "
             f"(n={choice.n}, {choice.n_positive} fractured): 'doubt' for sensitivity >= "

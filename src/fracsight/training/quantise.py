@@ -125,6 +125,14 @@ def quantise_model(
         raise ValueError("quantisation needs at least one calibration image")
     model, out = Path(model), Path(out)
     proto = onnx.load(str(model))
+    if not any(n.name.startswith("/model/") for n in proto.graph.node):
+        # KEEP_FLOAT names the nodes of one network under /model/ (WithFlipTTA); in any other
+        # graph (a fold ensemble) every node would count as "outside" and stay float: a copy
+        # that is 8-bit in name only.
+        raise ValueError(
+            f"{model.name}: not a single fracsight network (no node under /model/): the 8-bit "
+            "recipe is defined for that graph only"
+        )
     ort.set_default_logger_severity(3)  # calibration's sessions warn about every unused constant
     method = {
         "minmax": CalibrationMethod.MinMax,

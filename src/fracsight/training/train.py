@@ -36,7 +36,7 @@ from fracsight.data.labels import REGIONS
 from fracsight.data.split_file import split_ids
 from fracsight.training.arrays import PreparedSet, prepare_examples
 from fracsight.training.examples import load_examples
-from fracsight.training.export import check_onnx, export_onnx
+from fracsight.training.export import FoldEnsembleTTA, check_onnx, export_onnx
 from fracsight.training.loop import (
     ImageSource,
     RunConfig,
@@ -51,7 +51,7 @@ from fracsight.training.splits import grouped_holdout, grouped_stratified_folds
 log = logging.getLogger(__name__)
 
 
-FINAL_MODELS = ("trained", "fold-average")  # TrainConfig.final
+FINAL_MODELS = ("trained", "fold-average", "fold-ensemble")  # TrainConfig.final
 
 
 @dataclass
@@ -64,8 +64,10 @@ class TrainConfig:
     cross_fit: bool = True  # thresholds from cross-fitted students (distilled models only)
     final_epochs: int | None = None  # default: median best epoch of the folds, plus one
     # "trained": one more model trained on all development images (v1-v3); "fold-average": the
-    # shipped model is the average of the fold models' weights (v4), so the fold models'
-    # out-of-fold scores, which set the thresholds, are on its scale.
+    # shipped model is the average of the fold models' weights; "fold-ensemble": the fold models
+    # themselves in one graph, their mean probability (v4). Either way the fold models'
+    # out-of-fold scores, which set the thresholds, are meant to be on its scale; for the
+    # average they were not (training/README.md, v4).
     final: str = "trained"
     # A trunk cache folder shared between runs (the CPU route): kept when the run ends, so the
     # seeds of one recipe compute it once. Default: OUT/trunk-cache, removed at the end.
@@ -251,8 +253,10 @@ def _device_for(cfg: TrainConfig) -> torch.device:
     """The training device; the CPU route is checked here, before anything is computed."""
     if cfg.final not in FINAL_MODELS:
         raise ValueError(f"final {cfg.final!r}: valid are {', '.join(FINAL_MODELS)}")
-    if cfg.final == "fold-average" and cfg.distill:
-        raise ValueError("--final fold-average averages fold models trained on hard labels: add --no-distill")
+    if cfg.final != "trained" and cfg.distill:
+        raise ValueError(
+            f"--final {cfg.final} ships the fold models, trained on hard labels: add --no-distill"
+        )
     if cfg.trunk_cache and not cfg.run.frozen_trunk:
         raise ValueError("--trunk-cache is for the CPU route: add --frozen-trunk")
     if not cfg.run.frozen_trunk:
@@ -380,25 +384,34 @@ def run_training(cfg: TrainConfig) -> Path:
     )
     # The final model first: with fewer workers than runs, it is never the one left waiting.
     final_job = _Job("final", final_cfg, dev, None, teachers, final_title)
-    later = [] if cfg.final == "fold-average" else [final_job, *student_jobs]
+    later = [] if cfg.final != "trained" else [final_job, *student_jobs]
     _run_jobs(out, later, source, device, cfg.parallel)
-    del fold_models
 
     student_oof = np.full(len(data.labels), np.nan)
     for k, job in enumerate(student_jobs):
         va = fold_jobs[k].val_idx
         student = load_trained(_load_state(out / job.folder / "best.pt"), final_cfg, device)
         student_oof[va] = source.predict(student, va).logits
-    final = load_trained(_load_state(out / "final" / "best.pt"), final_cfg, device)
+    if cfg.final == "fold-ensemble":
+        final = FoldEnsembleTTA(fold_models)
+        shipped = fold_models
+    else:
+        final = load_trained(_load_state(out / "final" / "best.pt"), final_cfg, device)
+        shipped = [final]
+        del fold_models
     if len(test_idx):
-        upright = source.predict(final, test_idx)
-        test_probs["final"] = _sigmoid(upright.logits)
+        # The shipped model's answers as its graph computes them: each model's mirror-averaged
+        # logit, then the mean probability when several models are shipped.
+        def shipped_predict(turns: int) -> tuple[np.ndarray, np.ndarray]:
+            preds = [source.predict(m, test_idx, turns=turns) for m in shipped]
+            probability = np.mean([_sigmoid(p.logits) for p in preds], axis=0)
+            return probability, np.mean([p.regions for p in preds], axis=0)
+
+        test_probs["final"], upright_regions = shipped_predict(0)
         test_probs["ensemble"] = np.mean([test_probs[f"fold{k}"] for k in range(cfg.folds)], axis=0)
         for turns in (1, 2, 3):
-            test_probs[f"final_turned{90 * turns}"] = _sigmoid(
-                source.predict(final, test_idx, turns=turns).logits
-            )
-        _write_regions(out / "regions_test.csv", data, test_idx, upright.regions)
+            test_probs[f"final_turned{90 * turns}"] = shipped_predict(turns)[0]
+        _write_regions(out / "regions_test.csv", data, test_idx, upright_regions)
     oof_columns = {"probability": _sigmoid(oof_logit[dev])}
     if student_jobs:
         oof_columns["student"] = _sigmoid(student_oof[dev])
@@ -424,7 +437,10 @@ def run_training(cfg: TrainConfig) -> Path:
     write_card(
         cfg, out, onnx_path, data, groups, test, summaries, final_epochs, diff, str(device), trained_on
     )
-    quantise_after_export(onnx_path, data.images[dev], data.images[test_idx], data.labels[test_idx])
+    if cfg.final == "fold-ensemble":
+        _say("no 8-bit copy: the quantisation recipe is defined for a single network's graph")
+    else:
+        quantise_after_export(onnx_path, data.images[dev], data.images[test_idx], data.labels[test_idx])
     return onnx_path
 
 
