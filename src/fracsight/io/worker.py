@@ -50,6 +50,7 @@ class Job:
     data: bytes | None
     max_pixels: int | None
     needed_side: int | None
+    model_side: int | None = None  # reduce towards needed_side and this model input (io.reduced)
 
 
 class Note(NamedTuple):
@@ -72,6 +73,7 @@ class Decoded:
     metadata: dict[str, Any]
     dicom: Any
     notes: list[Note]
+    model_base: np.ndarray | None = None  # small (the model's size): pickled with the reply
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,12 @@ def _read(job: Job, capture: _Capture) -> tuple[Reply, np.ndarray | None, bool]:
         warnings.simplefilter("always")
         try:
             if job.data is None:
-                radiograph = read_radiograph(job.path or job.name, job.max_pixels, job.needed_side)
+                path = job.path or job.name
+                radiograph = read_radiograph(path, job.max_pixels, job.needed_side, job.model_side)
             else:
-                radiograph = read_radiograph_bytes(job.data, job.name, job.max_pixels, job.needed_side)
+                radiograph = read_radiograph_bytes(
+                    job.data, job.name, job.max_pixels, job.needed_side, job.model_side
+                )
         except RefusedInput as refusal:
             notes = _notes(job, capture, caught)
             return Refused(type(refusal).__name__, refusal.reason, notes), None, True
@@ -165,7 +170,13 @@ def _read(job: Job, capture: _Capture) -> tuple[Reply, np.ndarray | None, bool]:
     pixels = np.ascontiguousarray(radiograph.pixels)
     notes = _notes(job, capture, caught)
     reply = Decoded(
-        pixels.shape, pixels.dtype.str, radiograph.format, radiograph.metadata, radiograph.dicom, notes
+        pixels.shape,
+        pixels.dtype.str,
+        radiograph.format,
+        radiograph.metadata,
+        radiograph.dicom,
+        notes,
+        radiograph.model_base,
     )
     return reply, pixels, True
 
