@@ -39,10 +39,10 @@ from fracsight.io.read import read_radiograph, read_radiograph_bytes
 
 _OWN_LOGGER = "fracsight"
 READY = "ready"  # the worker's first message: its readers are loaded, it takes jobs
-# Freed Pillow memory blocks (16 MB each) a worker keeps for its next images instead of handing
-# them back to the system: a fresh 3000 x 3000 float image costs 25-30 ms of page faults and
-# zeroing, a reused one 5-8 ms (fracsight.io.reduced makes two per large image). At most 128 MB
-# stays with an idle worker, within its memory cap.
+# Freed Pillow memory blocks (16 MB each) a worker keeps for its next images once it has been
+# asked to reduce one (fracsight.io.reduced makes two float images per large image): a fresh
+# 3000 x 3000 float image costs 25-30 ms of page faults and zeroing, a reused one 5-8 ms. At most
+# 128 MB stays with an idle worker, within its memory cap; workers that never reduce keep none.
 _PILLOW_BLOCKS = 8
 
 
@@ -153,6 +153,10 @@ def serve(conn: Connection, log_level: int) -> None:
 
 def _read(job: Job, capture: _Capture) -> tuple[Reply, np.ndarray | None, bool]:
     capture.start()
+    if job.model_side:
+        from PIL import Image
+
+        Image.core.set_blocks_max(_PILLOW_BLOCKS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -196,12 +200,10 @@ def _notes(job: Job, capture: _Capture, caught: list[warnings.WarningMessage]) -
 
 
 def _warm_up() -> None:
-    """Load the decoders now, so that the first file does not pay for it (Pillow's plug-ins, GDCM),
-    and let Pillow keep the memory blocks it frees (:data:`_PILLOW_BLOCKS`)."""
+    """Load the decoders now, so that the first file does not pay for it (Pillow's plug-ins, GDCM)."""
     from PIL import Image
 
     Image.init()
-    Image.core.set_blocks_max(_PILLOW_BLOCKS)
     try:
         import pydicom.pixels.decoders.gdcm  # noqa: F401 - imports python-gdcm when installed
     except ImportError:
