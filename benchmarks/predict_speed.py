@@ -7,9 +7,10 @@ round), and the table gives each model's median: on a shared machine whose load 
 to minute only figures measured this way can be compared. The 8-bit model is NAME.int8.onnx
 beside the float one (``fracsight quantise``); without it only float32 is measured.
 
-Stages: decode (in a decoder worker process, as predict reads: Analyser.read), the same decode
+Stages: decode (in a decoder worker process, as predict reads: Analyser.read, an image twice the
+overlay's 1,024 px or more handed back already reduced, fracsight.io.reduced), the same decode
 in this process (read_radiograph: the difference is what the crash isolation costs), preprocess
-(prepare), model (ONNX Runtime, batch 1 and batch 8), heat-map overlay PNG (drawn and written as
+(Preparer.prepare), model (ONNX Runtime, batch 1 and batch 8), heat-map overlay PNG (drawn and written as
 predict writes it, ``save_png``); then end to end
 through the same pipeline as the CLI (Analyser.iter_outcomes + overlay written), for typical
 FracAtlas-sized images and for a
@@ -162,7 +163,6 @@ def main() -> None:
     from fracsight.explain import overlay_image, save_png
     from fracsight.inference import Analyser, model_for_precision
     from fracsight.io import read_radiograph
-    from fracsight.preprocess import prepare
 
     precisions = ["float32", "int8"] if args.precision == "both" else [args.precision]
     if args.precision == "both":
@@ -171,7 +171,8 @@ def main() -> None:
         except FileNotFoundError as exc:
             print(f"# {exc}: float32 only")
             precisions = ["float32"]
-    analysers = [Analyser(args.model, precision=p) for p in precisions]
+    # As predict makes them: images twice the overlay's side or more come from the decoder reduced.
+    analysers = [Analyser(args.model, precision=p, reduce_pixels=True) for p in precisions]
     first = analysers[0]
     typical = SAMPLES / "IMG0001739.jpg"  # 373 x 454, the most common FracAtlas size
     rows: list[tuple[str, str, list[float]]] = []
@@ -187,7 +188,7 @@ def main() -> None:
         inputs = (("typical JPEG", typical), ("3000x3000 DICOM", big), ("3000x3000 J2K DICOM", j2k))
         for label, path in inputs:
             rg = first.read(path)  # as predict reads it
-            image, box = prepare(rg.pixels, first.size)
+            image = first.preparer.prepare(rg).image
             findings = [a.analyse(rg) for a in analysers]
             if rg.metadata.get("decoded_at_scale", 1.0) != 1.0:
                 each(label, "decode, full resolution", lambda a, p=path: lambda: read_radiograph(p))
@@ -195,9 +196,9 @@ def main() -> None:
             each(
                 label,
                 "decode in this process (no isolation)",
-                lambda a, p=path: lambda: read_radiograph(p, needed_side=a.decode_side),
+                lambda a, p=path: lambda: read_radiograph(p, needed_side=a.decode_side, model_side=a.size),
             )
-            each(label, "preprocess", lambda a, r=rg: lambda: prepare(r.pixels, a.size))
+            each(label, "preprocess", lambda a, r=rg: lambda: a.preparer.prepare(r))
             each(label, "model, batch 1", lambda a, i=image: lambda: a.run_model(i[None]))
             batch = np.repeat(image[None], 8, axis=0)
             per_8 = side_by_side_ms([lambda a=a, b=batch: a.run_model(b) for a in analysers], args.repeats)

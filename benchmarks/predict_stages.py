@@ -7,11 +7,13 @@ process per revision (``git archive`` of its ``src/``, this file's stage code fo
 order reversed every other round, so a shared machine's load hits both alike; the table gives
 the median over rounds of each child's median, and NEW / BASE.
 
-Stages, per image: decode in a decoder worker (``Analyser.read``, as predict reads), the same
+Stages, per image, with the analyser ``predict`` makes (``analyser_for``: large images decoded
+reduced where the revision does): decode in a decoder worker (``Analyser.read``), the same
 decode in this process (the difference is the transfer from the worker), preprocess, model,
 heat-map layer, overlay drawing (layer, grey image, blend, caption), PNG encoding and writing
-(``save_png``), CSV row; then end to end, ``predict``'s rows (decode ahead, model, pictures
-written, CSV) over a batch of typical images and over four 3000 x 3000 DICOMs, per image.
+(``save_png``), CSV row, and one image end to end (``predict``'s rows for it alone: what one
+image waits); then ``predict``'s rows (decode ahead, model, pictures written, CSV) over a
+batch of typical images and over four 3000 x 3000 DICOMs, per image.
 Inputs: typical FracAtlas JPEGs from ``../shared/data/fracatlas`` (the bundled samples without
 it), a 3000 x 3000 16-bit DICOM made from a real radiograph and the same as lossless JPEG 2000
 (``predict_speed.py`` makes both).
@@ -44,6 +46,7 @@ STAGES = (
     "overlay drawing",
     "PNG encode + write",
     "CSV row",
+    "end to end, one image",
 )
 
 
@@ -74,12 +77,17 @@ def child(spec: dict) -> dict:
     from fracsight import explain
     from fracsight.cli import predict
     from fracsight.cli.predict_output import RowWriter, csv_row
-    from fracsight.inference import Analyser
     from fracsight.io import read_radiograph
-    from fracsight.preprocess import prepare
 
     out = Path(spec["out"])
-    analyser = Analyser(threads=spec.get("threads"))
+    options = argparse.Namespace(
+        model=None, threads=spec.get("threads"), batch_size=8, model_threads=None,
+        decoder_processes=None, read_ahead_threads=None, precision=None, overlay_max_side=1024,
+    )  # fmt: skip
+    analyser = predict.analyser_for(options)  # as predict makes it (a revision may reduce large images)
+    # "decode in process" reads as the worker does: reduced towards the model where the revision does
+    reduce = {"model_side": analyser.size} if getattr(analyser.preparer, "reduce_pixels", False) else {}
+    side = analyser.decode_side
     results: dict[str, dict[str, float]] = {}
 
     def timed(fn):
@@ -96,13 +104,14 @@ def child(spec: dict) -> dict:
                 continue
             for _ in range(repeats):
                 worker, radiograph = timed(lambda p=path: analyser.read(p))
-                local, _ = timed(lambda p=path: read_radiograph(p, needed_side=analyser.decode_side))
+                local, _ = timed(lambda p=path: read_radiograph(p, needed_side=side, **reduce))
                 pixels = radiograph.pixels
-                ms, (image, _) = timed(lambda px=pixels: prepare(px, analyser.size))
+                ms, item = timed(lambda r=radiograph: analyser.preparer.prepare(r))  # as predict prepares
+                image = item.image
                 times["preprocess"].append(ms)
                 times["model"].append(timed(lambda i=image: analyser.run_outputs(i[None]))[0])
                 finding = analyser.analyse(radiograph)
-                h, w = pixels.shape
+                h, w = finding.letterbox.height, finding.letterbox.width  # the image's size
                 scale = explain._display_scale(h, w, 1024)
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 layer = lambda f=finding, s=size: explain.heatmap_layer(f.heatmap, f.letterbox, s)  # noqa: E731
@@ -118,6 +127,8 @@ def child(spec: dict) -> dict:
                 times["decode in a worker"].append(worker)
                 times["decode in process"].append(local)
                 times["transfer from the worker"].append(worker - local)
+                one = lambda p=path: list(predict.rows(analyser, [Path(p)], out))  # noqa: E731
+                times["end to end, one image"].append(timed(one)[0])
         results[label] = {stage: statistics.median(v) for stage, v in times.items() if v}
     for label, paths in spec["batches"]:
         batch = [Path(p) for p in paths]

@@ -30,6 +30,9 @@ OVERLAY_FLOOR = 0.2
 # longer side stays within ``max_side``): below it the caption cannot fit across the image.
 MIN_DISPLAY_SIDE = 128
 CAPTION_SPACING = 4  # px between caption lines
+# Longer side of an overlay picture by default: the heat map is a grid of 24 x 24 cells and the
+# overlay a pointer to where it is, while the radiograph itself stays the one to read.
+OVERLAY_MAX_SIDE = 1024
 # Written on every overlay (the PNG of `predict`, the Secondary Capture sent to a PACS).
 CAPTION = "AI result, an aid, not a diagnosis"
 
@@ -200,18 +203,23 @@ def _display_gray(pixels: np.ndarray, size: tuple[int, int], stretch: bool = Tru
 
 
 def overlay_image(
-    pixels: np.ndarray, finding: Explained, max_side: int = 1024, stretch: bool = True
+    pixels: np.ndarray, finding: Explained, max_side: int | None = OVERLAY_MAX_SIDE, stretch: bool = True
 ) -> Image.Image:
     """The radiograph with the heat map in colour and the probability and category written on it.
 
     Kept at the input's aspect ratio; large images are reduced to ``max_side`` so a folder of
     3000-pixel studies does not become gigabytes of PNG, and small ones enlarged to
-    :data:`MIN_DISPLAY_SIDE` so the caption stays legible. Blending is done by Pillow in uint8:
-    this runs once per image in ``predict``, so it must cost little next to the model.
-    ``stretch``: see :func:`_display_gray`.
+    :data:`MIN_DISPLAY_SIDE` so the caption stays legible; ``max_side`` None or 0: the pixels'
+    own size. Blending is done by Pillow in uint8: this runs once per image in ``predict``, so
+    it must cost little next to the model. ``stretch``: see :func:`_display_gray`. Pixels that
+    are a reduced copy of the image (:mod:`fracsight.io.reduced`) give the picture the image
+    itself would: its size comes from the image's (the letterbox's) size.
     """
     h, w = pixels.shape
-    scale = _display_scale(h, w, max_side)
+    box = finding.letterbox
+    if (box.height, box.width) != (h, w):
+        h, w = box.height, box.width
+    scale = _display_scale(h, w, max_side or max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     gray = _display_gray(pixels, size, stretch).convert("RGBA")
     if finding.category == Category.OUT_OF_SCOPE:  # not scored: a heat map would suggest a finding

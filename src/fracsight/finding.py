@@ -254,13 +254,16 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return {c: flat[c] if c in flat else record.get(c) for c in (*ROW_COLUMNS, *ROW_DETAIL_COLUMNS)}
 
 
-def write_heatmap(finding: Finding, pixels: np.ndarray, target: Path) -> dict[str, str]:
+def write_heatmap(
+    finding: Finding, pixels: np.ndarray, target: Path, max_side: int | None = explain.OVERLAY_MAX_SIDE
+) -> dict[str, str]:
     """Draw ``finding``'s overlay on the radiograph's ``pixels`` into ``target`` (whole or not at
-    all, with :meth:`Finding.png_text`). Returns the record fields that say where it went, or why
+    all, with :meth:`Finding.png_text`), its longer side at most ``max_side`` (None or 0: the
+    pixels' size). Returns the record fields that say where it went, or why
     it did not (``error_code`` :data:`HEATMAP_NOT_WRITTEN`): a full disk or an odd image costs
     that picture, never the batch."""
     try:
-        explain.save_png(explain.overlay_image(pixels, finding), target, finding.png_text())
+        explain.save_png(explain.overlay_image(pixels, finding, max_side), target, finding.png_text())
     except OSError as exc:
         return {
             "error_code": HEATMAP_NOT_WRITTEN,

@@ -29,6 +29,7 @@ import numpy as np
 from fracsight.decide import decide
 from fracsight.finding import MISSING, READ_ERROR, Finding, Outcome, Refusal, SourceIds
 from fracsight.io import DecoderPool, Radiograph, RefusedInput, UnreadableImage
+from fracsight.io.reduced import full_shape
 from fracsight.io.safe_text import failure
 from fracsight.model_card import DEFAULT_MODEL, ModelCard
 from fracsight.preprocess import Letterbox, NotAnalysable, prepare
@@ -94,7 +95,10 @@ class Preparer:
 
     ``decode_side`` lets formats that can (JPEG 2000) decode a smaller image cheaply; None
     decodes every file in full, for callers that compare the heat map with coordinates in the
-    file's own pixels (expert boxes in ``fracsight evaluate``).
+    file's own pixels (expert boxes in ``fracsight evaluate``). ``reduce_pixels``: every larger
+    image is also box-averaged down to ``decode_side`` in the decoder process
+    (:mod:`fracsight.io.reduced`), for callers that never show the pixels at full size
+    (``predict``); the heat map's geometry stays the file's.
     """
 
     def __init__(
@@ -103,9 +107,11 @@ class Preparer:
         decode_side: int | None = DECODE_SIDE,
         decoders: DecoderPool | None = None,
         workers: int | None = None,
+        reduce_pixels: bool = False,
     ) -> None:
         self.size = size
         self.decode_side = max(decode_side, size) if decode_side else None
+        self.reduce_pixels = reduce_pixels and self.decode_side is not None
         # Decoder processes start on the first read; a service may share one pool between analysers.
         self._own_decoders = decoders is None
         self.decoders = decoders or DecoderPool(workers=workers)
@@ -116,13 +122,15 @@ class Preparer:
         its path; "upload" or "dataset" for bytes and data sets)."""
         if isinstance(source, Radiograph):
             return source
+        side, model = self.decode_side, (self.size if self.reduce_pixels else None)
         if isinstance(source, (bytes, bytearray, memoryview)):
-            return self.decoders.read_bytes(bytes(source), name or "upload", needed_side=self.decode_side)
+            data = bytes(source)
+            return self.decoders.read_bytes(data, name or "upload", needed_side=side, model_side=model)
         if isinstance(source, (str, os.PathLike)):
-            return self.decoders.read(source, needed_side=self.decode_side, name=name)
+            return self.decoders.read(source, needed_side=side, name=name, model_side=model)
         if hasattr(source, "dataset_encoding") or hasattr(source, "file_meta"):  # a pydicom Dataset
             return self.decoders.read_bytes(
-                _dataset_bytes(source, name), name or "dataset", needed_side=self.decode_side
+                _dataset_bytes(source, name), name or "dataset", needed_side=side, model_side=model
             )
         raise TypeError(
             f"cannot analyse a {type(source).__name__}: give a path, bytes, a pydicom Dataset or a Radiograph"
@@ -146,7 +154,7 @@ class Preparer:
             return item
         t1 = time.perf_counter()
         try:
-            item.image, item.letterbox = prepare(item.radiograph.pixels, self.size)
+            item.image, item.letterbox = _prepare(item.radiograph, self.size)
         except RefusedInput as exc:  # blank, tiny, strip-shaped
             item.refusal = Refusal.of(exc, label)
             item.radiograph = None  # refused: no overlay will need its pixels (a strip can be 300 MB)
@@ -164,6 +172,22 @@ class Preparer:
         """Stop the decoder processes this preparer started (they also stop when it is collected)."""
         if self._own_decoders:
             self.decoders.close()
+
+
+def _prepare(radiograph: Radiograph, size: int) -> tuple[np.ndarray, Letterbox]:
+    """:func:`fracsight.preprocess.prepare`, with what a reduced decode carries (the file's size,
+    the model base and the full image's percentiles: :mod:`fracsight.io.reduced`)."""
+    metadata = radiograph.metadata or {}
+    if "full_shape" not in metadata:
+        return prepare(radiograph.pixels, size)
+    percentiles = metadata.get("percentiles")
+    return prepare(
+        radiograph.pixels,
+        size,
+        full_shape(radiograph),
+        radiograph.model_base,
+        (float(percentiles[0]), float(percentiles[1])) if percentiles else None,
+    )
 
 
 def _label(source: Source, name: str | None) -> str:
@@ -212,6 +236,7 @@ class Analyser:
     ``model_threads`` for ONNX Runtime, ``decoder_processes`` for the decoder worker processes
     (unless ``decoders`` is a shared pool), and ``read_ahead`` for the threads that decode and
     preprocess upcoming inputs in :meth:`iter_outcomes` (default: as many as there are decoders).
+    ``decode_side`` and ``reduce_pixels``: see :class:`Preparer`.
     """
 
     def __init__(
@@ -226,6 +251,7 @@ class Analyser:
         decoder_processes: int | None = None,
         read_ahead: int | None = None,
         precision: str | None = None,
+        reduce_pixels: bool = False,
     ):
         import onnxruntime as ort
 
@@ -242,7 +268,8 @@ class Analyser:
         self.batch_size = max(1, batch_size)
         every_core = os.cpu_count() or 1
         self.model_threads = model_threads or threads or every_core
-        self.preparer = Preparer(self.size, decode_side, decoders, workers=decoder_processes or threads)
+        workers = decoder_processes or threads
+        self.preparer = Preparer(self.size, decode_side, decoders, workers, reduce_pixels=reduce_pixels)
         self.decode_side = self.preparer.decode_side
         self.decoders = self.preparer.decoders
         self.read_ahead = read_ahead or threads or self.decoders.workers

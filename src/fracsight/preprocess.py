@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from fracsight.io.radiograph import RefusedInput
+from fracsight.io.reduced import box_factor, float_image
 
 # Percentiles of the image intensity mapped to black and white before resizing.
 LOW_PERCENTILE = 0.5
@@ -100,15 +101,21 @@ class NotAnalysable(RefusedInput):
         super().__init__(path, reason)
 
 
-def check_analysable(pixels: np.ndarray) -> tuple[float, float]:
+def check_analysable(
+    pixels: np.ndarray, shape: tuple[int, int] | None = None, percentiles: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """Refuse blank, tiny and strip-shaped images, which would still get a confident probability.
 
-    Returns the contrast-stretch percentiles (low, high) it measured, so :func:`prepare`
-    does not measure them twice.
+    ``shape`` and ``percentiles``: the file's (height, width) and the full image's percentiles
+    when ``pixels`` are a reduced copy of it (:mod:`fracsight.io.reduced`); it is judged on
+    those. Returns the contrast-stretch percentiles (low, high) it measured, so
+    :func:`prepare` does not measure them twice.
     """
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
-    height, width = pixels.shape
+    if min(pixels.shape) == 0:
+        raise ValueError(f"image shape {pixels.shape[0]}x{pixels.shape[1]} is empty")
+    height, width = shape or pixels.shape
     if min(height, width) == 0:
         raise ValueError(f"image shape {height}x{width} is empty")
     if min(height, width) < MIN_SIDE:
@@ -120,7 +127,7 @@ def check_analysable(pixels: np.ndarray) -> tuple[float, float]:
             f"image is {width} x {height} pixels: a strip more than {MAX_ASPECT:g} times longer than "
             "wide is not one radiograph view"
         )
-    lo, hi = _percentiles(pixels)
+    lo, hi = (float(v) for v in percentiles) if percentiles is not None else _percentiles(pixels)
     if hi - lo < MIN_CONTRAST:
         raise NotAnalysable(
             "image is blank: 99% of its pixels lie within "
@@ -133,27 +140,58 @@ def resize_gray(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Float gray pixels resized to ``width`` x ``height`` (bilinear, antialiased when shrinking)."""
     if pixels.shape == (height, width):  # already that size (a typical overlay): no round trip
         return np.asarray(pixels, dtype=np.float32)
-    image = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F")
+    image = float_image(pixels)
     if (width, height) != image.size:
         # Reduce big images by an integer factor first: same antialiasing, a fraction of the time.
-        factor = min(image.size[0] // width, image.size[1] // height)
+        factor = box_factor(image.size[1], image.size[0], width, height)
         if factor >= 2:
             image = image.reduce(factor)
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.float32)
 
 
-def prepare(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+def _target(height: int, width: int, size: int) -> tuple[Letterbox, int, int]:
+    """The letterbox of an H x W image in the size x size square, and the image's width and
+    height inside it."""
+    box = letterbox_geometry(height, width, size)
+    return box, max(1, round(box.width * box.scale)), max(1, round(box.height * box.scale))
+
+
+def model_base(
+    pixels: np.ndarray, size: int, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, tuple[float, float]]:
+    """What :func:`prepare` does to ``pixels`` before its final resize (contrast stretch, then the
+    box reduction of :func:`resize_gray`), done ahead, in the decoder process, so that only the
+    result travels (:mod:`fracsight.io.reduced`); and the percentiles it stretched with. The base
+    is None when no box reduction applies. ``shape``: the file's (height, width)."""
+    lo, hi = _percentiles(pixels)
+    _, new_w, new_h = _target(*shape, size)
+    factor = box_factor(pixels.shape[0], pixels.shape[1], new_w, new_h)
+    if factor < 2:
+        return None, (lo, hi)
+    base = np.asarray(float_image(_stretch(pixels, lo, hi)).reduce(factor), dtype=np.float32)
+    return base, (lo, hi)
+
+
+def prepare(
+    pixels: np.ndarray,
+    size: int,
+    shape: tuple[int, int] | None = None,
+    base: np.ndarray | None = None,
+    percentiles: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, Letterbox]:
     """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1]).
 
-    Raises :class:`NotAnalysable` (a :class:`~fracsight.io.RefusedInput`) for images
+    ``shape``, ``base`` and ``percentiles``: for pixels reduced in the decoder process
+    (:mod:`fracsight.io.reduced`), the file's (height, width), :func:`model_base` and the full
+    image's percentiles; the model input is then the one the full image gives, and the
+    letterbox the file's, so the heat map maps back to the file's pixels. Raises
+    :class:`NotAnalysable` (a :class:`~fracsight.io.RefusedInput`) for images
     :func:`check_analysable` refuses.
     """
-    lo, hi = check_analysable(pixels)
-    box = letterbox_geometry(pixels.shape[0], pixels.shape[1], size)
-    new_h = max(1, round(box.height * box.scale))
-    new_w = max(1, round(box.width * box.scale))
-    resized = resize_gray(_stretch(pixels, lo, hi), new_w, new_h)
+    lo, hi = check_analysable(pixels, shape, percentiles)
+    box, new_w, new_h = _target(*(shape or pixels.shape), size)
+    resized = resize_gray(_stretch(pixels, lo, hi) if base is None else base, new_w, new_h)
     out = np.full((size, size), -1.0, dtype=np.float32)
     out[box.pad_y : box.pad_y + new_h, box.pad_x : box.pad_x + new_w] = resized * 2.0 - 1.0
     return out, box

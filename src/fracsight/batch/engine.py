@@ -308,7 +308,7 @@ def _preparer(size: int):
     from fracsight.inference import Preparer
 
     if size not in _PREPARERS:
-        _PREPARERS[size] = Preparer(size, workers=1)
+        _PREPARERS[size] = Preparer(size, workers=1, reduce_pixels=True)  # as predict decodes
     return _PREPARERS[size]
 
 

@@ -53,6 +53,10 @@ _BATCH_MEMORY = "each holds its decoded pixels, 36 MB for a 3000 x 3000 radiogra
 # for one, each holding its radiograph's pixels. Two keep the writing off the model's path on a
 # 2-core machine (benchmarks/predict_stages.py measures it).
 HEATMAP_WRITERS = 2
+# Overlay pictures of larger images are drawn at this longer side (px) unless --overlay-max-side
+# says otherwise; the decoder hands back pixels reduced to it (fracsight.io.reduced).
+OVERLAY_MAX_SIDE = 1024
+_MIN_OVERLAY_SIDE = 128  # below this the caption no longer fits across the picture
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="write the results CSV here ('-' or default: standard output)")
     p.add_argument("--heatmaps", help="write heat-map overlay PNGs into this folder")
     p.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+    p.add_argument(
+        "--overlay-max-side",
+        type=_overlay_side,
+        default=OVERLAY_MAX_SIDE,
+        metavar="N",
+        help=f"longer side of the heat-map pictures of larger images, px (default {OVERLAY_MAX_SIDE}; "
+        "0: the image's own size). Images twice as large or more are handed over by the decoder "
+        "already reduced to it: the same answers and pictures, less memory and time",
+    )
     p.add_argument(
         "--batch-size",
         type=_batch_size,
@@ -113,6 +126,19 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _overlay_side(text: str) -> int:
+    """An argparse type: 0 (the image's own size) or a side of at least :data:`_MIN_OVERLAY_SIDE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value != 0 and value < _MIN_OVERLAY_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 0 (the image's own size) or a side of at least {_MIN_OVERLAY_SIDE} px"
+        )
     return value
 
 
@@ -169,9 +195,12 @@ def _heat_dir(raw: str | None) -> Path | None:
     return folder
 
 
-def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterator[dict]:
+def rows(
+    analyser: Analyser, files: list[Path], heat_dir: Path | None, overlay_max_side: int = OVERLAY_MAX_SIDE
+) -> Iterator[dict]:
     """One record per input, in input order: its Finding's or Refusal's ``to_record()``, plus where
-    its heat map went.
+    its heat map went (a picture whose longer side is at most ``overlay_max_side``; 0: the pixels'
+    own size).
 
     Heat maps are drawn and written by :data:`HEATMAP_WRITERS` threads while the model goes on to
     the next inputs (drawing, PNG compression and the model release the GIL); a record comes once
@@ -188,7 +217,7 @@ def rows(analyser: Analyser, files: list[Path], heat_dir: Path | None) -> Iterat
             job = None
             if isinstance(outcome, Finding) and heat_dir and writers and radiograph is not None:
                 target = heat_dir / _overlay_name(Path(outcome.source), used)
-                job = writers.submit(write_heatmap, outcome, radiograph.pixels, target)
+                job = writers.submit(write_heatmap, outcome, radiograph.pixels, target, overlay_max_side)
             waiting.append((record, job))
             # Give every record whose picture is done; wait only when more pictures are pending
             # than there are writers (each holds its radiograph's pixels).
@@ -230,17 +259,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def analyser_for(args: argparse.Namespace) -> Analyser:
-    """The model of ``--model`` with the CPU knobs given (each unset one defaults to ``--threads``)."""
+    """The model of ``--model`` with the CPU knobs given (each unset one defaults to ``--threads``).
+
+    Images are decoded no larger than the model and the overlay pictures need (the longer of the
+    model's input and ``--overlay-max-side``; in full with 0): predict shows no pixel at a larger
+    size, and a 3000 x 3000 radiograph then costs a quarter of the memory and copying."""
     from fracsight.inference import Analyser
 
+    overlay_side = getattr(args, "overlay_max_side", OVERLAY_MAX_SIDE)
     return Analyser(
         args.model,
         threads=args.threads,
         batch_size=args.batch_size,
+        decode_side=overlay_side or None,
         model_threads=args.model_threads,
         decoder_processes=args.decoder_processes,
         read_ahead=args.read_ahead_threads,
         precision=getattr(args, "precision", None),
+        reduce_pixels=True,
     )
 
 
@@ -254,7 +290,8 @@ def _run(args: argparse.Namespace, guard: SignalGuard) -> int:
     try:
         heat_dir = _heat_dir(args.heatmaps)
         writer = RowWriter(args.output, args.json)
-        return _write_rows(analyser, files, heat_dir, writer, guard, args.no_progress)
+        side = getattr(args, "overlay_max_side", OVERLAY_MAX_SIDE)
+        return _write_rows(analyser, files, heat_dir, writer, guard, args.no_progress, side)
     finally:
         analyser.close()  # stops the decoder processes at once, even mid-file
 
@@ -266,13 +303,14 @@ def _write_rows(
     writer: RowWriter,
     guard: SignalGuard,
     quiet: bool,
+    overlay_max_side: int = OVERLAY_MAX_SIDE,
 ) -> int:
     from tqdm import tqdm
 
     refused = unwritten = done = 0
     started = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", disable=quiet or len(files) < 2, file=sys.stderr)
-    produced = rows(analyser, files, heat_dir)
+    produced = rows(analyser, files, heat_dir, overlay_max_side)
     try:
         for row in produced:
             refused += "probability" not in row

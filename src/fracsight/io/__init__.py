@@ -9,6 +9,8 @@ ends early) or ``NotARadiograph`` with a reason that names the file.
 hangs a native decoder costs only itself (``DecoderFailed``): every reader of untrusted
 files (``predict``, services) goes through it.
 ``is_truncated(path)`` tells the audit which files were cut short.
+``reduced``: an image reduced in the decoder process to what ``predict`` needs of it (the
+model's input and the overlay's size), the same answers and pictures as from the full image.
 Conventions and policies live with their code: ``intensity`` (PNG/JPEG/TIFF
 scaling, colour), ``dicom_policy`` (accepted modalities), ``dicom_display``
 (LUTs, windows, MONOCHROME1), ``truncation`` (truncated JPEGs), ``limits``.

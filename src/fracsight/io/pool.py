@@ -191,17 +191,25 @@ class DecoderPool:
         max_pixels: int | None = None,
         needed_side: int | None = None,
         name: str | None = None,
+        model_side: int | None = None,
     ) -> Radiograph:
         """:func:`~fracsight.io.read_radiograph` in a worker process; ``name`` stands for the file in
-        every message (default: its path)."""
+        every message (default: its path). With ``model_side`` the worker hands back the image
+        already reduced (:mod:`fracsight.io.reduced`): less to pass to this process."""
         shown = str(Path(path))
-        return self._run(Job(name or shown, os.path.abspath(shown), None, max_pixels, needed_side))
+        job = Job(name or shown, os.path.abspath(shown), None, max_pixels, needed_side, model_side)
+        return self._run(job)
 
     def read_bytes(
-        self, data: bytes, name: str, max_pixels: int | None = None, needed_side: int | None = None
+        self,
+        data: bytes,
+        name: str,
+        max_pixels: int | None = None,
+        needed_side: int | None = None,
+        model_side: int | None = None,
     ) -> Radiograph:
         """:func:`~fracsight.io.read_radiograph_bytes` in a worker process."""
-        return self._run(Job(name, None, bytes(data), max_pixels, needed_side))
+        return self._run(Job(name, None, bytes(data), max_pixels, needed_side, model_side))
 
     def start(self) -> None:
         """Start every worker now rather than at the first files (a service's first images would
@@ -284,6 +292,7 @@ class DecoderPool:
                 format=reply.format,
                 metadata=reply.metadata,
                 dicom=reply.dicom,
+                model_base=reply.model_base,
             )
         if isinstance(reply, Refused):
             raise _REFUSALS.get(reply.error, UnreadableImage)(job.name, reply.reason)

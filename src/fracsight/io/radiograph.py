@@ -43,6 +43,8 @@ class Radiograph:
     inverted and DICOM Modality/VOI LUTs are already applied.
     ``metadata`` holds non-identifying facts only (format, modality, bits stored, ...),
     safe to log. ``dicom`` keeps the DICOM header (no pixel data) for building results.
+    ``model_base``: set only by a reader asked to reduce the image (:mod:`fracsight.io.reduced`),
+    the first steps of the model's preprocessing already done on the full image.
     """
 
     pixels: np.ndarray
@@ -50,6 +52,7 @@ class Radiograph:
     format: str
     metadata: dict[str, Any] = field(default_factory=dict)
     dicom: Any = None
+    model_base: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

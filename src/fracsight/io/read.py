@@ -17,11 +17,15 @@ from fracsight.io.dicom_reader import read_dicom
 from fracsight.io.formats import HEAD_BYTES, ImageFormat, describe_unknown, detect_format
 from fracsight.io.pillow_reader import read_pillow_image
 from fracsight.io.radiograph import Radiograph, RefusedInput, UnreadableImage
+from fracsight.io.reduced import reduce_radiograph
 from fracsight.io.truncation import TruncatedImage
 
 
 def read_radiograph(
-    path: str | os.PathLike[str], max_pixels: int | None = None, needed_side: int | None = None
+    path: str | os.PathLike[str],
+    max_pixels: int | None = None,
+    needed_side: int | None = None,
+    model_side: int | None = None,
 ) -> Radiograph:
     """Read a PNG, JPEG, TIFF or DICOM radiograph into float32 gray pixels in [0, 1].
 
@@ -35,7 +39,10 @@ def read_radiograph(
     ``needed_side`` lets a format that can decode a smaller image cheaply (JPEG 2000
     in DICOM) stop at a resolution whose longer side is still at least that many
     pixels; ``metadata["decoded_at_scale"]`` then says by how much it shrank.
-    Leave it out where pixel coordinates must match the file (expert boxes).
+    Leave it out where pixel coordinates must match the file (expert boxes). With
+    ``model_side`` (the model's input side) too, any image is then reduced towards that side and
+    the model's input (:mod:`fracsight.io.reduced`), for callers that never show its pixels at
+    full size; ``metadata["full_shape"]`` is then the file's size.
     """
     file = Path(path)
     name = str(file)
@@ -44,20 +51,32 @@ def read_radiograph(
     limits.check_file_size(name, size, limit)
     try:
         with file.open("rb", buffering=0) as raw, _CappedReader(raw, size) as stream:
-            return _read_stream(name, stream, size, limit, needed_side)
+            radiograph = _read_stream(name, stream, size, limit, needed_side)
     except OSError as error:
         raise UnreadableImage(name, f"cannot be read: {error.strerror or type(error).__name__}") from error
+    return _reduced(radiograph, needed_side, model_side)
 
 
 def read_radiograph_bytes(
-    data: bytes, name: str, max_pixels: int | None = None, needed_side: int | None = None
+    data: bytes,
+    name: str,
+    max_pixels: int | None = None,
+    needed_side: int | None = None,
+    model_side: int | None = None,
 ) -> Radiograph:
     """:func:`read_radiograph` for a file's bytes already in memory; ``name`` stands for it in messages."""
     limit = limits.MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise UnreadableImage(name, "the file is empty (0 bytes)")
     limits.check_file_size(name, len(data), limit)
-    return _read_stream(name, io.BytesIO(data), len(data), limit, needed_side)
+    radiograph = _read_stream(name, io.BytesIO(data), len(data), limit, needed_side)
+    return _reduced(radiograph, needed_side, model_side)
+
+
+def _reduced(radiograph: Radiograph, needed_side: int | None, model_side: int | None) -> Radiograph:
+    if needed_side and model_side:
+        return reduce_radiograph(radiograph, needed_side, model_side)
+    return radiograph
 
 
 def _read_stream(name: str, stream: BinaryIO, size: int, limit: int, needed_side: int | None) -> Radiograph:
