@@ -17,13 +17,16 @@ import numpy as np
 from PIL import Image
 
 from fracsight.io.radiograph import RefusedInput
-from fracsight.io.reduced import box_factor, float_image
+from fracsight.io.reduced import (
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
+    box_factor,
+    float_image,
+    model_image_size,
+)
+from fracsight.io.reduced import percentiles as _percentiles
+from fracsight.io.reduced import stretch as _stretch
 
-# Percentiles of the image intensity mapped to black and white before resizing.
-LOW_PERCENTILE = 0.5
-HIGH_PERCENTILE = 99.5
-# Pixels sampled for the percentiles: enough for a stable estimate, cheap on 3000 x 3000 inputs.
-_PERCENTILE_SAMPLES = 65536
 # Images the model cannot say anything about: a probability for them would only mislead.
 MIN_SIDE = 32  # px on the shorter side: below this the whole image is one heat-map cell
 MAX_ASPECT = 8.0  # longer / shorter side: a full-leg or spine stitch is about 1:3 to 1:4
@@ -55,23 +58,9 @@ class Letterbox:
         return (x - self.pad_x) / self.scale, (y - self.pad_y) / self.scale
 
 
-def _percentiles(pixels: np.ndarray) -> tuple[float, float]:
-    flat = pixels.reshape(-1)
-    step = max(1, flat.size // _PERCENTILE_SAMPLES)
-    lo, hi = np.percentile(flat[::step], [LOW_PERCENTILE, HIGH_PERCENTILE])
-    return float(lo), float(hi)
-
-
 def stretch_contrast(pixels: np.ndarray) -> np.ndarray:
     """Map the image's low/high intensity percentiles to 0 and 1 (float32, clipped)."""
     return _stretch(pixels, *_percentiles(pixels))
-
-
-def _stretch(pixels: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi - lo < 1e-6:  # a flat image: nothing to stretch
-        return np.zeros_like(pixels, dtype=np.float32)
-    out = (pixels.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
@@ -79,8 +68,7 @@ def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
     if height <= 0 or width <= 0:
         raise ValueError(f"image shape {height}x{width} is empty")
     scale = size / max(height, width)
-    new_h = max(1, round(height * scale))
-    new_w = max(1, round(width * scale))
+    new_w, new_h = model_image_size(height, width, size)
     return Letterbox(
         size=size,
         scale=scale,
@@ -153,24 +141,7 @@ def resize_gray(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 def _target(height: int, width: int, size: int) -> tuple[Letterbox, int, int]:
     """The letterbox of an H x W image in the size x size square, and the image's width and
     height inside it."""
-    box = letterbox_geometry(height, width, size)
-    return box, max(1, round(box.width * box.scale)), max(1, round(box.height * box.scale))
-
-
-def model_base(
-    pixels: np.ndarray, size: int, shape: tuple[int, int]
-) -> tuple[np.ndarray | None, tuple[float, float]]:
-    """What :func:`prepare` does to ``pixels`` before its final resize (contrast stretch, then the
-    box reduction of :func:`resize_gray`), done ahead, in the decoder process, so that only the
-    result travels (:mod:`fracsight.io.reduced`); and the percentiles it stretched with. The base
-    is None when no box reduction applies. ``shape``: the file's (height, width)."""
-    lo, hi = _percentiles(pixels)
-    _, new_w, new_h = _target(*shape, size)
-    factor = box_factor(pixels.shape[0], pixels.shape[1], new_w, new_h)
-    if factor < 2:
-        return None, (lo, hi)
-    base = np.asarray(float_image(_stretch(pixels, lo, hi)).reduce(factor), dtype=np.float32)
-    return base, (lo, hi)
+    return letterbox_geometry(height, width, size), *model_image_size(height, width, size)
 
 
 def prepare(
@@ -183,7 +154,7 @@ def prepare(
     """Radiograph pixels (H x W float in [0, 1]) -> model input (size x size float32 in [-1, 1]).
 
     ``shape``, ``base`` and ``percentiles``: for pixels reduced in the decoder process
-    (:mod:`fracsight.io.reduced`), the file's (height, width), :func:`model_base` and the full
+    (:mod:`fracsight.io.reduced`), the file's (height, width), its ``model_base`` and the full
     image's percentiles; the model input is then the one the full image gives, and the
     letterbox the file's, so the heat map maps back to the file's pixels. Raises
     :class:`NotAnalysable` (a :class:`~fracsight.io.RefusedInput`) for images
