@@ -159,12 +159,15 @@ def _client(
     if not assoc.is_established:
         return
     for ds in copies:
+        if not assoc.is_established:  # aborted by the node (or the machine's load): the rest are unsent
+            break
         started = time.perf_counter()
         status = assoc.send_c_store(ds)
         if status and status.Status == 0x0000:
             acks.append(time.perf_counter() - started)
             sent.append(ds.SOPInstanceUID)
-    assoc.release()
+    if assoc.is_established:
+        assoc.release()
 
 
 def _epoch(iso: str) -> float:
