@@ -1,14 +1,15 @@
 """Load on `fracsight dicom-node` over loopback, bounded: N parallel associations of M images each.
 
-    python benchmarks/dicom_load.py [--clients 3] [--images 20] [--one-study] [--quiet S] [FILE.dcm ...]
+    python benchmarks/dicom_load.py [--clients 3] [--images 20] [--one-study] [--quiet S]
+        [--model M.onnx] [--precision both|float32|int8] [--rounds 3] [FILE.dcm ...]
 
 The node runs as its own process (as in production) on a fresh data folder with the shipped
-model and its default settings (``--quiet`` sets the study quiet time), forwarding its results to
-a PACS in this process (a pynetdicom storage SCP that notes when each object arrives). Each of
-``--clients`` clients opens one association at the same moment, sends ``--images`` radiographs in
-it (copies with new UIDs, each a study of its own, or with ``--one-study`` one study per
-association, as a modality sends an examination), and releases it; then the node is given up to
-300 s to analyse everything and deliver the results.
+model (or ``--model``) and its default settings (``--quiet`` sets the study quiet time),
+forwarding its results to a PACS in this process (a pynetdicom storage SCP that notes when each
+object arrives). Each of ``--clients`` clients opens one association at the same moment, sends
+``--images`` radiographs in it (copies with new UIDs, each a study of its own, or with
+``--one-study`` one study per association, as a modality sends an examination), and releases it;
+then the node is given up to 300 s to analyse everything and deliver the results.
 
 Reported: instances acknowledged and analysed per second; C-STORE acknowledgement time; time from
 receipt by the node to the image's own results (its Secondary Capture and, for fracture and doubt,
@@ -16,6 +17,22 @@ its presentation state) stored at the PACS (median, p95, against the targets of 
 time from receipt to the study's structured report at the PACS (made once the study has been
 quiet for the quiet time, so never sooner); and whether every acknowledged instance was analysed
 exactly once and got all its results.
+
+float32 and 8-bit side by side (``--precision both``, the default): each round runs a fresh node
+with ``--precision float32`` and one with ``--precision int8``, the order reversed every other
+round, so a shared machine's changing load hits both alike; the table gives each precision's median
+over the rounds and the ratio int8 / float32. The 8-bit model is NAME.int8.onnx (with its card)
+beside ``--model``; without it only float32 is measured. The shipped model has none (it does not
+meet the agreement bar, training/README.md); to measure one, make a site copy and quantise it::
+
+    mkdir /tmp/q && cp src/fracsight/models/default.onnx src/fracsight/models/default.card.json /tmp/q/
+    fracsight quantise /tmp/q/default.onnx --data /work/shared/data/fracatlas \
+        --split-file training/default-run/split.csv --calibration-images 60 --evaluate-images 40
+    python benchmarks/dicom_load.py --model /tmp/q/default.onnx
+
+(``fracsight quantise`` needs the ``train`` extra; fewer calibration and evaluation images make it
+quicker, not the 8-bit model any faster.) Each node's results name the model that made them; the
+header line gives the model ids the rounds' records carry.
 """
 
 from __future__ import annotations
@@ -83,21 +100,27 @@ class Pacs:
         return 0x0000
 
 
-def _start(data: Path, port: int, pacs_port: int, quiet_s: float | None) -> subprocess.Popen:
-    config = []
+def _start(
+    data: Path, port: int, pacs_port: int, quiet_s: float | None, model: str | None, precision: str
+) -> subprocess.Popen:
+    config = ["--precision", precision, *(["--model", model] if model else [])]
     if quiet_s is not None:
         data.mkdir(parents=True, exist_ok=True)
         (data.parent / "node.toml").write_text(f"[dicom]\nstudy_quiet_s = {quiet_s}\n")
-        config = ["--config", str(data.parent / "node.toml")]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fracsight", "dicom-node", "--data", str(data), "--port", str(port),
-         "--allow", "MODALITY", "--forward", f"PACS@127.0.0.1:{pacs_port}", *config],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        config += ["--config", str(data.parent / "node.toml")]
+    with (data.parent / "node.err").open("wb") as err:  # read back when the node stops at start
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fracsight", "dicom-node", "--data", str(data), "--port", str(port),
+             "--allow", "MODALITY", "--forward", f"PACS@127.0.0.1:{pacs_port}", *config],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context("1.2.840.10008.1.1")
     for _ in range(600):
+        if process.poll() is not None:
+            said = (data.parent / "node.err").read_text(errors="replace").strip().splitlines()
+            raise RuntimeError(f"the node stopped at start: {said[-1] if said else process.returncode}")
         assoc = ae.associate("127.0.0.1", port, ae_title="FRACSIGHT")
         if assoc.is_established:
             assoc.release()
@@ -136,12 +159,15 @@ def _client(
     if not assoc.is_established:
         return
     for ds in copies:
+        if not assoc.is_established:  # aborted by the node (or the machine's load): the rest are unsent
+            break
         started = time.perf_counter()
         status = assoc.send_c_store(ds)
         if status and status.Status == 0x0000:
             acks.append(time.perf_counter() - started)
             sent.append(ds.SOPInstanceUID)
-    assoc.release()
+    if assoc.is_established:
+        assoc.release()
 
 
 def _epoch(iso: str) -> float:
@@ -156,14 +182,17 @@ def _drained(data: Path) -> bool:
         ).fetchone()[0]
 
 
-def _round(args: argparse.Namespace, images: list[pydicom.Dataset]) -> dict[str, float]:
-    """One burst on a freshly started node: its measures, by name (times in ms)."""
+def _round(
+    args: argparse.Namespace, images: list[pydicom.Dataset], precision: str, models: set[str]
+) -> dict[str, float]:
+    """One burst on a freshly started node running ``precision``: its measures, by name (times in
+    ms); the model ids its records carry are added to ``models``."""
     pacs = Pacs()
     with tempfile.TemporaryDirectory() as folder:
         data, port = Path(folder) / "data", _free_port()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         own_before = resource.getrusage(resource.RUSAGE_SELF)
-        node = _start(data, port, pacs.port, args.quiet)
+        node = _start(data, port, pacs.port, args.quiet, args.model, precision)
         try:
             acks: list[float] = []
             sent: list[str] = []
@@ -206,6 +235,7 @@ def _round(args: argparse.Namespace, images: list[pydicom.Dataset]) -> dict[str,
                 )
             }
             sends = list(db.execute("SELECT image_id, kind, sop_instance_uid FROM sends"))
+            models.update(r[0] for r in db.execute("SELECT DISTINCT model_id FROM images") if r[0])
     # rows: image id -> (SOP Instance UID, analyses, received, analysed, study); sends: (image id, kind, UID)
     own: dict[str, list[str]] = {}  # image id -> its own objects' UIDs
     reports: dict[str, list[float]] = {}  # study -> arrival times of its reports at the PACS
@@ -273,12 +303,26 @@ def main() -> None:
     parser.add_argument(
         "--quiet", type=float, default=None, help="the node's study quiet time, s (default: its own)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="bursts, each on a fresh node (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="bursts per precision, each on a fresh node (default 3)"
+    )
+    parser.add_argument("--model", help="float model (default: the shipped one)")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "int8", "both"),
+        default="both",
+        help="both (default): float32 and its 8-bit copy NAME.int8.onnx side by side, when it exists",
+    )
     parser.add_argument("images", nargs="*", type=Path, help="DICOM radiographs to send (default: samples)")
     args = parser.parse_args()
     paths = args.images or [p for p in DEFAULT_IMAGES if p.exists()]
     images = [pydicom.dcmread(p) for p in paths]
-    rounds = [_round(args, images) for _ in range(args.rounds)]
+    precisions = _precisions(args.model, args.precision)
+    measured: dict[str, list[dict[str, float]]] = {p: [] for p in precisions}
+    models: dict[str, set[str]] = {p: set() for p in precisions}
+    for n in range(args.rounds):  # alternating, the order reversed every other round
+        for precision in precisions if n % 2 == 0 else precisions[::-1]:
+            measured[precision].append(_round(args, images, precision, models[precision]))
     names = ", ".join(p.name for p in paths)
     quiet = f"{args.quiet:g} s" if args.quiet is not None else "the default 10 s"
     layout = "one study per association" if args.one_study else "each image its own study"
@@ -287,14 +331,45 @@ def main() -> None:
         f"(load average {os.getloadavg()[0]:.1f}), {args.clients} associations in parallel x {args.count} "
         f"images, {layout}, study quiet time {quiet}; images: {names}; loopback; {args.rounds} rounds, "
         "each on a freshly started node"
+        + (f"; {' and '.join(precisions)} alternating" if len(precisions) == 2 else "")
     )
-    print("| measure | " + " | ".join(f"round {n}" for n in range(1, args.rounds + 1)) + " | median |")
-    print("|---" * (args.rounds + 2) + "|")
-    for name in rounds[0]:
-        values = [r[name] for r in rounds]
-        digits = 2 if name.endswith("per second") else 0
-        cells = [f"{v:.{digits}f}" for v in [*values, float(np.median(values))]]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    answered = "; ".join(f"{p}: {', '.join(sorted(models[p])) or 'none'}" for p in precisions)
+    print(f"# models that answered: {answered}")
+    if len(precisions) == 1:
+        rounds = measured[precisions[0]]
+        print("| measure | " + " | ".join(f"round {n}" for n in range(1, args.rounds + 1)) + " | median |")
+        print("|---" * (args.rounds + 2) + "|")
+        for name in rounds[0]:
+            values = [r[name] for r in rounds]
+            cells = [_cell(name, v) for v in [*values, float(np.median(values))]]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        return
+    print(f"| measure | float32, median of {args.rounds} | int8, median of {args.rounds} | int8 / float32 |")
+    print("|---|---|---|---|")
+    for name in measured["float32"][0]:
+        f, q = (float(np.median([r[name] for r in measured[p]])) for p in ("float32", "int8"))
+        ratio = f"{q / f:.2f}" if f > 0 and np.isfinite(f) and np.isfinite(q) else ""
+        print(f"| {name} | {_cell(name, f)} | {_cell(name, q)} | {ratio} |")
+
+
+def _cell(name: str, value: float) -> str:
+    return f"{value:.{2 if name.endswith('per second') else 0}f}"
+
+
+def _precisions(model: str | None, wanted: str) -> list[str]:
+    """The precisions to measure; "both" falls back to float32 alone, saying so, without an 8-bit
+    copy of the model (``fracsight.inference.model_for_precision`` decides where it is)."""
+    from fracsight.inference import model_for_precision
+    from fracsight.model_card import ModelCard
+
+    if wanted != "both":
+        return [wanted]
+    try:
+        ModelCard.for_model(model_for_precision(model, "int8"))  # the file and its card, as the node checks
+    except FileNotFoundError as exc:
+        print(f"# {exc}: float32 only")
+        return ["float32"]
+    return ["float32", "int8"]
 
 
 if __name__ == "__main__":

@@ -125,6 +125,49 @@ def default_analyser():
     return Analyser(batch_size=4)
 
 
+def tiny_calibration_data(folder: Path) -> tuple[Path, Path]:
+    """A manifest of the bundled JPEGs and a split file: three to calibrate on, two to compare on
+    (enough for ``fracsight quantise`` to make a real 8-bit copy of the real model, quickly)."""
+    names = sorted(SAMPLE_LABELS)
+    manifest = folder / "manifest.csv"
+    manifest.write_text(
+        "path,label\n" + "".join(f"{SAMPLES_DIR / n},{SAMPLE_LABELS[n]}\n" for n in names), encoding="utf-8"
+    )
+    split = folder / "split.csv"
+    rows = [f"{Path(n).stem},{'dev' if i < 3 else 'test'}\n" for i, n in enumerate(names)]
+    split.write_text("image_id,split\n" + "".join(rows), encoding="utf-8")
+    return manifest, split
+
+
+def site_copy(folder: Path) -> Path:
+    """A copy of the shipped model and its card in ``folder``, as a site keeps its model."""
+    from fracsight.model_card import DEFAULT_MODEL, card_path
+
+    model = folder / "default.onnx"
+    shutil.copyfile(DEFAULT_MODEL, model)
+    shutil.copyfile(card_path(DEFAULT_MODEL), card_path(model))
+    return model
+
+
+@pytest.fixture(scope="session")
+def int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site copy of the shipped model with an 8-bit copy beside it (``default.int8.onnx`` and its
+    card), made once per session by ``fracsight quantise`` on the bundled samples (a minute or so):
+    the float model's path, as ``--model`` takes it."""
+    pytest.importorskip("onnx")  # the train extra: the quantise step needs it, inference does not
+    from fracsight.cli import main
+
+    folder = tmp_path_factory.mktemp("int8")
+    model = site_copy(folder)
+    manifest, split = tiny_calibration_data(folder)
+    code = main(
+        ["quantise", str(model), "--data", str(manifest), "--split-file", str(split),
+         "--calibration-images", "3", "--timing-images", "0"]
+    )  # fmt: skip
+    assert code == 0 and model.with_name("default.int8.onnx").is_file()
+    return model
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
 HAVE_CHROMIUM = bool(CHROMIUM and CHROMEDRIVER)

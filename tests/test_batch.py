@@ -437,6 +437,34 @@ def test_ray_listens_on_loopback_only(cluster: Cluster, archive: Path, tmp_path:
             assert picture.text["fracsight:onnx_sha256"] == row["onnx_sha256"]
 
 
+@pytest.mark.slow
+def test_precision_int8_runs_the_8bit_copy_on_every_actor(
+    cluster: Cluster, int8_model: Path, samples_dir: Path, tmp_path: Path
+) -> None:
+    """``--precision int8`` sends the actors the 8-bit file and its card: every row names the
+    8-bit model and its file, with ``predict --precision int8``'s answers to the last digit."""
+    from fracsight.model_card import ModelCard
+
+    card = ModelCard.for_model(int8_model.with_name("default.int8.onnx"))
+    assert card.model_id == ModelCard.for_model(int8_model).model_id + "-int8"
+    out, expected = tmp_path / "results.parquet", tmp_path / "predict.jsonl"
+    code, err = _finish(
+        _fracsight("batch", str(samples_dir), "--output", str(out), "--address", cluster.address,
+                   "--model", str(int8_model), "--precision", "int8", "--no-progress")
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = _finish(
+        _fracsight("predict", str(samples_dir), "--json", "--output", str(expected),
+                   "--model", str(int8_model), "--precision", "int8", "--no-progress")
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _rows(out)
+    assert len(rows) == 6
+    assert {(r["model_id"], r["onnx_sha256"]) for r in rows} == {(card.model_id, card.onnx_sha256)}
+    predicted = {display_path(r["path"]): r for r in map(json.loads, expected.read_text().splitlines())}
+    _check_against_predict(rows, predicted)
+
+
 # --- without Ray running ----------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_LABELS, SAMPLES_DIR, tiny_calibration_data
 
 from fracsight.inference import DEFAULT_PRECISION, Analyser, model_for_precision
 from fracsight.model_card import DEFAULT_MODEL, ModelCard, card_path
@@ -45,15 +46,8 @@ def test_predict_refuses_an_unknown_precision(capsys: pytest.CaptureFixture[str]
 
 def _tiny_data(tmp_path: Path, samples_dir: Path, sample_labels: dict[str, int]) -> tuple[Path, Path]:
     """A manifest of the bundled JPEGs and a split file: three to calibrate on, two to compare on."""
-    names = sorted(sample_labels)
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text(
-        "path,label\n" + "".join(f"{samples_dir / n},{sample_labels[n]}\n" for n in names), encoding="utf-8"
-    )
-    split = tmp_path / "split.csv"
-    rows = [f"{Path(n).stem},{'dev' if i < 3 else 'test'}\n" for i, n in enumerate(names)]
-    split.write_text("image_id,split\n" + "".join(rows), encoding="utf-8")
-    return manifest, split
+    assert samples_dir == SAMPLES_DIR and sample_labels == SAMPLE_LABELS  # what the shared helper uses
+    return tiny_calibration_data(tmp_path)
 
 
 @pytest.mark.slow

@@ -24,7 +24,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fracsight.cli.options import a_folder_to_write, a_model, a_number, a_whole_number, an_existing_file
+from fracsight.cli.options import (
+    a_folder_to_write,
+    a_model,
+    a_number,
+    a_whole_number,
+    add_precision_option,
+    an_existing_file,
+)
 
 __all__ = ["register", "run"]
 
@@ -77,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", type=a_model, help="ONNX model with its .card.json beside it (default: the shipped model)"
     )
+    add_precision_option(p)
     p.add_argument(
         "--heatmaps",
         type=a_folder_to_write,
@@ -107,7 +115,14 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"{' and '.join(missing)} not installed: fracsight batch {_MISSING_EXTRA}")
     from fracsight.batch.inputs import gather
     from fracsight.batch.results import ResultsFolder
+    from fracsight.inference import Analyser
 
+    loading = time.perf_counter()
+    # A bad model, or --precision int8 without the 8-bit copy or its card, fails here: before the
+    # results folder is made or Ray started.
+    checked = Analyser(args.model, threads=1, batch_size=1, precision=getattr(args, "precision", None))
+    checked.close()
+    loading = time.perf_counter() - loading  # counted in the start-up, as Ray's start is
     results = ResultsFolder(args.output)
     heat_dir = _heat_dir(args.heatmaps)
     inputs = gather(args.paths, args.manifest, skip_folders=(results.folder, heat_dir))
@@ -121,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     tally = _Tally(len(inputs), have, refused_before)
     if not todo:
         return tally.finish(args.output, seconds=0.0, startup=0.0, analysed=0)
-    return _analyse(args, results, todo, heat_dir, tally)
+    return _analyse(args, checked, results, todo, heat_dir, tally, loading)
 
 
 class _Tally:
@@ -152,16 +167,16 @@ class _Tally:
         return 1 if refused else 0
 
 
-def _analyse(args, results, todo: list[tuple[str, str]], heat_dir: Path | None, tally: _Tally) -> int:
+def _analyse(
+    args, checked, results, todo: list[tuple[str, str]], heat_dir: Path | None, tally: _Tally, loading: float
+) -> int:
+    """Run ``todo`` on Ray with the model ``checked`` (the file that runs: float32 or its 8-bit
+    copy, with its card), which took ``loading`` seconds to load and check."""
     from tqdm import tqdm
 
     from fracsight.batch import engine
-    from fracsight.inference import Analyser
-    from fracsight.model_card import DEFAULT_MODEL
 
-    started = time.perf_counter()
-    checked = Analyser(args.model, threads=1, batch_size=1)  # a bad model fails here, before Ray starts
-    checked.close()
+    started = time.perf_counter() - loading
     verbose = logging.getLogger("fracsight").getEffectiveLevel() <= logging.DEBUG
     engine.connect(args.address, verbose=verbose)
     startup = time.perf_counter() - started
@@ -171,7 +186,7 @@ def _analyse(args, results, todo: list[tuple[str, str]], heat_dir: Path | None, 
 
         plan = engine.Plan(
             size=checked.size,
-            model_files=ray.put(engine.model_files(Path(args.model) if args.model else DEFAULT_MODEL)),
+            model_files=ray.put(engine.model_files(checked.model_path)),  # the file that runs, and its card
             onnx_sha256=checked.identity.onnx_sha256,
             heatmaps=str(heat_dir.resolve()) if heat_dir is not None else None,
         )

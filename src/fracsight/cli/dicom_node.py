@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from fracsight.cli.options import a_number, a_port, a_whole_number, add_service_cpu_options, one_of
+from fracsight.cli.options import (
+    a_number,
+    a_port,
+    a_whole_number,
+    add_precision_option,
+    add_service_cpu_options,
+    one_of,
+)
 from fracsight.service.settings import LOG_FORMATS
 
 
@@ -104,6 +111,7 @@ def add_dicom_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 FILE_KEYS = {
     ("", "data"): "data",
     ("", "model"): "model",
+    ("", "precision"): "precision",
     ("", "analysis_threads"): "analysis_threads",
     ("", "model_threads"): "model_threads",
     ("", "decoder_processes"): "decoder_processes",
@@ -301,6 +309,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=a_port, help="DICOM port to listen on (default 11112)")
     add_dicom_options(p)
     p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
+    add_precision_option(p)
     add_service_cpu_options(p, "the rest receive and send")
     p.add_argument(
         "--resend",
@@ -364,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
             **operations(args),
             data_dir=args.data,
             model=args.model,
+            precision=args.precision,
             analysis_threads=args.analysis_threads,
             model_threads=args.model_threads,
             decoder_processes=args.decoder_processes,
@@ -391,7 +401,9 @@ def _resend(args: argparse.Namespace, settings) -> int:
         raise FileNotFoundError(f"{args.data}: no fracsight store here")
     store = SqliteStore(args.data)
     remade = remake_failed(
-        store, settings, lambda: Analyser(args.model, threads=args.analysis_threads, batch_size=1)
+        store,
+        settings,
+        lambda: Analyser(args.model, threads=args.analysis_threads, batch_size=1, precision=args.precision),
     )
     if remade:
         print(f"made again the results of {remade} image(s) that could not have them", file=sys.stderr)

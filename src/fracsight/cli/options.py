@@ -17,6 +17,7 @@ from typing import NoReturn
 
 __all__ = [
     "Parser",
+    "add_precision_option",
     "add_service_cpu_options",
     "a_date",
     "an_existing_file",
@@ -28,6 +29,7 @@ __all__ = [
     "a_name",
     "a_new_model",
     "a_number",
+    "a_precision",
     "a_port",
     "a_whole_number",
     "at_least_one",
@@ -64,6 +66,31 @@ def add_service_cpu_options(p: argparse.ArgumentParser, rest: str) -> None:
         type=at_least_one,
         metavar="N",
         help="decoder worker processes, images read at once (default: --analysis-threads)",
+    )
+
+
+def a_precision(text: str) -> str:
+    """Which copy of the model runs: one of :data:`fracsight.inference.PRECISIONS` (imported here,
+    when the option is given, so that the command line itself does not load the inference code)."""
+    from fracsight.inference import PRECISIONS
+
+    value = text.strip().lower()
+    if value not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a precision; choose from {', '.join(PRECISIONS)}")
+    return value
+
+
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """``--precision``, for the commands that run a model beside ``predict`` (``serve``,
+    ``dicom-node``, ``batch``): the float model or its 8-bit copy, found by
+    :func:`fracsight.inference.model_for_precision` when the model is loaded, at start."""
+    p.add_argument(
+        "--precision",
+        type=a_precision,
+        metavar="float32|int8",
+        help="float32: the model itself; int8: its 8-bit copy NAME.int8.onnx beside it (fracsight "
+        "quantise), refused at start when that file or its card is missing (default: float32, see "
+        "training/README.md, 8-bit model)",
     )
 
 

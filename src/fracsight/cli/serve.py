@@ -20,7 +20,7 @@ from fracsight.cli.dicom_node import (
     operations,
     resolve,
 )
-from fracsight.cli.options import a_port, add_service_cpu_options, at_least_one
+from fracsight.cli.options import a_port, add_precision_option, add_service_cpu_options, at_least_one
 
 if TYPE_CHECKING:
     from fracsight.service.settings import ServiceSettings
@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", type=Path, metavar="DIR", help="folder for the store and files (or data in --config)"
     )
     p.add_argument("--model", type=Path, help="ONNX model (default: the one shipped in the package)")
+    add_precision_option(p)
     p.add_argument(
         "--tls-cert",
         type=Path,
@@ -98,6 +99,7 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
         host=args.host,
         port=args.port,
         model=args.model,
+        precision=args.precision,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         analysis_threads=args.analysis_threads,
         model_threads=args.model_threads,

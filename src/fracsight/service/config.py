@@ -22,6 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10: the tomli backport (a dependency there only)
     import tomli as tomllib
 
+from fracsight.inference import PRECISIONS
 from fracsight.service.settings import LOG_FORMATS, LOG_LEVELS, Destination, Peer, check_aet
 
 
@@ -129,6 +130,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     "": {
         "data": _path(),
         "model": _path(),
+        "precision": _one_of(PRECISIONS),
         "analysis_threads": _whole(1),
         "model_threads": _whole(1),
         "decoder_processes": _whole(1),

@@ -30,14 +30,17 @@ class Service:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        self.store = SqliteStore(settings.data_dir)
+        # The model first: a model that cannot run (int8 without its 8-bit copy or card) stops the
+        # start before anything is written to the data folder.
         self.analyser = Analyser(
             settings.model,
             threads=settings.analysis_threads,
             batch_size=1,
             model_threads=settings.model_threads,
             decoder_processes=settings.decoder_processes,
+            precision=settings.precision,
         )
+        self.store = SqliteStore(settings.data_dir)
         self.worker = AnalysisWorker(self.store, self.analyser)
         self.dicom = None
         if settings.dicom is not None:

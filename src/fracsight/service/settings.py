@@ -38,6 +38,9 @@ class ServiceSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     model: Path | None = None  # None: the model shipped in the package
+    # Which copy of the model runs (fracsight.inference.model_for_precision): "int8" its 8-bit copy
+    # NAME.int8.onnx, with its own card; None: fracsight.inference.DEFAULT_PRECISION (float32).
+    precision: str | None = None
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # CPU for analysis: ``analysis_threads`` is the default of the two knobs after it (None: it),
@@ -75,6 +78,11 @@ class ServiceSettings:
             raise ValueError(f"disk_warning_bytes {self.disk_warning_bytes} must be at least 0")
         if self.health_port is not None and not 0 <= self.health_port <= 65535:
             raise ValueError(f"health port {self.health_port} is not in 0..65535")
+        if self.precision is not None:
+            from fracsight.inference import PRECISIONS  # here: the settings stay light to import
+
+            if self.precision not in PRECISIONS:
+                raise ValueError(f"precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if not self.web and self.dicom is None:
             raise ValueError("a service without the web front needs the DICOM node (dicom settings)")
         if not 0 <= self.port <= 65535:
