@@ -45,6 +45,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from precision_choice import add_precision_option  # beside this script
+from precision_choice import precisions as precisions_to_measure
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fracatlas" / "images"
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -146,20 +149,6 @@ def _batch_command(workers: int):
     return lambda inputs, out: ["batch", inputs, "--output", out, "--workers", str(workers)]
 
 
-def _precisions(model: str | None, wanted: str) -> list[str]:
-    """The precisions to measure; "both" falls back to float32 alone, saying so, without an 8-bit
-    copy of the model (``fracsight.inference.model_for_precision`` decides where it is)."""
-    from fracsight.inference import model_for_precision
-    from fracsight.model_card import ModelCard
-
-    if wanted != "both":
-        return [wanted]
-    try:
-        ModelCard.for_model(model_for_precision(model, "int8"))  # the file and its card, as checked at start
-    except FileNotFoundError as exc:
-        print(f"# {exc}: float32 only")
-        return ["float32"]
-    return ["float32", "int8"]
 
 
 def _model_ids(out: Path) -> set[str]:
@@ -198,19 +187,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--model", help="float model (default: the shipped one)")
-    parser.add_argument(
-        "--precision",
-        choices=("float32", "int8", "both"),
-        default="both",
-        help="both (default): float32 and its 8-bit copy NAME.int8.onnx side by side, when it exists",
-    )
+    add_precision_option(parser)
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every command and precision")
     args = parser.parse_args()
     images = sorted(args.data.rglob("*.jpg"))[: args.count]
     if len(images) < args.count or args.count <= FEW:
         sys.exit(f"{args.data}: {len(images)} JPEGs; --count must be at most that and more than {FEW}")
-    precisions = _precisions(args.model, args.precision)
+    precisions = precisions_to_measure(args.model, args.precision)
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         folders = {}

@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from precision_choice import add_precision_option  # beside this script
+from precision_choice import precisions as precisions_to_measure
 from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
@@ -306,18 +308,12 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="bursts per precision, each on a fresh node (default 3)"
     )
-    parser.add_argument("--model", help="float model (default: the shipped one)")
-    parser.add_argument(
-        "--precision",
-        choices=("float32", "int8", "both"),
-        default="both",
-        help="both (default): float32 and its 8-bit copy NAME.int8.onnx side by side, when it exists",
-    )
+    add_precision_option(parser)
     parser.add_argument("images", nargs="*", type=Path, help="DICOM radiographs to send (default: samples)")
     args = parser.parse_args()
     paths = args.images or [p for p in DEFAULT_IMAGES if p.exists()]
     images = [pydicom.dcmread(p) for p in paths]
-    precisions = _precisions(args.model, args.precision)
+    precisions = precisions_to_measure(args.model, args.precision)
     measured: dict[str, list[dict[str, float]]] = {p: [] for p in precisions}
     models: dict[str, set[str]] = {p: set() for p in precisions}
     for n in range(args.rounds):  # alternating, the order reversed every other round
@@ -356,20 +352,6 @@ def _cell(name: str, value: float) -> str:
     return f"{value:.{2 if name.endswith('per second') else 0}f}"
 
 
-def _precisions(model: str | None, wanted: str) -> list[str]:
-    """The precisions to measure; "both" falls back to float32 alone, saying so, without an 8-bit
-    copy of the model (``fracsight.inference.model_for_precision`` decides where it is)."""
-    from fracsight.inference import model_for_precision
-    from fracsight.model_card import ModelCard
-
-    if wanted != "both":
-        return [wanted]
-    try:
-        ModelCard.for_model(model_for_precision(model, "int8"))  # the file and its card, as the node checks
-    except FileNotFoundError as exc:
-        print(f"# {exc}: float32 only")
-        return ["float32"]
-    return ["float32", "int8"]
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from precision_choice import add_precision_option  # beside this script
+from precision_choice import precisions as precisions_to_measure
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "src" / "fracsight" / "samples"
@@ -147,13 +149,7 @@ def side_by_side_ms(fns: list, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="float model (default: the shipped one)")
-    parser.add_argument(
-        "--precision",
-        choices=("float32", "int8", "both"),
-        default="both",
-        help="both (default): float32 and its 8-bit copy NAME.int8.onnx side by side, when it exists",
-    )
+    add_precision_option(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-typical", type=int, default=500, help="images for the end-to-end batch runs")
     parser.add_argument("--no-cli", action="store_true", help="skip the `predict` command runs")
@@ -161,16 +157,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from fracsight.explain import overlay_image, save_png
-    from fracsight.inference import Analyser, model_for_precision
+    from fracsight.inference import Analyser
     from fracsight.io import read_radiograph
 
-    precisions = ["float32", "int8"] if args.precision == "both" else [args.precision]
-    if args.precision == "both":
-        try:
-            model_for_precision(args.model, "int8")
-        except FileNotFoundError as exc:
-            print(f"# {exc}: float32 only")
-            precisions = ["float32"]
+    precisions = precisions_to_measure(args.model, args.precision)
     # As predict makes them: images twice the overlay's side or more come from the decoder reduced.
     analysers = [Analyser(args.model, precision=p, reduce_pixels=True) for p in precisions]
     first = analysers[0]
