@@ -119,46 +119,25 @@ def test_a_cut_off_cache_continues_where_it_stopped(cached: dict, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        ([], "--no-distill"),
-        (["--no-distill", "--no-pretrained"], "ImageNet"),
-        (["--no-distill", "--parallel", "2"], "--parallel"),
-    ],
-)
-def test_cli_refuses_what_the_cpu_route_cannot_do(
-    tmp_path: Path,
-    sample_images: list[Path],
-    capsys: pytest.CaptureFixture[str],
-    extra: list[str],
-    message: str,
-) -> None:
-    from fracsight.cli import main
-
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(sample_images)))
-    code = main(["train", str(manifest), "--out", str(tmp_path / "out"), "--frozen-trunk", *extra])
-    assert code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "out" / "trunk-cache").exists()
-
-
-@pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--frozen-trunk"], "--no-distill"),
+        (["--frozen-trunk", "--no-distill", "--no-pretrained"], "ImageNet"),
+        (["--frozen-trunk", "--no-distill", "--parallel", "2"], "--parallel"),
         (["--frozen-trunk", "--final", "fold-average"], "--no-distill"),
         (["--frozen-trunk", "--final", "fold-ensemble"], "--no-distill"),
         (["--no-distill", "--trunk-cache", "CACHE"], "--frozen-trunk"),
     ],
 )
-def test_cli_refuses_v4_options_out_of_their_recipe(
+def test_cli_refuses_what_the_cpu_route_and_v4_options_cannot_do(
     tmp_path: Path,
     sample_images: list[Path],
     capsys: pytest.CaptureFixture[str],
     args: list[str],
     message: str,
 ) -> None:
-    """Refused before anything is computed, with the option to add, and nothing written to the cache."""
+    """Refused before anything is computed, with the option to add (or the reason), and nothing
+    written to a trunk cache."""
     from fracsight.cli import main
 
     manifest = tmp_path / "m.csv"

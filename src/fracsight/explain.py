@@ -215,10 +215,7 @@ def overlay_image(
     are a reduced copy of the image (:mod:`fracsight.io.reduced`) give the picture the image
     itself would: its size comes from the image's (the letterbox's) size.
     """
-    h, w = pixels.shape
-    box = finding.letterbox
-    if (box.height, box.width) != (h, w):
-        h, w = box.height, box.width
+    h, w = finding.letterbox.height, finding.letterbox.width  # the image's size, whatever the pixels'
     scale = _display_scale(h, w, max_side or max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     gray = _display_gray(pixels, size, stretch).convert("RGBA")

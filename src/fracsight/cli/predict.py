@@ -31,6 +31,7 @@ from fracsight.cli.predict_output import (
     RowWriter,
     SignalGuard,
 )
+from fracsight.explain import MIN_DISPLAY_SIDE, OVERLAY_MAX_SIDE
 from fracsight.io.listing import OVERLAY_SUFFIX, expand_paths, file_identity
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ _BATCH_MEMORY = "each holds its decoded pixels, 36 MB for a 3000 x 3000 radiogra
 # for one, each holding its radiograph's pixels. Two keep the writing off the model's path on a
 # 2-core machine (benchmarks/predict_stages.py measures it).
 HEATMAP_WRITERS = 2
-# Overlay pictures of larger images are drawn at this longer side (px) unless --overlay-max-side
-# says otherwise; the decoder hands back pixels reduced to it (fracsight.io.reduced).
-OVERLAY_MAX_SIDE = 1024
-_MIN_OVERLAY_SIDE = 128  # below this the caption no longer fits across the picture
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -130,14 +127,14 @@ def _positive_int(text: str) -> int:
 
 
 def _overlay_side(text: str) -> int:
-    """An argparse type: 0 (the image's own size) or a side of at least :data:`_MIN_OVERLAY_SIDE`."""
+    """An argparse type: 0 (the image's own size) or a side of at least :data:`MIN_DISPLAY_SIDE`."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value != 0 and value < _MIN_OVERLAY_SIDE:
+    if value != 0 and value < MIN_DISPLAY_SIDE:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: give 0 (the image's own size) or a side of at least {_MIN_OVERLAY_SIDE} px"
+            f"{text!r}: give 0 (the image's own size) or a side of at least {MIN_DISPLAY_SIDE} px"
         )
     return value
 
